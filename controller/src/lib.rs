@@ -1,0 +1,3 @@
+//! bridgewall's control plane: the CLI, Docker tracking, the lab, and the glue that keeps
+//! the dataplane's policy equal to what Docker and the user say.
+pub mod cli;

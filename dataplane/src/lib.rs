@@ -1,0 +1,17 @@
+//! bridgewall's dataplane.
+//!
+//! A sans-IO core — [`wire`] parsing, the L2 [`switch`], the [`flow`] table, the [`policy`]
+//! stage and the [`engine`] that drives them — which performs no I/O and is tested with
+//! in-memory ports, plus the I/O backends behind one [`phy::Port`] trait: AF_XDP
+//! ([`afxdp`]) and the in-memory port ([`phy::memory`]). The Wasm policy host lives in
+//! [`wasm`]; [`worker`] runs engines on threads.
+pub mod afxdp;
+pub mod counters;
+pub mod engine;
+pub mod flow;
+pub mod phy;
+pub mod policy;
+pub mod switch;
+pub mod wasm;
+pub mod wire;
+pub mod worker;

@@ -1,0 +1,210 @@
+//! The physical layer: ports that move frames, and the frame memory they share.
+//!
+//! The model is AF_XDP's, so the in-memory port and the AF_XDP port are interchangeable:
+//! frames live in one shared memory region (the UMEM) cut into equal frames; a frame is named
+//! by a [`FrameDesc`] (offset + length), and ports pass descriptors, not bytes. A frame
+//! received on one port is transmitted on another by handing over its descriptor — no copy.
+//! Every frame is at all times in exactly one place: the engine's [`FreeList`], a port's
+//! fill/RX/TX/completion queues, or a batch in flight; [`Port::frames_held`] lets tests and
+//! metrics prove that none is lost.
+pub mod memory;
+
+/// Index of a dataplane port. The wire ABI carries it as a u16.
+pub type PortId = u16;
+
+/// One frame in the shared frame memory: its offset from the start of the memory and the
+/// length of the packet data in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FrameDesc {
+    /// Offset of the packet's first byte in the frame memory.
+    pub addr: u64,
+    /// Packet length in bytes.
+    pub len: u32,
+}
+
+/// The memory frames live in. Implemented by a heap buffer for tests ([`HeapFrames`]) and by
+/// the mmap'd UMEM for AF_XDP.
+pub trait FrameMemory {
+    /// Size of one frame slot (e.g. 2048); frame slot `i` starts at `i * frame_size`.
+    fn frame_size(&self) -> usize;
+    /// Number of frame slots.
+    fn frame_count(&self) -> usize;
+    /// The `len` bytes at `addr`. Callers pass descriptors they own; an out-of-range
+    /// descriptor is a bug in a port and yields an empty slice rather than a panic.
+    fn bytes(&self, addr: u64, len: usize) -> &[u8];
+    /// Mutable form of [`FrameMemory::bytes`]: checksum completion and flood copies write here.
+    fn bytes_mut(&mut self, addr: u64, len: usize) -> &mut [u8];
+}
+
+/// Frame memory on the heap: the UMEM of the in-memory ports and of benchmarks.
+pub struct HeapFrames {
+    buf: Vec<u8>,
+    frame_size: usize,
+}
+
+impl HeapFrames {
+    /// `count` frames of `frame_size` bytes each, zeroed.
+    pub fn new(count: usize, frame_size: usize) -> Self {
+        Self { buf: vec![0; count * frame_size], frame_size }
+    }
+}
+
+impl FrameMemory for HeapFrames {
+    fn frame_size(&self) -> usize {
+        self.frame_size
+    }
+
+    fn frame_count(&self) -> usize {
+        self.buf.len() / self.frame_size.max(1)
+    }
+
+    fn bytes(&self, addr: u64, len: usize) -> &[u8] {
+        let start = addr as usize;
+        self.buf.get(start..start.saturating_add(len)).unwrap_or(&[])
+    }
+
+    fn bytes_mut(&mut self, addr: u64, len: usize) -> &mut [u8] {
+        let start = addr as usize;
+        self.buf.get_mut(start..start.saturating_add(len)).unwrap_or(&mut [])
+    }
+}
+
+/// A fixed-capacity batch of descriptors, allocated once: the unit the engine and the ports
+/// exchange, so nothing is allocated per packet.
+pub struct DescBatch {
+    descs: [FrameDesc; Self::CAPACITY],
+    len: usize,
+}
+
+impl Default for DescBatch {
+    fn default() -> Self {
+        Self { descs: [FrameDesc::default(); Self::CAPACITY], len: 0 }
+    }
+}
+
+impl DescBatch {
+    /// Largest batch: one policy batch, one AF_XDP ring burst.
+    pub const CAPACITY: usize = 64;
+
+    /// Number of descriptors held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Room left.
+    pub fn spare(&self) -> usize {
+        Self::CAPACITY - self.len
+    }
+
+    /// Appends `d`; returns it back when full so the caller keeps ownership of the frame.
+    pub fn push(&mut self, d: FrameDesc) -> Result<(), FrameDesc> {
+        if self.len == Self::CAPACITY {
+            return Err(d);
+        }
+        self.descs[self.len] = d;
+        self.len += 1;
+        Ok(())
+    }
+
+    /// The held descriptors.
+    pub fn as_slice(&self) -> &[FrameDesc] {
+        &self.descs[..self.len]
+    }
+
+    /// Removes the first `n` descriptors (those a port accepted), keeping the rest in order.
+    pub fn consume_front(&mut self, n: usize) {
+        let n = n.min(self.len);
+        self.descs.copy_within(n..self.len, 0);
+        self.len -= n;
+    }
+
+    /// Empties the batch (the caller has taken ownership of every frame in it).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+/// Frame slots not held by any port or batch, allocated once at start with room for every
+/// frame of the memory, so returning a frame never allocates.
+pub struct FreeList {
+    addrs: Vec<u64>,
+}
+
+impl FreeList {
+    /// A free list holding every slot of a memory of `count` frames of `frame_size` bytes.
+    pub fn full(count: usize, frame_size: usize) -> Self {
+        let mut addrs = Vec::with_capacity(count);
+        addrs.extend((0..count as u64).rev().map(|i| i * frame_size as u64));
+        Self { addrs }
+    }
+
+    /// An empty free list able to hold `capacity` frames (a worker's share of a UMEM).
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self { addrs: Vec::with_capacity(capacity) }
+    }
+
+    /// Takes a free frame slot (its start address).
+    pub fn pop(&mut self) -> Option<u64> {
+        self.addrs.pop()
+    }
+
+    /// Returns a frame slot. `addr` may point inside the slot (headroom); callers pass the
+    /// slot start or any address within it, and ports normalise as they need.
+    pub fn push(&mut self, addr: u64) {
+        debug_assert!(self.addrs.len() < self.addrs.capacity(), "free list overflow: a frame was freed twice");
+        self.addrs.push(addr);
+    }
+
+    /// Number of free frames.
+    pub fn len(&self) -> usize {
+        self.addrs.len()
+    }
+
+    /// True when no frame is free.
+    pub fn is_empty(&self) -> bool {
+        self.addrs.is_empty()
+    }
+}
+
+/// Where a port's frames are, for the frame-accounting invariant and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PortFrames {
+    /// Given to the receive side, not yet filled (AF_XDP fill ring + kernel).
+    pub fill: usize,
+    /// Received, not yet taken by the engine.
+    pub rx: usize,
+    /// Queued for transmit, not yet sent.
+    pub tx: usize,
+    /// Sent, not yet returned to the free list (completion ring).
+    pub completion: usize,
+}
+
+impl PortFrames {
+    /// Total frames the port holds.
+    pub fn total(&self) -> usize {
+        self.fill + self.rx + self.tx + self.completion
+    }
+}
+
+/// A port of the dataplane: one container veth, the gateway, or an in-memory stand-in.
+///
+/// The four calls map one-to-one onto AF_XDP's four rings. None of them blocks; a port that
+/// needs a syscall to make progress (a TX kick) does it inside `transmit`/`complete`.
+pub trait Port<M: FrameMemory> {
+    /// Hands free frames to the receive side, up to what the port wants (its fill ring's room).
+    fn fill(&mut self, mem: &mut M, free: &mut FreeList);
+    /// Moves received frames into `out`, up to `out.spare()`.
+    fn receive(&mut self, mem: &mut M, out: &mut DescBatch);
+    /// Queues `batch` for transmit; the frames the port accepted are removed from the front of
+    /// `batch` (ring full leaves the rest, still owned by the caller).
+    fn transmit(&mut self, mem: &mut M, batch: &mut DescBatch);
+    /// Returns transmitted frames to `free`.
+    fn complete(&mut self, free: &mut FreeList);
+    /// Where this port's frames are.
+    fn frames_held(&self) -> PortFrames;
+}

@@ -1,0 +1,344 @@
+//! The policy ABI, version 1: the contract between the dataplane (host) and every policy
+//! module (guest), whether compiled from rules by the controller or written by a user.
+//!
+//! Why a batch ABI: a host → guest call costs ~20 ns on this class of machine, so the host
+//! hands a module up to [`MAX_BATCH`] packets per call (≈ 5 ns of call overhead per packet).
+//!
+//! # Module contract
+//! A module **exports**:
+//! - `memory` — its linear memory;
+//! - `bw_abi_version() -> i32` — must return [`ABI_VERSION`];
+//! - `bw_init() -> i32` — called once after instantiation; returns the guest address of the
+//!   I/O area: [`MAX_BATCH`] input [`PacketRecord`]s ([`RECORD_SIZE`] bytes each) followed
+//!   immediately by [`MAX_BATCH`] output [`VerdictRecord`]s ([`VERDICT_SIZE`] bytes each),
+//!   i.e. [`IO_AREA_SIZE`] bytes in all, 8-byte aligned;
+//! - `bw_evaluate(n: i32)` — judge the first `n` records (1 ≤ n ≤ [`MAX_BATCH`]) and write
+//!   one verdict per record.
+//!
+//! A module may **import** only [`LOG_IMPORT`] (`bw.log(ptr: i32, len: i32)`, rate-limited by
+//! the host); any other import — WASI included — is rejected at load.
+//!
+//! # Byte layout
+//! All multi-byte integers are little-endian (Wasm's own order). Layouts are fixed by the
+//! `OFF_*` constants below, so guests in any language can implement the ABI without this crate.
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// ABI version a module must report from `bw_abi_version`; bumped on any layout change.
+pub const ABI_VERSION: i32 = 1;
+/// Most records the host hands a module in one `bw_evaluate` call.
+pub const MAX_BATCH: usize = 64;
+/// Size of one input record in guest memory.
+pub const RECORD_SIZE: usize = 48;
+/// Size of one output verdict in guest memory.
+pub const VERDICT_SIZE: usize = 8;
+/// Bytes the I/O area returned by `bw_init` must span.
+pub const IO_AREA_SIZE: usize = MAX_BATCH * (RECORD_SIZE + VERDICT_SIZE);
+/// Offset of the verdict array from the start of the I/O area.
+pub const VERDICTS_OFFSET: usize = MAX_BATCH * RECORD_SIZE;
+
+/// Export names, shared so host validation and guest SDK cannot drift apart.
+pub const EXPORT_MEMORY: &str = "memory";
+/// See the module contract above.
+pub const EXPORT_ABI_VERSION: &str = "bw_abi_version";
+/// See the module contract above.
+pub const EXPORT_INIT: &str = "bw_init";
+/// See the module contract above.
+pub const EXPORT_EVALUATE: &str = "bw_evaluate";
+/// The one import a module may have: (module, name) of the rate-limited log call.
+pub const LOG_IMPORT: (&str, &str) = ("bw", "log");
+
+/// Record field offsets (bytes from the start of a record).
+pub const OFF_SRC_ADDR: usize = 0; // [u8; 16]: IPv6, or IPv4-mapped (::ffff:a.b.c.d)
+/// Destination address, same encoding as the source.
+pub const OFF_DST_ADDR: usize = 16;
+/// u16: TCP/UDP source port; 0 for other protocols.
+pub const OFF_SRC_PORT: usize = 32;
+/// u16: TCP/UDP destination port; 0 for other protocols.
+pub const OFF_DST_PORT: usize = 34;
+/// u8: 4 or 6; 0 for non-IP frames (ARP).
+pub const OFF_IP_VERSION: usize = 36;
+/// u8: IP protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6); 0 for non-IP.
+pub const OFF_PROTOCOL: usize = 37;
+/// u8: TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10, …); 0 otherwise.
+pub const OFF_TCP_FLAGS: usize = 38;
+/// u8: a [`FlowState`].
+pub const OFF_FLOW_STATE: usize = 39;
+/// u16: dataplane port the frame came in on.
+pub const OFF_IN_PORT: usize = 40;
+/// u16: dataplane port the frame would leave by ([`PORT_FLOOD`] when flooded).
+pub const OFF_OUT_PORT: usize = 42;
+/// u8: ICMP / ICMPv6 type; 0 otherwise.
+pub const OFF_ICMP_TYPE: usize = 44;
+/// u8: ICMP / ICMPv6 code; 0 otherwise.
+pub const OFF_ICMP_CODE: usize = 45;
+// 46..48 reserved, zero.
+
+/// Verdict field offsets (bytes from the start of a verdict).
+pub const OFF_VERDICT_ACTION: usize = 0; // u32: an Action code
+/// u32: id of the rule that decided, for tracing and per-rule counters.
+pub const OFF_VERDICT_RULE: usize = 4;
+
+/// `out_port` value for frames that are flooded (broadcast, multicast, unknown unicast).
+pub const PORT_FLOOD: u16 = 0xffff;
+/// Rule id meaning "no rule matched; a default decided".
+pub const RULE_NONE: u32 = u32::MAX;
+
+/// Connection-tracking state of the flow a record belongs to, as the host's flow table sees it.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum FlowState {
+    /// First packet of a flow in the originating direction.
+    #[default]
+    New = 0,
+    /// A flow already admitted once, being re-decided after a policy change.
+    Established = 1,
+    /// An ICMP error about a known flow.
+    Related = 2,
+}
+
+impl FlowState {
+    /// Decodes the byte at [`OFF_FLOW_STATE`]; unknown values read as `New` (the strictest).
+    pub const fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Established,
+            2 => Self::Related,
+            _ => Self::New,
+        }
+    }
+}
+
+/// What a module says about one packet. A zeroed verdict is `Continue`, so a module that
+/// writes nothing defers to the next module rather than deciding by accident.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Action {
+    /// No opinion: the next module in the chain decides.
+    #[default]
+    Continue = 0,
+    /// Forward the packet and admit its flow.
+    Accept = 1,
+    /// Discard silently.
+    Drop = 2,
+    /// Discard and answer with a TCP RST / ICMP unreachable where the host supports it.
+    Reject = 3,
+}
+
+impl Action {
+    /// Decodes a guest-written action code; anything unknown is `None` so the host can apply
+    /// its fail-closed verdict instead of guessing.
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            0 => Some(Self::Continue),
+            1 => Some(Self::Accept),
+            2 => Some(Self::Drop),
+            3 => Some(Self::Reject),
+            _ => None,
+        }
+    }
+}
+
+/// One packet as the host parsed it: the input of a policy decision.
+///
+/// The in-memory form is plain Rust; [`PacketRecord::encode`] / [`PacketRecord::decode`]
+/// convert to and from the fixed byte layout above.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PacketRecord {
+    /// Source address; IPv4 is stored IPv4-mapped.
+    pub src: [u8; 16],
+    /// Destination address; IPv4 is stored IPv4-mapped.
+    pub dst: [u8; 16],
+    /// TCP/UDP source port, 0 otherwise.
+    pub src_port: u16,
+    /// TCP/UDP destination port, 0 otherwise.
+    pub dst_port: u16,
+    /// 4, 6, or 0 for non-IP.
+    pub ip_version: u8,
+    /// IP protocol number, 0 for non-IP.
+    pub protocol: u8,
+    /// TCP flags, 0 otherwise.
+    pub tcp_flags: u8,
+    /// Flow state as the host's conntrack sees it.
+    pub flow_state: FlowState,
+    /// Ingress dataplane port.
+    pub in_port: u16,
+    /// Egress dataplane port, or [`PORT_FLOOD`].
+    pub out_port: u16,
+    /// ICMP type, 0 otherwise.
+    pub icmp_type: u8,
+    /// ICMP code, 0 otherwise.
+    pub icmp_code: u8,
+}
+
+/// IP protocol numbers the rule model names.
+pub mod proto {
+    /// ICMP for IPv4.
+    pub const ICMP: u8 = 1;
+    /// TCP.
+    pub const TCP: u8 = 6;
+    /// UDP.
+    pub const UDP: u8 = 17;
+    /// ICMP for IPv6.
+    pub const ICMPV6: u8 = 58;
+}
+
+/// TCP flag bits as they appear in [`PacketRecord::tcp_flags`].
+pub mod tcp_flags {
+    /// FIN.
+    pub const FIN: u8 = 0x01;
+    /// SYN.
+    pub const SYN: u8 = 0x02;
+    /// RST.
+    pub const RST: u8 = 0x04;
+    /// PSH.
+    pub const PSH: u8 = 0x08;
+    /// ACK.
+    pub const ACK: u8 = 0x10;
+}
+
+/// Stores an address in the record's 16-byte form (IPv4-mapped for v4).
+pub const fn addr_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// Reads an address back from the record's 16-byte form; IPv4-mapped comes back as v4.
+pub fn bytes_addr(b: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(b);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// The IPv4 address in a 16-byte field, if it is IPv4-mapped.
+pub fn bytes_v4(b: &[u8; 16]) -> Option<Ipv4Addr> {
+    if b[..10] == [0; 10] && b[10] == 0xff && b[11] == 0xff {
+        Some(Ipv4Addr::new(b[12], b[13], b[14], b[15]))
+    } else {
+        None
+    }
+}
+
+impl PacketRecord {
+    /// Source address as an `IpAddr`.
+    pub fn src_ip(&self) -> IpAddr {
+        bytes_addr(self.src)
+    }
+
+    /// Destination address as an `IpAddr`.
+    pub fn dst_ip(&self) -> IpAddr {
+        bytes_addr(self.dst)
+    }
+
+    /// Writes the record in ABI layout. `out` must be at least [`RECORD_SIZE`] bytes;
+    /// the host guarantees it, so a shorter slice is a host bug and panics in debug only.
+    #[inline]
+    pub fn encode(&self, out: &mut [u8; RECORD_SIZE]) {
+        out[OFF_SRC_ADDR..OFF_SRC_ADDR + 16].copy_from_slice(&self.src);
+        out[OFF_DST_ADDR..OFF_DST_ADDR + 16].copy_from_slice(&self.dst);
+        out[OFF_SRC_PORT..OFF_SRC_PORT + 2].copy_from_slice(&self.src_port.to_le_bytes());
+        out[OFF_DST_PORT..OFF_DST_PORT + 2].copy_from_slice(&self.dst_port.to_le_bytes());
+        out[OFF_IP_VERSION] = self.ip_version;
+        out[OFF_PROTOCOL] = self.protocol;
+        out[OFF_TCP_FLAGS] = self.tcp_flags;
+        out[OFF_FLOW_STATE] = self.flow_state as u8;
+        out[OFF_IN_PORT..OFF_IN_PORT + 2].copy_from_slice(&self.in_port.to_le_bytes());
+        out[OFF_OUT_PORT..OFF_OUT_PORT + 2].copy_from_slice(&self.out_port.to_le_bytes());
+        out[OFF_ICMP_TYPE] = self.icmp_type;
+        out[OFF_ICMP_CODE] = self.icmp_code;
+        out[46] = 0;
+        out[47] = 0;
+    }
+
+    /// Reads a record from ABI layout (the guest side of [`PacketRecord::encode`]).
+    #[inline]
+    pub fn decode(b: &[u8; RECORD_SIZE]) -> Self {
+        let mut src = [0u8; 16];
+        let mut dst = [0u8; 16];
+        src.copy_from_slice(&b[OFF_SRC_ADDR..OFF_SRC_ADDR + 16]);
+        dst.copy_from_slice(&b[OFF_DST_ADDR..OFF_DST_ADDR + 16]);
+        let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+        Self {
+            src,
+            dst,
+            src_port: u16_at(OFF_SRC_PORT),
+            dst_port: u16_at(OFF_DST_PORT),
+            ip_version: b[OFF_IP_VERSION],
+            protocol: b[OFF_PROTOCOL],
+            tcp_flags: b[OFF_TCP_FLAGS],
+            flow_state: FlowState::from_u8(b[OFF_FLOW_STATE]),
+            in_port: u16_at(OFF_IN_PORT),
+            out_port: u16_at(OFF_OUT_PORT),
+            icmp_type: b[OFF_ICMP_TYPE],
+            icmp_code: b[OFF_ICMP_CODE],
+        }
+    }
+}
+
+/// One decision: what to do and which rule said so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct VerdictRecord {
+    /// The action.
+    pub action: Action,
+    /// The deciding rule's id, or [`RULE_NONE`].
+    pub rule: u32,
+}
+
+impl VerdictRecord {
+    /// A verdict with no deciding rule.
+    pub const CONTINUE: Self = Self { action: Action::Continue, rule: RULE_NONE };
+
+    /// Writes the verdict in ABI layout.
+    #[inline]
+    pub fn encode(&self, out: &mut [u8; VERDICT_SIZE]) {
+        out[..4].copy_from_slice(&(self.action as u32).to_le_bytes());
+        out[4..].copy_from_slice(&self.rule.to_le_bytes());
+    }
+
+    /// Reads a guest-written verdict; `None` when the action code is not one of [`Action`]'s,
+    /// which the host treats as a misbehaving module (fail-closed).
+    #[inline]
+    pub fn decode(b: &[u8; VERDICT_SIZE]) -> Option<Self> {
+        let action = Action::from_u32(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))?;
+        Some(Self { action, rule: u32::from_le_bytes([b[4], b[5], b[6], b[7]]) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_roundtrips_through_abi_layout() {
+        let r = PacketRecord {
+            src: addr_bytes(IpAddr::V4(Ipv4Addr::new(172, 17, 0, 2))),
+            dst: addr_bytes(IpAddr::V4(Ipv4Addr::new(172, 17, 0, 3))),
+            src_port: 40000,
+            dst_port: 80,
+            ip_version: 4,
+            protocol: proto::TCP,
+            tcp_flags: tcp_flags::SYN,
+            flow_state: FlowState::New,
+            in_port: 3,
+            out_port: PORT_FLOOD,
+            icmp_type: 0,
+            icmp_code: 0,
+        };
+        let mut b = [0u8; RECORD_SIZE];
+        r.encode(&mut b);
+        assert_eq!(PacketRecord::decode(&b), r);
+        assert_eq!(&b[OFF_DST_PORT..OFF_DST_PORT + 2], &80u16.to_le_bytes());
+        assert_eq!(bytes_v4(&r.src), Some(Ipv4Addr::new(172, 17, 0, 2)));
+    }
+
+    #[test]
+    fn unknown_action_code_is_rejected() {
+        let mut b = [0u8; VERDICT_SIZE];
+        b[0] = 9;
+        assert_eq!(VerdictRecord::decode(&b), None);
+        VerdictRecord { action: Action::Drop, rule: 7 }.encode(&mut b);
+        assert_eq!(VerdictRecord::decode(&b), Some(VerdictRecord { action: Action::Drop, rule: 7 }));
+    }
+}
