@@ -1,2 +1,477 @@
-//! (to be written)
-fn main() {}
+//! End-to-end forwarding benchmark: UDP from namespace A to namespace B through a middle
+//! namespace M, by each forwarding [`Path`] in turn (alternating, several rounds), at each
+//! [`Workload`] size. Measures the rate B's interface receives and the CPU the whole machine
+//! spends per packet (softirq included, from /proc/stat), prints a table and writes JSON.
+//!
+//! Runs as root; builds (and removes) its own namespaces. Settings by environment:
+//! `BW_E2E_SECS` (seconds per run, default 3), `BW_E2E_ROUNDS` (default 3),
+//! `BW_E2E_OUT` (JSON path, default `$CARGO_TARGET_DIR/e2e/results.json` or
+//! `target/e2e/results.json`).
+//!
+//! Grows by adding a `Path` (e.g. the engine-integrated dataplane, a bridge with iptables
+//! rule sets) or a `Workload` (TCP, latency) — the loop, sampling and output stay.
+#[allow(dead_code, unused_imports)]
+#[path = "../dataplane/tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use common::forwarder::{Forwarder, ForwarderOptions};
+use common::netns::Trio;
+use dataplane::afxdp::{PollConfig, Umem, UmemConfig, XdpPort, XdpPortConfig, enter_netns, pin_current_thread};
+use dataplane::phy::{DescBatch, FrameDesc, FrameMemory, FreeList, Port};
+use serde_json::json;
+
+/// CPU the sender is pinned to; forwarders run on the other one.
+const SENDER_CPU: usize = 0;
+const FORWARDER_CPU: usize = 1;
+
+/// A way of carrying frames from M's `pa` to M's `pb`.
+trait Path {
+    /// Short name for tables and JSON.
+    fn name(&self) -> &'static str;
+    /// What exactly is measured.
+    fn description(&self) -> &'static str;
+    /// The namespaces this path forwards between.
+    fn trio(&self) -> &Trio;
+    /// Path-specific numbers for the last run (e.g. frames the forwarder saw).
+    fn run_stats(&mut self) -> serde_json::Value {
+        json!({})
+    }
+}
+
+/// The kernel's bridge in M, `bridge-nf-call-iptables` off: the baseline.
+struct LinuxBridge {
+    trio: Trio,
+}
+
+impl LinuxBridge {
+    fn new() -> Result<Self> {
+        let trio = Trio::new();
+        trio.m.ip(&["link", "add", "br0", "type", "bridge"]);
+        trio.m.ip(&["link", "set", "pa", "master", "br0"]);
+        trio.m.ip(&["link", "set", "pb", "master", "br0"]);
+        trio.m.ip(&["link", "set", "br0", "up"]);
+        // br_netfilter's knobs are per namespace here; absent when it is not loaded.
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "exec", &trio.m.name, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0"])
+            .output();
+        Ok(Self { trio })
+    }
+}
+
+impl Path for LinuxBridge {
+    fn name(&self) -> &'static str {
+        "linux-bridge"
+    }
+    fn description(&self) -> &'static str {
+        "kernel bridge in M, bridge-nf-call-iptables=0"
+    }
+    fn trio(&self) -> &Trio {
+        &self.trio
+    }
+}
+
+/// bridgewall's AF_XDP ports as a raw port-to-port forwarder: shared UMEM, descriptors
+/// handed over without a copy, TCP/UDP checksum completion, no switch/flow/policy engine.
+struct AfXdpRaw {
+    fwd: Option<Forwarder>,
+    last: u64,
+    trio: Trio,
+}
+
+impl AfXdpRaw {
+    fn new() -> Result<Self> {
+        let trio = Trio::new();
+        let opts = ForwarderOptions {
+            cpu: Some(FORWARDER_CPU),
+            umem: UmemConfig { frame_count: 16 * 1024, frame_size: 2048 },
+            poll: PollConfig::default(),
+            ..ForwarderOptions::default()
+        };
+        let fwd = Forwarder::start(&trio.m.name, "pa", "pb", opts).map_err(anyhow::Error::msg)?;
+        Ok(Self { fwd: Some(fwd), last: 0, trio })
+    }
+}
+
+impl Path for AfXdpRaw {
+    fn name(&self) -> &'static str {
+        "afxdp-raw"
+    }
+    fn description(&self) -> &'static str {
+        "raw AF_XDP forwarder (native XDP, copy mode, shared UMEM, no engine/policy yet)"
+    }
+    fn trio(&self) -> &Trio {
+        &self.trio
+    }
+    fn run_stats(&mut self) -> serde_json::Value {
+        let now = self.fwd.as_ref().map_or(0, |f| f.forwarded());
+        let d = now - self.last;
+        self.last = now;
+        json!({ "forwarder_frames": d })
+    }
+}
+
+impl Drop for AfXdpRaw {
+    fn drop(&mut self) {
+        if let Some(mut f) = self.fwd.take()
+            && let Some(r) = f.stop_and_report()
+        {
+            eprintln!(
+                "afxdp-raw forwarder: {} frames, {} dropped (tx full), accounting violations {}, free {} + held {} of {}",
+                r.forwarded,
+                r.dropped_tx_full,
+                r.accounting_violations,
+                r.free,
+                r.held.iter().map(|h| h.total()).sum::<usize>(),
+                r.total_frames
+            );
+        }
+    }
+}
+
+/// A traffic shape.
+#[derive(Clone, Copy)]
+struct Workload {
+    /// Label ("64", "1500").
+    name: &'static str,
+    /// Ethernet frame length without FCS.
+    frame_len: usize,
+}
+
+const WORKLOADS: [Workload; 2] =
+    [Workload { name: "udp-64", frame_len: 60 }, Workload { name: "udp-1500", frame_len: 1514 }];
+
+/// Builds an Ethernet/IPv4/UDP frame of `len` bytes with valid checksums.
+fn udp_frame(len: usize, src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0u8; len];
+    f[0..6].copy_from_slice(&dst_mac);
+    f[6..12].copy_from_slice(&src_mac);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip_len = (len - 14) as u16;
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+    ip[6] = 0x40; // DF
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&dst);
+    let mut sum: u32 = ip.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let udp_len = ip_len - 20;
+    f[34..36].copy_from_slice(&40000u16.to_be_bytes());
+    f[36..38].copy_from_slice(&9999u16.to_be_bytes());
+    f[38..40].copy_from_slice(&udp_len.to_be_bytes());
+    for (i, b) in f[42..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    f[40..42].copy_from_slice(&[0x12, 0x34]); // non-zero: completed by the checksum helper below
+    common::csum::complete_l4_checksum(&mut f);
+    f
+}
+
+fn mac_of(ns: &common::netns::Netns, ifname: &str) -> Result<[u8; 6]> {
+    let out = ns.ip(&["-o", "link", "show", ifname]);
+    let addr = out
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .with_context(|| format!("no MAC in {out}"))?;
+    let mut mac = [0u8; 6];
+    for (m, part) in mac.iter_mut().zip(addr.split(':')) {
+        *m = u8::from_str_radix(part, 16)?;
+    }
+    Ok(mac)
+}
+
+fn ipv4(s: &str) -> Result<[u8; 4]> {
+    Ok(s.parse::<std::net::Ipv4Addr>()?.octets())
+}
+
+/// An AF_XDP TX blaster in A: the same prepared frame in every UMEM frame, transmitted as
+/// fast as copy-mode TX takes them (cheaper per packet than a UDP socket, so the paths, not
+/// the sender, are what saturates).
+struct Sender {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    handle: Option<JoinHandle<Result<()>>>,
+}
+
+impl Sender {
+    fn start(ns: &str, ifname: &str, frame: Vec<u8>) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (stop2, sent2, ns, ifname) = (stop.clone(), sent.clone(), ns.to_owned(), ifname.to_owned());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::result::Result<(), String>>();
+        let handle = std::thread::spawn(move || -> Result<()> {
+            let setup = || -> Result<_> {
+                let back = enter_netns(&ns)?;
+                pin_current_thread(SENDER_CPU)?;
+                let mut umem = Umem::new(UmemConfig { frame_count: 4096, frame_size: 2048 })?;
+                let port = XdpPort::open(&umem, &ifname, &XdpPortConfig::default(), None)?;
+                for i in 0..umem.frame_count() {
+                    umem.bytes_mut((i * 2048) as u64, frame.len()).copy_from_slice(&frame);
+                }
+                Ok((back, umem, port))
+            };
+            let (_back, mut umem, mut port) = match setup() {
+                Ok(v) => {
+                    let _ = ready_tx.send(Ok(()));
+                    v
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("{e:#}")));
+                    return Err(e);
+                }
+            };
+            let mut free = FreeList::full(umem.frame_count(), umem.frame_size());
+            let mut batch = DescBatch::default();
+            let len = frame.len() as u32;
+            while !stop2.load(Ordering::Relaxed) {
+                port.complete(&mut free);
+                while batch.spare() > 0 {
+                    let Some(addr) = free.pop() else { break };
+                    let _ = batch.push(FrameDesc { addr, len });
+                }
+                port.transmit(&mut umem, &mut batch);
+                sent2.store(port.counters().tx_completed, Ordering::Relaxed);
+            }
+            Ok(())
+        });
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Self { stop, sent, handle: Some(handle) }),
+            Ok(Err(e)) => bail!("sender setup: {e}"),
+            Err(_) => bail!("sender thread died"),
+        }
+    }
+
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.handle.take().map(|h| h.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => bail!("sender thread panicked"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// Machine-wide CPU time from /proc/stat, in jiffies (USER_HZ = 100).
+#[derive(Clone, Copy, Default)]
+struct CpuSample {
+    busy: u64,
+    softirq: u64,
+}
+
+fn cpu_sample() -> Result<CpuSample> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse().unwrap_or(0)).collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v.get(7).copied().unwrap_or(0);
+    Ok(CpuSample { busy, softirq: v[6] })
+}
+
+/// RX packets of `ifname` in namespace `ns` (from its /proc/net/dev).
+fn rx_packets(ns: &common::netns::Netns, ifname: &str) -> Result<u64> {
+    let dev = ns.exec(&["cat", "/proc/net/dev"]);
+    let line = dev
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{ifname}:")))
+        .with_context(|| format!("{ifname} not in /proc/net/dev"))?;
+    let fields: Vec<&str> = line.split(':').nth(1).unwrap_or("").split_whitespace().collect();
+    Ok(fields.get(1).context("short /proc/net/dev line")?.parse()?)
+}
+
+/// UDP checksum errors counted in `ns`.
+fn udp_csum_errors(ns: &common::netns::Netns) -> Result<u64> {
+    let snmp = ns.exec(&["cat", "/proc/net/snmp"]);
+    let lines: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Udp:")).collect();
+    let names: Vec<&str> = lines.first().context("no Udp line")?.split_whitespace().collect();
+    let values: Vec<&str> = lines.get(1).context("no Udp values")?.split_whitespace().collect();
+    let i = names.iter().position(|n| *n == "InCsumErrors").context("no InCsumErrors")?;
+    Ok(values[i].parse()?)
+}
+
+struct RunResult {
+    path: &'static str,
+    workload: &'static str,
+    round: u32,
+    pps: f64,
+    offered_pps: f64,
+    cpu_ns_per_pkt: f64,
+    softirq_ns_per_pkt: f64,
+    cpu_cores: f64,
+    csum_errors: u64,
+    extra: serde_json::Value,
+}
+
+fn run_once(path: &mut dyn Path, w: Workload, round: u32, secs: f64) -> Result<RunResult> {
+    let trio = path.trio();
+    let frame = udp_frame(
+        w.frame_len,
+        mac_of(&trio.a, "va")?,
+        mac_of(&trio.b, "vb")?,
+        ipv4(&trio.ip_a)?,
+        ipv4(&trio.ip_b)?,
+    );
+    let csum0 = udp_csum_errors(&trio.b)?;
+    let mut sender = Sender::start(&trio.a.name, "va", frame)?;
+    std::thread::sleep(Duration::from_millis(500)); // warm-up
+    let (rx0, tx0, cpu0, t0) = (rx_packets(&trio.b, "vb")?, sender.sent(), cpu_sample()?, Instant::now());
+    let _ = path.run_stats();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    let (rx1, tx1, cpu1, dt) = (rx_packets(&path.trio().b, "vb")?, sender.sent(), cpu_sample()?, t0.elapsed());
+    let extra = path.run_stats();
+    sender.stop()?;
+    let trio = path.trio();
+    let pkts = (rx1 - rx0) as f64;
+    let dt = dt.as_secs_f64();
+    let jiffy_ns = 1e9 / 100.0;
+    Ok(RunResult {
+        path: path.name(),
+        workload: w.name,
+        round,
+        pps: pkts / dt,
+        offered_pps: (tx1 - tx0) as f64 / dt,
+        cpu_ns_per_pkt: (cpu1.busy - cpu0.busy) as f64 * jiffy_ns / pkts.max(1.0),
+        softirq_ns_per_pkt: (cpu1.softirq - cpu0.softirq) as f64 * jiffy_ns / pkts.max(1.0),
+        cpu_cores: (cpu1.busy - cpu0.busy) as f64 * jiffy_ns / 1e9 / dt,
+        csum_errors: udp_csum_errors(&trio.b)? - csum0,
+        extra,
+    })
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() -> Result<()> {
+    if std::fs::read_to_string("/proc/self/status")?
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .is_some_and(|l| l.split_whitespace().nth(1) != Some("0"))
+    {
+        eprintln!("e2e: needs root (it builds network namespaces and attaches XDP programs); not run");
+        return Ok(());
+    }
+    let secs: f64 = env_num("BW_E2E_SECS", 3.0);
+    let rounds: u32 = env_num("BW_E2E_ROUNDS", 3);
+    let out_path = std::env::var("BW_E2E_OUT").unwrap_or_else(|_| {
+        let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+        format!("{target}/e2e/results.json")
+    });
+
+    let mut paths: Vec<Box<dyn Path>> = vec![Box::new(LinuxBridge::new()?), Box::new(AfXdpRaw::new()?)];
+    let mut results = Vec::new();
+    for round in 0..rounds {
+        for w in WORKLOADS {
+            for path in paths.iter_mut() {
+                let r = run_once(path.as_mut(), w, round, secs)
+                    .with_context(|| format!("{} {} round {round}", path.name(), w.name))?;
+                eprintln!(
+                    "round {round} {:>9} {:<13} {:>9.0} pps (offered {:>9.0}), {:>6.0} ns CPU/pkt, {:>6.0} ns softirq/pkt, {:.2} cores",
+                    r.workload, r.path, r.pps, r.offered_pps, r.cpu_ns_per_pkt, r.softirq_ns_per_pkt, r.cpu_cores
+                );
+                results.push(r);
+            }
+        }
+    }
+
+    let mut summary = Vec::new();
+    println!();
+    println!("End-to-end UDP A → M → B, {rounds} rounds × {secs} s, alternating paths (medians; min–max in brackets)");
+    println!(
+        "{:<10} {:<13} {:>22} {:>22} {:>14} {:>7}",
+        "workload", "path", "rate (kpps)", "CPU/pkt (ns)", "softirq/pkt", "cores"
+    );
+    for w in WORKLOADS {
+        for path in &paths {
+            let rs: Vec<&RunResult> = results.iter().filter(|r| r.path == path.name() && r.workload == w.name).collect();
+            let col = |f: &dyn Fn(&RunResult) -> f64| -> (f64, f64, f64) {
+                let mut v: Vec<f64> = rs.iter().map(|r| f(r)).collect();
+                let med = median(&mut v);
+                (med, v.first().copied().unwrap_or(f64::NAN), v.last().copied().unwrap_or(f64::NAN))
+            };
+            let pps = col(&|r| r.pps);
+            let cpu = col(&|r| r.cpu_ns_per_pkt);
+            let sirq = col(&|r| r.softirq_ns_per_pkt);
+            let cores = col(&|r| r.cpu_cores);
+            println!(
+                "{:<10} {:<13} {:>8.0} [{:>5.0}–{:>5.0}] {:>8.0} [{:>5.0}–{:>5.0}] {:>14.0} {:>7.2}",
+                w.name,
+                path.name(),
+                pps.0 / 1e3,
+                pps.1 / 1e3,
+                pps.2 / 1e3,
+                cpu.0,
+                cpu.1,
+                cpu.2,
+                sirq.0,
+                cores.0
+            );
+            summary.push(json!({
+                "workload": w.name, "path": path.name(),
+                "pps_median": pps.0, "pps_min": pps.1, "pps_max": pps.2,
+                "cpu_ns_per_pkt_median": cpu.0, "cpu_ns_per_pkt_min": cpu.1, "cpu_ns_per_pkt_max": cpu.2,
+                "softirq_ns_per_pkt_median": sirq.0, "cores_median": cores.0,
+            }));
+        }
+    }
+    println!("paths:");
+    for p in &paths {
+        println!("  {:<13} {}", p.name(), p.description());
+    }
+    println!("sender: AF_XDP copy-mode TX blaster in A pinned to CPU {SENDER_CPU}; forwarder pinned to CPU {FORWARDER_CPU}");
+    println!("rate = frames received on B's veth; CPU = whole machine (/proc/stat, softirq included) / frames");
+
+    let doc = json!({
+        "benchmark": "e2e-udp",
+        "seconds_per_run": secs,
+        "rounds": rounds,
+        "paths": paths.iter().map(|p| json!({"name": p.name(), "description": p.description()})).collect::<Vec<_>>(),
+        "sender": "AF_XDP copy-mode TX blaster in namespace A",
+        "summary": summary,
+        "runs": results.iter().map(|r| json!({
+            "path": r.path, "workload": r.workload, "round": r.round, "pps": r.pps, "offered_pps": r.offered_pps,
+            "cpu_ns_per_pkt": r.cpu_ns_per_pkt, "softirq_ns_per_pkt": r.softirq_ns_per_pkt,
+            "cpu_cores": r.cpu_cores, "udp_csum_errors": r.csum_errors, "extra": r.extra,
+        })).collect::<Vec<_>>(),
+    });
+    if let Some(dir) = std::path::Path::new(&out_path).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&out_path, serde_json::to_string_pretty(&doc)?)?;
+    println!("JSON written to {out_path}");
+    drop(paths);
+    Ok(())
+}

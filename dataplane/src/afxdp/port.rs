@@ -1,0 +1,292 @@
+//! An AF_XDP port: one interface queue, its socket, XSKMAP, redirect program and link,
+//! behind the [`Port`] trait.
+use std::os::fd::BorrowedFd;
+
+use super::bpf::{RedirectProgram, XdpLink, XdpMode, XskMap};
+use super::error::{AfXdpError, VETH_NATIVE_XDP_MAX_MTU};
+use super::iface::{if_index, interface_mtu};
+use super::socket::{BindRetry, RingSizes, XdpStatistics, XskSocket};
+use super::sys::XdpDesc;
+use super::umem::Umem;
+use crate::phy::{DescBatch, FrameDesc, FrameMemory, FreeList, Port, PortFrames};
+
+/// How to open a port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XdpPortConfig {
+    /// Receive queue to bind (veths have one: 0).
+    pub queue: u32,
+    /// Native (default) or generic XDP.
+    pub mode: XdpMode,
+    /// Ring sizes.
+    pub rings: RingSizes,
+    /// Copy-mode TX descriptors per kick (`XDP_MAX_TX_SKB_BUDGET`); `None` keeps the kernel's 32.
+    pub tx_budget: Option<u32>,
+    /// At most this many TX kicks per `transmit`/`complete` call, so a stuck device cannot
+    /// hold the worker.
+    pub max_kicks: u32,
+    /// EBUSY retry on bind.
+    pub bind_retry: BindRetry,
+}
+
+impl Default for XdpPortConfig {
+    fn default() -> Self {
+        Self {
+            queue: 0,
+            mode: XdpMode::Native,
+            rings: RingSizes::default(),
+            tx_budget: Some(256),
+            max_kicks: 16,
+            bind_retry: BindRetry::default(),
+        }
+    }
+}
+
+/// Counters of a port's userspace side (the kernel's are in [`XdpPort::statistics`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpPortCounters {
+    /// Frames received.
+    pub rx_frames: u64,
+    /// Frames queued for transmit.
+    pub tx_frames: u64,
+    /// Frames completed (returned to the free list) after transmit.
+    pub tx_completed: u64,
+    /// TX descriptors refused before reaching the kernel (out of the UMEM or empty): their
+    /// frames go straight back to the free list.
+    pub tx_rejected: u64,
+    /// `sendto` kicks.
+    pub tx_kicks: u64,
+    /// Kicks the kernel refused for now (EAGAIN/EBUSY/ENOBUFS/ENETDOWN) or that made no progress.
+    pub tx_kick_stalls: u64,
+    /// Kicks that failed with another error (the frames stay queued; see `last_errno`).
+    pub tx_kick_errors: u64,
+    /// RX wake-ups issued because the kernel set need_wakeup on the fill ring.
+    pub rx_wakeups: u64,
+    /// errno of the last failed kick, 0 if none.
+    pub last_errno: i32,
+}
+
+/// An AF_XDP port on one interface queue.
+pub struct XdpPort {
+    // Drop order: detach the program, then the program and map, then the socket (whose rings
+    // are unmapped before its fd closes), so no frame is redirected to a closing socket.
+    _link: XdpLink,
+    _prog: RedirectProgram,
+    _map: XskMap,
+    socket: XskSocket,
+    ifname: String,
+    frame_mask: u64,
+    max_kicks: u32,
+    /// Frames refused in `transmit`, returned by the next `complete`.
+    rejected: Vec<u64>,
+    fill_posted: u64,
+    rx_taken: u64,
+    tx_posted: u64,
+    comp_taken: u64,
+    counters: XdpPortCounters,
+}
+
+impl XdpPort {
+    /// Opens a port on `ifname` in the calling thread's network namespace: socket bound in
+    /// copy mode with need_wakeup, redirect program attached through a bpf_link.
+    ///
+    /// The first port of a UMEM registers it (`share_with: None`); every other port shares it
+    /// through an already open port (`share_with: Some(first)`), so frames move between ports
+    /// as descriptors. The registering port must outlive the ports sharing through it.
+    pub fn open(
+        umem: &Umem,
+        ifname: &str,
+        config: &XdpPortConfig,
+        share_with: Option<&XdpPort>,
+    ) -> Result<Self, AfXdpError> {
+        let ifindex = if_index(ifname)?;
+        if config.mode == XdpMode::Native {
+            let mtu = interface_mtu(ifname)?;
+            if mtu > VETH_NATIVE_XDP_MAX_MTU {
+                return Err(AfXdpError::MtuTooLarge { ifname: ifname.to_owned(), mtu });
+            }
+            let room = umem.frame_size().saturating_sub(256 + 14) as u32;
+            if mtu > room {
+                tracing::warn!(ifname, mtu, room, "MTU exceeds the UMEM frame's data room: larger frames will be dropped");
+            }
+        }
+        let socket = XskSocket::bind(
+            umem,
+            ifname,
+            ifindex,
+            config.queue,
+            config.rings,
+            share_with.map(|p| &p.socket),
+            config.bind_retry,
+        )?;
+        if let Some(budget) = config.tx_budget
+            && !socket.set_tx_budget(budget)?
+        {
+            tracing::info!(ifname, "kernel has no XDP_MAX_TX_SKB_BUDGET: 32 TX descriptors per kick");
+        }
+        let map = XskMap::new(config.queue + 1)?;
+        map.insert(config.queue, socket.fd())?;
+        let prog = RedirectProgram::load(&map)?;
+        let link = XdpLink::attach(&prog, ifname, ifindex, config.mode)?;
+        tracing::debug!(ifname, ifindex, queue = config.queue, mode = ?config.mode, "AF_XDP port open");
+        Ok(Self {
+            _link: link,
+            _prog: prog,
+            _map: map,
+            rejected: Vec::with_capacity(config.rings.tx as usize),
+            socket,
+            ifname: ifname.to_owned(),
+            frame_mask: !(umem.frame_size() as u64 - 1),
+            max_kicks: config.max_kicks.max(1),
+            fill_posted: 0,
+            rx_taken: 0,
+            tx_posted: 0,
+            comp_taken: 0,
+            counters: XdpPortCounters::default(),
+        })
+    }
+
+    /// Interface name.
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    /// The socket's descriptor, for [`super::AdaptivePoller`].
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.socket.fd()
+    }
+
+    /// Userspace counters.
+    pub fn counters(&self) -> XdpPortCounters {
+        self.counters
+    }
+
+    /// The kernel's drop counters for this socket.
+    pub fn statistics(&self) -> Result<XdpStatistics, AfXdpError> {
+        self.socket.statistics()
+    }
+
+    /// True when frames wait in the TX ring or the completion ring: the worker must not
+    /// sleep long before calling `complete` again.
+    pub fn has_pending_tx(&self) -> bool {
+        self.tx_posted != self.comp_taken
+    }
+
+    /// Kicks the kernel until the TX ring is empty, it stops making progress, or
+    /// `max_kicks` is reached. Copy mode sends at most the TX budget per kick.
+    fn drain_tx(&mut self) {
+        let mut before = self.socket.rings.tx.outstanding();
+        let mut kicks = 0;
+        while before > 0 && kicks < self.max_kicks {
+            kicks += 1;
+            self.counters.tx_kicks += 1;
+            match self.socket.kick_tx() {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.counters.tx_kick_stalls += 1;
+                    break;
+                }
+                Err(e) => {
+                    self.counters.tx_kick_errors += 1;
+                    self.counters.last_errno = e.errno().unwrap_or(0);
+                    break;
+                }
+            }
+            let after = self.socket.rings.tx.outstanding();
+            if after >= before {
+                // Completion ring full or device busy: come back after `complete`.
+                self.counters.tx_kick_stalls += 1;
+                break;
+            }
+            before = after;
+        }
+    }
+}
+
+impl Port<Umem> for XdpPort {
+    fn fill(&mut self, _mem: &mut Umem, free: &mut FreeList) {
+        let want = free.len().min(u32::MAX as usize) as u32;
+        let n = self.socket.rings.fill.free(want).min(want);
+        let mut written = 0;
+        while written < n {
+            let Some(addr) = free.pop() else { break };
+            self.socket.rings.fill.write(written, addr & self.frame_mask);
+            written += 1;
+        }
+        if written > 0 {
+            self.socket.rings.fill.submit(written);
+            self.fill_posted += u64::from(written);
+        }
+        if self.socket.rings.fill.needs_wakeup() {
+            self.counters.rx_wakeups += 1;
+            if let Err(e) = self.socket.kick_rx() {
+                self.counters.last_errno = e.errno().unwrap_or(0);
+            }
+        }
+    }
+
+    fn receive(&mut self, _mem: &mut Umem, out: &mut DescBatch) {
+        let rx = &mut self.socket.rings.rx;
+        let n = rx.available(out.spare() as u32);
+        for i in 0..n {
+            let d = rx.read(i);
+            // Cannot fail: n <= spare.
+            let _ = out.push(FrameDesc { addr: d.addr, len: d.len });
+        }
+        rx.release(n);
+        self.rx_taken += u64::from(n);
+        self.counters.rx_frames += u64::from(n);
+    }
+
+    fn transmit(&mut self, mem: &mut Umem, batch: &mut DescBatch) {
+        let want = batch.len() as u32;
+        let room = self.socket.rings.tx.free(want).min(want);
+        let mut written = 0;
+        for d in &batch.as_slice()[..room as usize] {
+            if d.len == 0 || !mem.desc_in_bounds(d.addr, d.len) {
+                // The kernel would skip it without completing it, losing the frame.
+                self.rejected.push(d.addr & self.frame_mask);
+                self.counters.tx_rejected += 1;
+                continue;
+            }
+            self.socket.rings.tx.write(written, XdpDesc { addr: d.addr, len: d.len, options: 0 });
+            written += 1;
+        }
+        if written > 0 {
+            self.socket.rings.tx.submit(written);
+            self.tx_posted += u64::from(written);
+            self.counters.tx_frames += u64::from(written);
+        }
+        batch.consume_front(room as usize);
+        self.drain_tx();
+    }
+
+    fn complete(&mut self, free: &mut FreeList) {
+        while let Some(addr) = self.rejected.pop() {
+            free.push(addr);
+        }
+        let comp = &mut self.socket.rings.completion;
+        let n = comp.available(u32::MAX);
+        for i in 0..n {
+            free.push(comp.read(i) & self.frame_mask);
+        }
+        comp.release(n);
+        self.comp_taken += u64::from(n);
+        self.counters.tx_completed += u64::from(n);
+        if self.socket.rings.tx.outstanding() > 0 {
+            self.drain_tx();
+        }
+    }
+
+    fn frames_held(&self) -> PortFrames {
+        let rx_ring = u64::from(self.socket.rings.rx.pending());
+        let rx_side = self.fill_posted - self.rx_taken;
+        let tx_ring = u64::from(self.socket.rings.tx.outstanding());
+        let tx_side = self.tx_posted - self.comp_taken;
+        PortFrames {
+            fill: (rx_side - rx_ring.min(rx_side)) as usize,
+            rx: rx_ring.min(rx_side) as usize,
+            tx: tx_ring.min(tx_side) as usize,
+            completion: (tx_side - tx_ring.min(tx_side)) as usize + self.rejected.len(),
+        }
+    }
+}
