@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use common::forwarder::{Forwarder, ForwarderOptions};
 use common::netns::Trio;
-use dataplane::afxdp::{PollConfig, Umem, UmemConfig, XdpPort, XdpPortConfig, enter_netns, pin_current_thread};
+use dataplane::afxdp::{
+    PollConfig, Umem, UmemConfig, XdpPort, XdpPortConfig, enter_netns, pin_current_thread,
+};
 use dataplane::phy::{DescBatch, FrameDesc, FrameMemory, FreeList, Port};
 use serde_json::json;
 
@@ -58,7 +60,14 @@ impl LinuxBridge {
         trio.m.ip(&["link", "set", "br0", "up"]);
         // br_netfilter's knobs are per namespace here; absent when it is not loaded.
         let _ = std::process::Command::new("ip")
-            .args(["netns", "exec", &trio.m.name, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0"])
+            .args([
+                "netns",
+                "exec",
+                &trio.m.name,
+                "sysctl",
+                "-qw",
+                "net.bridge.bridge-nf-call-iptables=0",
+            ])
             .output();
         Ok(Self { trio })
     }
@@ -89,12 +98,19 @@ impl AfXdpRaw {
         let trio = Trio::new();
         let opts = ForwarderOptions {
             cpu: Some(FORWARDER_CPU),
-            umem: UmemConfig { frame_count: 16 * 1024, frame_size: 2048 },
+            umem: UmemConfig {
+                frame_count: 16 * 1024,
+                frame_size: 2048,
+            },
             poll: PollConfig::default(),
             ..ForwarderOptions::default()
         };
         let fwd = Forwarder::start(&trio.m.name, "pa", "pb", opts).map_err(anyhow::Error::msg)?;
-        Ok(Self { fwd: Some(fwd), last: 0, trio })
+        Ok(Self {
+            fwd: Some(fwd),
+            last: 0,
+            trio,
+        })
     }
 }
 
@@ -143,11 +159,25 @@ struct Workload {
     frame_len: usize,
 }
 
-const WORKLOADS: [Workload; 2] =
-    [Workload { name: "udp-64", frame_len: 60 }, Workload { name: "udp-1500", frame_len: 1514 }];
+const WORKLOADS: [Workload; 2] = [
+    Workload {
+        name: "udp-64",
+        frame_len: 60,
+    },
+    Workload {
+        name: "udp-1500",
+        frame_len: 1514,
+    },
+];
 
 /// Builds an Ethernet/IPv4/UDP frame of `len` bytes with valid checksums.
-fn udp_frame(len: usize, src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+fn udp_frame(
+    len: usize,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+) -> Vec<u8> {
     let mut f = vec![0u8; len];
     f[0..6].copy_from_slice(&dst_mac);
     f[6..12].copy_from_slice(&src_mac);
@@ -161,7 +191,10 @@ fn udp_frame(len: usize, src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], dst: 
     ip[9] = 17;
     ip[12..16].copy_from_slice(&src);
     ip[16..20].copy_from_slice(&dst);
-    let mut sum: u32 = ip.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
+    let mut sum: u32 = ip
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -209,16 +242,21 @@ impl Sender {
     fn start(ns: &str, ifname: &str, frame: Vec<u8>) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
-        let (stop2, sent2, ns, ifname) = (stop.clone(), sent.clone(), ns.to_owned(), ifname.to_owned());
+        let (stop2, sent2, ns, ifname) =
+            (stop.clone(), sent.clone(), ns.to_owned(), ifname.to_owned());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::result::Result<(), String>>();
         let handle = std::thread::spawn(move || -> Result<()> {
             let setup = || -> Result<_> {
                 let back = enter_netns(&ns)?;
                 pin_current_thread(SENDER_CPU)?;
-                let mut umem = Umem::new(UmemConfig { frame_count: 4096, frame_size: 2048 })?;
+                let mut umem = Umem::new(UmemConfig {
+                    frame_count: 4096,
+                    frame_size: 2048,
+                })?;
                 let port = XdpPort::open(&umem, &ifname, &XdpPortConfig::default(), None)?;
                 for i in 0..umem.frame_count() {
-                    umem.bytes_mut((i * 2048) as u64, frame.len()).copy_from_slice(&frame);
+                    umem.bytes_mut((i * 2048) as u64, frame.len())
+                        .copy_from_slice(&frame);
                 }
                 Ok((back, umem, port))
             };
@@ -247,7 +285,11 @@ impl Sender {
             Ok(())
         });
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Self { stop, sent, handle: Some(handle) }),
+            Ok(Ok(())) => Ok(Self {
+                stop,
+                sent,
+                handle: Some(handle),
+            }),
             Ok(Err(e)) => bail!("sender setup: {e}"),
             Err(_) => bail!("sender thread died"),
         }
@@ -283,10 +325,17 @@ struct CpuSample {
 fn cpu_sample() -> Result<CpuSample> {
     let stat = std::fs::read_to_string("/proc/stat")?;
     let line = stat.lines().next().context("empty /proc/stat")?;
-    let v: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse().unwrap_or(0)).collect();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
     // user nice system idle iowait irq softirq steal
     let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v.get(7).copied().unwrap_or(0);
-    Ok(CpuSample { busy, softirq: v[6] })
+    Ok(CpuSample {
+        busy,
+        softirq: v[6],
+    })
 }
 
 /// RX packets of `ifname` in namespace `ns` (from its /proc/net/dev).
@@ -296,7 +345,12 @@ fn rx_packets(ns: &common::netns::Netns, ifname: &str) -> Result<u64> {
         .lines()
         .find(|l| l.trim_start().starts_with(&format!("{ifname}:")))
         .with_context(|| format!("{ifname} not in /proc/net/dev"))?;
-    let fields: Vec<&str> = line.split(':').nth(1).unwrap_or("").split_whitespace().collect();
+    let fields: Vec<&str> = line
+        .split(':')
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
     Ok(fields.get(1).context("short /proc/net/dev line")?.parse()?)
 }
 
@@ -304,9 +358,20 @@ fn rx_packets(ns: &common::netns::Netns, ifname: &str) -> Result<u64> {
 fn udp_csum_errors(ns: &common::netns::Netns) -> Result<u64> {
     let snmp = ns.exec(&["cat", "/proc/net/snmp"]);
     let lines: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Udp:")).collect();
-    let names: Vec<&str> = lines.first().context("no Udp line")?.split_whitespace().collect();
-    let values: Vec<&str> = lines.get(1).context("no Udp values")?.split_whitespace().collect();
-    let i = names.iter().position(|n| *n == "InCsumErrors").context("no InCsumErrors")?;
+    let names: Vec<&str> = lines
+        .first()
+        .context("no Udp line")?
+        .split_whitespace()
+        .collect();
+    let values: Vec<&str> = lines
+        .get(1)
+        .context("no Udp values")?
+        .split_whitespace()
+        .collect();
+    let i = names
+        .iter()
+        .position(|n| *n == "InCsumErrors")
+        .context("no InCsumErrors")?;
     Ok(values[i].parse()?)
 }
 
@@ -335,10 +400,20 @@ fn run_once(path: &mut dyn Path, w: Workload, round: u32, secs: f64) -> Result<R
     let csum0 = udp_csum_errors(&trio.b)?;
     let mut sender = Sender::start(&trio.a.name, "va", frame)?;
     std::thread::sleep(Duration::from_millis(500)); // warm-up
-    let (rx0, tx0, cpu0, t0) = (rx_packets(&trio.b, "vb")?, sender.sent(), cpu_sample()?, Instant::now());
+    let (rx0, tx0, cpu0, t0) = (
+        rx_packets(&trio.b, "vb")?,
+        sender.sent(),
+        cpu_sample()?,
+        Instant::now(),
+    );
     let _ = path.run_stats();
     std::thread::sleep(Duration::from_secs_f64(secs));
-    let (rx1, tx1, cpu1, dt) = (rx_packets(&path.trio().b, "vb")?, sender.sent(), cpu_sample()?, t0.elapsed());
+    let (rx1, tx1, cpu1, dt) = (
+        rx_packets(&path.trio().b, "vb")?,
+        sender.sent(),
+        cpu_sample()?,
+        t0.elapsed(),
+    );
     let extra = path.run_stats();
     sender.stop()?;
     let trio = path.trio();
@@ -372,7 +447,10 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() -> Result<()> {
@@ -381,7 +459,9 @@ fn main() -> Result<()> {
         .find(|l| l.starts_with("Uid:"))
         .is_some_and(|l| l.split_whitespace().nth(1) != Some("0"))
     {
-        eprintln!("e2e: needs root (it builds network namespaces and attaches XDP programs); not run");
+        eprintln!(
+            "e2e: needs root (it builds network namespaces and attaches XDP programs); not run"
+        );
         return Ok(());
     }
     let secs: f64 = env_num("BW_E2E_SECS", 3.0);
@@ -391,7 +471,8 @@ fn main() -> Result<()> {
         format!("{target}/e2e/results.json")
     });
 
-    let mut paths: Vec<Box<dyn Path>> = vec![Box::new(LinuxBridge::new()?), Box::new(AfXdpRaw::new()?)];
+    let mut paths: Vec<Box<dyn Path>> =
+        vec![Box::new(LinuxBridge::new()?), Box::new(AfXdpRaw::new()?)];
     let mut results = Vec::new();
     for round in 0..rounds {
         for w in WORKLOADS {
@@ -400,7 +481,13 @@ fn main() -> Result<()> {
                     .with_context(|| format!("{} {} round {round}", path.name(), w.name))?;
                 eprintln!(
                     "round {round} {:>9} {:<13} {:>9.0} pps (offered {:>9.0}), {:>6.0} ns CPU/pkt, {:>6.0} ns softirq/pkt, {:.2} cores",
-                    r.workload, r.path, r.pps, r.offered_pps, r.cpu_ns_per_pkt, r.softirq_ns_per_pkt, r.cpu_cores
+                    r.workload,
+                    r.path,
+                    r.pps,
+                    r.offered_pps,
+                    r.cpu_ns_per_pkt,
+                    r.softirq_ns_per_pkt,
+                    r.cpu_cores
                 );
                 results.push(r);
             }
@@ -409,18 +496,27 @@ fn main() -> Result<()> {
 
     let mut summary = Vec::new();
     println!();
-    println!("End-to-end UDP A → M → B, {rounds} rounds × {secs} s, alternating paths (medians; min–max in brackets)");
+    println!(
+        "End-to-end UDP A → M → B, {rounds} rounds × {secs} s, alternating paths (medians; min–max in brackets)"
+    );
     println!(
         "{:<10} {:<13} {:>22} {:>22} {:>14} {:>7}",
         "workload", "path", "rate (kpps)", "CPU/pkt (ns)", "softirq/pkt", "cores"
     );
     for w in WORKLOADS {
         for path in &paths {
-            let rs: Vec<&RunResult> = results.iter().filter(|r| r.path == path.name() && r.workload == w.name).collect();
+            let rs: Vec<&RunResult> = results
+                .iter()
+                .filter(|r| r.path == path.name() && r.workload == w.name)
+                .collect();
             let col = |f: &dyn Fn(&RunResult) -> f64| -> (f64, f64, f64) {
                 let mut v: Vec<f64> = rs.iter().map(|r| f(r)).collect();
                 let med = median(&mut v);
-                (med, v.first().copied().unwrap_or(f64::NAN), v.last().copied().unwrap_or(f64::NAN))
+                (
+                    med,
+                    v.first().copied().unwrap_or(f64::NAN),
+                    v.last().copied().unwrap_or(f64::NAN),
+                )
             };
             let pps = col(&|r| r.pps);
             let cpu = col(&|r| r.cpu_ns_per_pkt);
@@ -451,8 +547,12 @@ fn main() -> Result<()> {
     for p in &paths {
         println!("  {:<13} {}", p.name(), p.description());
     }
-    println!("sender: AF_XDP copy-mode TX blaster in A pinned to CPU {SENDER_CPU}; forwarder pinned to CPU {FORWARDER_CPU}");
-    println!("rate = frames received on B's veth; CPU = whole machine (/proc/stat, softirq included) / frames");
+    println!(
+        "sender: AF_XDP copy-mode TX blaster in A pinned to CPU {SENDER_CPU}; forwarder pinned to CPU {FORWARDER_CPU}"
+    );
+    println!(
+        "rate = frames received on B's veth; CPU = whole machine (/proc/stat, softirq included) / frames"
+    );
 
     let doc = json!({
         "benchmark": "e2e-udp",

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use common::forwarder::{Forwarder, ForwarderOptions};
 use common::netns::{Netns, Trio, veth};
 use dataplane::afxdp::{
-    AfXdpError, BindRetry, RedirectProgram, RingSizes, Umem, UmemConfig, XdpAction, XdpMode, XdpPort, XdpPortConfig,
-    XskMap, XskSocket, enter_netns, if_index,
+    AfXdpError, BindRetry, RedirectProgram, RingSizes, Umem, UmemConfig, XdpAction, XdpMode,
+    XdpPort, XdpPortConfig, XskMap, XskSocket, enter_netns, if_index,
 };
 use sha2::{Digest, Sha256};
 
@@ -42,10 +42,22 @@ fn root_netns_afxdp_redirect_program_test_run() {
         // Empty slot: the fallback action of bpf_redirect_map, XDP_PASS.
         assert_eq!(prog.test_run(&udp_frame()).unwrap(), XdpAction::Pass);
 
-        let umem = Umem::new(UmemConfig { frame_count: 4096, frame_size: 2048 }).unwrap();
+        let umem = Umem::new(UmemConfig {
+            frame_count: 4096,
+            frame_size: 2048,
+        })
+        .unwrap();
         let ifindex = if_index("xa").unwrap();
-        let sock =
-            XskSocket::bind(&umem, "xa", ifindex, 0, RingSizes::default(), None, BindRetry::default()).unwrap();
+        let sock = XskSocket::bind(
+            &umem,
+            "xa",
+            ifindex,
+            0,
+            RingSizes::default(),
+            None,
+            BindRetry::default(),
+        )
+        .unwrap();
         map.insert(0, sock.fd()).unwrap();
         // Slot 0 (the test run's rx_queue_index) holds a socket: redirect.
         assert_eq!(prog.test_run(&udp_frame()).unwrap(), XdpAction::Redirect);
@@ -113,7 +125,8 @@ fn udp_echo(trio: &Trio, rounds: u32) {
     let client = trio.a.spawn(move || {
         let s = UdpSocket::bind(format!("{ip_a}:0")).unwrap();
         s.connect(format!("{ip_b}:7000")).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
         let mut buf = [0u8; 2048];
         let mut retries = 0;
         for i in 0..rounds {
@@ -137,7 +150,10 @@ fn udp_echo(trio: &Trio, rounds: u32) {
     let retries = client.join().unwrap();
     let echoed = server.join().unwrap();
     assert!(echoed >= rounds, "server echoed {echoed} of {rounds}");
-    assert!(retries <= rounds / 20, "{retries} retries for {rounds} datagrams");
+    assert!(
+        retries <= rounds / 20,
+        "{retries} retries for {rounds} datagrams"
+    );
 }
 
 /// TCP transfer of `bytes` pseudo-random bytes from A to B; sha256 must match at both ends.
@@ -166,7 +182,11 @@ fn tcp_transfer(trio: &Trio, bytes: usize) {
     listener_ready.wait();
     let ip_b = trio.ip_b.clone();
     let client = trio.a.spawn(move || {
-        let mut c = TcpStream::connect_timeout(&format!("{ip_b}:7001").parse().unwrap(), Duration::from_secs(5)).unwrap();
+        let mut c = TcpStream::connect_timeout(
+            &format!("{ip_b}:7001").parse().unwrap(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
         c.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
         let mut h = Sha256::new();
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -190,7 +210,10 @@ fn tcp_transfer(trio: &Trio, bytes: usize) {
     let sent_hash = client.join().unwrap();
     let (received, recv_hash) = server.join().unwrap();
     assert_eq!(received, bytes);
-    assert_eq!(sent_hash, recv_hash, "sha256 differs between sender and receiver");
+    assert_eq!(
+        sent_hash, recv_hash,
+        "sha256 differs between sender and receiver"
+    );
 }
 
 #[test]
@@ -205,8 +228,16 @@ fn root_netns_afxdp_forwarder_carries_ping_udp_and_tcp() {
 
     // The failed ping above left a FAILED neighbour entry in A: one echo to resolve it again.
     ping(&trio.a, &trio.ip_b, 1);
-    assert_eq!(ping(&trio.a, &trio.ip_b, 3), 3, "ping A→B through the forwarder");
-    assert_eq!(ping(&trio.b, &trio.ip_a, 3), 3, "ping B→A through the forwarder");
+    assert_eq!(
+        ping(&trio.a, &trio.ip_b, 3),
+        3,
+        "ping A→B through the forwarder"
+    );
+    assert_eq!(
+        ping(&trio.b, &trio.ip_a, 3),
+        3,
+        "ping B→A through the forwarder"
+    );
     udp_echo(&trio, 300);
     tcp_transfer(&trio, 20 * 1024 * 1024);
 
@@ -220,13 +251,23 @@ fn root_netns_afxdp_forwarder_carries_ping_udp_and_tcp() {
         assert_eq!(values[i], "0", "{proto} InCsumErrors in B");
     }
     let report = fwd.stop_and_report().unwrap();
-    assert!(report.forwarded > 10_000, "forwarded only {}", report.forwarded);
+    assert!(
+        report.forwarded > 10_000,
+        "forwarded only {}",
+        report.forwarded
+    );
     assert_eq!(report.accounting_violations, 0);
-    assert_eq!(report.free + report.held[0].total() + report.held[1].total(), report.total_frames);
+    assert_eq!(
+        report.free + report.held[0].total() + report.held[1].total(),
+        report.total_frames
+    );
     drop(fwd);
     // The programs went with the ports.
     let link = trio.m.ip(&["link", "show", "pa"]);
-    assert!(!link.contains("xdp"), "XDP program left on pa after the forwarder stopped: {link}");
+    assert!(
+        !link.contains("xdp"),
+        "XDP program left on pa after the forwarder stopped: {link}"
+    );
 }
 
 /// Floods both directions with UDP (nobody reads in B, A gets unreachables back) through a
@@ -235,9 +276,17 @@ fn root_netns_afxdp_forwarder_carries_ping_udp_and_tcp() {
 fn root_netns_afxdp_frame_accounting_balances_after_flood() {
     let trio = Trio::new();
     let opts = ForwarderOptions {
-        umem: UmemConfig { frame_count: 3072, frame_size: 2048 },
+        umem: UmemConfig {
+            frame_count: 3072,
+            frame_size: 2048,
+        },
         port: XdpPortConfig {
-            rings: RingSizes { fill: 2048, completion: 2048, rx: 2048, tx: 1024 },
+            rings: RingSizes {
+                fill: 2048,
+                completion: 2048,
+                rx: 2048,
+                tx: 1024,
+            },
             ..XdpPortConfig::default()
         },
         ..ForwarderOptions::default()
@@ -267,15 +316,34 @@ fn root_netns_afxdp_frame_accounting_balances_after_flood() {
     let sent = a.join().unwrap() + b.join().unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let report = fwd.stop_and_report().unwrap();
-    eprintln!("flood: sent {sent}, forwarded {}, report {report:?}", report.forwarded);
+    eprintln!(
+        "flood: sent {sent}, forwarded {}, report {report:?}",
+        report.forwarded
+    );
     // The tests run unoptimised next to each other on two cores: the rate is modest here; the
     // e2e bench pushes millions of frames through the same accounting (it reports it too).
-    assert!(report.forwarded > 50_000, "flood forwarded only {} frames", report.forwarded);
-    assert_eq!(report.accounting_violations, 0, "a round lost or duplicated frames");
+    assert!(
+        report.forwarded > 50_000,
+        "flood forwarded only {} frames",
+        report.forwarded
+    );
+    assert_eq!(
+        report.accounting_violations, 0,
+        "a round lost or duplicated frames"
+    );
     let held: usize = report.held.iter().map(|h| h.total()).sum();
-    assert_eq!(report.free + held, report.total_frames, "free {} + held {held} != total", report.free);
+    assert_eq!(
+        report.free + held,
+        report.total_frames,
+        "free {} + held {held} != total",
+        report.free
+    );
     for h in &report.held {
-        assert_eq!(h.tx + h.completion, 0, "transmits still pending after drain: {h:?}");
+        assert_eq!(
+            h.tx + h.completion,
+            0,
+            "transmits still pending after drain: {h:?}"
+        );
     }
 }
 
@@ -290,7 +358,12 @@ fn root_netns_afxdp_kill9_leaves_no_program() {
     let p = Netns::new("k9p");
     veth(&m, "ka", &p, "kb");
     let child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "root_netns_afxdp_kill9_leaves_no_program", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "root_netns_afxdp_kill9_leaves_no_program",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("BWT_HOLD_NS", &m.name)
         .env("BWT_HOLD_IF", "ka")
         .stdout(Stdio::piped())
@@ -306,21 +379,32 @@ fn root_netns_afxdp_kill9_leaves_no_program() {
             }
         }
     });
-    rx.recv_timeout(Duration::from_secs(30)).expect("child never attached its port");
-    assert!(m.ip(&["link", "show", "ka"]).contains("xdp"), "child's program not attached");
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("child never attached its port");
+    assert!(
+        m.ip(&["link", "show", "ka"]).contains("xdp"),
+        "child's program not attached"
+    );
 
     child.0.kill().unwrap(); // SIGKILL
     child.0.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while m.ip(&["link", "show", "ka"]).contains("xdp") {
-        assert!(Instant::now() < deadline, "XDP program still attached 5 s after kill -9");
+        assert!(
+            Instant::now() < deadline,
+            "XDP program still attached 5 s after kill -9"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // A new native attach (and bind: EBUSY is retried) works.
     let name = m.name.clone();
     std::thread::spawn(move || {
         let _back = enter_netns(&name).unwrap();
-        let umem = Umem::new(UmemConfig { frame_count: 4096, frame_size: 2048 }).unwrap();
+        let umem = Umem::new(UmemConfig {
+            frame_count: 4096,
+            frame_size: 2048,
+        })
+        .unwrap();
         let port = XdpPort::open(&umem, "ka", &XdpPortConfig::default(), None).unwrap();
         drop(port);
     })
@@ -339,7 +423,11 @@ impl Drop for KillOnDrop {
 
 fn hold_port_forever(ns: &str, ifname: &str) -> ! {
     let _back = enter_netns(ns).unwrap();
-    let umem = Umem::new(UmemConfig { frame_count: 4096, frame_size: 2048 }).unwrap();
+    let umem = Umem::new(UmemConfig {
+        frame_count: 4096,
+        frame_size: 2048,
+    })
+    .unwrap();
     let _port = XdpPort::open(&umem, ifname, &XdpPortConfig::default(), None).unwrap();
     println!("HOLDING");
     std::io::stdout().flush().unwrap();
@@ -357,16 +445,32 @@ fn root_netns_afxdp_refuses_peer_mtu_above_3506() {
     let name = m.name.clone();
     std::thread::spawn(move || {
         let _back = enter_netns(&name).unwrap();
-        let umem = Umem::new(UmemConfig { frame_count: 4096, frame_size: 2048 }).unwrap();
-        let err = XdpPort::open(&umem, "ta", &XdpPortConfig::default(), None).err().expect("native attach must fail");
+        let umem = Umem::new(UmemConfig {
+            frame_count: 4096,
+            frame_size: 2048,
+        })
+        .unwrap();
+        let err = XdpPort::open(&umem, "ta", &XdpPortConfig::default(), None)
+            .err()
+            .expect("native attach must fail");
         assert!(matches!(err, AfXdpError::PeerMtuTooLarge { .. }), "{err:?}");
         let msg = err.to_string();
-        assert!(msg.contains("3506") && msg.contains("ta") && msg.contains("mtu 1500"), "{msg}");
+        assert!(
+            msg.contains("3506") && msg.contains("ta") && msg.contains("mtu 1500"),
+            "{msg}"
+        );
         // Generic mode has no such limit and stays available as an explicit option. The first
         // attempt registered the UMEM before failing; it was released, so this registers again.
         drop(umem);
-        let umem = Umem::new(UmemConfig { frame_count: 4096, frame_size: 2048 }).unwrap();
-        let skb = XdpPortConfig { mode: XdpMode::Skb, ..XdpPortConfig::default() };
+        let umem = Umem::new(UmemConfig {
+            frame_count: 4096,
+            frame_size: 2048,
+        })
+        .unwrap();
+        let skb = XdpPortConfig {
+            mode: XdpMode::Skb,
+            ..XdpPortConfig::default()
+        };
         XdpPort::open(&umem, "ta", &skb, None).unwrap();
     })
     .join()
@@ -377,9 +481,18 @@ fn root_netns_afxdp_refuses_peer_mtu_above_3506() {
     let name = m.name.clone();
     std::thread::spawn(move || {
         let _back = enter_netns(&name).unwrap();
-        let umem = Umem::new(UmemConfig { frame_count: 4096, frame_size: 2048 }).unwrap();
-        let err = XdpPort::open(&umem, "ta", &XdpPortConfig::default(), None).err().expect("must refuse MTU 4000");
-        assert!(matches!(err, AfXdpError::MtuTooLarge { mtu: 4000, .. }), "{err:?}");
+        let umem = Umem::new(UmemConfig {
+            frame_count: 4096,
+            frame_size: 2048,
+        })
+        .unwrap();
+        let err = XdpPort::open(&umem, "ta", &XdpPortConfig::default(), None)
+            .err()
+            .expect("must refuse MTU 4000");
+        assert!(
+            matches!(err, AfXdpError::MtuTooLarge { mtu: 4000, .. }),
+            "{err:?}"
+        );
     })
     .join()
     .unwrap();

@@ -61,9 +61,18 @@ fn bpf<T>(cmd: libc::c_int, attr: &mut T, call: &'static str) -> Result<libc::c_
     // SAFETY: `attr` is a live, fully initialised `#[repr(C)]` prefix of `union bpf_attr` of the
     // size we pass; pointers inside it (set by our callers) refer to buffers alive for the call.
     let r = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd, (attr as *mut T).cast::<libc::c_void>(), std::mem::size_of::<T>() as u32)
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            (attr as *mut T).cast::<libc::c_void>(),
+            std::mem::size_of::<T>() as u32,
+        )
     };
-    if r < 0 { Err(AfXdpError::last(call)) } else { Ok(r) }
+    if r < 0 {
+        Err(AfXdpError::last(call))
+    } else {
+        Ok(r)
+    }
 }
 
 fn fd_from(r: libc::c_long) -> OwnedFd {
@@ -73,7 +82,11 @@ fn fd_from(r: libc::c_long) -> OwnedFd {
 
 fn name16(name: &str) -> [u8; 16] {
     let mut out = [0u8; 16];
-    for (o, b) in out.iter_mut().zip(name.bytes().filter(|b| b.is_ascii_alphanumeric() || *b == b'_').take(15)) {
+    for (o, b) in out.iter_mut().zip(
+        name.bytes()
+            .filter(|b| b.is_ascii_alphanumeric() || *b == b'_')
+            .take(15),
+    ) {
         *o = b;
     }
     out
@@ -97,13 +110,19 @@ impl XskMap {
             ..Default::default()
         };
         let r = bpf(BPF_MAP_CREATE, &mut attr, "bpf(BPF_MAP_CREATE, XSKMAP)")?;
-        Ok(Self { fd: fd_from(r), max_entries })
+        Ok(Self {
+            fd: fd_from(r),
+            max_entries,
+        })
     }
 
     /// Puts the (bound) socket `xsk` in slot `queue`.
     pub fn insert(&self, queue: u32, xsk: BorrowedFd<'_>) -> Result<(), AfXdpError> {
         if queue >= self.max_entries {
-            return Err(AfXdpError::Config(format!("queue {queue} beyond the XSKMAP's {} slots", self.max_entries)));
+            return Err(AfXdpError::Config(format!(
+                "queue {queue} beyond the XSKMAP's {} slots",
+                self.max_entries
+            )));
         }
         let key = queue;
         let value = xsk.as_raw_fd() as u32;
@@ -113,16 +132,27 @@ impl XskMap {
             value: &value as *const u32 as u64,
             ..Default::default()
         };
-        bpf(BPF_MAP_UPDATE_ELEM, &mut attr, "bpf(BPF_MAP_UPDATE_ELEM, XSKMAP)")?;
+        bpf(
+            BPF_MAP_UPDATE_ELEM,
+            &mut attr,
+            "bpf(BPF_MAP_UPDATE_ELEM, XSKMAP)",
+        )?;
         Ok(())
     }
 
     /// Empties slot `queue` (frames of that queue then go to the kernel stack).
     pub fn remove(&self, queue: u32) -> Result<(), AfXdpError> {
         let key = queue;
-        let mut attr =
-            MapElemAttr { map_fd: self.fd.as_raw_fd() as u32, key: &key as *const u32 as u64, ..Default::default() };
-        bpf(BPF_MAP_DELETE_ELEM, &mut attr, "bpf(BPF_MAP_DELETE_ELEM, XSKMAP)")?;
+        let mut attr = MapElemAttr {
+            map_fd: self.fd.as_raw_fd() as u32,
+            key: &key as *const u32 as u64,
+            ..Default::default()
+        };
+        bpf(
+            BPF_MAP_DELETE_ELEM,
+            &mut attr,
+            "bpf(BPF_MAP_DELETE_ELEM, XSKMAP)",
+        )?;
         Ok(())
     }
 
@@ -137,7 +167,12 @@ impl XskMap {
 /// of this queue, or pass the frame to the kernel when the slot is empty.
 pub fn redirect_program(map_fd: i32) -> [BpfInsn; 6] {
     const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> BpfInsn {
-        BpfInsn { code, regs: (src << 4) | (dst & 0x0f), off, imm }
+        BpfInsn {
+            code,
+            regs: (src << 4) | (dst & 0x0f),
+            off,
+            imm,
+        }
     }
     const BPF_LDX_MEM_W: u8 = 0x61; // BPF_LDX | BPF_MEM | BPF_W
     const BPF_LD_IMM64: u8 = 0x18; // BPF_LD | BPF_IMM | BPF_DW
@@ -180,7 +215,9 @@ impl RedirectProgram {
         };
         match bpf(BPF_PROG_LOAD, &mut attr, "bpf(BPF_PROG_LOAD)") {
             Ok(r) => Ok(Self { fd: fd_from(r) }),
-            Err(AfXdpError::Sys { errno, .. }) if errno == libc::EINVAL || errno == libc::EACCES => {
+            Err(AfXdpError::Sys { errno, .. })
+                if errno == libc::EINVAL || errno == libc::EACCES =>
+            {
                 let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
                 Err(AfXdpError::Verifier {
                     errno_name: errno_name(errno),
@@ -224,7 +261,12 @@ pub struct XdpLink {
 
 impl XdpLink {
     /// Attaches `prog` to `ifindex` in `mode`.
-    pub fn attach(prog: &RedirectProgram, ifname: &str, ifindex: u32, mode: XdpMode) -> Result<Self, AfXdpError> {
+    pub fn attach(
+        prog: &RedirectProgram,
+        ifname: &str,
+        ifindex: u32,
+        mode: XdpMode,
+    ) -> Result<Self, AfXdpError> {
         let mut attr = LinkCreateAttr {
             prog_fd: prog.fd.as_raw_fd() as u32,
             target_ifindex: ifindex,
@@ -232,14 +274,18 @@ impl XdpLink {
             flags: mode.flags(),
         };
         match bpf(BPF_LINK_CREATE, &mut attr, "bpf(BPF_LINK_CREATE, XDP)") {
-            Ok(r) => Ok(Self { _fd: fd_from(r), ifindex }),
+            Ok(r) => Ok(Self {
+                _fd: fd_from(r),
+                ifindex,
+            }),
             Err(e) => Err(match e.errno() {
-                Some(libc::ERANGE) if mode == XdpMode::Native => {
-                    AfXdpError::PeerMtuTooLarge { ifname: ifname.to_owned() }
-                }
-                Some(errno @ (libc::EEXIST | libc::EBUSY)) => {
-                    AfXdpError::AlreadyAttached { ifname: ifname.to_owned(), errno_name: errno_name(errno) }
-                }
+                Some(libc::ERANGE) if mode == XdpMode::Native => AfXdpError::PeerMtuTooLarge {
+                    ifname: ifname.to_owned(),
+                },
+                Some(errno @ (libc::EEXIST | libc::EBUSY)) => AfXdpError::AlreadyAttached {
+                    ifname: ifname.to_owned(),
+                    errno_name: errno_name(errno),
+                },
                 _ => e,
             }),
         }
@@ -259,8 +305,24 @@ mod tests {
     fn afxdp_redirect_program_encodes_six_instructions() {
         let p = redirect_program(7);
         assert_eq!(p.len(), 6);
-        assert_eq!(p[0], BpfInsn { code: 0x61, regs: 0x12, off: 16, imm: 0 });
-        assert_eq!(p[1], BpfInsn { code: 0x18, regs: 0x11, off: 0, imm: 7 });
+        assert_eq!(
+            p[0],
+            BpfInsn {
+                code: 0x61,
+                regs: 0x12,
+                off: 16,
+                imm: 0
+            }
+        );
+        assert_eq!(
+            p[1],
+            BpfInsn {
+                code: 0x18,
+                regs: 0x11,
+                off: 0,
+                imm: 7
+            }
+        );
         assert_eq!(p[3].imm, XDP_PASS as i32);
         assert_eq!(p[4].imm, 51);
         assert_eq!(p[5].code, 0x95);

@@ -112,9 +112,18 @@ impl AfXdpError {
     pub fn from_errno(call: &'static str, errno: i32) -> Self {
         let errno_name = errno_name(errno);
         match errno {
-            libc::EPERM | libc::EACCES => Self::Permission { call, errno, errno_name },
+            libc::EPERM | libc::EACCES => Self::Permission {
+                call,
+                errno,
+                errno_name,
+            },
             libc::EAFNOSUPPORT => Self::NoAfXdp { call },
-            _ => Self::Sys { call, errno, errno_name, source: io::Error::from_raw_os_error(errno) },
+            _ => Self::Sys {
+                call,
+                errno,
+                errno_name,
+                source: io::Error::from_raw_os_error(errno),
+            },
         }
     }
 
@@ -166,8 +175,13 @@ mod tests {
         assert!(e.to_string().contains("CAP_NET_ADMIN"), "{e}");
         let e = AfXdpError::from_errno("socket(AF_XDP)", libc::EAFNOSUPPORT);
         assert!(e.to_string().contains("CONFIG_XDP_SOCKETS"), "{e}");
-        let e = AfXdpError::PeerMtuTooLarge { ifname: "veth0".into() };
-        assert!(e.to_string().contains("3506") && e.to_string().contains("mtu 1500"), "{e}");
+        let e = AfXdpError::PeerMtuTooLarge {
+            ifname: "veth0".into(),
+        };
+        assert!(
+            e.to_string().contains("3506") && e.to_string().contains("mtu 1500"),
+            "{e}"
+        );
         let e = AfXdpError::from_errno("bind", libc::EINVAL);
         assert!(e.to_string().contains("bind failed with EINVAL"), "{e}");
         assert_eq!(e.errno(), Some(libc::EINVAL));

@@ -19,7 +19,8 @@ fn c_name(ifname: &str) -> Result<CString, AfXdpError> {
             libc::IFNAMSIZ - 1
         )));
     }
-    CString::new(ifname).map_err(|_| AfXdpError::Config(format!("interface name {ifname:?} contains a NUL byte")))
+    CString::new(ifname)
+        .map_err(|_| AfXdpError::Config(format!("interface name {ifname:?} contains a NUL byte")))
 }
 
 /// Index of interface `ifname` (`if_nametoindex`).
@@ -27,13 +28,21 @@ pub fn if_index(ifname: &str) -> Result<u32, AfXdpError> {
     let name = c_name(ifname)?;
     // SAFETY: `name` is a valid NUL-terminated string alive for the call.
     let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if idx == 0 { Err(AfXdpError::NoSuchInterface(ifname.to_owned())) } else { Ok(idx) }
+    if idx == 0 {
+        Err(AfXdpError::NoSuchInterface(ifname.to_owned()))
+    } else {
+        Ok(idx)
+    }
 }
 
 /// MTU of interface `ifname` (`ioctl(SIOCGIFMTU)`).
 pub fn interface_mtu(ifname: &str) -> Result<u32, AfXdpError> {
     let name = c_name(ifname)?;
-    let mut req = IfreqMtu { name: [0; libc::IFNAMSIZ], mtu: 0, _pad: [0; 20] };
+    let mut req = IfreqMtu {
+        name: [0; libc::IFNAMSIZ],
+        mtu: 0,
+        _pad: [0; 20],
+    };
     for (dst, src) in req.name.iter_mut().zip(name.as_bytes()) {
         *dst = *src as libc::c_char;
     }
@@ -45,7 +54,13 @@ pub fn interface_mtu(ifname: &str) -> Result<u32, AfXdpError> {
     // SAFETY: fresh descriptor owned by nobody else.
     let sock = unsafe { OwnedFd::from_raw_fd(raw) };
     // SAFETY: `req` is a writable ifreq-sized struct; SIOCGIFMTU writes only the MTU field.
-    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req as *mut IfreqMtu) };
+    let r = unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCGIFMTU,
+            &mut req as *mut IfreqMtu,
+        )
+    };
     if r < 0 {
         let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
         return Err(if errno == libc::ENODEV {
@@ -65,8 +80,14 @@ mod tests {
     fn afxdp_iface_lookups_find_loopback_and_refuse_unknown_names() {
         assert_eq!(if_index("lo").unwrap(), 1);
         assert_eq!(interface_mtu("lo").unwrap(), 65536);
-        assert!(matches!(if_index("bw-no-such-if"), Err(AfXdpError::NoSuchInterface(_))));
-        assert!(matches!(interface_mtu("bw-no-such-if"), Err(AfXdpError::NoSuchInterface(_))));
+        assert!(matches!(
+            if_index("bw-no-such-if"),
+            Err(AfXdpError::NoSuchInterface(_))
+        ));
+        assert!(matches!(
+            interface_mtu("bw-no-such-if"),
+            Err(AfXdpError::NoSuchInterface(_))
+        ));
         assert!(if_index("a-name-far-too-long-for-linux").is_err());
     }
 }

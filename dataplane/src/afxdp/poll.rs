@@ -21,7 +21,10 @@ pub struct PollConfig {
 impl Default for PollConfig {
     /// ~100–200 µs of spinning (an empty round is a few ring loads), then 10 ms sleeps.
     fn default() -> Self {
-        Self { spin_rounds: 2000, sleep_timeout: Duration::from_millis(10) }
+        Self {
+            spin_rounds: 2000,
+            sleep_timeout: Duration::from_millis(10),
+        }
     }
 }
 
@@ -48,8 +51,20 @@ impl AdaptivePoller {
     /// A poller over the sockets `fds` (the ports' [`super::XdpPort::fd`]). The caller keeps
     /// those sockets open while it uses the poller.
     pub fn new(fds: &[BorrowedFd<'_>], config: PollConfig) -> Self {
-        let pollfds = fds.iter().map(|fd| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
-        Self { pollfds, config, idle_rounds: 0, sleeps: 0 }
+        let pollfds = fds
+            .iter()
+            .map(|fd| libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        Self {
+            pollfds,
+            config,
+            idle_rounds: 0,
+            sleeps: 0,
+        }
     }
 
     /// Ends a round of the worker loop: `progress` says whether any frame moved. Sleeps
@@ -68,7 +83,13 @@ impl AdaptivePoller {
         self.sleeps += 1;
         let timeout = self.config.sleep_timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
         // SAFETY: `pollfds` is a valid array of `len` pollfd structs; poll only writes `revents`.
-        let r = unsafe { libc::poll(self.pollfds.as_mut_ptr(), self.pollfds.len() as libc::nfds_t, timeout) };
+        let r = unsafe {
+            libc::poll(
+                self.pollfds.as_mut_ptr(),
+                self.pollfds.len() as libc::nfds_t,
+                timeout,
+            )
+        };
         if r < 0 {
             let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
             if errno == libc::EINTR {

@@ -102,11 +102,19 @@ impl XdpPort {
         if config.mode == XdpMode::Native {
             let mtu = interface_mtu(ifname)?;
             if mtu > VETH_NATIVE_XDP_MAX_MTU {
-                return Err(AfXdpError::MtuTooLarge { ifname: ifname.to_owned(), mtu });
+                return Err(AfXdpError::MtuTooLarge {
+                    ifname: ifname.to_owned(),
+                    mtu,
+                });
             }
             let room = umem.frame_size().saturating_sub(256 + 14) as u32;
             if mtu > room {
-                tracing::warn!(ifname, mtu, room, "MTU exceeds the UMEM frame's data room: larger frames will be dropped");
+                tracing::warn!(
+                    ifname,
+                    mtu,
+                    room,
+                    "MTU exceeds the UMEM frame's data room: larger frames will be dropped"
+                );
             }
         }
         let socket = XskSocket::bind(
@@ -121,7 +129,10 @@ impl XdpPort {
         if let Some(budget) = config.tx_budget
             && !socket.set_tx_budget(budget)?
         {
-            tracing::info!(ifname, "kernel has no XDP_MAX_TX_SKB_BUDGET: 32 TX descriptors per kick");
+            tracing::info!(
+                ifname,
+                "kernel has no XDP_MAX_TX_SKB_BUDGET: 32 TX descriptors per kick"
+            );
         }
         let map = XskMap::new(config.queue + 1)?;
         map.insert(config.queue, socket.fd())?;
@@ -209,7 +220,10 @@ impl Port<Umem> for XdpPort {
         let mut written = 0;
         while written < n {
             let Some(addr) = free.pop() else { break };
-            self.socket.rings.fill.write(written, addr & self.frame_mask);
+            self.socket
+                .rings
+                .fill
+                .write(written, addr & self.frame_mask);
             written += 1;
         }
         if written > 0 {
@@ -230,7 +244,10 @@ impl Port<Umem> for XdpPort {
         for i in 0..n {
             let d = rx.read(i);
             // Cannot fail: n <= spare.
-            let _ = out.push(FrameDesc { addr: d.addr, len: d.len });
+            let _ = out.push(FrameDesc {
+                addr: d.addr,
+                len: d.len,
+            });
         }
         rx.release(n);
         self.rx_taken += u64::from(n);
@@ -248,7 +265,14 @@ impl Port<Umem> for XdpPort {
                 self.counters.tx_rejected += 1;
                 continue;
             }
-            self.socket.rings.tx.write(written, XdpDesc { addr: d.addr, len: d.len, options: 0 });
+            self.socket.rings.tx.write(
+                written,
+                XdpDesc {
+                    addr: d.addr,
+                    len: d.len,
+                    options: 0,
+                },
+            );
             written += 1;
         }
         if written > 0 {

@@ -46,7 +46,11 @@ impl RingMap {
         if ptr == libc::MAP_FAILED {
             return Err(AfXdpError::last(what));
         }
-        Ok(Self { ptr: ptr.cast(), len, mapped: true })
+        Ok(Self {
+            ptr: ptr.cast(),
+            len,
+            mapped: true,
+        })
     }
 }
 
@@ -136,7 +140,11 @@ impl<T: Copy> ProducerRing<T> {
         let core = RingCore::new(map, off, size);
         let cached_prod = core.producer().load(Ordering::Relaxed);
         let cached_cons = core.consumer().load(Ordering::Acquire).wrapping_add(size);
-        Self { core, cached_prod, cached_cons }
+        Self {
+            core,
+            cached_prod,
+            cached_cons,
+        }
     }
 
     /// Free entries, refreshing the cached consumer index only if fewer than `wanted` are known.
@@ -145,7 +153,11 @@ impl<T: Copy> ProducerRing<T> {
         if free >= wanted {
             return free;
         }
-        self.cached_cons = self.core.consumer().load(Ordering::Acquire).wrapping_add(self.core.size);
+        self.cached_cons = self
+            .core
+            .consumer()
+            .load(Ordering::Acquire)
+            .wrapping_add(self.core.size);
         self.cached_cons.wrapping_sub(self.cached_prod)
     }
 
@@ -157,12 +169,15 @@ impl<T: Copy> ProducerRing<T> {
     /// Publishes `n` written entries to the kernel.
     pub(crate) fn submit(&mut self, n: u32) {
         self.cached_prod = self.cached_prod.wrapping_add(n);
-        self.core.producer().store(self.cached_prod, Ordering::Release);
+        self.core
+            .producer()
+            .store(self.cached_prod, Ordering::Release);
     }
 
     /// Entries published but not yet consumed by the kernel.
     pub(crate) fn outstanding(&self) -> u32 {
-        self.cached_prod.wrapping_sub(self.core.consumer().load(Ordering::Acquire))
+        self.cached_prod
+            .wrapping_sub(self.core.consumer().load(Ordering::Acquire))
     }
 
     /// The kernel asked for a syscall before it consumes more.
@@ -186,7 +201,11 @@ impl<T: Copy> ConsumerRing<T> {
         let core = RingCore::new(map, off, size);
         let cached_cons = core.consumer().load(Ordering::Relaxed);
         let cached_prod = core.producer().load(Ordering::Acquire);
-        Self { core, cached_prod, cached_cons }
+        Self {
+            core,
+            cached_prod,
+            cached_cons,
+        }
     }
 
     /// Entries ready to read, at most `max`; refreshes the producer index when the cache is empty.
@@ -207,12 +226,17 @@ impl<T: Copy> ConsumerRing<T> {
     /// Gives `n` read entries back to the kernel.
     pub(crate) fn release(&mut self, n: u32) {
         self.cached_cons = self.cached_cons.wrapping_add(n);
-        self.core.consumer().store(self.cached_cons, Ordering::Release);
+        self.core
+            .consumer()
+            .store(self.cached_cons, Ordering::Release);
     }
 
     /// Entries the kernel has published that we have not released (fresh read, no cache).
     pub(crate) fn pending(&self) -> u32 {
-        self.core.producer().load(Ordering::Acquire).wrapping_sub(self.cached_cons)
+        self.core
+            .producer()
+            .load(Ordering::Acquire)
+            .wrapping_sub(self.cached_cons)
     }
 }
 
@@ -224,7 +248,12 @@ mod tests {
     /// plays the kernel through the same atomics.
     fn heap_ring(size: u32) -> (Vec<u64>, XdpRingOffset) {
         let buf = vec![0u64; 4 + size as usize];
-        let off = XdpRingOffset { producer: 0, consumer: 8, flags: 16, desc: 32 };
+        let off = XdpRingOffset {
+            producer: 0,
+            consumer: 8,
+            flags: 16,
+            desc: 32,
+        };
         (buf, off)
     }
 
@@ -232,8 +261,16 @@ mod tests {
     fn afxdp_rings_wrap_and_respect_capacity() {
         let size = 8;
         let (mut buf, off) = heap_ring(size);
-        let map = RingMap { ptr: buf.as_mut_ptr().cast(), len: buf.len() * 8, mapped: false };
-        let map2 = RingMap { ptr: buf.as_mut_ptr().cast(), len: buf.len() * 8, mapped: false };
+        let map = RingMap {
+            ptr: buf.as_mut_ptr().cast(),
+            len: buf.len() * 8,
+            mapped: false,
+        };
+        let map2 = RingMap {
+            ptr: buf.as_mut_ptr().cast(),
+            len: buf.len() * 8,
+            mapped: false,
+        };
         let mut prod = ProducerRing::<u64>::new(map, &off, size);
         let mut cons = ConsumerRing::<u64>::new(map2, &off, size);
         let mut next = 0u64;

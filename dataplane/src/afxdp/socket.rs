@@ -25,7 +25,12 @@ pub struct RingSizes {
 impl Default for RingSizes {
     /// 2048 everywhere: a few bursts of 64 of slack on each side.
     fn default() -> Self {
-        Self { fill: 2048, completion: 2048, rx: 2048, tx: 2048 }
+        Self {
+            fill: 2048,
+            completion: 2048,
+            rx: 2048,
+            tx: 2048,
+        }
     }
 }
 
@@ -103,11 +108,16 @@ impl XskSocket {
         share_with: Option<&XskSocket>,
         retry: BindRetry,
     ) -> Result<Self, AfXdpError> {
-        for (what, n) in
-            [("fill", sizes.fill), ("completion", sizes.completion), ("rx", sizes.rx), ("tx", sizes.tx)]
-        {
+        for (what, n) in [
+            ("fill", sizes.fill),
+            ("completion", sizes.completion),
+            ("rx", sizes.rx),
+            ("tx", sizes.tx),
+        ] {
             if !n.is_power_of_two() {
-                return Err(AfXdpError::Config(format!("{what} ring size {n} is not a power of two")));
+                return Err(AfXdpError::Config(format!(
+                    "{what} ring size {n} is not a power of two"
+                )));
             }
         }
         // SAFETY: plain socket(2) call; the result is checked and wrapped in an OwnedFd.
@@ -140,16 +150,24 @@ impl XskSocket {
             }
         }
         let registered_here = share_with.is_none();
-        let rings = match Self::setup_rings_and_bind(&fd, ifname, ifindex, queue, sizes, share_with, retry) {
-            Ok(r) => r,
-            Err(e) => {
-                if registered_here {
-                    region.unmark_registered();
+        let rings =
+            match Self::setup_rings_and_bind(&fd, ifname, ifindex, queue, sizes, share_with, retry)
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    if registered_here {
+                        region.unmark_registered();
+                    }
+                    return Err(e);
                 }
-                return Err(e);
-            }
-        };
-        Ok(Self { rings, fd, ifindex, queue, _region: region })
+            };
+        Ok(Self {
+            rings,
+            fd,
+            ifindex,
+            queue,
+            _region: region,
+        })
     }
 
     /// Sizes and maps the rings, then binds (the part of `bind` after UMEM registration).
@@ -162,20 +180,43 @@ impl XskSocket {
         share_with: Option<&XskSocket>,
         retry: BindRetry,
     ) -> Result<Rings, AfXdpError> {
-        setsockopt(fd.as_fd(), XDP_UMEM_FILL_RING, &sizes.fill, "setsockopt(XDP_UMEM_FILL_RING)")?;
+        setsockopt(
+            fd.as_fd(),
+            XDP_UMEM_FILL_RING,
+            &sizes.fill,
+            "setsockopt(XDP_UMEM_FILL_RING)",
+        )?;
         setsockopt(
             fd.as_fd(),
             XDP_UMEM_COMPLETION_RING,
             &sizes.completion,
             "setsockopt(XDP_UMEM_COMPLETION_RING)",
         )?;
-        setsockopt(fd.as_fd(), XDP_RX_RING, &sizes.rx, "setsockopt(XDP_RX_RING)")?;
-        setsockopt(fd.as_fd(), XDP_TX_RING, &sizes.tx, "setsockopt(XDP_TX_RING)")?;
+        setsockopt(
+            fd.as_fd(),
+            XDP_RX_RING,
+            &sizes.rx,
+            "setsockopt(XDP_RX_RING)",
+        )?;
+        setsockopt(
+            fd.as_fd(),
+            XDP_TX_RING,
+            &sizes.tx,
+            "setsockopt(XDP_TX_RING)",
+        )?;
 
-        let off: XdpMmapOffsets = getsockopt(fd.as_fd(), XDP_MMAP_OFFSETS, "getsockopt(XDP_MMAP_OFFSETS)")?;
+        let off: XdpMmapOffsets =
+            getsockopt(fd.as_fd(), XDP_MMAP_OFFSETS, "getsockopt(XDP_MMAP_OFFSETS)")?;
         let rings = Rings {
             fill: ProducerRing::new(
-                RingMap::map(fd.as_fd(), &off.fr, sizes.fill, 8, XDP_UMEM_PGOFF_FILL_RING, "mmap(fill ring)")?,
+                RingMap::map(
+                    fd.as_fd(),
+                    &off.fr,
+                    sizes.fill,
+                    8,
+                    XDP_UMEM_PGOFF_FILL_RING,
+                    "mmap(fill ring)",
+                )?,
                 &off.fr,
                 sizes.fill,
             ),
@@ -192,12 +233,26 @@ impl XskSocket {
                 sizes.completion,
             ),
             rx: ConsumerRing::new(
-                RingMap::map(fd.as_fd(), &off.rx, sizes.rx, 16, XDP_PGOFF_RX_RING, "mmap(rx ring)")?,
+                RingMap::map(
+                    fd.as_fd(),
+                    &off.rx,
+                    sizes.rx,
+                    16,
+                    XDP_PGOFF_RX_RING,
+                    "mmap(rx ring)",
+                )?,
                 &off.rx,
                 sizes.rx,
             ),
             tx: ProducerRing::new(
-                RingMap::map(fd.as_fd(), &off.tx, sizes.tx, 16, XDP_PGOFF_TX_RING, "mmap(tx ring)")?,
+                RingMap::map(
+                    fd.as_fd(),
+                    &off.tx,
+                    sizes.tx,
+                    16,
+                    XDP_PGOFF_TX_RING,
+                    "mmap(tx ring)",
+                )?,
                 &off.tx,
                 sizes.tx,
             ),
@@ -243,16 +298,27 @@ impl XskSocket {
     /// (`XDP_MAX_TX_SKB_BUDGET`, Linux 6.x). Returns false when the kernel does not know the
     /// option (it then handles 32 per kick).
     pub fn set_tx_budget(&self, budget: u32) -> Result<bool, AfXdpError> {
-        match setsockopt(self.fd.as_fd(), XDP_MAX_TX_SKB_BUDGET, &budget, "setsockopt(XDP_MAX_TX_SKB_BUDGET)") {
+        match setsockopt(
+            self.fd.as_fd(),
+            XDP_MAX_TX_SKB_BUDGET,
+            &budget,
+            "setsockopt(XDP_MAX_TX_SKB_BUDGET)",
+        ) {
             Ok(()) => Ok(true),
-            Err(e) if matches!(e.errno(), Some(libc::ENOPROTOOPT) | Some(libc::EINVAL)) => Ok(false),
+            Err(e) if matches!(e.errno(), Some(libc::ENOPROTOOPT) | Some(libc::EINVAL)) => {
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }
 
     /// Kernel drop counters.
     pub fn statistics(&self) -> Result<XdpStatistics, AfXdpError> {
-        let s: XdpStatisticsRaw = getsockopt(self.fd.as_fd(), XDP_STATISTICS, "getsockopt(XDP_STATISTICS)")?;
+        let s: XdpStatisticsRaw = getsockopt(
+            self.fd.as_fd(),
+            XDP_STATISTICS,
+            "getsockopt(XDP_STATISTICS)",
+        )?;
         Ok(XdpStatistics {
             rx_dropped: s.rx_dropped,
             rx_invalid_descs: s.rx_invalid_descs,
@@ -270,7 +336,14 @@ impl XskSocket {
         // SAFETY: sendto with no buffer and no address on a socket we own: the AF_XDP "wake up
         // TX" convention; nothing is read from or written to our memory.
         let r = unsafe {
-            libc::sendto(self.fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0)
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                std::ptr::null(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null(),
+                0,
+            )
         };
         if r >= 0 {
             return Ok(true);
@@ -307,7 +380,12 @@ impl XskSocket {
 }
 
 /// Binds, retrying EBUSY with exponential backoff until `retry.deadline`.
-fn bind_with_retry(fd: BorrowedFd<'_>, addr: &SockaddrXdp, ifname: &str, retry: BindRetry) -> Result<(), AfXdpError> {
+fn bind_with_retry(
+    fd: BorrowedFd<'_>,
+    addr: &SockaddrXdp,
+    ifname: &str,
+    retry: BindRetry,
+) -> Result<(), AfXdpError> {
     let start = Instant::now();
     let mut pause = retry.first_pause;
     let mut attempts = 0;
@@ -348,7 +426,12 @@ fn bind_with_retry(fd: BorrowedFd<'_>, addr: &SockaddrXdp, ifname: &str, retry: 
 }
 
 /// `setsockopt(SOL_XDP, opt, value)`.
-fn setsockopt<T: Copy>(fd: BorrowedFd<'_>, opt: libc::c_int, value: &T, call: &'static str) -> Result<(), AfXdpError> {
+fn setsockopt<T: Copy>(
+    fd: BorrowedFd<'_>,
+    opt: libc::c_int,
+    value: &T,
+    call: &'static str,
+) -> Result<(), AfXdpError> {
     // SAFETY: `value` points to a live `T` of the size we pass; the kernel only reads it.
     let r = unsafe {
         libc::setsockopt(
@@ -359,14 +442,34 @@ fn setsockopt<T: Copy>(fd: BorrowedFd<'_>, opt: libc::c_int, value: &T, call: &'
             std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
-    if r == 0 { Ok(()) } else { Err(AfXdpError::last(call)) }
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(AfXdpError::last(call))
+    }
 }
 
 /// `getsockopt(SOL_XDP, opt)` into a zeroed `T` (all our `T`s are plain integer structs).
-fn getsockopt<T: Copy + Default>(fd: BorrowedFd<'_>, opt: libc::c_int, call: &'static str) -> Result<T, AfXdpError> {
+fn getsockopt<T: Copy + Default>(
+    fd: BorrowedFd<'_>,
+    opt: libc::c_int,
+    call: &'static str,
+) -> Result<T, AfXdpError> {
     let mut value = T::default();
     let mut len = std::mem::size_of::<T>() as libc::socklen_t;
     // SAFETY: `value` is a writable `T` of `len` bytes; the kernel writes at most `len` bytes.
-    let r = unsafe { libc::getsockopt(fd.as_raw_fd(), SOL_XDP, opt, (&mut value as *mut T).cast(), &mut len) };
-    if r == 0 { Ok(value) } else { Err(AfXdpError::last(call)) }
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            SOL_XDP,
+            opt,
+            (&mut value as *mut T).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        Ok(value)
+    } else {
+        Err(AfXdpError::last(call))
+    }
 }

@@ -28,7 +28,10 @@ pub struct UmemConfig {
 impl Default for UmemConfig {
     /// 16 Ki frames of 2048 bytes (32 MiB): room for several ports' 2048-entry fill rings.
     fn default() -> Self {
-        Self { frame_count: 16 * 1024, frame_size: 2048 }
+        Self {
+            frame_count: 16 * 1024,
+            frame_size: 2048,
+        }
     }
 }
 
@@ -126,8 +129,15 @@ impl Umem {
         if ptr == libc::MAP_FAILED {
             return Err(AfXdpError::last("mmap(UMEM)"));
         }
-        let region = UmemRegion { ptr: ptr.cast(), len, config, registered: AtomicBool::new(false) };
-        Ok(Self { region: Arc::new(region) })
+        let region = UmemRegion {
+            ptr: ptr.cast(),
+            len,
+            config,
+            registered: AtomicBool::new(false),
+        };
+        Ok(Self {
+            region: Arc::new(region),
+        })
     }
 
     /// The shared region (sockets keep it alive while the kernel may still touch it).
@@ -163,7 +173,9 @@ impl FrameMemory for Umem {
             // SAFETY: the range is inside the live mapping (checked by `range`); the caller owns
             // the frame (ownership discipline), so neither the kernel nor another worker writes
             // it while this borrow lives.
-            Some((start, len)) => unsafe { std::slice::from_raw_parts(self.region.ptr.add(start), len) },
+            Some((start, len)) => unsafe {
+                std::slice::from_raw_parts(self.region.ptr.add(start), len)
+            },
             None => &[],
         }
     }
@@ -172,7 +184,9 @@ impl FrameMemory for Umem {
         match self.range(addr, len) {
             // SAFETY: as in `bytes`; additionally `&mut self` ensures this handle hands out one
             // mutable borrow at a time, and other handles only touch frames they own.
-            Some((start, len)) => unsafe { std::slice::from_raw_parts_mut(self.region.ptr.add(start), len) },
+            Some((start, len)) => unsafe {
+                std::slice::from_raw_parts_mut(self.region.ptr.add(start), len)
+            },
             None => &mut [],
         }
     }
@@ -184,15 +198,28 @@ mod tests {
 
     #[test]
     fn afxdp_umem_maps_and_bounds_checks() {
-        let mut umem = Umem::new(UmemConfig { frame_count: 4, frame_size: 2048 }).unwrap();
+        let mut umem = Umem::new(UmemConfig {
+            frame_count: 4,
+            frame_size: 2048,
+        })
+        .unwrap();
         assert_eq!(umem.frame_count(), 4);
         umem.bytes_mut(2048 + 10, 4).copy_from_slice(&[1, 2, 3, 4]);
         let view = umem.clone();
         assert_eq!(view.bytes(2048 + 10, 4), &[1, 2, 3, 4]);
         assert!(umem.bytes(4 * 2048 - 1, 2).is_empty());
         assert!(umem.desc_in_bounds(2048 + 256, 1500));
-        assert!(!umem.desc_in_bounds(2048 + 1000, 1500), "crosses into the next frame");
+        assert!(
+            !umem.desc_in_bounds(2048 + 1000, 1500),
+            "crosses into the next frame"
+        );
         assert!(!umem.desc_in_bounds(4 * 2048, 1));
-        assert!(Umem::new(UmemConfig { frame_count: 4, frame_size: 3000 }).is_err());
+        assert!(
+            Umem::new(UmemConfig {
+                frame_count: 4,
+                frame_size: 3000
+            })
+            .is_err()
+        );
     }
 }

@@ -7,8 +7,8 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use dataplane::afxdp::{
-    AdaptivePoller, PollConfig, Umem, UmemConfig, XdpPort, XdpPortConfig, XdpPortCounters, enter_netns,
-    pin_current_thread,
+    AdaptivePoller, PollConfig, Umem, UmemConfig, XdpPort, XdpPortConfig, XdpPortCounters,
+    enter_netns, pin_current_thread,
 };
 use dataplane::phy::{DescBatch, FrameMemory, FreeList, Port, PortFrames};
 
@@ -75,8 +75,10 @@ impl Forwarder {
                     pin_current_thread(cpu).map_err(|e| e.to_string())?;
                 }
                 let umem = Umem::new(opts.umem).map_err(|e| e.to_string())?;
-                let pa = XdpPort::open(&umem, &if_a, &opts.port, None).map_err(|e| e.to_string())?;
-                let pb = XdpPort::open(&umem, &if_b, &opts.port, Some(&pa)).map_err(|e| e.to_string())?;
+                let pa =
+                    XdpPort::open(&umem, &if_a, &opts.port, None).map_err(|e| e.to_string())?;
+                let pb = XdpPort::open(&umem, &if_b, &opts.port, Some(&pa))
+                    .map_err(|e| e.to_string())?;
                 Ok((back, umem, pa, pb))
             };
             match setup() {
@@ -100,7 +102,11 @@ impl Forwarder {
                 }
             }
         });
-        let mut fwd = Self { stop, forwarded, handle: Some(handle) };
+        let mut fwd = Self {
+            stop,
+            forwarded,
+            handle: Some(handle),
+        };
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(fwd),
             Ok(Err(e)) => {
@@ -185,8 +191,24 @@ fn run(
         rounds += 1;
         pa.fill(&mut umem, &mut free);
         pb.fill(&mut umem, &mut free);
-        let mut moved = pump(&mut umem, &mut pa, &mut pb, &mut batch, &mut free, opts.checksums, &mut dropped);
-        moved += pump(&mut umem, &mut pb, &mut pa, &mut batch, &mut free, opts.checksums, &mut dropped);
+        let mut moved = pump(
+            &mut umem,
+            &mut pa,
+            &mut pb,
+            &mut batch,
+            &mut free,
+            opts.checksums,
+            &mut dropped,
+        );
+        moved += pump(
+            &mut umem,
+            &mut pb,
+            &mut pa,
+            &mut batch,
+            &mut free,
+            opts.checksums,
+            &mut dropped,
+        );
         pa.complete(&mut free);
         pb.complete(&mut free);
         if accounting(&free, &pa, &pb) != total {

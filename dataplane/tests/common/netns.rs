@@ -8,13 +8,23 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// Runs `ip args…` and panics with its stderr when it fails.
 pub fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(out.status.success(), "ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ip {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Runs `ip args…` and returns its stdout (panics on failure).
 pub fn ip_out(args: &[&str]) -> String {
     let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(out.status.success(), "ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ip {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -27,15 +37,34 @@ impl Netns {
     /// Creates the namespace with loopback up and IPv6 off (no router solicitations in the
     /// traffic under test).
     pub fn new(tag: &str) -> Self {
-        let name = format!("bwt-{}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), tag);
+        let name = format!(
+            "bwt-{}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            tag
+        );
         ip(&["netns", "add", &name]);
         let ns = Self { name };
         ns.exec(&["ip", "link", "set", "lo", "up"]);
         let _ = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1",
+            ])
             .output();
         let _ = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"])
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ])
             .output();
         ns
     }
@@ -55,7 +84,10 @@ impl Netns {
     }
 
     /// Runs `f` on a new thread that has entered this namespace (the caller's thread stays put).
-    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> JoinHandle<T> {
         let name = self.name.clone();
         std::thread::spawn(move || {
             let _back = dataplane::afxdp::enter_netns(&name).expect("enter netns");
@@ -66,7 +98,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let out = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let out = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
         if !matches!(&out, Ok(o) if o.status.success()) {
             eprintln!("warning: could not delete netns {}: {out:?}", self.name);
         }
@@ -76,7 +110,21 @@ impl Drop for Netns {
 /// Creates a veth pair `here_if` (in `here`) ↔ `there_if` (in `there`) directly inside the
 /// namespaces — it never exists in the root namespace — and sets both up.
 pub fn veth(here: &Netns, here_if: &str, there: &Netns, there_if: &str) {
-    ip(&["-n", &here.name, "link", "add", "name", here_if, "type", "veth", "peer", "name", there_if, "netns", &there.name]);
+    ip(&[
+        "-n",
+        &here.name,
+        "link",
+        "add",
+        "name",
+        here_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        there_if,
+        "netns",
+        &there.name,
+    ]);
     here.ip(&["link", "set", here_if, "up"]);
     there.ip(&["link", "set", there_if, "up"]);
 }
@@ -104,6 +152,12 @@ impl Trio {
         veth(&m, "pb", &b, "vb");
         a.ip(&["addr", "add", &format!("{ip_a}/24"), "dev", "va"]);
         b.ip(&["addr", "add", &format!("{ip_b}/24"), "dev", "vb"]);
-        Self { m, a, b, ip_a, ip_b }
+        Self {
+            m,
+            a,
+            b,
+            ip_a,
+            ip_b,
+        }
     }
 }
