@@ -315,11 +315,14 @@ impl Drop for Sender {
     }
 }
 
-/// Machine-wide CPU time from /proc/stat, in jiffies (USER_HZ = 100).
+/// CPU time in jiffies (USER_HZ = 100): machine-wide from /proc/stat, and this process's
+/// (sender + forwarder threads; on this kernel, without IRQ_TIME_ACCOUNTING, softirq work
+/// done in their context is charged to them too).
 #[derive(Clone, Copy, Default)]
 struct CpuSample {
     busy: u64,
     softirq: u64,
+    process: u64,
 }
 
 fn cpu_sample() -> Result<CpuSample> {
@@ -332,10 +335,11 @@ fn cpu_sample() -> Result<CpuSample> {
         .collect();
     // user nice system idle iowait irq softirq steal
     let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v.get(7).copied().unwrap_or(0);
-    Ok(CpuSample {
-        busy,
-        softirq: v[6],
-    })
+    let own = std::fs::read_to_string("/proc/self/stat")?;
+    let after_comm = own.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let f: Vec<u64> = after_comm.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    let process = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Ok(CpuSample { busy, softirq: v[6], process })
 }
 
 /// RX packets of `ifname` in namespace `ns` (from its /proc/net/dev).
@@ -384,6 +388,9 @@ struct RunResult {
     cpu_ns_per_pkt: f64,
     softirq_ns_per_pkt: f64,
     cpu_cores: f64,
+    process_ns_per_pkt: f64,
+    /// Cores busy outside this process (other work on the machine, ksoftirqd): the noise.
+    other_cores: f64,
     csum_errors: u64,
     extra: serde_json::Value,
 }
@@ -429,6 +436,10 @@ fn run_once(path: &mut dyn Path, w: Workload, round: u32, secs: f64) -> Result<R
         cpu_ns_per_pkt: (cpu1.busy - cpu0.busy) as f64 * jiffy_ns / pkts.max(1.0),
         softirq_ns_per_pkt: (cpu1.softirq - cpu0.softirq) as f64 * jiffy_ns / pkts.max(1.0),
         cpu_cores: (cpu1.busy - cpu0.busy) as f64 * jiffy_ns / 1e9 / dt,
+        process_ns_per_pkt: (cpu1.process - cpu0.process) as f64 * jiffy_ns / pkts.max(1.0),
+        other_cores: (cpu1.busy - cpu0.busy).saturating_sub(cpu1.process - cpu0.process) as f64 * jiffy_ns
+            / 1e9
+            / dt,
         csum_errors: udp_csum_errors(&trio.b)? - csum0,
         extra,
     })
@@ -480,14 +491,15 @@ fn main() -> Result<()> {
                 let r = run_once(path.as_mut(), w, round, secs)
                     .with_context(|| format!("{} {} round {round}", path.name(), w.name))?;
                 eprintln!(
-                    "round {round} {:>9} {:<13} {:>9.0} pps (offered {:>9.0}), {:>6.0} ns CPU/pkt, {:>6.0} ns softirq/pkt, {:.2} cores",
+                    "round {round} {:>9} {:<13} {:>9.0} pps (offered {:>9.0}), {:>6.0} ns CPU/pkt, {:>6.0} ns softirq/pkt, {:.2} cores ({:.2} outside this process)",
                     r.workload,
                     r.path,
                     r.pps,
                     r.offered_pps,
                     r.cpu_ns_per_pkt,
                     r.softirq_ns_per_pkt,
-                    r.cpu_cores
+                    r.cpu_cores,
+                    r.other_cores
                 );
                 results.push(r);
             }
@@ -500,8 +512,8 @@ fn main() -> Result<()> {
         "End-to-end UDP A → M → B, {rounds} rounds × {secs} s, alternating paths (medians; min–max in brackets)"
     );
     println!(
-        "{:<10} {:<13} {:>22} {:>22} {:>14} {:>7}",
-        "workload", "path", "rate (kpps)", "CPU/pkt (ns)", "softirq/pkt", "cores"
+        "{:<10} {:<13} {:>22} {:>22} {:>14} {:>7} {:>12} {:>7}",
+        "workload", "path", "rate (kpps)", "CPU/pkt (ns)", "softirq/pkt", "cores", "proc ns/pkt", "other"
     );
     for w in WORKLOADS {
         for path in &paths {
@@ -522,8 +534,10 @@ fn main() -> Result<()> {
             let cpu = col(&|r| r.cpu_ns_per_pkt);
             let sirq = col(&|r| r.softirq_ns_per_pkt);
             let cores = col(&|r| r.cpu_cores);
+            let proc_cpu = col(&|r| r.process_ns_per_pkt);
+            let other = col(&|r| r.other_cores);
             println!(
-                "{:<10} {:<13} {:>8.0} [{:>5.0}–{:>5.0}] {:>8.0} [{:>5.0}–{:>5.0}] {:>14.0} {:>7.2}",
+                "{:<10} {:<13} {:>8.0} [{:>5.0}–{:>5.0}] {:>8.0} [{:>5.0}–{:>5.0}] {:>14.0} {:>7.2} {:>12.0} {:>7.2}",
                 w.name,
                 path.name(),
                 pps.0 / 1e3,
@@ -533,13 +547,17 @@ fn main() -> Result<()> {
                 cpu.1,
                 cpu.2,
                 sirq.0,
-                cores.0
+                cores.0,
+                proc_cpu.0,
+                other.0
             );
             summary.push(json!({
                 "workload": w.name, "path": path.name(),
                 "pps_median": pps.0, "pps_min": pps.1, "pps_max": pps.2,
                 "cpu_ns_per_pkt_median": cpu.0, "cpu_ns_per_pkt_min": cpu.1, "cpu_ns_per_pkt_max": cpu.2,
                 "softirq_ns_per_pkt_median": sirq.0, "cores_median": cores.0,
+                "process_ns_per_pkt_median": proc_cpu.0, "process_ns_per_pkt_min": proc_cpu.1,
+                "process_ns_per_pkt_max": proc_cpu.2, "other_cores_median": other.0,
             }));
         }
     }
@@ -551,7 +569,10 @@ fn main() -> Result<()> {
         "sender: AF_XDP copy-mode TX blaster in A pinned to CPU {SENDER_CPU}; forwarder pinned to CPU {FORWARDER_CPU}"
     );
     println!(
-        "rate = frames received on B's veth; CPU = whole machine (/proc/stat, softirq included) / frames"
+        "rate = frames received on B's veth; CPU = whole machine (/proc/stat, softirq included) / frames;"
+    );
+    println!(
+        "proc = this process's threads (incl. softirq run in their context); other = cores busy outside it (noise)"
     );
 
     let doc = json!({
@@ -564,7 +585,8 @@ fn main() -> Result<()> {
         "runs": results.iter().map(|r| json!({
             "path": r.path, "workload": r.workload, "round": r.round, "pps": r.pps, "offered_pps": r.offered_pps,
             "cpu_ns_per_pkt": r.cpu_ns_per_pkt, "softirq_ns_per_pkt": r.softirq_ns_per_pkt,
-            "cpu_cores": r.cpu_cores, "udp_csum_errors": r.csum_errors, "extra": r.extra,
+            "cpu_cores": r.cpu_cores, "process_ns_per_pkt": r.process_ns_per_pkt,
+            "other_cores": r.other_cores, "udp_csum_errors": r.csum_errors, "extra": r.extra,
         })).collect::<Vec<_>>(),
     });
     if let Some(dir) = std::path::Path::new(&out_path).parent() {
