@@ -10,7 +10,6 @@
 //!
 //! Grows by adding a `Path` (e.g. the engine-integrated dataplane, a bridge with iptables
 //! rule sets) or a `Workload` (TCP, latency) — the loop, sampling and output stay.
-#[allow(dead_code, unused_imports)]
 #[path = "../dataplane/tests/common/mod.rs"]
 mod common;
 
