@@ -288,7 +288,10 @@ pub struct VerdictRecord {
 
 impl VerdictRecord {
     /// A verdict with no deciding rule.
-    pub const CONTINUE: Self = Self { action: Action::Continue, rule: RULE_NONE };
+    pub const CONTINUE: Self = Self {
+        action: Action::Continue,
+        rule: RULE_NONE,
+    };
 
     /// Writes the verdict in ABI layout.
     #[inline]
@@ -302,7 +305,10 @@ impl VerdictRecord {
     #[inline]
     pub fn decode(b: &[u8; VERDICT_SIZE]) -> Option<Self> {
         let action = Action::from_u32(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))?;
-        Some(Self { action, rule: u32::from_le_bytes([b[4], b[5], b[6], b[7]]) })
+        Some(Self {
+            action,
+            rule: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+        })
     }
 }
 
@@ -338,7 +344,17 @@ mod tests {
         let mut b = [0u8; VERDICT_SIZE];
         b[0] = 9;
         assert_eq!(VerdictRecord::decode(&b), None);
-        VerdictRecord { action: Action::Drop, rule: 7 }.encode(&mut b);
-        assert_eq!(VerdictRecord::decode(&b), Some(VerdictRecord { action: Action::Drop, rule: 7 }));
+        VerdictRecord {
+            action: Action::Drop,
+            rule: 7,
+        }
+        .encode(&mut b);
+        assert_eq!(
+            VerdictRecord::decode(&b),
+            Some(VerdictRecord {
+                action: Action::Drop,
+                rule: 7
+            })
+        );
     }
 }

@@ -69,3 +69,187 @@ pub struct LinkSpec {
     /// The alias the parent knows it by.
     pub alias: String,
 }
+
+/// The DOCKER and ICC chains for `net` (ids not yet assigned; see [`RuleSet::new`]).
+///
+/// Links whose child is not on `net` are skipped (see [`DIFFERENCES`]); address pairs of
+/// different families are never combined.
+pub fn docker_rules(net: &BridgeNetwork) -> Vec<Rule> {
+    let gw = net.gateway_port;
+    let mut out = Vec::new();
+    let docker = |m: Match, t: Target, origin: String| Rule::new(Chain::Docker, m, t, origin);
+
+    out.push(docker(
+        Match {
+            ip_version: Some(Neg::is(0)),
+            ..Match::default()
+        },
+        Target::Accept,
+        "non-IP frames (ARP): iptables never sees them".into(),
+    ));
+    out.push(docker(
+        Match {
+            state: Some(StateSet::of(FlowState::Established).with(FlowState::Related)),
+            ..Match::default()
+        },
+        Target::Accept,
+        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".into(),
+    ));
+
+    for parent in &net.containers {
+        for link in &parent.links {
+            let Some(child) = net.containers.iter().find(|c| c.name == link.child) else {
+                continue;
+            };
+            for pp in &child.exposed {
+                for (pip, cip) in same_family_pairs(&parent.ips, &child.ips) {
+                    let what = format!(
+                        "link {}→{} ({}) {}/{}",
+                        parent.name,
+                        child.name,
+                        link.alias,
+                        pp.port,
+                        crate::model::proto_name(pp.proto)
+                    );
+                    out.push(docker(
+                        Match {
+                            src: Some(Neg::is(Cidr::host(pip))),
+                            dst: Some(Neg::is(Cidr::host(cip))),
+                            proto: Some(Neg::is(pp.proto)),
+                            dport: Some(Neg::is(PortRange::single(pp.port))),
+                            in_port: Some(Neg::is(parent.port)),
+                            out_port: Some(Neg::is(child.port)),
+                            ..Match::default()
+                        },
+                        Target::Accept,
+                        what.clone(),
+                    ));
+                    out.push(docker(
+                        Match {
+                            src: Some(Neg::is(Cidr::host(cip))),
+                            dst: Some(Neg::is(Cidr::host(pip))),
+                            proto: Some(Neg::is(pp.proto)),
+                            sport: Some(Neg::is(PortRange::single(pp.port))),
+                            in_port: Some(Neg::is(child.port)),
+                            out_port: Some(Neg::is(parent.port)),
+                            ..Match::default()
+                        },
+                        Target::Accept,
+                        format!("{what} (reply)"),
+                    ));
+                }
+            }
+        }
+    }
+
+    for c in &net.containers {
+        for p in &c.published {
+            for ip in &c.ips {
+                out.push(docker(
+                    Match {
+                        dst: Some(Neg::is(Cidr::host(*ip))),
+                        proto: Some(Neg::is(p.proto)),
+                        dport: Some(Neg::is(PortRange::single(p.container_port))),
+                        in_port: Some(Neg::is(gw)),
+                        out_port: Some(Neg::is(c.port)),
+                        ..Match::default()
+                    },
+                    Target::Accept,
+                    format!(
+                        "publish {} {}→{}/{}",
+                        c.name,
+                        p.host_port,
+                        p.container_port,
+                        crate::model::proto_name(p.proto)
+                    ),
+                ));
+            }
+        }
+    }
+
+    for ip in &net.gateway_ips {
+        out.push(docker(
+            Match {
+                src: Some(Neg::is(Cidr::host(*ip))),
+                in_port: Some(Neg::is(gw)),
+                ..Match::default()
+            },
+            Target::Accept,
+            format!("the host itself ({ip}) reaches any container port"),
+        ));
+    }
+    out.push(docker(
+        Match {
+            in_port: Some(Neg::is(gw)),
+            ..Match::default()
+        },
+        Target::Drop,
+        "forwarded from outside to an unpublished port (FORWARD policy DROP)".into(),
+    ));
+    out.push(docker(
+        Match {
+            in_port: Some(Neg::not(gw)),
+            out_port: Some(Neg::is(gw)),
+            ..Match::default()
+        },
+        Target::Accept,
+        "-i docker0 ! -o docker0 -j ACCEPT (containers reach out)".into(),
+    ));
+
+    let (target, word) = if net.icc {
+        (Target::Accept, "ACCEPT")
+    } else {
+        (Target::Drop, "DROP")
+    };
+    out.push(Rule::new(
+        Chain::Icc,
+        Match {
+            in_port: Some(Neg::not(gw)),
+            out_port: Some(Neg::not(gw)),
+            ..Match::default()
+        },
+        target,
+        format!("-i docker0 -o docker0 -j {word} (icc={})", net.icc),
+    ));
+    out
+}
+
+/// The whole compiled-policy rule set for `net`: the user's rules, then [`docker_rules`],
+/// with dense ids. Anything no rule covers is dropped (Docker's `FORWARD` policy).
+pub fn docker_ruleset(net: &BridgeNetwork, user: Vec<Rule>, generation: u64) -> RuleSet {
+    let mut rules = user;
+    rules.extend(docker_rules(net));
+    RuleSet::new(rules, generation, Action::Drop)
+}
+
+/// Every (a, b) with a from `xs` and b from `ys` of the same family.
+fn same_family_pairs(xs: &[IpAddr], ys: &[IpAddr]) -> Vec<(IpAddr, IpAddr)> {
+    let mut v = Vec::new();
+    for x in xs {
+        for y in ys {
+            if x.is_ipv4() == y.is_ipv4() {
+                v.push((*x, *y));
+            }
+        }
+    }
+    v
+}
+
+/// Container names resolve to their addresses and dataplane ports; `docker0` names the
+/// gateway port (unless a container is called that), as iptables users write `-i docker0`.
+impl Names for BridgeNetwork {
+    fn addrs(&self, name: &str) -> Option<Vec<IpAddr>> {
+        self.containers
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.ips.clone())
+    }
+
+    fn port(&self, name: &str) -> Option<PortId> {
+        match self.containers.iter().find(|c| c.name == name) {
+            Some(c) => Some(c.port),
+            None if name == "docker0" => Some(self.gateway_port),
+            None => None,
+        }
+    }
+}
