@@ -336,9 +336,16 @@ fn cpu_sample() -> Result<CpuSample> {
     let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v.get(7).copied().unwrap_or(0);
     let own = std::fs::read_to_string("/proc/self/stat")?;
     let after_comm = own.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let f: Vec<u64> = after_comm.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    let f: Vec<u64> = after_comm
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
     let process = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    Ok(CpuSample { busy, softirq: v[6], process })
+    Ok(CpuSample {
+        busy,
+        softirq: v[6],
+        process,
+    })
 }
 
 /// RX packets of `ifname` in namespace `ns` (from its /proc/net/dev).
@@ -436,7 +443,8 @@ fn run_once(path: &mut dyn Path, w: Workload, round: u32, secs: f64) -> Result<R
         softirq_ns_per_pkt: (cpu1.softirq - cpu0.softirq) as f64 * jiffy_ns / pkts.max(1.0),
         cpu_cores: (cpu1.busy - cpu0.busy) as f64 * jiffy_ns / 1e9 / dt,
         process_ns_per_pkt: (cpu1.process - cpu0.process) as f64 * jiffy_ns / pkts.max(1.0),
-        other_cores: (cpu1.busy - cpu0.busy).saturating_sub(cpu1.process - cpu0.process) as f64 * jiffy_ns
+        other_cores: (cpu1.busy - cpu0.busy).saturating_sub(cpu1.process - cpu0.process) as f64
+            * jiffy_ns
             / 1e9
             / dt,
         csum_errors: udp_csum_errors(&trio.b)? - csum0,
@@ -512,7 +520,14 @@ fn main() -> Result<()> {
     );
     println!(
         "{:<10} {:<13} {:>22} {:>22} {:>14} {:>7} {:>12} {:>7}",
-        "workload", "path", "rate (kpps)", "CPU/pkt (ns)", "softirq/pkt", "cores", "proc ns/pkt", "other"
+        "workload",
+        "path",
+        "rate (kpps)",
+        "CPU/pkt (ns)",
+        "softirq/pkt",
+        "cores",
+        "proc ns/pkt",
+        "other"
     );
     for w in WORKLOADS {
         for path in &paths {

@@ -69,7 +69,10 @@ impl Policy for ConstPolicy {
 
     fn decide(&mut self, records: &[PacketRecord], verdicts: &mut [VerdictRecord]) {
         for v in verdicts.iter_mut().take(records.len()) {
-            *v = VerdictRecord { action: self.action, rule: RULE_NONE };
+            *v = VerdictRecord {
+                action: self.action,
+                rule: RULE_NONE,
+            };
         }
     }
 }

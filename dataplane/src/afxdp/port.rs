@@ -314,3 +314,18 @@ impl Port<Umem> for XdpPort {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ports move to the worker thread that owns them; UMEM handles go to every worker.
+    #[test]
+    fn afxdp_ports_and_umem_handles_cross_threads() {
+        fn send<T: Send>() {}
+        fn sync<T: Sync>() {}
+        send::<XdpPort>();
+        send::<Umem>();
+        sync::<super::super::umem::UmemRegion>();
+    }
+}

@@ -45,7 +45,10 @@ pub struct HeapFrames {
 impl HeapFrames {
     /// `count` frames of `frame_size` bytes each, zeroed.
     pub fn new(count: usize, frame_size: usize) -> Self {
-        Self { buf: vec![0; count * frame_size], frame_size }
+        Self {
+            buf: vec![0; count * frame_size],
+            frame_size,
+        }
     }
 }
 
@@ -60,12 +63,16 @@ impl FrameMemory for HeapFrames {
 
     fn bytes(&self, addr: u64, len: usize) -> &[u8] {
         let start = addr as usize;
-        self.buf.get(start..start.saturating_add(len)).unwrap_or(&[])
+        self.buf
+            .get(start..start.saturating_add(len))
+            .unwrap_or(&[])
     }
 
     fn bytes_mut(&mut self, addr: u64, len: usize) -> &mut [u8] {
         let start = addr as usize;
-        self.buf.get_mut(start..start.saturating_add(len)).unwrap_or(&mut [])
+        self.buf
+            .get_mut(start..start.saturating_add(len))
+            .unwrap_or(&mut [])
     }
 }
 
@@ -78,7 +85,10 @@ pub struct DescBatch {
 
 impl Default for DescBatch {
     fn default() -> Self {
-        Self { descs: [FrameDesc::default(); Self::CAPACITY], len: 0 }
+        Self {
+            descs: [FrameDesc::default(); Self::CAPACITY],
+            len: 0,
+        }
     }
 }
 
@@ -145,7 +155,9 @@ impl FreeList {
 
     /// An empty free list able to hold `capacity` frames (a worker's share of a UMEM).
     pub fn with_capacity(capacity: usize) -> Self {
-        Self { addrs: Vec::with_capacity(capacity) }
+        Self {
+            addrs: Vec::with_capacity(capacity),
+        }
     }
 
     /// Takes a free frame slot (its start address).
@@ -156,7 +168,10 @@ impl FreeList {
     /// Returns a frame slot. `addr` may point inside the slot (headroom); callers pass the
     /// slot start or any address within it, and ports normalise as they need.
     pub fn push(&mut self, addr: u64) {
-        debug_assert!(self.addrs.len() < self.addrs.capacity(), "free list overflow: a frame was freed twice");
+        debug_assert!(
+            self.addrs.len() < self.addrs.capacity(),
+            "free list overflow: a frame was freed twice"
+        );
         self.addrs.push(addr);
     }
 
