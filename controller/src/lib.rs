@@ -1,3 +1,8 @@
 //! bridgewall's control plane: the CLI, Docker tracking, the lab, and the glue that keeps
 //! the dataplane's policy equal to what Docker and the user say.
+#![forbid(unsafe_code)]
 pub mod cli;
+pub mod docker;
+pub mod lab;
+pub mod netlink;
+pub mod state;

@@ -1,0 +1,336 @@
+//! Link, address and route operations on one namespace, over an rtnetlink handle.
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use super::{NetlinkError, Netns};
+
+/// An rtnetlink handle bound to one network namespace (the one its socket was opened in).
+#[derive(Clone, Debug)]
+pub struct Rtnl {
+    handle: rtnetlink::Handle,
+    /// The namespace's label, for messages.
+    netns: String,
+}
+
+/// What bridgewall needs to know about one link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkFacts {
+    /// Interface index in its namespace.
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+    /// MTU in bytes.
+    pub mtu: Option<u32>,
+    /// Hardware address, when it has a 6-byte one.
+    pub mac: Option<[u8; 6]>,
+    /// Index of the bridge (or other controller) it is enslaved to.
+    pub controller: Option<u32>,
+    /// `IFLA_LINK`: for a veth, the peer's index (in the peer's namespace).
+    pub link: Option<u32>,
+    /// `IFLA_LINK_NETNSID`: set when the peer lives in another namespace.
+    pub link_netnsid: Option<i32>,
+    /// The link kind (`veth`, `bridge`...), when it has one.
+    pub kind: Option<String>,
+    /// Administratively up.
+    pub up: bool,
+}
+
+impl LinkFacts {
+    fn from_message(msg: &LinkMessage) -> LinkFacts {
+        let mut facts = LinkFacts {
+            index: msg.header.index,
+            name: String::new(),
+            mtu: None,
+            mac: None,
+            controller: None,
+            link: None,
+            link_netnsid: None,
+            kind: None,
+            up: msg.header.flags.contains(LinkFlags::Up),
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => facts.name = n.clone(),
+                LinkAttribute::Mtu(m) => facts.mtu = Some(*m),
+                LinkAttribute::Address(a) => facts.mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
+                LinkAttribute::Controller(c) if *c != 0 => facts.controller = Some(*c),
+                LinkAttribute::Link(l) if *l != 0 => facts.link = Some(*l),
+                LinkAttribute::LinkNetNsId(id) => facts.link_netnsid = Some(*id),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Kind(kind) = info {
+                            facts.kind = Some(kind.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        facts
+    }
+}
+
+/// The far end of a veth pair being created: its name and, optionally, the namespace it is
+/// created in and its MAC address.
+#[derive(Debug)]
+pub struct VethPeer<'a> {
+    /// Name of the peer interface (in its namespace).
+    pub name: &'a str,
+    /// Namespace to create the peer in; `None` keeps it beside the first end.
+    pub netns: Option<&'a Netns>,
+    /// MAC address for the peer (the lab gives containers Docker-style MACs).
+    pub mac: Option<[u8; 6]>,
+}
+
+impl Rtnl {
+    pub(crate) fn new(handle: rtnetlink::Handle, netns: String) -> Rtnl {
+        Rtnl { handle, netns }
+    }
+
+    /// Opens a handle on the calling process's own namespace.
+    pub async fn current() -> Result<Rtnl, NetlinkError> {
+        Netns::current()?.rtnl().await
+    }
+
+    /// The namespace this handle works on, for messages.
+    pub fn netns_label(&self) -> &str {
+        &self.netns
+    }
+
+    /// All links in the namespace.
+    pub async fn links(&self) -> Result<Vec<LinkFacts>, NetlinkError> {
+        let op = format!("listing links in {}", self.netns);
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetlinkError::rtnl(&op, e))?;
+        Ok(msgs.iter().map(LinkFacts::from_message).collect())
+    }
+
+    /// The link called `name`, or [`NetlinkError::NoSuchLink`].
+    pub async fn link_by_name(&self, name: &str) -> Result<LinkFacts, NetlinkError> {
+        let req = self.handle.link().get().match_name(name.to_string());
+        self.one_link(req, name.to_string()).await
+    }
+
+    /// The link with index `index`, or [`NetlinkError::NoSuchLink`].
+    pub async fn link_by_index(&self, index: u32) -> Result<LinkFacts, NetlinkError> {
+        let req = self.handle.link().get().match_index(index);
+        self.one_link(req, format!("with index {index}")).await
+    }
+
+    async fn one_link(
+        &self,
+        req: rtnetlink::LinkGetRequest,
+        what: String,
+    ) -> Result<LinkFacts, NetlinkError> {
+        let mut stream = req.execute();
+        match stream.try_next().await {
+            Ok(Some(msg)) => Ok(LinkFacts::from_message(&msg)),
+            Ok(None) => Err(self.no_such(what)),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ENODEV => {
+                Err(self.no_such(what))
+            }
+            Err(e) => Err(NetlinkError::rtnl(
+                format!("looking up link {what} in {}", self.netns),
+                e,
+            )),
+        }
+    }
+
+    fn no_such(&self, what: String) -> NetlinkError {
+        NetlinkError::NoSuchLink {
+            what,
+            netns: self.netns.clone(),
+        }
+    }
+
+    /// The index of the link called `name`.
+    pub async fn index_of(&self, name: &str) -> Result<u32, NetlinkError> {
+        Ok(self.link_by_name(name).await?.index)
+    }
+
+    /// The MTU of the link called `name`.
+    pub async fn mtu(&self, name: &str) -> Result<u32, NetlinkError> {
+        let facts = self.link_by_name(name).await?;
+        facts.mtu.ok_or_else(|| NetlinkError::Unexpected {
+            op: format!("reading the MTU of {name}"),
+            msg: "the kernel reported no MTU".into(),
+        })
+    }
+
+    /// The links enslaved to the bridge called `bridge` (its ports).
+    pub async fn bridge_ports(&self, bridge: &str) -> Result<Vec<LinkFacts>, NetlinkError> {
+        let br = self.link_by_name(bridge).await?;
+        let mut ports: Vec<LinkFacts> = self
+            .links()
+            .await?
+            .into_iter()
+            .filter(|l| l.controller == Some(br.index))
+            .collect();
+        ports.sort_by_key(|l| l.index);
+        Ok(ports)
+    }
+
+    /// Creates a bridge called `name` (up) and returns its index.
+    pub async fn add_bridge(&self, name: &str) -> Result<u32, NetlinkError> {
+        let op = format!("creating bridge {name} in {}", self.netns);
+        self.handle
+            .link()
+            .add(LinkBridge::new(name).build())
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::rtnl(&op, e))?;
+        self.index_of(name).await
+    }
+
+    /// Creates a veth pair: `name` here, `peer` in the peer's namespace (created there
+    /// directly, so it never appears in ours). Returns the index of `name`.
+    pub async fn add_veth(&self, name: &str, peer: VethPeer<'_>) -> Result<u32, NetlinkError> {
+        let op = format!(
+            "creating veth {name} (peer {}) in {}",
+            peer.name, self.netns
+        );
+        let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new().name(peer.name.to_string());
+        if let Some(ns) = peer.netns {
+            peer_msg = peer_msg.setns_by_fd(ns.raw_fd());
+        }
+        if let Some(mac) = peer.mac {
+            peer_msg = peer_msg.address(mac.to_vec());
+        }
+        let msg = LinkVeth::new(name, peer.name)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::rtnl(&op, e))?;
+        self.index_of(name).await
+    }
+
+    /// Brings a link up.
+    pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
+        self.set(LinkUnspec::new_with_index(index).up().build(), "up", index)
+            .await
+    }
+
+    /// Brings a link down.
+    pub async fn set_down(&self, index: u32) -> Result<(), NetlinkError> {
+        self.set(
+            LinkUnspec::new_with_index(index).down().build(),
+            "down",
+            index,
+        )
+        .await
+    }
+
+    /// Enslaves a link to a bridge (`ip link set DEV master BR`).
+    pub async fn set_master(&self, index: u32, bridge_index: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index)
+            .controller(bridge_index)
+            .build();
+        self.set(msg, "master", index).await
+    }
+
+    /// Takes a link off its bridge (`ip link set DEV nomaster`).
+    pub async fn set_nomaster(&self, index: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).nocontroller().build();
+        self.set(msg, "nomaster", index).await
+    }
+
+    /// Renames a link (it must be down).
+    pub async fn rename(&self, index: u32, name: &str) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index)
+            .name(name.to_string())
+            .build();
+        self.set(msg, "rename", index).await
+    }
+
+    /// Moves a link into another namespace.
+    pub async fn move_to(&self, index: u32, netns: &Netns) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index)
+            .setns_by_fd(netns.raw_fd())
+            .build();
+        self.set(msg, "move to another netns", index).await
+    }
+
+    /// Deletes a link (for a veth, both ends go).
+    pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
+        let op = format!("deleting link {index} in {}", self.netns);
+        self.handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::rtnl(op, e))
+    }
+
+    async fn set(&self, msg: LinkMessage, what: &str, index: u32) -> Result<(), NetlinkError> {
+        let op = format!("setting link {index} {what} in {}", self.netns);
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::rtnl(op, e))
+    }
+
+    /// Adds an address to a link (`ip addr add ADDR/PREFIX dev DEV`).
+    pub async fn add_address(
+        &self,
+        index: u32,
+        addr: IpAddr,
+        prefix_len: u8,
+    ) -> Result<(), NetlinkError> {
+        let op = format!(
+            "adding {addr}/{prefix_len} to link {index} in {}",
+            self.netns
+        );
+        self.handle
+            .address()
+            .add(index, addr, prefix_len)
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::rtnl(op, e))
+    }
+
+    /// Adds an IPv4 route to `dest/prefix_len` via `gateway`; prefix 0 is the default route.
+    pub async fn add_route_v4(
+        &self,
+        dest: Ipv4Addr,
+        prefix_len: u8,
+        gateway: Ipv4Addr,
+    ) -> Result<(), NetlinkError> {
+        let op = format!(
+            "adding route {dest}/{prefix_len} via {gateway} in {}",
+            self.netns
+        );
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dest, prefix_len)
+            .gateway(gateway)
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::rtnl(op, e))
+    }
+
+    /// Whether a link of this kind is a bridge (used to tell "no such bridge" apart from
+    /// "that is not a bridge").
+    pub fn is_bridge(facts: &LinkFacts) -> bool {
+        facts.kind.as_deref() == Some(&InfoKind::Bridge.to_string())
+    }
+}

@@ -1,0 +1,16 @@
+//! What bridgewall needs from the kernel's network configuration, spoken over rtnetlink and a
+//! few syscalls (never by running `ip`): network namespaces, veth pairs, bridges, addresses,
+//! routes, link facts (index, MTU, bridge ports, veth peer) and the `ip_forward` switch.
+//!
+//! Everything here works on one namespace at a time: a [`Rtnl`] handle is bound to the
+//! namespace its socket was opened in ([`Netns::rtnl`]), which is how the lab configures
+//! namespaces it created and how Docker tracking reads a container's `eth0`.
+mod error;
+mod link;
+mod netns;
+mod sysctl;
+
+pub use error::NetlinkError;
+pub use link::{LinkFacts, Rtnl, VethPeer};
+pub use netns::{Netns, NsThread, is_root};
+pub use sysctl::{ip_forward_enabled, set_ip_forward};

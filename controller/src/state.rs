@@ -1,0 +1,172 @@
+//! What the controller knows about a bridge at one moment, in the one shape both sources
+//! (Docker tracking and the lab) produce and the policy updater consumes: the
+//! [`BridgeNetwork`] for the rule compiler plus the host-side interfaces the dataplane
+//! attaches to, with stable port ids.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rules_wasm::docker::{BridgeNetwork, PortId};
+
+/// Port id reserved for the gateway side (the link that leads to the bridge itself, the host
+/// and the outside world); containers get ids from 1 up.
+pub const GATEWAY_PORT: PortId = 0;
+
+/// A bridge and its containers as the compiler and the dataplane need them.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct BridgeState {
+    /// The kernel bridge's name (`docker0`).
+    pub bridge: String,
+    /// The compiler's input: icc, gateway, containers with their port ids.
+    pub network: BridgeNetwork,
+    /// Per container (same order as `network.containers`): where it plugs in.
+    pub attachments: Vec<Attachment>,
+}
+
+/// Where one container plugs into the bridge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    /// Container name (as in [`rules_wasm::docker::ContainerInfo::name`]).
+    pub container: String,
+    /// Docker's container id (the lab uses the container name).
+    pub id: String,
+    /// The host-side veth's name in the bridge's namespace.
+    pub host_ifname: String,
+    /// The host-side veth's index in the bridge's namespace.
+    pub host_ifindex: u32,
+    /// The dataplane port id given to that veth.
+    pub port: PortId,
+}
+
+impl BridgeState {
+    /// The attachment of the container called `name`.
+    pub fn attachment(&self, name: &str) -> Option<&Attachment> {
+        self.attachments.iter().find(|a| a.container == name)
+    }
+
+    /// Host interface name → port id, the map the dataplane attach needs.
+    pub fn ports(&self) -> BTreeMap<String, PortId> {
+        self.attachments
+            .iter()
+            .map(|a| (a.host_ifname.clone(), a.port))
+            .collect()
+    }
+}
+
+/// Why a snapshot was published.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotCause {
+    /// The full state was read (first connection, or after the engine came back).
+    Resync,
+    /// A container started (or joined the network).
+    ContainerStarted {
+        /// Its name.
+        name: String,
+    },
+    /// A container died, was removed or left the network.
+    ContainerGone {
+        /// Its name.
+        name: String,
+    },
+    /// The lab built its topology.
+    Lab,
+}
+
+/// One published version of the state. Consumers keep enforcing the previous snapshot until
+/// they have built a policy from a newer one, so there is never a moment without a policy.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// Increases by one per publication.
+    pub generation: u64,
+    /// The state itself.
+    pub state: BridgeState,
+    /// What led to it.
+    pub cause: SnapshotCause,
+    /// When it was published.
+    pub published_at: SystemTime,
+}
+
+/// The channel snapshots are published on: `None` until the first full sync.
+pub type SnapshotReceiver = tokio::sync::watch::Receiver<Option<Arc<Snapshot>>>;
+
+/// Gives each host interface a stable dataplane port id: the same name keeps its id while it
+/// exists, and a released id is not handed out again until all others are used, so a policy
+/// still in force never confuses a dead container's port with a new one.
+#[derive(Clone, Debug)]
+pub struct PortAllocator {
+    by_name: BTreeMap<String, PortId>,
+    next: PortId,
+}
+
+impl Default for PortAllocator {
+    fn default() -> Self {
+        PortAllocator {
+            by_name: BTreeMap::new(),
+            next: GATEWAY_PORT + 1,
+        }
+    }
+}
+
+impl PortAllocator {
+    /// An allocator with only the gateway's id taken.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The id of `ifname`, allocating one if it has none; `None` when all ids are in use.
+    pub fn port_for(&mut self, ifname: &str) -> Option<PortId> {
+        if let Some(&id) = self.by_name.get(ifname) {
+            return Some(id);
+        }
+        let in_use = |id: PortId, m: &BTreeMap<String, PortId>| m.values().any(|&v| v == id);
+        let mut candidate = self.next;
+        for _ in 0..=PortId::MAX as u32 {
+            if candidate != GATEWAY_PORT && !in_use(candidate, &self.by_name) {
+                self.by_name.insert(ifname.to_string(), candidate);
+                self.next = candidate.wrapping_add(1);
+                return Some(candidate);
+            }
+            candidate = candidate.wrapping_add(1);
+        }
+        None
+    }
+
+    /// Forgets `ifname` (its container is gone).
+    pub fn release(&mut self, ifname: &str) {
+        self.by_name.remove(ifname);
+    }
+
+    /// Keeps only the names in `live` (after a full resync).
+    pub fn retain(&mut self, live: &[&str]) {
+        self.by_name.retain(|name, _| live.contains(&name.as_str()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_stable_and_not_reused_at_once() {
+        let mut alloc = PortAllocator::new();
+        let a = alloc.port_for("veth-a").unwrap();
+        let b = alloc.port_for("veth-b").unwrap();
+        assert_ne!(a, b);
+        assert_ne!(a, GATEWAY_PORT);
+        assert_eq!(alloc.port_for("veth-a"), Some(a));
+        alloc.release("veth-a");
+        let c = alloc.port_for("veth-c").unwrap();
+        assert_ne!(c, a, "a freed id is not reused while others are free");
+        assert_ne!(c, b);
+    }
+
+    #[test]
+    fn retain_drops_dead_names() {
+        let mut alloc = PortAllocator::new();
+        let a = alloc.port_for("a").unwrap();
+        alloc.port_for("b").unwrap();
+        alloc.retain(&["a"]);
+        assert_eq!(alloc.port_for("a"), Some(a));
+        assert_eq!(alloc.by_name.len(), 1);
+    }
+}
