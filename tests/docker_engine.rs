@@ -281,3 +281,99 @@ fn root_docker_tracker_follows_a_real_engine() {
     );
     drop(tracker);
 }
+
+/// Reads a child's output lines on a thread, so the test can wait for one with a timeout.
+struct Lines {
+    rx: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    fn new(out: impl std::io::Read + Send + 'static) -> Lines {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    fn wait_for(&mut self, what: &str) {
+        let deadline = std::time::Instant::now() + WAIT;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = line.contains(what);
+                    self.seen.push(line);
+                    if hit {
+                        return;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("no line with {what:?} in:\n{}", self.seen.join("\n"));
+    }
+}
+
+#[test]
+fn root_docker_cli_run_follows_events_and_names_bad_bridges() {
+    let engine = DockerEngine::start(true);
+    engine.run_container("first", &[], &[]);
+    let bin = env!("CARGO_BIN_EXE_bridgewall");
+
+    let out = std::process::Command::new(bin)
+        .args([
+            "run",
+            "--docker-host",
+            &engine.host(),
+            "--netns",
+            &engine.netns,
+            "--bridge",
+            "nosuch0",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("no such bridge \"nosuch0\""), "{err}");
+
+    let mut child = std::process::Command::new(bin)
+        .args([
+            "run",
+            "--docker-host",
+            &engine.host(),
+            "--netns",
+            &engine.netns,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let mut lines = Lines::new(child.stdout.take().unwrap());
+    lines.wait_for("connected to Docker 20.10");
+    lines.wait_for("dataplane not attached yet");
+    lines.wait_for("icc=true");
+    lines.wait_for("first");
+    engine.run_container("second", &[], &[]);
+    lines.wait_for("+ second 172.17.");
+    engine.docker_ok(&["rm", "-f", "first"]);
+    lines.wait_for("- first");
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status();
+    lines.wait_for("stopping");
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "bridgewall run exits cleanly on Ctrl-C: {status}"
+    );
+}

@@ -217,3 +217,42 @@ responder = [{ kind = "udp", port = 5353 }]
     lab.teardown().unwrap();
     assert!(our_namespaces().is_empty());
 }
+
+#[test]
+fn root_netns_lab_cli_runs_the_embedded_walkthrough_and_cleans_up() {
+    let out = Command::new(env!("CARGO_BIN_EXE_bridgewall"))
+        .args(["lab", "--probe-timeout-ms", "800"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "nginx_server1",
+        "client3",
+        "expected",
+        "as expected",
+        "steps as expected",
+        "lab removed (6 namespaces)",
+    ] {
+        assert!(text.contains(want), "{want:?} missing in:\n{text}");
+    }
+    let listed = String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .to_string();
+    let lab_line = text
+        .lines()
+        .find(|l| l.starts_with("namespaces: "))
+        .unwrap();
+    for ns in lab_line.trim_start_matches("namespaces: ").split(", ") {
+        assert!(!listed.contains(ns), "{ns} left behind");
+    }
+}
