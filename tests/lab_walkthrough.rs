@@ -52,63 +52,115 @@ fn root_netns_lab_walkthrough_connectivity_state_and_teardown() {
     let names = lab.netns_names();
     assert_eq!(names.len(), 6, "host + 3 containers + 2 outside hosts");
     for n in &names {
-        assert!(our_namespaces().contains(n), "{n} is bound under /run/netns");
+        assert!(
+            our_namespaces().contains(n),
+            "{n} is bound under /run/netns"
+        );
     }
 
     // Container to container over the kernel bridge, by name and by link alias.
-    let o = lab.connect("nginx_server1", "nginx_server2", Proto::Tcp, 80, T).unwrap();
+    let o = lab
+        .connect("nginx_server1", "nginx_server2", Proto::Tcp, 80, T)
+        .unwrap();
     assert_eq!(body(&o), "hello from nginx_server2\n");
     let o = lab.connect("client3", "ng2", Proto::Tcp, 80, T).unwrap();
     assert_eq!(body(&o), "hello from nginx_server2\n");
     let o = lab.connect("client3", "ng2", Proto::Udp, 7, T).unwrap();
     assert_eq!(body(&o), "probe from client3");
     // A port nobody listens on is refused, an address nobody has times out.
-    assert_eq!(lab.connect("client3", "nginx_server1", Proto::Tcp, 81, T).unwrap(), Outcome::Refused);
     assert_eq!(
-        lab.connect("client3", "172.17.0.99", Proto::Tcp, 80, Duration::from_millis(500)).unwrap(),
+        lab.connect("client3", "nginx_server1", Proto::Tcp, 81, T)
+            .unwrap(),
+        Outcome::Refused
+    );
+    assert_eq!(
+        lab.connect(
+            "client3",
+            "172.17.0.99",
+            Proto::Tcp,
+            80,
+            Duration::from_millis(500)
+        )
+        .unwrap(),
         Outcome::TimedOut
     );
 
     // Outside hosts: the published port through the proxy, and routed to the container.
     for ext in ["outside1", "outside2"] {
         let o = lab.connect(ext, "host", Proto::Tcp, 8080, T).unwrap();
-        assert_eq!(body(&o), "hello from nginx_server1\n", "{ext} via -p 8080:80");
-        let o = lab.connect(ext, "nginx_server2", Proto::Tcp, 80, T).unwrap();
+        assert_eq!(
+            body(&o),
+            "hello from nginx_server1\n",
+            "{ext} via -p 8080:80"
+        );
+        let o = lab
+            .connect(ext, "nginx_server2", Proto::Tcp, 80, T)
+            .unwrap();
         assert_eq!(body(&o), "hello from nginx_server2\n", "{ext} routed");
     }
     // Nothing listens on the host's 8081.
-    assert_eq!(lab.connect("outside1", "host", Proto::Tcp, 8081, T).unwrap(), Outcome::Refused);
+    assert_eq!(
+        lab.connect("outside1", "host", Proto::Tcp, 8081, T)
+            .unwrap(),
+        Outcome::Refused
+    );
     // The gateway host reaches a container's unpublished port; a container reaches the host.
-    let o = lab.connect("host", "nginx_server2", Proto::Tcp, 7, T).unwrap();
+    let o = lab
+        .connect("host", "nginx_server2", Proto::Tcp, 7, T)
+        .unwrap();
     assert!(body(&o).starts_with("GET / HTTP/1.0"), "echo: {o:?}");
-    assert!(lab.connect("client3", "host", Proto::Tcp, 8080, T).unwrap().passed());
+    assert!(
+        lab.connect("client3", "host", Proto::Tcp, 8080, T)
+            .unwrap()
+            .passed()
+    );
 
     // The state has Docker tracking's shape, with veths that exist where it says.
     let state = lab.state();
     assert_eq!(state.bridge, "docker0");
     assert!(!state.network.icc);
-    assert_eq!(state.network.gateway_ips, vec!["172.17.0.1".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(
+        state.network.gateway_ips,
+        vec!["172.17.0.1".parse::<std::net::IpAddr>().unwrap()]
+    );
     let host_ns = lab.host_netns().unwrap().label().to_string();
     let host_links = ip_link_names(&host_ns);
     let mut ports = Vec::new();
     for (info, att) in state.network.containers.iter().zip(&state.attachments) {
         assert_eq!(info.name, att.container);
         assert_eq!(info.port, att.port);
-        assert!(host_links.contains(&att.host_ifname), "{} in {host_links:?}", att.host_ifname);
+        assert!(
+            host_links.contains(&att.host_ifname),
+            "{} in {host_links:?}",
+            att.host_ifname
+        );
         ports.push(att.port);
     }
     ports.sort();
     ports.dedup();
     assert_eq!(ports.len(), 3, "distinct port ids");
-    let s1 = state.network.containers.iter().find(|c| c.name == "nginx_server1").unwrap();
+    let s1 = state
+        .network
+        .containers
+        .iter()
+        .find(|c| c.name == "nginx_server1")
+        .unwrap();
     assert_eq!(s1.mac, [0x02, 0x42, 172, 17, 0, 2]);
     assert_eq!(s1.published.len(), 1);
-    let c3 = lab.containers().iter().find(|c| c.name == "client3").unwrap();
+    let c3 = lab
+        .containers()
+        .iter()
+        .find(|c| c.name == "client3")
+        .unwrap();
     assert!(ip_link_names(c3.netns.label()).contains(&"eth0".to_string()));
     assert_eq!(state.ports().len(), 3);
 
     drop(lab);
-    assert!(our_namespaces().is_empty(), "left behind: {:?}", our_namespaces());
+    assert!(
+        our_namespaces().is_empty(),
+        "left behind: {:?}",
+        our_namespaces()
+    );
     let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let listed = String::from_utf8_lossy(&out.stdout);
     for n in &names {
@@ -137,7 +189,11 @@ host_ip = "198.18.9.1"
     let err = Lab::build(spec).unwrap_err();
     assert!(matches!(err, LabError::Io { .. }), "{err}");
     assert!(err.to_string().contains("container a"), "{err}");
-    assert!(our_namespaces().is_empty(), "left behind: {:?}", our_namespaces());
+    assert!(
+        our_namespaces().is_empty(),
+        "left behind: {:?}",
+        our_namespaces()
+    );
 }
 
 #[test]
@@ -160,4 +216,43 @@ responder = [{ kind = "udp", port = 5353 }]
     assert_eq!(lab.state().bridge, "br-lab");
     lab.teardown().unwrap();
     assert!(our_namespaces().is_empty());
+}
+
+#[test]
+fn root_netns_lab_cli_runs_the_embedded_walkthrough_and_cleans_up() {
+    let out = Command::new(env!("CARGO_BIN_EXE_bridgewall"))
+        .args(["lab", "--probe-timeout-ms", "800"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "nginx_server1",
+        "client3",
+        "expected",
+        "as expected",
+        "steps as expected",
+        "lab removed (6 namespaces)",
+    ] {
+        assert!(text.contains(want), "{want:?} missing in:\n{text}");
+    }
+    let listed = String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .to_string();
+    let lab_line = text
+        .lines()
+        .find(|l| l.starts_with("namespaces: "))
+        .unwrap();
+    for ns in lab_line.trim_start_matches("namespaces: ").split(", ") {
+        assert!(!listed.contains(ns), "{ns} left behind");
+    }
 }

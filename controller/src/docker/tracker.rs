@@ -107,6 +107,10 @@ pub struct Tracker {
     containers: BTreeMap<String, Tracked>,
     generation: u64,
     bridge_ns: Option<Rtnl>,
+    /// When each tracked container (by id) first appeared in a published snapshot.
+    first_published: HashMap<String, SystemTime>,
+    /// Start of the current session: start events older than this are replays.
+    session_started: SystemTime,
 }
 
 impl Tracker {
@@ -130,6 +134,8 @@ impl Tracker {
             containers: BTreeMap::new(),
             generation: 0,
             bridge_ns: None,
+            first_published: HashMap::new(),
+            session_started: UNIX_EPOCH,
         };
         (tracker, channels)
     }
@@ -192,6 +198,7 @@ impl Tracker {
             until: None,
             filters: Some(filters),
         }));
+        self.session_started = SystemTime::now();
         self.resync(&engine).await?;
         *attempt = 0;
         let resyncs = self
@@ -293,18 +300,17 @@ impl Tracker {
                 let Some(tracked) = found else {
                     return Ok(());
                 };
-                if self.containers.get(&container_id) == Some(&tracked) {
-                    return Ok(());
+                let event_time = ev
+                    .time_nano
+                    .and_then(|ns| u64::try_from(ns).ok())
+                    .map(|ns| UNIX_EPOCH + Duration::from_nanos(ns));
+                if self.containers.get(&container_id) != Some(&tracked) {
+                    let name = tracked.info.name.clone();
+                    self.containers.insert(container_id.clone(), tracked);
+                    self.publish(SnapshotCause::ContainerStarted { name });
                 }
-                let name = tracked.info.name.clone();
-                self.containers.insert(container_id, tracked);
-                if self.publish(SnapshotCause::ContainerStarted { name }) && verb == "start" {
-                    let from_event = ev
-                        .time_nano
-                        .and_then(|ns| u64::try_from(ns).ok())
-                        .map(|ns| UNIX_EPOCH + Duration::from_nanos(ns))
-                        .and_then(|t| SystemTime::now().duration_since(t).ok());
-                    self.metrics.record_start(from_event, received.elapsed());
+                if verb == "start" {
+                    self.record_start_latency(&container_id, event_time, received);
                 }
             }
             (
@@ -328,6 +334,25 @@ impl Tracker {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Records how long after its start event the container was in a published snapshot.
+    /// Docker announces the network connect before the start, so the container is often
+    /// published before its start event arrives: that counts as no delay at all.
+    fn record_start_latency(&self, id: &str, event_time: Option<SystemTime>, received: Instant) {
+        let Some(published) = self.first_published.get(id) else {
+            return;
+        };
+        // Replays of events from before this session say nothing about our latency.
+        if event_time.is_some_and(|t| t < self.session_started) {
+            return;
+        }
+        let from_event = event_time.map(|t| published.duration_since(t).unwrap_or(Duration::ZERO));
+        let from_receipt = SystemTime::now()
+            .duration_since(*published)
+            .map(|since_publish| received.elapsed().saturating_sub(since_publish))
+            .unwrap_or(Duration::ZERO);
+        self.metrics.record_start(from_event, from_receipt);
     }
 
     async fn still_running(&self, engine: &Engine, id: &str) -> bool {
@@ -359,11 +384,17 @@ impl Tracker {
             return false;
         }
         self.generation += 1;
+        let now = SystemTime::now();
+        let live = &self.containers;
+        self.first_published.retain(|id, _| live.contains_key(id));
+        for id in self.containers.keys() {
+            self.first_published.entry(id.clone()).or_insert(now);
+        }
         let snap = Snapshot {
             generation: self.generation,
             state,
             cause,
-            published_at: SystemTime::now(),
+            published_at: now,
         };
         tracing::debug!("snapshot {} ({:?})", snap.generation, snap.cause);
         self.snap_tx.send_replace(Some(Arc::new(snap)));
@@ -421,6 +452,8 @@ async fn read_all(
             });
         }
     };
+    let mut net = net;
+    add_bridge_addresses(&mut net, bridge_ns).await?;
     let filters = HashMap::from([("network".to_string(), vec![net.id.clone()])]);
     let list = engine
         .docker
@@ -442,6 +475,24 @@ async fn read_all(
         }
     }
     Ok((net, out))
+}
+
+/// Adds the bridge's own addresses to the gateways: Docker 20.10 leaves `Gateway` out of the
+/// default network's IPAM config, and the kernel's view is the authority on which addresses
+/// are "the host" on the bridge anyway.
+async fn add_bridge_addresses(net: &mut NetworkFacts, bridge_ns: &Rtnl) -> Result<(), DockerError> {
+    let bridge = match bridge_ns.link_by_name(&net.bridge).await {
+        Ok(b) => b,
+        // No bridge yet (the engine creates it lazily for user networks): IPAM is all we have.
+        Err(crate::netlink::NetlinkError::NoSuchLink { .. }) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    for (ip, _) in bridge_ns.addresses(bridge.index).await? {
+        if !net.gateways.contains(&ip) {
+            net.gateways.push(ip);
+        }
+    }
+    Ok(())
 }
 
 /// Inspects one container; `None` when it is not running on our network (or vanished while

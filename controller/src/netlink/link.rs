@@ -305,6 +305,45 @@ impl Rtnl {
             .map_err(|e| NetlinkError::rtnl(op, e))
     }
 
+    /// The addresses on link `index` (`ip addr show dev DEV`), with prefix lengths; IPv6
+    /// link-local ones left out (they say nothing about who the host is on the bridge).
+    pub async fn addresses(&self, index: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
+        use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+        let op = format!("listing addresses of link {index} in {}", self.netns);
+        let msgs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetlinkError::rtnl(&op, e))?;
+        let mut out = Vec::new();
+        for m in msgs.iter().filter(|m| m.header.index == index) {
+            // IFA_LOCAL is the interface's own address on point-to-point links; IFA_ADDRESS
+            // otherwise. Prefer LOCAL when present.
+            let local = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(ip) => Some(*ip),
+                _ => None,
+            });
+            let addr = local.or_else(|| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })
+            });
+            if let Some(ip) = addr {
+                let link_local =
+                    matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+                if !link_local {
+                    out.push((ip, m.header.prefix_len));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Adds an IPv4 route to `dest/prefix_len` via `gateway`; prefix 0 is the default route.
     pub async fn add_route_v4(
         &self,

@@ -1,0 +1,409 @@
+//! A real Docker engine for tests, inside a network namespace of its own.
+//!
+//! Follows /work/shared/notes/docker-engine-in-netns.sh: Debian's docker.io (installed when
+//! missing, with a policy-rc.d so no daemon starts in the root namespace), `dockerd` started
+//! with `nsenter --net=/run/netns/NAME` (not `ip netns exec`, which hides the cgroup mounts),
+//! its own data root, exec root, pidfile and socket under a unique temporary directory, and an
+//! image imported offline from Debian's busybox-static. Everything — containers, the daemon
+//! (by PID), its containerd and shims (by PID, found by their paths), mounts under the
+//! directory, the namespaces — is removed on drop, also when the test fails.
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Once;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+static INSTALL: Once = Once::new();
+
+/// An engine running in its own namespace. Drop tears it all down.
+pub struct DockerEngine {
+    /// The engine's network namespace (holds docker0 and the containers' host-side veths).
+    pub netns: String,
+    /// The second namespace, an "outside host" on a veth to the engine's namespace.
+    pub outside_netns: String,
+    /// Working directory (data root, exec root, socket, logs).
+    pub dir: PathBuf,
+    /// The API socket.
+    pub socket: PathBuf,
+    daemon: Option<Child>,
+    icc: bool,
+    live_restore: bool,
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Installs Debian's docker.io if dockerd is missing, without starting a daemon.
+pub fn ensure_docker_installed() {
+    INSTALL.call_once(|| {
+        if have("dockerd") {
+            return;
+        }
+        let policy = Path::new("/usr/sbin/policy-rc.d");
+        let made_policy = !policy.exists();
+        if made_policy {
+            fs::write(policy, "#!/bin/sh\nexit 101\n").unwrap();
+            run_ok(Command::new("chmod").args(["+x", "/usr/sbin/policy-rc.d"]));
+        }
+        run_ok(Command::new("apt-get").args(["update", "-qq"]));
+        run_ok(
+            Command::new("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "-qq",
+                    "--no-install-recommends",
+                    "docker.io",
+                ])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        );
+        if made_policy {
+            let _ = fs::remove_file(policy);
+        }
+        assert!(
+            have("dockerd"),
+            "docker.io installed but dockerd is not on PATH"
+        );
+    });
+}
+
+impl DockerEngine {
+    /// Creates the namespaces and starts an engine with `{"icc": icc}`, then imports the
+    /// `lab/busybox` image (busybox httpd on port 80, `EXPOSE 80`).
+    pub fn start(icc: bool) -> DockerEngine {
+        Self::start_with(icc, false)
+    }
+
+    /// Like [`DockerEngine::start`]; with `live_restore` the engine leaves its containers
+    /// running when it stops and takes them back when it starts again.
+    pub fn start_with(icc: bool, live_restore: bool) -> DockerEngine {
+        ensure_docker_installed();
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        // Short: containerd's unix sockets live under the exec root (108-byte limit).
+        let dir = PathBuf::from(format!("/tmp/bwd-{pid}-{n}"));
+        let mut engine = DockerEngine {
+            netns: format!("bwdock-{pid}-{n}"),
+            outside_netns: format!("bwdock-{pid}-{n}-ext"),
+            socket: dir.join("docker.sock"),
+            dir,
+            daemon: None,
+            icc,
+            live_restore,
+        };
+        // From here on, a panic drops `engine`, which cleans up whatever exists.
+        fs::create_dir_all(engine.dir.join("data")).unwrap();
+        fs::create_dir_all(engine.dir.join("exec")).unwrap();
+        run_ok(Command::new("ip").args(["netns", "add", &engine.netns]));
+        run_ok(Command::new("ip").args(["-n", &engine.netns, "link", "set", "lo", "up"]));
+        run_ok(Command::new("ip").args(["netns", "add", &engine.outside_netns]));
+        run_ok(Command::new("ip").args(["-n", &engine.outside_netns, "link", "set", "lo", "up"]));
+        run_ok(Command::new("ip").args([
+            "-n",
+            &engine.netns,
+            "link",
+            "add",
+            "dh-ext",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "ext-dh",
+            "netns",
+            &engine.outside_netns,
+        ]));
+        run_ok(Command::new("ip").args([
+            "-n",
+            &engine.netns,
+            "addr",
+            "add",
+            "198.18.0.1/24",
+            "dev",
+            "dh-ext",
+        ]));
+        run_ok(Command::new("ip").args(["-n", &engine.netns, "link", "set", "dh-ext", "up"]));
+        run_ok(Command::new("ip").args([
+            "-n",
+            &engine.outside_netns,
+            "addr",
+            "add",
+            "198.18.0.2/24",
+            "dev",
+            "ext-dh",
+        ]));
+        run_ok(Command::new("ip").args([
+            "-n",
+            &engine.outside_netns,
+            "link",
+            "set",
+            "ext-dh",
+            "up",
+        ]));
+        engine.start_daemon();
+        engine.import_busybox();
+        engine
+    }
+
+    /// `unix://…` address of the API.
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// Starts dockerd in the namespace and waits until it answers.
+    pub fn start_daemon(&mut self) {
+        assert!(self.daemon.is_none(), "dockerd already running");
+        fs::write(
+            self.dir.join("daemon.json"),
+            format!(
+                "{{\"icc\": {}, \"live-restore\": {}}}\n",
+                self.icc, self.live_restore
+            ),
+        )
+        .unwrap();
+        let _ = fs::remove_file(&self.socket);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("dockerd.log"))
+            .unwrap();
+        let child = Command::new("setsid")
+            .arg("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("dockerd")
+            .arg("-H")
+            .arg(self.host())
+            .arg("--data-root")
+            .arg(self.dir.join("data"))
+            .arg("--exec-root")
+            .arg(self.dir.join("exec"))
+            .arg("--pidfile")
+            .arg(self.dir.join("docker.pid"))
+            .arg("--config-file")
+            .arg(self.dir.join("daemon.json"))
+            .args(["--dns", "127.0.0.1"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawning dockerd");
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.docker(&["version"]).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
+        panic!("dockerd did not start; log tail:\n{}", tail(&log, 20));
+    }
+
+    /// Stops dockerd by its PID (SIGTERM, then SIGKILL after 20 s) and reaps it.
+    pub fn stop_daemon(&mut self) {
+        let Some(mut child) = self.daemon.take() else {
+            return;
+        };
+        let pid = child.id() as i32;
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                _ if Instant::now() > deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Runs the docker client against this engine.
+    pub fn docker(&self, args: &[&str]) -> Output {
+        run(Command::new("docker").arg("-H").arg(self.host()).args(args))
+    }
+
+    /// Runs the docker client and returns stdout; panics with its stderr on failure.
+    pub fn docker_ok(&self, args: &[&str]) -> String {
+        run_ok(Command::new("docker").arg("-H").arg(self.host()).args(args))
+    }
+
+    /// Names of the links in the engine's namespace (per `ip -n NS -o link`).
+    pub fn ns_links(&self) -> Vec<String> {
+        run_ok(Command::new("ip").args(["-n", &self.netns, "-o", "link", "show"]))
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .collect()
+    }
+
+    /// Names of the ports of `bridge` in the engine's namespace.
+    pub fn bridge_ports(&self, bridge: &str) -> Vec<String> {
+        run_ok(Command::new("ip").args(["-n", &self.netns, "-o", "link", "show", "master", bridge]))
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .collect()
+    }
+
+    /// Imports `lab/busybox`: busybox-static with its applets, httpd on 80, `EXPOSE 80`.
+    pub fn import_busybox(&self) {
+        let img = self.dir.join("img");
+        let deb = img.join("deb");
+        let x = img.join("x");
+        let root = img.join("root");
+        for d in [&deb, &x, &root] {
+            fs::create_dir_all(d).unwrap();
+        }
+        run_ok(
+            Command::new("apt-get")
+                .args(["download", "-qq", "busybox-static"])
+                .current_dir(&deb),
+        );
+        let pkg = fs::read_dir(&deb)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "deb"))
+            .expect("busybox-static .deb downloaded");
+        run_ok(Command::new("dpkg-deb").arg("-x").arg(&pkg).arg(&x));
+        for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "www", "root"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        fs::copy(x.join("bin/busybox"), root.join("bin/busybox")).unwrap();
+        let applets = run_ok(Command::new(root.join("bin/busybox")).arg("--list"));
+        for a in applets.lines().filter(|a| *a != "busybox") {
+            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(a));
+        }
+        fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+        fs::write(root.join("www/index.html"), "hello from busybox httpd\n").unwrap();
+        run_ok(Command::new("chmod").arg("1777").arg(root.join("tmp")));
+        let tar = img.join("rootfs.tar");
+        run_ok(
+            Command::new("tar")
+                .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+                .arg(&root)
+                .arg("-cf")
+                .arg(&tar)
+                .arg("."),
+        );
+        self.docker_ok(&[
+            "import",
+            "--change",
+            "EXPOSE 80",
+            "--change",
+            "ENV PATH=/bin",
+            "--change",
+            r#"CMD ["httpd","-f","-v","-p","80","-h","/www"]"#,
+            tar.to_str().unwrap(),
+            "lab/busybox:latest",
+        ]);
+    }
+
+    /// `docker run -d --init --name NAME ARGS... lab/busybox CMD...`; returns the id.
+    pub fn run_container(&self, name: &str, args: &[&str], cmd: &[&str]) -> String {
+        let mut all = vec!["run", "-d", "--init", "--name", name];
+        all.extend_from_slice(args);
+        all.push("lab/busybox");
+        all.extend_from_slice(cmd);
+        self.docker_ok(&all)
+    }
+
+    /// `docker inspect -f FORMAT NAME`.
+    pub fn inspect(&self, name: &str, format: &str) -> String {
+        self.docker_ok(&["inspect", "-f", format, name])
+    }
+
+    /// Kills every process whose command line mentions our directory (containerd, shims,
+    /// a dockerd that outlived its Child), by PID.
+    fn kill_leftovers(&self) {
+        let needle = self.dir.to_string_lossy().to_string();
+        let me = std::process::id().to_string();
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return;
+        };
+        for e in entries.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().to_string();
+            if !name.chars().all(|c| c.is_ascii_digit()) || name == me {
+                continue;
+            }
+            let cmdline = fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&needle) {
+                let _ = Command::new("kill").args(["-KILL", &name]).status();
+            }
+        }
+    }
+
+    fn unmount_leftovers(&self) {
+        let needle = format!("{}/", self.dir.display());
+        let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|p| p.starts_with(&needle) || *p == self.dir.to_string_lossy())
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = Command::new("umount").args(["-l", p]).status();
+        }
+    }
+}
+
+impl Drop for DockerEngine {
+    fn drop(&mut self) {
+        if self.daemon.is_some() {
+            let ids = self.docker(&["ps", "-aq"]);
+            let ids: Vec<String> = String::from_utf8_lossy(&ids.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f"];
+                args.extend(ids.iter().map(String::as_str));
+                let _ = self.docker(&args);
+            }
+        }
+        self.stop_daemon();
+        // Give containerd a moment to exit after its dockerd, then make sure.
+        std::thread::sleep(Duration::from_millis(200));
+        self.kill_leftovers();
+        self.unmount_leftovers();
+        for ns in [&self.outside_netns, &self.netns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
