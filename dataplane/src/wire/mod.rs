@@ -203,7 +203,9 @@ impl Parsed {
     /// True when the frame carries a TCP or UDP header whose checksum can be completed: a
     /// whole (unfragmented) datagram.
     pub fn has_l4_checksum(&self) -> bool {
-        self.l4_offset != 0 && self.fragment == Fragment::None && matches!(self.proto, proto::TCP | proto::UDP)
+        self.l4_offset != 0
+            && self.fragment == Fragment::None
+            && matches!(self.proto, proto::TCP | proto::UDP)
     }
 
     /// The policy's view of this packet: its [`PacketRecord`]. Ports are set for TCP/UDP

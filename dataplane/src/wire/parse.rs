@@ -178,7 +178,11 @@ fn parse_ipv6(frame: &[u8], l3: usize, p: &mut Parsed) -> Result<(), Malformed> 
 /// starting with next-header `nh`. Returns the transport protocol, its offset in `ip`, and
 /// the fragment position. Stops at a non-first fragment, whose rest is not a header.
 #[inline(always)]
-fn walk_ipv6_ext(ip: &[u8], mut off: usize, mut nh: u8) -> Result<(u8, usize, Fragment), Malformed> {
+fn walk_ipv6_ext(
+    ip: &[u8],
+    mut off: usize,
+    mut nh: u8,
+) -> Result<(u8, usize, Fragment), Malformed> {
     let mut fragment = Fragment::None;
     let mut seen = 0;
     loop {
@@ -309,7 +313,11 @@ fn inner_tuple(b: &[u8], version: u8) -> Option<Tuple> {
                 return None;
             }
             // Only an echo can be the flow an error is about; the id stands in for the ports.
-            let echo = if t.proto == proto::ICMP { matches!(l4[0], 0 | 8) } else { matches!(l4[0], 128 | 129) };
+            let echo = if t.proto == proto::ICMP {
+                matches!(l4[0], 0 | 8)
+            } else {
+                matches!(l4[0], 128 | 129)
+            };
             if !echo {
                 return None;
             }
