@@ -213,8 +213,15 @@ pub struct Engine<M: FrameMemory> {
     tx: Box<[DescBatch]>,
     batch: Batch,
     scratch: Vec<u8>,
+    /// Ports with frames in their transmit queue, so `drive` visits only those.
+    dirty: Vec<PortId>,
+    is_dirty: Box<[bool]>,
+    /// Position of each port in the slice `drive` was given (`NOT_DRIVEN` otherwise).
+    slot_of: Box<[u16]>,
     _memory: PhantomData<fn(&mut M)>,
 }
+
+const NOT_DRIVEN: u16 = u16::MAX;
 
 #[inline(always)]
 fn out_port(e: Egress) -> PortId {
@@ -239,6 +246,9 @@ impl<M: FrameMemory> Engine<M> {
             tx: (0..max).map(|_| DescBatch::default()).collect(),
             batch: Batch::new(),
             scratch: vec![0; config.frame_size],
+            dirty: Vec::with_capacity(max),
+            is_dirty: vec![false; max].into_boxed_slice(),
+            slot_of: vec![NOT_DRIVEN; max].into_boxed_slice(),
             config,
             _memory: PhantomData,
         }
@@ -275,6 +285,8 @@ impl<M: FrameMemory> Engine<M> {
             self.free.push(d.addr);
         }
         q.clear();
+        self.is_dirty[idx] = false;
+        self.dirty.retain(|&p| p != id);
         self.publish_flow_stats();
         Ok(())
     }
@@ -739,6 +751,12 @@ impl<M: FrameMemory> Engine<M> {
             self.drop_frame(d, DropReason::TxFull);
             return;
         }
+        let idx = usize::from(port);
+        if !self.is_dirty[idx] {
+            // `dirty` has room for every port: no allocation.
+            self.is_dirty[idx] = true;
+            self.dirty.push(port);
+        }
         if let Some(pc) = self.counters.port(port) {
             pc.tx_packets.add(1);
             pc.tx_bytes.add(u64::from(d.len));
@@ -746,8 +764,10 @@ impl<M: FrameMemory> Engine<M> {
     }
 
     /// One iteration over a set of ports: reclaim completed frames and refill every port,
-    /// receive and process one batch from each, hand each its transmit queue, reclaim again.
-    /// One loop calling this drives any number of ports of any backend sharing `mem`.
+    /// then receive and process one batch from each, handing every port the frames queued
+    /// for it after each batch (so one egress can take a full batch from every ingress), and
+    /// reclaim again. One loop calling this drives any number of ports of any backend sharing
+    /// `mem`. Frames queued for ports not in `ports` wait for a call that includes them.
     pub fn drive<P: Port<M> + ?Sized>(
         &mut self,
         now: u64,
@@ -755,30 +775,58 @@ impl<M: FrameMemory> Engine<M> {
         ports: &mut [(PortId, &mut P)],
     ) -> DriveReport {
         let mut report = DriveReport::default();
-        for (_, p) in ports.iter_mut() {
+        for (i, (id, p)) in ports.iter_mut().enumerate() {
+            if let Some(s) = self.slot_of.get_mut(usize::from(*id)) {
+                *s = i as u16;
+            }
             p.complete(&mut self.free);
             p.fill(mem, &mut self.free);
         }
         let mut rx = DescBatch::default();
-        for (id, p) in ports.iter_mut() {
+        for i in 0..ports.len() {
+            let (id, p) = &mut ports[i];
+            let id = *id;
             p.receive(mem, &mut rx);
             report.received += rx.len();
             if !rx.is_empty() {
-                self.process(now, *id, mem, &mut rx);
+                self.process(now, id, mem, &mut rx);
+                report.transmitted += self.transmit_queued(mem, ports);
             }
         }
+        report.transmitted += self.transmit_queued(mem, ports);
         for (id, p) in ports.iter_mut() {
-            if let Some(q) = self.tx.get_mut(usize::from(*id))
-                && !q.is_empty()
-            {
-                let before = q.len();
-                p.transmit(mem, q);
-                report.transmitted += before - q.len();
-            }
-        }
-        for (_, p) in ports.iter_mut() {
             p.complete(&mut self.free);
+            if let Some(s) = self.slot_of.get_mut(usize::from(*id)) {
+                *s = NOT_DRIVEN;
+            }
         }
         report
+    }
+
+    /// Hands each driven port its queued frames; returns how many the ports took.
+    fn transmit_queued<P: Port<M> + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        ports: &mut [(PortId, &mut P)],
+    ) -> usize {
+        let mut sent = 0;
+        let mut i = 0;
+        while i < self.dirty.len() {
+            let idx = usize::from(self.dirty[i]);
+            let slot = usize::from(self.slot_of[idx]);
+            if let Some((_, p)) = ports.get_mut(slot) {
+                let q = &mut self.tx[idx];
+                let before = q.len();
+                p.transmit(mem, q);
+                sent += before - q.len();
+            }
+            if self.tx[idx].is_empty() {
+                self.is_dirty[idx] = false;
+                self.dirty.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        sent
     }
 }
