@@ -49,7 +49,7 @@ fn batch(ports: impl IntoIterator<Item = u16>) -> Vec<PacketRecord> {
 }
 
 #[test]
-fn single_module_accepts_and_drops_by_port() {
+fn wasm_single_module_accepts_and_drops_by_port() {
     let rt = runtime();
     let mut chain = PolicyChain::instantiate(3, &[docker_like(&rt)]).unwrap();
     let records = batch([80, 443, 80, 22]);
@@ -64,7 +64,7 @@ fn single_module_accepts_and_drops_by_port() {
 }
 
 #[test]
-fn two_module_chain_passes_continued_records_to_the_second() {
+fn wasm_two_module_chain_passes_continued_records_to_the_second() {
     let rt = runtime();
     let (user, docker) = (user_rules(&rt), docker_like(&rt));
     let mut chain = PolicyChain::instantiate(1, &[user.clone(), docker.clone()]).unwrap();
@@ -85,7 +85,7 @@ fn two_module_chain_passes_continued_records_to_the_second() {
 }
 
 #[test]
-fn a_chain_where_nobody_decides_leaves_continue_for_the_engine() {
+fn wasm_a_chain_where_nobody_decides_leaves_continue_for_the_engine() {
     let rt = runtime();
     let pass = rt.load(&constant(Action::Continue, RULE_NONE), "pass").unwrap();
     let mut chain = PolicyChain::instantiate(1, &[pass]).unwrap();
@@ -98,7 +98,7 @@ fn a_chain_where_nobody_decides_leaves_continue_for_the_engine() {
 }
 
 #[test]
-fn trace_names_the_deciding_module_and_rule_and_agrees_with_the_dataplane() {
+fn wasm_trace_names_the_deciding_module_and_rule_and_agrees_with_the_dataplane() {
     let rt = runtime();
     let modules = [user_rules(&rt), docker_like(&rt)];
     let mut chain = PolicyChain::instantiate(4, &modules).unwrap();
@@ -126,7 +126,7 @@ fn trace_names_the_deciding_module_and_rule_and_agrees_with_the_dataplane() {
 }
 
 #[test]
-fn trace_fresh_does_not_touch_the_modules_counters() {
+fn wasm_trace_fresh_does_not_touch_the_modules_counters() {
     let rt = runtime();
     let docker = docker_like(&rt);
     trace_fresh(1, std::slice::from_ref(&docker), &tcp(80)).unwrap();
@@ -138,11 +138,12 @@ fn trace_fresh_does_not_touch_the_modules_counters() {
 /// id = 100 × generation on every record), generations only move forward, and each
 /// replaced chain is dropped on the reaper thread, not the worker.
 #[test]
-fn hot_swap_across_threads_judges_each_batch_with_one_generation() {
+fn wasm_hot_swap_across_threads_judges_each_batch_with_one_generation() {
     let rt = runtime();
-    let module_for = |g: u64| {
-        rt.load(&constant(Action::Accept, 100 * g as u32), &format!("gen{g}")).unwrap()
-    };
+    let modules: Vec<PolicyModule> = (1..=3u32)
+        .map(|g| rt.load(&constant(Action::Accept, 100 * g), &format!("gen{g}")).unwrap())
+        .collect();
+    let module_for = |g: u64| modules[g as usize - 1].clone();
     let drop_sites: Vec<Arc<Mutex<Option<String>>>> = (0..3).map(|_| Arc::default()).collect();
     let chain_for = |g: u64| -> Box<dyn Policy> {
         Box::new(DropProbe {
@@ -203,7 +204,11 @@ fn hot_swap_across_threads_judges_each_batch_with_one_generation() {
         assert!(*g >= last_generation, "generation went backwards");
         last_generation = *g;
         assert_eq!(rules.len(), 1, "a batch mixed generations: {rules:?}");
-        assert!(rules.contains(&(100 * *g as u32)), "generation {g} judged by {rules:?}");
+        assert!(
+            rules.contains(&(100 * *g as u32)),
+            "generation {g} judged by {rules:?}; counters {:?}",
+            modules[*g as usize - 1].counters().snapshot()
+        );
     }
     let generations: std::collections::BTreeSet<u64> = seen.iter().map(|(g, _)| *g).collect();
     assert_eq!(generations.into_iter().collect::<Vec<_>>(), vec![1, 2, 3]);
@@ -221,7 +226,7 @@ fn hot_swap_across_threads_judges_each_batch_with_one_generation() {
 }
 
 #[test]
-fn a_rejected_policy_sends_nothing_and_the_old_one_keeps_answering() {
+fn wasm_a_rejected_policy_sends_nothing_and_the_old_one_keeps_answering() {
     let mut h = Harness::with_accept_all(runtime());
     assert!(h.try_install(b"garbage", "bad").is_err());
     h.assert_old_policy_in_force();
@@ -234,7 +239,7 @@ fn a_rejected_policy_sends_nothing_and_the_old_one_keeps_answering() {
 }
 
 #[test]
-fn several_pending_policies_install_the_newest() {
+fn wasm_several_pending_policies_install_the_newest() {
     let mut h = Harness::with_accept_all(runtime());
     h.try_install(&constant(Action::Drop, 2), "g2").unwrap();
     let g3 = h.try_install(&constant(Action::Drop, 3), "g3").unwrap();

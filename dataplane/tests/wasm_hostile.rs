@@ -35,7 +35,7 @@ fn decide(chain: &mut PolicyChain, ports: &[u16]) -> Vec<VerdictRecord> {
 }
 
 #[test]
-fn infinite_loop_on_every_packet_is_refused_at_load() {
+fn wasm_infinite_loop_on_every_packet_is_refused_at_load() {
     let looping = per_record("(loop $spin (br $spin))", "(i32.const 1)", "(i32.const 1)", "");
     match rejected(&looping) {
         LoadError::ProbeFailed { reason, .. } => assert!(reason.contains("deadline"), "{reason}"),
@@ -44,7 +44,7 @@ fn infinite_loop_on_every_packet_is_refused_at_load() {
 }
 
 #[test]
-fn infinite_loop_on_one_packet_is_interrupted_and_the_worker_continues() {
+fn wasm_infinite_loop_on_one_packet_is_interrupted_and_the_worker_continues() {
     let (mut chain, module) = contained_chain(&hostile_on_port(666, "(loop $spin (br $spin))"));
     let verdicts = decide(&mut chain, &[80, 666, 443]);
     assert_eq!(verdicts, vec![FAIL_CLOSED; 3], "the whole batch is fail-closed");
@@ -57,7 +57,7 @@ fn infinite_loop_on_one_packet_is_interrupted_and_the_worker_continues() {
 }
 
 #[test]
-fn unreachable_on_every_packet_is_refused_at_load() {
+fn wasm_unreachable_on_every_packet_is_refused_at_load() {
     let trapping = per_record("(unreachable)", "(i32.const 1)", "(i32.const 1)", "");
     match rejected(&trapping) {
         LoadError::ProbeFailed { reason, .. } => assert!(reason.contains("trap"), "{reason}"),
@@ -66,7 +66,7 @@ fn unreachable_on_every_packet_is_refused_at_load() {
 }
 
 #[test]
-fn unreachable_on_one_packet_is_contained() {
+fn wasm_unreachable_on_one_packet_is_contained() {
     let (mut chain, module) = contained_chain(&hostile_on_port(666, "(unreachable)"));
     assert_eq!(decide(&mut chain, &[666, 80]), vec![FAIL_CLOSED; 2]);
     let c = module.counters().snapshot();
@@ -75,7 +75,7 @@ fn unreachable_on_one_packet_is_contained() {
 }
 
 #[test]
-fn memory_growth_stops_at_the_cap_and_the_guest_sees_minus_one() {
+fn wasm_memory_growth_stops_at_the_cap_and_the_guest_sees_minus_one() {
     // Grows one page at a time until memory.grow returns -1, then reports the page count
     // as the rule id. The cap is 1 MiB = 16 pages.
     let grower = per_record(
@@ -100,7 +100,7 @@ fn memory_growth_stops_at_the_cap_and_the_guest_sees_minus_one() {
 }
 
 #[test]
-fn growing_memory_then_trapping_at_the_cap_is_contained() {
+fn wasm_growing_memory_then_trapping_at_the_cap_is_contained() {
     let (mut chain, module) = contained_chain(&hostile_on_port(
         666,
         "(loop $grow (br_if $grow (i32.ne (memory.grow (i32.const 1)) (i32.const -1)))) (unreachable)",
@@ -112,7 +112,7 @@ fn growing_memory_then_trapping_at_the_cap_is_contained() {
 }
 
 #[test]
-fn initial_memory_over_the_cap_is_refused_at_load() {
+fn wasm_initial_memory_over_the_cap_is_refused_at_load() {
     let text = r#"(module
       (memory (export "memory") 100)
       (func (export "bw_abi_version") (result i32) (i32.const 1))
@@ -135,7 +135,7 @@ fn module_text(exports: &str, imports: &str) -> Vec<u8> {
 }
 
 #[test]
-fn missing_exports_are_refused_by_name() {
+fn wasm_missing_exports_are_refused_by_name() {
     let cases = [
         (r#"(export "bw_abi_version" (func $v)) (export "bw_init" (func $i)) (export "bw_evaluate" (func $e))"#, "memory"),
         (r#"(export "memory" (memory $m)) (export "bw_init" (func $i)) (export "bw_evaluate" (func $e))"#, "bw_abi_version"),
@@ -151,7 +151,7 @@ fn missing_exports_are_refused_by_name() {
 }
 
 #[test]
-fn wrongly_typed_export_is_refused() {
+fn wasm_wrongly_typed_export_is_refused() {
     let exports = r#"(export "memory" (memory $m)) (export "bw_abi_version" (func $v))
                      (export "bw_init" (func $i)) (export "bw_evaluate" (func $v))"#;
     let err = rejected(&module_text(exports, ""));
@@ -163,7 +163,7 @@ fn wrongly_typed_export_is_refused() {
 }
 
 #[test]
-fn wrong_abi_version_is_refused() {
+fn wasm_wrong_abi_version_is_refused() {
     match rejected(&per_record_with(2, IO, "", "(i32.const 1)", "(i32.const 1)", "")) {
         LoadError::AbiVersion { found: 2, expected: 1, .. } => {}
         other => panic!("wrong error: {other}"),
@@ -174,7 +174,7 @@ const ALL_EXPORTS: &str = r#"(export "memory" (memory $m)) (export "bw_abi_versi
     (export "bw_init" (func $i)) (export "bw_evaluate" (func $e))"#;
 
 #[test]
-fn wasi_import_is_refused_by_name() {
+fn wasm_wasi_import_is_refused_by_name() {
     let imports = r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#;
     let err = rejected(&module_text(ALL_EXPORTS, imports));
     assert!(matches!(err, LoadError::ForbiddenImport { .. }), "{err}");
@@ -186,7 +186,7 @@ fn wasi_import_is_refused_by_name() {
 }
 
 #[test]
-fn other_bw_imports_and_a_mistyped_log_are_refused() {
+fn wasm_other_bw_imports_and_a_mistyped_log_are_refused() {
     let exit = r#"(import "bw" "exit" (func (param i32)))"#;
     assert!(matches!(rejected(&module_text(ALL_EXPORTS, exit)), LoadError::ForbiddenImport { .. }));
     let bad_log = r#"(import "bw" "log" (func (param i32)))"#;
@@ -223,7 +223,7 @@ fn fifty_megabytes() -> Vec<u8> {
 }
 
 #[test]
-fn fifty_megabyte_module_is_refused_before_compiling() {
+fn wasm_fifty_megabyte_module_is_refused_before_compiling() {
     let bytes = fifty_megabytes();
     match rejected(&bytes) {
         LoadError::TooLarge { size, cap, .. } => assert_eq!((size, cap), (bytes.len(), 1 << 20)),
@@ -232,14 +232,14 @@ fn fifty_megabyte_module_is_refused_before_compiling() {
 }
 
 #[test]
-fn invalid_bytes_are_refused() {
+fn wasm_invalid_bytes_are_refused() {
     for bytes in [&b""[..], b"not wasm at all", b"\0asm\x01\0\0\0\x01\xff\xff"] {
         assert!(matches!(rejected(bytes), LoadError::Invalid { .. }), "{bytes:?}");
     }
 }
 
 #[test]
-fn io_area_out_of_bounds_or_misaligned_is_refused() {
+fn wasm_io_area_out_of_bounds_or_misaligned_is_refused() {
     for io in [65_000, 1028, u32::MAX - 7] {
         match rejected(&per_record_with(1, io, "", "(i32.const 1)", "(i32.const 1)", "")) {
             LoadError::BadIoArea { addr, .. } => assert_eq!(addr, io),
@@ -249,7 +249,7 @@ fn io_area_out_of_bounds_or_misaligned_is_refused() {
 }
 
 #[test]
-fn invalid_action_code_on_every_packet_is_refused_at_load() {
+fn wasm_invalid_action_code_on_every_packet_is_refused_at_load() {
     match rejected(&per_record("", "(i32.const 9)", "(i32.const 1)", "")) {
         LoadError::ProbeFailed { reason, .. } => assert!(reason.contains("action code 9"), "{reason}"),
         other => panic!("wrong error: {other}"),
@@ -257,7 +257,7 @@ fn invalid_action_code_on_every_packet_is_refused_at_load() {
 }
 
 #[test]
-fn invalid_action_code_on_one_packet_fails_the_batch_closed() {
+fn wasm_invalid_action_code_on_one_packet_fails_the_batch_closed() {
     let bytes = per_record(
         "",
         &format!("(select (i32.const 9) (i32.const 1) (i32.eq {DST_PORT} (i32.const 666)))"),
@@ -272,7 +272,7 @@ fn invalid_action_code_on_one_packet_fails_the_batch_closed() {
 }
 
 #[test]
-fn repeatedly_failing_instance_is_quarantined() {
+fn wasm_repeatedly_failing_instance_is_quarantined() {
     let rt = runtime_with(|c| c.quarantine_after = 3);
     let module = rt.load(&hostile_on_port(666, "(unreachable)"), "flaky").unwrap();
     let mut chain = PolicyChain::instantiate(1, std::slice::from_ref(&module)).unwrap();
@@ -287,7 +287,7 @@ fn repeatedly_failing_instance_is_quarantined() {
 }
 
 #[test]
-fn fail_closed_verdict_is_configurable() {
+fn wasm_fail_closed_verdict_is_configurable() {
     let rt = runtime_with(|c| c.fail_closed = Action::Reject);
     let module = rt.load(&hostile_on_port(666, "(unreachable)"), "reject").unwrap();
     let mut chain = PolicyChain::instantiate(1, &[module]).unwrap();
@@ -298,7 +298,7 @@ fn fail_closed_verdict_is_configurable() {
 }
 
 #[test]
-fn guest_log_is_rate_limited() {
+fn wasm_guest_log_is_rate_limited() {
     let rt = runtime_with(|c| {
         c.log_burst = 3;
         c.log_per_second = 0;

@@ -4,9 +4,9 @@
 //! the worker: messages go through a token bucket per instance, are cut to a fixed length,
 //! and ones over the rate are only counted.
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use wasmtime::{Caller, Extern, Linker, StoreLimits};
+use wasmtime::{Caller, Extern, Linker, StoreLimits, UpdateDeadline};
 
 use super::counters::ModuleCounters;
 
@@ -22,6 +22,70 @@ pub(crate) struct HostState {
     pub(crate) module: Arc<str>,
     /// The module's counters (logs emitted / suppressed).
     pub(crate) counters: Arc<ModuleCounters>,
+    /// Decides, when a call reaches its epoch deadline, whether to stop it.
+    pub(crate) watch: DeadlineWatch,
+}
+
+/// Decides whether a guest call that reached its epoch deadline is stopped.
+///
+/// Epochs measure wall time, so a worker preempted by the scheduler in the middle of a
+/// call would "run past" a 1–2 ms deadline without the guest doing anything wrong (seen on
+/// this 2-core machine under load). So at the first deadline the watch only samples the
+/// thread's CPU time and extends the deadline; at the next one it stops the call if the
+/// thread spent at least half of the interval on the CPU — the guest really is running —
+/// and otherwise extends again, up to `max_wall` in all. A looping guest is thus stopped
+/// after about two deadline periods. This costs nothing on calls that finish in time:
+/// the clock is read only at a deadline.
+pub(crate) struct DeadlineWatch {
+    ticks: u64,
+    max_wall: Duration,
+    /// When the deadline was first reached in this call, if it was.
+    first: Option<Instant>,
+    /// (wall, thread CPU) at the last deadline reached in this call.
+    sample: Option<(Instant, Duration)>,
+}
+
+impl DeadlineWatch {
+    pub(crate) fn new(ticks: u64, max_wall: Duration) -> Self {
+        Self { ticks, max_wall, first: None, sample: None }
+    }
+
+    /// Forgets the previous call; called before each call.
+    #[inline]
+    pub(crate) fn start_call(&mut self) {
+        self.first = None;
+        self.sample = None;
+    }
+
+    /// The epoch-deadline callback's decision.
+    pub(crate) fn on_deadline(&mut self) -> UpdateDeadline {
+        let now = Instant::now();
+        let cpu = thread_cpu_time();
+        let first = *self.first.get_or_insert(now);
+        let stop = match self.sample {
+            None => false,
+            Some(_) if now.duration_since(first) >= self.max_wall => true,
+            Some((wall0, cpu0)) => {
+                let wall = now.duration_since(wall0);
+                cpu.saturating_sub(cpu0) * 2 >= wall
+            }
+        };
+        if stop {
+            UpdateDeadline::Interrupt
+        } else {
+            self.sample = Some((now, cpu));
+            UpdateDeadline::Continue(self.ticks)
+        }
+    }
+}
+
+/// CPU time the calling thread has used.
+fn thread_cpu_time() -> Duration {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// A token bucket: `burst` messages at once, refilled at `per_second`.
@@ -96,7 +160,26 @@ fn bw_log(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    #[test]
+    fn deadline_watch_stops_a_spinning_thread_but_not_a_sleeping_one() {
+        let mut w = DeadlineWatch::new(2, Duration::from_secs(60));
+        w.start_call();
+        assert!(matches!(w.on_deadline(), UpdateDeadline::Continue(2)), "first deadline only samples");
+        std::thread::sleep(Duration::from_millis(20)); // preempted: no CPU used
+        assert!(matches!(w.on_deadline(), UpdateDeadline::Continue(2)));
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(20) {
+            std::hint::black_box(0); // running
+        }
+        assert!(matches!(w.on_deadline(), UpdateDeadline::Interrupt));
+        // A new call starts from scratch; a wall-time cap stops even a preempted one.
+        let mut w = DeadlineWatch::new(2, Duration::from_millis(10));
+        w.start_call();
+        assert!(matches!(w.on_deadline(), UpdateDeadline::Continue(2)));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(matches!(w.on_deadline(), UpdateDeadline::Interrupt));
+    }
 
     #[test]
     fn bucket_allows_burst_then_refills_at_rate() {

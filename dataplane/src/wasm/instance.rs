@@ -1,8 +1,9 @@
 //! [`PolicyInstance`]: one module in one store, owned by one worker; turns a batch of
 //! records into verdicts, containing whatever the guest does.
 //!
-//! Containment: every call runs under an epoch deadline and the store's memory cap. A call
-//! that traps or runs past the deadline gives the whole batch the fail-closed verdict, and
+//! Containment: every call runs under an epoch deadline (checked against the thread's CPU
+//! time so that preemption is not mistaken for a loop, see `hostlog::DeadlineWatch`) and
+//! the store's memory cap. A call that traps or runs past the deadline gives the whole batch the fail-closed verdict, and
 //! so does a verdict with an unknown action code. After a trap or a timeout the guest's
 //! state may be half-updated, so the instance is **re-instantiated in place**: a fresh
 //! store is made on the worker (≈ 8 µs, only on this failure path) and the old store is
@@ -24,7 +25,7 @@ use wasmtime::{Memory, Store, StoreLimitsBuilder, Trap, TypedFunc};
 use super::RULE_FAIL_CLOSED;
 use super::counters::ModuleCounters;
 use super::error::LoadError;
-use super::hostlog::{HostState, LogBucket};
+use super::hostlog::{DeadlineWatch, HostState, LogBucket};
 use super::module::PolicyModule;
 
 /// How one batch went. Whatever the outcome, every verdict has been written.
@@ -151,6 +152,7 @@ impl PolicyInstance {
         // than leaving last batch's verdict in place.
         verdict_area[..n * VERDICT_SIZE].fill(0);
 
+        live.store.data_mut().watch.start_call();
         live.store.set_epoch_deadline(deadline);
         // n ≤ MAX_BATCH, so the cast cannot truncate.
         if let Err(e) = live.evaluate.call(&mut live.store, n as i32) {
@@ -311,9 +313,11 @@ fn instantiate(module: &PolicyModule, counters: &Arc<ModuleCounters>) -> Result<
         log_max_bytes: config.log_max_bytes,
         module: Arc::clone(&inner.name),
         counters: Arc::clone(counters),
+        watch: DeadlineWatch::new(config.deadline_ticks, config.max_call_wall),
     };
     let mut store = Store::new(&inner.runtime.engine, state);
     store.limiter(|s| &mut s.limits);
+    store.epoch_deadline_callback(|mut cx| Ok(cx.data_mut().watch.on_deadline()));
     // Also bounds a start function, which runs inside instantiate.
     store.set_epoch_deadline(config.deadline_ticks);
     let instance = inner.pre.instantiate(&mut store).map_err(failed("instantiation"))?;
@@ -324,6 +328,7 @@ fn instantiate(module: &PolicyModule, counters: &Arc<ModuleCounters>) -> Result<
     let version = instance
         .get_typed_func::<(), i32>(&mut store, abi::EXPORT_ABI_VERSION)
         .map_err(failed(abi::EXPORT_ABI_VERSION))?;
+    store.data_mut().watch.start_call();
     store.set_epoch_deadline(config.deadline_ticks);
     let found = version.call(&mut store, ()).map_err(failed(abi::EXPORT_ABI_VERSION))?;
     if found != abi::ABI_VERSION {
@@ -333,6 +338,7 @@ fn instantiate(module: &PolicyModule, counters: &Arc<ModuleCounters>) -> Result<
     let init = instance
         .get_typed_func::<(), i32>(&mut store, abi::EXPORT_INIT)
         .map_err(failed(abi::EXPORT_INIT))?;
+    store.data_mut().watch.start_call();
     store.set_epoch_deadline(config.deadline_ticks);
     let addr = init.call(&mut store, ()).map_err(failed(abi::EXPORT_INIT))? as u32;
     let memory_size = memory.data_size(&store);

@@ -25,10 +25,13 @@ pub struct WasmConfig {
     pub max_table_elements: usize,
     /// Period of the epoch ticker. Default 1 ms.
     pub epoch_tick: Duration,
-    /// Ticks a guest call may run before it is interrupted: it is stopped after between
-    /// `deadline_ticks - 1` and `deadline_ticks` tick periods. Default 2 (1–2 ms), about
+    /// Ticks after which a guest call is checked: one that is really running (using the
+    /// CPU, not preempted) is stopped at its second deadline, so a looping guest costs the
+    /// worker about 2 × `deadline_ticks` ticks. Default 2 (1–2 ms per deadline), about
     /// 1000× what a batch of 64 should take.
     pub deadline_ticks: u64,
+    /// Wall-time cap on one guest call however much it was preempted. Default 1 s.
+    pub max_call_wall: Duration,
     /// Verdict given to every record of a batch the module failed (trap, deadline, invalid
     /// action code, quarantine). Must be Drop, Reject or Accept; default Drop.
     pub fail_closed: Action,
@@ -57,6 +60,7 @@ impl Default for WasmConfig {
             max_table_elements: 65_536,
             epoch_tick: Duration::from_millis(1),
             deadline_ticks: 2,
+            max_call_wall: Duration::from_secs(1),
             fail_closed: Action::Drop,
             quarantine_after: 8,
             max_wasm_stack: 256 << 10,

@@ -31,7 +31,7 @@ pub fn per_record_with(
     rule: &str,
     extra: &str,
 ) -> Vec<u8> {
-    let verdicts = io + (MAX_BATCH as u32) * 48;
+    let verdicts = io.wrapping_add((MAX_BATCH as u32) * 48);
     let text = format!(
         r#"(module
   {extra}
