@@ -84,7 +84,8 @@ fn swap_stall(c: &mut Criterion) {
     // iteration (dropping is the reaper's job in production, off this thread).
     let (tx, mut rx, retired) = swap::channel_returning();
     let mut current: Box<dyn Policy> = Box::new(trivial_chain(&rt, 1));
-    tx.send(Box::new(trivial_chain(&rt, 2))).expect("worker end alive");
+    tx.send(Box::new(trivial_chain(&rt, 2)))
+        .expect("worker end alive");
     group.bench_function("poll_pending", |b| {
         b.iter_custom(|iters| {
             let mut stalled = Duration::ZERO;
@@ -102,7 +103,9 @@ fn swap_stall(c: &mut Criterion) {
     // Drain the one left pending so the idle case really is idle.
     rx.poll_swap(&mut current);
     while retired.try_recv().is_some() {}
-    group.bench_function("poll_idle", |b| b.iter(|| rx.poll_swap(black_box(&mut current))));
+    group.bench_function("poll_idle", |b| {
+        b.iter(|| rx.poll_swap(black_box(&mut current)))
+    });
     group.finish();
 
     let wasm = wat::parse_str(TRIVIAL).expect("trivial WAT");

@@ -30,7 +30,8 @@ fn user_rules(rt: &WasmRuntime) -> PolicyModule {
     let rule = format!(
         "(if (result i32) (i32.eq {DST_PORT} (i32.const 22)) (then (i32.const 5)) (else (select (i32.const 6) (i32.const {RULE_NONE}) (i32.eq {DST_PORT} (i32.const 8080)))))"
     );
-    rt.load(&per_record("", &action, &rule, ""), "user").unwrap()
+    rt.load(&per_record("", &action, &rule, ""), "user")
+        .unwrap()
 }
 
 /// The chain's meaning, in plain Rust.
@@ -56,10 +57,15 @@ fn wasm_single_module_accepts_and_drops_by_port() {
     let mut verdicts = vec![VerdictRecord::CONTINUE; 4];
     chain.decide(&records, &mut verdicts);
     assert_eq!(chain.generation(), 3);
-    let expected: Vec<_> = [(Action::Accept, 1), (Action::Drop, 2), (Action::Accept, 1), (Action::Drop, 2)]
-        .into_iter()
-        .map(|(action, rule)| VerdictRecord { action, rule })
-        .collect();
+    let expected: Vec<_> = [
+        (Action::Accept, 1),
+        (Action::Drop, 2),
+        (Action::Accept, 1),
+        (Action::Drop, 2),
+    ]
+    .into_iter()
+    .map(|(action, rule)| VerdictRecord { action, rule })
+    .collect();
     assert_eq!(verdicts, expected);
 }
 
@@ -71,7 +77,9 @@ fn wasm_two_module_chain_passes_continued_records_to_the_second() {
     // A full batch mixing records each module decides, in an order that makes the
     // compaction of the continuing subset matter; then a longer-than-64 input.
     for len in [MAX_BATCH, 1, 150] {
-        let ports: Vec<u16> = (0..len).map(|i| [22, 80, 443, 8080, 53][(i * 7 + 3) % 5]).collect();
+        let ports: Vec<u16> = (0..len)
+            .map(|i| [22, 80, 443, 8080, 53][(i * 7 + 3) % 5])
+            .collect();
         let records = batch(ports.iter().copied());
         let mut verdicts = vec![VerdictRecord::CONTINUE; len];
         chain.decide(&records, &mut verdicts);
@@ -79,17 +87,32 @@ fn wasm_two_module_chain_passes_continued_records_to_the_second() {
         assert_eq!(verdicts, expected, "batch of {len}");
     }
     let (u, d) = (user.counters().snapshot(), docker.counters().snapshot());
-    assert_eq!(u.records, (MAX_BATCH + 1 + 150) as u64, "the user module sees everything");
-    assert_eq!(d.records, u.continued, "the docker module sees only what the user continued");
+    assert_eq!(
+        u.records,
+        (MAX_BATCH + 1 + 150) as u64,
+        "the user module sees everything"
+    );
+    assert_eq!(
+        d.records, u.continued,
+        "the docker module sees only what the user continued"
+    );
     assert_eq!(u.continued, d.accepted + d.dropped);
 }
 
 #[test]
 fn wasm_a_chain_where_nobody_decides_leaves_continue_for_the_engine() {
     let rt = runtime();
-    let pass = rt.load(&constant(Action::Continue, RULE_NONE), "pass").unwrap();
+    let pass = rt
+        .load(&constant(Action::Continue, RULE_NONE), "pass")
+        .unwrap();
     let mut chain = PolicyChain::instantiate(1, &[pass]).unwrap();
-    let mut verdicts = vec![VerdictRecord { action: Action::Drop, rule: 0 }; 2];
+    let mut verdicts = vec![
+        VerdictRecord {
+            action: Action::Drop,
+            rule: 0
+        };
+        2
+    ];
     chain.decide(&batch([80, 22]), &mut verdicts);
     assert_eq!(verdicts, vec![VerdictRecord::CONTINUE; 2]);
     let empty = &mut PolicyChain::new(9, Vec::new());
@@ -102,7 +125,12 @@ fn wasm_trace_names_the_deciding_module_and_rule_and_agrees_with_the_dataplane()
     let rt = runtime();
     let modules = [user_rules(&rt), docker_like(&rt)];
     let mut chain = PolicyChain::instantiate(4, &modules).unwrap();
-    let cases = [(22, 0, "user"), (8080, 0, "user"), (80, 1, "docker"), (443, 1, "docker")];
+    let cases = [
+        (22, 0, "user"),
+        (8080, 0, "user"),
+        (80, 1, "docker"),
+        (443, 1, "docker"),
+    ];
     for (port, index, name) in cases {
         let r = trace(&mut chain, &tcp(port));
         let expected = TraceResult {
@@ -113,16 +141,28 @@ fn wasm_trace_names_the_deciding_module_and_rule_and_agrees_with_the_dataplane()
             rule_id: reference(port).rule,
         };
         assert_eq!(r, expected, "port {port}");
-        assert_eq!(trace_fresh(4, &modules, &tcp(port)).unwrap(), expected, "fresh, port {port}");
+        assert_eq!(
+            trace_fresh(4, &modules, &tcp(port)).unwrap(),
+            expected,
+            "fresh, port {port}"
+        );
         // The dataplane's answer for the same record inside a mixed batch.
         let records = batch([443, port, 22]);
         let mut verdicts = vec![VerdictRecord::CONTINUE; 3];
         chain.decide(&records, &mut verdicts);
-        assert_eq!((verdicts[1].action, verdicts[1].rule), (r.action, r.rule_id));
+        assert_eq!(
+            (verdicts[1].action, verdicts[1].rule),
+            (r.action, r.rule_id)
+        );
     }
-    let pass = rt.load(&constant(Action::Continue, RULE_NONE), "pass").unwrap();
+    let pass = rt
+        .load(&constant(Action::Continue, RULE_NONE), "pass")
+        .unwrap();
     let r = trace_fresh(5, &[pass], &tcp(80)).unwrap();
-    assert_eq!((r.module_index, r.module_name, r.action), (None, None, Action::Continue));
+    assert_eq!(
+        (r.module_index, r.module_name, r.action),
+        (None, None, Action::Continue)
+    );
 }
 
 #[test]
@@ -141,7 +181,10 @@ fn wasm_trace_fresh_does_not_touch_the_modules_counters() {
 fn wasm_hot_swap_across_threads_judges_each_batch_with_one_generation() {
     let rt = runtime();
     let modules: Vec<PolicyModule> = (1..=3u32)
-        .map(|g| rt.load(&constant(Action::Accept, 100 * g), &format!("gen{g}")).unwrap())
+        .map(|g| {
+            rt.load(&constant(Action::Accept, 100 * g), &format!("gen{g}"))
+                .unwrap()
+        })
         .collect();
     let module_for = |g: u64| modules[g as usize - 1].clone();
     let drop_sites: Vec<Arc<Mutex<Option<String>>>> = (0..3).map(|_| Arc::default()).collect();
@@ -216,13 +259,24 @@ fn wasm_hot_swap_across_threads_judges_each_batch_with_one_generation() {
     // The two replaced chains are dropped by the reaper thread.
     let start = Instant::now();
     while reaper.reaped() < reaped_before + 2 {
-        assert!(start.elapsed() < Duration::from_secs(10), "reaper did not drop the old chains");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "reaper did not drop the old chains"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     for g in [0, 1] {
-        assert_eq!(drop_sites[g].lock().unwrap().as_deref(), Some("bw-reaper"), "generation {}", g + 1);
+        assert_eq!(
+            drop_sites[g].lock().unwrap().as_deref(),
+            Some("bw-reaper"),
+            "generation {}",
+            g + 1
+        );
     }
-    assert_eq!(drop_sites[2].lock().unwrap().as_deref(), Some("test-worker"));
+    assert_eq!(
+        drop_sites[2].lock().unwrap().as_deref(),
+        Some("test-worker")
+    );
 }
 
 #[test]
@@ -234,7 +288,16 @@ fn wasm_a_rejected_policy_sends_nothing_and_the_old_one_keeps_answering() {
     // A good one afterwards is installed at the next batch.
     let g = h.try_install(&constant(Action::Drop, 9), "new").unwrap();
     let v = h.judge(&[tcp(80)]);
-    assert_eq!((h.current.generation(), v[0]), (g, VerdictRecord { action: Action::Drop, rule: 9 }));
+    assert_eq!(
+        (h.current.generation(), v[0]),
+        (
+            g,
+            VerdictRecord {
+                action: Action::Drop,
+                rule: 9
+            }
+        )
+    );
     assert_eq!(h.tx.installed_generation(), Some(g));
 }
 

@@ -45,7 +45,10 @@ impl PolicyChain {
     /// Instantiates every module (in order) and chains them. Call on the control thread,
     /// once per worker: each worker needs its own stores.
     pub fn instantiate(generation: u64, modules: &[PolicyModule]) -> Result<Self, LoadError> {
-        let stages = modules.iter().map(PolicyModule::instantiate).collect::<Result<_, _>>()?;
+        let stages = modules
+            .iter()
+            .map(PolicyModule::instantiate)
+            .collect::<Result<_, _>>()?;
         Ok(Self::new(generation, stages))
     }
 
@@ -92,10 +95,17 @@ impl PolicyChain {
                 break;
             }
             let stage_index = (k + 1) as u16;
-            for (slot, &i) in self.scratch_records.iter_mut().zip(&self.pending[..pending]) {
+            for (slot, &i) in self
+                .scratch_records
+                .iter_mut()
+                .zip(&self.pending[..pending])
+            {
                 *slot = records[usize::from(i)];
             }
-            stage.evaluate(&self.scratch_records[..pending], &mut self.scratch_verdicts[..pending]);
+            stage.evaluate(
+                &self.scratch_records[..pending],
+                &mut self.scratch_verdicts[..pending],
+            );
             let mut still = 0;
             for j in 0..pending {
                 let i = self.pending[j];
@@ -121,7 +131,10 @@ impl Policy for PolicyChain {
     /// Judges the batch with every stage in order; a record no stage decides keeps
     /// `Continue` (the engine applies its default). Longer inputs are judged 64 at a time.
     fn decide(&mut self, records: &[PacketRecord], verdicts: &mut [VerdictRecord]) {
-        for (recs, outs) in records.chunks(MAX_BATCH).zip(verdicts.chunks_mut(MAX_BATCH)) {
+        for (recs, outs) in records
+            .chunks(MAX_BATCH)
+            .zip(verdicts.chunks_mut(MAX_BATCH))
+        {
             self.decide_batch(recs, outs);
         }
     }
@@ -131,7 +144,10 @@ impl std::fmt::Debug for PolicyChain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PolicyChain")
             .field("generation", &self.generation)
-            .field("modules", &self.modules().map(PolicyModule::name).collect::<Vec<_>>())
+            .field(
+                "modules",
+                &self.modules().map(PolicyModule::name).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }

@@ -37,7 +37,9 @@ pub enum LoadError {
         field: String,
     },
     /// `bw.log` imported with a type other than `(func (param i32 i32))`.
-    #[error("policy module {module:?}: import bw.log must be (func (param i32 i32)), found {found}")]
+    #[error(
+        "policy module {module:?}: import bw.log must be (func (param i32 i32)), found {found}"
+    )]
     WrongImportType {
         /// Module name given to `load`.
         module: String,

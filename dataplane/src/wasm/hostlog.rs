@@ -47,7 +47,12 @@ pub(crate) struct DeadlineWatch {
 
 impl DeadlineWatch {
     pub(crate) fn new(ticks: u64, max_wall: Duration) -> Self {
-        Self { ticks, max_wall, first: None, sample: None }
+        Self {
+            ticks,
+            max_wall,
+            first: None,
+            sample: None,
+        }
     }
 
     /// Forgets the previous call; called before each call.
@@ -165,7 +170,10 @@ mod tests {
     fn deadline_watch_stops_a_spinning_thread_but_not_a_sleeping_one() {
         let mut w = DeadlineWatch::new(2, Duration::from_secs(60));
         w.start_call();
-        assert!(matches!(w.on_deadline(), UpdateDeadline::Continue(2)), "first deadline only samples");
+        assert!(
+            matches!(w.on_deadline(), UpdateDeadline::Continue(2)),
+            "first deadline only samples"
+        );
         std::thread::sleep(Duration::from_millis(20)); // preempted: no CPU used
         assert!(matches!(w.on_deadline(), UpdateDeadline::Continue(2)));
         let t = Instant::now();
@@ -189,10 +197,19 @@ mod tests {
         assert!(b.take(t0));
         assert!(b.take(t0));
         assert!(!b.take(t0), "burst of 2 exhausted");
-        assert!(!b.take(t0 + Duration::from_millis(50)), "half a token after 50 ms");
-        assert!(b.take(t0 + Duration::from_millis(110)), "a token after 100 ms at 10/s");
+        assert!(
+            !b.take(t0 + Duration::from_millis(50)),
+            "half a token after 50 ms"
+        );
+        assert!(
+            b.take(t0 + Duration::from_millis(110)),
+            "a token after 100 ms at 10/s"
+        );
         assert!(b.take(t0 + Duration::from_secs(10)));
         assert!(b.take(t0 + Duration::from_secs(10)));
-        assert!(!b.take(t0 + Duration::from_secs(10)), "refill capped at burst");
+        assert!(
+            !b.take(t0 + Duration::from_secs(10)),
+            "refill capped at burst"
+        );
     }
 }

@@ -77,7 +77,13 @@ impl PolicyInstance {
         warn: bool,
     ) -> Result<Self, LoadError> {
         let live = instantiate(&module, &counters)?;
-        Ok(Self { module, counters, live: Some(live), consecutive_failures: 0, warn })
+        Ok(Self {
+            module,
+            counters,
+            live: Some(live),
+            consecutive_failures: 0,
+            warn,
+        })
     }
 
     /// The module this is an instance of.
@@ -98,7 +104,9 @@ impl PolicyInstance {
     /// Current size of the guest's linear memory in bytes (0 when quarantined), to show the
     /// memory cap holds.
     pub fn memory_bytes(&self) -> usize {
-        self.live.as_ref().map_or(0, |l| l.memory.data_size(&l.store))
+        self.live
+            .as_ref()
+            .map_or(0, |l| l.memory.data_size(&l.store))
     }
 
     /// Judges `records`, writing `verdicts[i]` for `records[i]` (lengths must match; more
@@ -111,7 +119,10 @@ impl PolicyInstance {
     ) -> BatchOutcome {
         debug_assert_eq!(records.len(), verdicts.len());
         let mut outcome = BatchOutcome::Decided;
-        for (recs, outs) in records.chunks(MAX_BATCH).zip(verdicts.chunks_mut(MAX_BATCH)) {
+        for (recs, outs) in records
+            .chunks(MAX_BATCH)
+            .zip(verdicts.chunks_mut(MAX_BATCH))
+        {
             let o = self.evaluate_batch(recs, outs);
             if o != BatchOutcome::Decided {
                 outcome = o;
@@ -138,10 +149,16 @@ impl PolicyInstance {
             return BatchOutcome::Quarantined;
         };
 
-        let Some(io) = live.memory.data_mut(&mut live.store).get_mut(live.io..live.io + IO_AREA_SIZE)
+        let Some(io) = live
+            .memory
+            .data_mut(&mut live.store)
+            .get_mut(live.io..live.io + IO_AREA_SIZE)
         else {
             // Unreachable while memory cannot shrink; treated as a failure, not a panic.
-            return self.failed(verdicts, BatchOutcome::Trapped("I/O area out of bounds".into()));
+            return self.failed(
+                verdicts,
+                BatchOutcome::Trapped("I/O area out of bounds".into()),
+            );
         };
         let (record_area, verdict_area) = io.split_at_mut(VERDICTS_OFFSET);
         let (slots, _) = record_area.as_chunks_mut::<RECORD_SIZE>();
@@ -163,10 +180,15 @@ impl PolicyInstance {
             return self.failed(verdicts, outcome);
         }
 
-        let Some(area) =
-            live.memory.data(&live.store).get(live.io + VERDICTS_OFFSET..live.io + IO_AREA_SIZE)
+        let Some(area) = live
+            .memory
+            .data(&live.store)
+            .get(live.io + VERDICTS_OFFSET..live.io + IO_AREA_SIZE)
         else {
-            return self.failed(verdicts, BatchOutcome::Trapped("I/O area out of bounds".into()));
+            return self.failed(
+                verdicts,
+                BatchOutcome::Trapped("I/O area out of bounds".into()),
+            );
         };
         let (slots, _) = area.as_chunks::<VERDICT_SIZE>();
         let mut tally = [0u64; 4];
@@ -215,7 +237,10 @@ impl PolicyInstance {
 
     fn fail_closed(&self, verdicts: &mut [VerdictRecord]) {
         let action = self.module.inner().runtime.config.fail_closed;
-        verdicts.fill(VerdictRecord { action, rule: RULE_FAIL_CLOSED });
+        verdicts.fill(VerdictRecord {
+            action,
+            rule: RULE_FAIL_CLOSED,
+        });
         let c = &self.counters;
         ModuleCounters::add(&c.fail_closed_records, verdicts.len() as u64);
         let mut tally = [0u64; 4];
@@ -247,7 +272,11 @@ impl PolicyInstance {
     /// Hands the current store (if any) to the reaper thread to be dropped there.
     fn retire_store(&mut self) {
         if let Some(old) = self.live.take() {
-            self.module.inner().runtime.reaper.retire(Box::new(old.store));
+            self.module
+                .inner()
+                .runtime
+                .reaper
+                .retire(Box::new(old.store));
         }
     }
 
@@ -320,19 +349,31 @@ fn instantiate(module: &PolicyModule, counters: &Arc<ModuleCounters>) -> Result<
     store.epoch_deadline_callback(|mut cx| Ok(cx.data_mut().watch.on_deadline()));
     // Also bounds a start function, which runs inside instantiate.
     store.set_epoch_deadline(config.deadline_ticks);
-    let instance = inner.pre.instantiate(&mut store).map_err(failed("instantiation"))?;
+    let instance = inner
+        .pre
+        .instantiate(&mut store)
+        .map_err(failed("instantiation"))?;
 
     let memory = instance
         .get_memory(&mut store, abi::EXPORT_MEMORY)
-        .ok_or_else(|| LoadError::MissingExport { module: name(), export: abi::EXPORT_MEMORY })?;
+        .ok_or_else(|| LoadError::MissingExport {
+            module: name(),
+            export: abi::EXPORT_MEMORY,
+        })?;
     let version = instance
         .get_typed_func::<(), i32>(&mut store, abi::EXPORT_ABI_VERSION)
         .map_err(failed(abi::EXPORT_ABI_VERSION))?;
     store.data_mut().watch.start_call();
     store.set_epoch_deadline(config.deadline_ticks);
-    let found = version.call(&mut store, ()).map_err(failed(abi::EXPORT_ABI_VERSION))?;
+    let found = version
+        .call(&mut store, ())
+        .map_err(failed(abi::EXPORT_ABI_VERSION))?;
     if found != abi::ABI_VERSION {
-        return Err(LoadError::AbiVersion { module: name(), found, expected: abi::ABI_VERSION });
+        return Err(LoadError::AbiVersion {
+            module: name(),
+            found,
+            expected: abi::ABI_VERSION,
+        });
     }
 
     let init = instance
@@ -340,16 +381,32 @@ fn instantiate(module: &PolicyModule, counters: &Arc<ModuleCounters>) -> Result<
         .map_err(failed(abi::EXPORT_INIT))?;
     store.data_mut().watch.start_call();
     store.set_epoch_deadline(config.deadline_ticks);
-    let addr = init.call(&mut store, ()).map_err(failed(abi::EXPORT_INIT))? as u32;
+    let addr = init
+        .call(&mut store, ())
+        .map_err(failed(abi::EXPORT_INIT))? as u32;
     let memory_size = memory.data_size(&store);
     let io = addr as usize;
-    if io % 8 != 0 || io.checked_add(IO_AREA_SIZE).is_none_or(|end| end > memory_size) {
-        return Err(LoadError::BadIoArea { module: name(), addr, need: IO_AREA_SIZE, memory_size });
+    if !io.is_multiple_of(8)
+        || io
+            .checked_add(IO_AREA_SIZE)
+            .is_none_or(|end| end > memory_size)
+    {
+        return Err(LoadError::BadIoArea {
+            module: name(),
+            addr,
+            need: IO_AREA_SIZE,
+            memory_size,
+        });
     }
     let evaluate = instance
         .get_typed_func::<i32, ()>(&mut store, abi::EXPORT_EVALUATE)
         .map_err(failed(abi::EXPORT_EVALUATE))?;
-    Ok(Live { store, memory, evaluate, io })
+    Ok(Live {
+        store,
+        memory,
+        evaluate,
+        io,
+    })
 }
 
 /// At most one warning per interval per module, across all its instances and workers,

@@ -33,7 +33,7 @@ pub use error::{LoadError, RuntimeError};
 pub use instance::PolicyInstance;
 pub use module::PolicyModule;
 pub use runtime::{WasmConfig, WasmRuntime};
-pub use swap::{Reaper, SwapSender, SwapReceiver};
+pub use swap::{Reaper, SwapReceiver, SwapSender};
 pub use trace::{TraceResult, trace, trace_fresh};
 
 /// Rule id written into fail-closed verdicts (trap, timeout, invalid verdict, quarantine).

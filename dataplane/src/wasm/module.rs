@@ -55,14 +55,20 @@ impl PolicyModule {
                 cap: config.max_module_bytes,
             });
         }
-        let module = Module::from_binary(&runtime.engine, bytes)
-            .map_err(|e| LoadError::Invalid { module: name.into(), reason: format!("{e:#}") })?;
+        let module =
+            Module::from_binary(&runtime.engine, bytes).map_err(|e| LoadError::Invalid {
+                module: name.into(),
+                reason: format!("{e:#}"),
+            })?;
         check_imports(&module, name)?;
         check_exports(&module, name)?;
         let pre = runtime
             .linker
             .instantiate_pre(&module)
-            .map_err(|e| LoadError::Invalid { module: name.into(), reason: format!("{e:#}") })?;
+            .map_err(|e| LoadError::Invalid {
+                module: name.into(),
+                reason: format!("{e:#}"),
+            })?;
         let warn = WarnGate::new(config.warn_interval);
         let this = Self {
             inner: Arc::new(ModuleInner {
@@ -93,7 +99,10 @@ impl PolicyModule {
             }
             BatchOutcome::Quarantined => "was quarantined".to_string(),
         };
-        Err(LoadError::ProbeFailed { module: self.name().into(), reason })
+        Err(LoadError::ProbeFailed {
+            module: self.name().into(),
+            reason,
+        })
     }
 
     /// Makes a fresh instance in its own store (≈ 8 µs). Call it on the control thread,
@@ -124,7 +133,10 @@ impl PolicyModule {
 
 impl std::fmt::Debug for PolicyModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PolicyModule").field("name", &self.name()).field("size", &self.size()).finish()
+        f.debug_struct("PolicyModule")
+            .field("name", &self.name())
+            .field("size", &self.size())
+            .finish()
     }
 }
 
@@ -156,7 +168,10 @@ fn check_exports(module: &Module, name: &str) -> Result<(), LoadError> {
     let find = |export: &'static str| {
         module
             .get_export(export)
-            .ok_or_else(|| LoadError::MissingExport { module: name.into(), export })
+            .ok_or_else(|| LoadError::MissingExport {
+                module: name.into(),
+                export,
+            })
     };
     let wrong = |export: &'static str, expected: &'static str, ty: &ExternType| {
         LoadError::WrongExportType {
@@ -174,9 +189,24 @@ fn check_exports(module: &Module, name: &str) -> Result<(), LoadError> {
         other => return Err(wrong(abi::EXPORT_MEMORY, MEMORY, other)),
     }
     let funcs: [(&'static str, &[ValType], &[ValType], &'static str); 3] = [
-        (abi::EXPORT_ABI_VERSION, &[], &[ValType::I32], "(func (result i32))"),
-        (abi::EXPORT_INIT, &[], &[ValType::I32], "(func (result i32))"),
-        (abi::EXPORT_EVALUATE, &[ValType::I32], &[], "(func (param i32))"),
+        (
+            abi::EXPORT_ABI_VERSION,
+            &[],
+            &[ValType::I32],
+            "(func (result i32))",
+        ),
+        (
+            abi::EXPORT_INIT,
+            &[],
+            &[ValType::I32],
+            "(func (result i32))",
+        ),
+        (
+            abi::EXPORT_EVALUATE,
+            &[ValType::I32],
+            &[],
+            "(func (param i32))",
+        ),
     ];
     for (export, params, results, expected) in funcs {
         let ty = find(export)?;
@@ -228,7 +258,9 @@ fn probe_records() -> [PacketRecord; MAX_BATCH] {
     for (i, r) in out.iter_mut().enumerate() {
         let b = i as u8;
         let v4 = |last: u8| {
-            abi::addr_bytes(core::net::IpAddr::V4(core::net::Ipv4Addr::new(172, 17, 0, last)))
+            abi::addr_bytes(core::net::IpAddr::V4(core::net::Ipv4Addr::new(
+                172, 17, 0, last,
+            )))
         };
         *r = match i % 6 {
             0 | 1 => PacketRecord {
@@ -238,8 +270,16 @@ fn probe_records() -> [PacketRecord; MAX_BATCH] {
                 dst_port: [80, 443, 53, 8080][i % 4],
                 ip_version: 4,
                 protocol: proto::TCP,
-                tcp_flags: if i % 6 == 0 { tcp_flags::SYN } else { tcp_flags::ACK },
-                flow_state: if i % 6 == 0 { FlowState::New } else { FlowState::Established },
+                tcp_flags: if i % 6 == 0 {
+                    tcp_flags::SYN
+                } else {
+                    tcp_flags::ACK
+                },
+                flow_state: if i % 6 == 0 {
+                    FlowState::New
+                } else {
+                    FlowState::Established
+                },
                 in_port: 1 + u16::from(b % 4),
                 out_port: 2 + u16::from(b % 4),
                 ..PacketRecord::default()
@@ -277,7 +317,11 @@ fn probe_records() -> [PacketRecord; MAX_BATCH] {
                 out_port: 1,
                 ..PacketRecord::default()
             },
-            _ => PacketRecord { in_port: 1, out_port: PORT_FLOOD, ..PacketRecord::default() },
+            _ => PacketRecord {
+                in_port: 1,
+                out_port: PORT_FLOOD,
+                ..PacketRecord::default()
+            },
         };
     }
     out

@@ -125,7 +125,14 @@ impl WasmRuntime {
         hostlog::define_log(&mut linker).map_err(|e| RuntimeError::Engine(e.to_string()))?;
         let reaper = Reaper::spawn()?;
         spawn_ticker(&engine, config.epoch_tick)?;
-        Ok(Self { shared: Arc::new(RuntimeShared { engine, linker, config, reaper }) })
+        Ok(Self {
+            shared: Arc::new(RuntimeShared {
+                engine,
+                linker,
+                config,
+                reaper,
+            }),
+        })
     }
 
     /// Compiles and validates a policy module. Runs on the control thread (compiling takes
@@ -161,6 +168,9 @@ fn spawn_ticker(engine: &Engine, tick: Duration) -> Result<(), RuntimeError> {
                 }
             }
         })
-        .map_err(|source| RuntimeError::Thread { thread: "epoch ticker", source })?;
+        .map_err(|source| RuntimeError::Thread {
+            thread: "epoch ticker",
+            source,
+        })?;
     Ok(())
 }

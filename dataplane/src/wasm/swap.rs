@@ -43,7 +43,10 @@ impl Reaper {
                     count.fetch_add(1, Ordering::Relaxed);
                 }
             })
-            .map_err(|source| RuntimeError::Thread { thread: "reaper", source })?;
+            .map_err(|source| RuntimeError::Thread {
+                thread: "reaper",
+                source,
+            })?;
         Ok(Self { tx, reaped })
     }
 
@@ -86,7 +89,9 @@ impl SwapSender {
     /// [`SwapReceiver::poll_swap`]. If several are queued, the worker installs the last
     /// and retires the others unused.
     pub fn send(&self, policy: Box<dyn Policy>) -> Result<(), WorkerGone> {
-        self.tx.send(policy).map_err(|channel::SendError(p)| WorkerGone(p))
+        self.tx
+            .send(policy)
+            .map_err(|channel::SendError(p)| WorkerGone(p))
     }
 
     /// The generation the worker installed at its last swap, or `None` before the first —
@@ -125,7 +130,8 @@ impl SwapReceiver {
             swapped = true;
         }
         if swapped {
-            self.installed.store(current.generation(), Ordering::Release);
+            self.installed
+                .store(current.generation(), Ordering::Release);
         }
         swapped
     }
@@ -172,7 +178,14 @@ fn make(retire: Retire) -> (SwapSender, SwapReceiver) {
     let (tx, rx) = channel::unbounded();
     let installed = Arc::new(AtomicU64::new(NONE_INSTALLED));
     (
-        SwapSender { tx, installed: Arc::clone(&installed) },
-        SwapReceiver { rx, retire, installed },
+        SwapSender {
+            tx,
+            installed: Arc::clone(&installed),
+        },
+        SwapReceiver {
+            rx,
+            retire,
+            installed,
+        },
     )
 }

@@ -59,7 +59,12 @@ pub const DST_PORT: &str = "(i32.load16_u offset=34 (local.get $rec))";
 
 /// A module giving every record `action` with rule `rule`.
 pub fn constant(action: Action, rule: u32) -> Vec<u8> {
-    per_record("", &format!("(i32.const {})", action as u32), &format!("(i32.const {rule})"), "")
+    per_record(
+        "",
+        &format!("(i32.const {})", action as u32),
+        &format!("(i32.const {rule})"),
+        "",
+    )
 }
 
 /// A module that runs `stmt` when the destination port is `port`, then accepts everything
@@ -97,8 +102,11 @@ pub fn runtime() -> WasmRuntime {
 
 /// A runtime with the test limits, adjusted by `f`.
 pub fn runtime_with(f: impl FnOnce(&mut WasmConfig)) -> WasmRuntime {
-    let mut config =
-        WasmConfig { max_memory_bytes: 1 << 20, max_module_bytes: 1 << 20, ..WasmConfig::default() };
+    let mut config = WasmConfig {
+        max_memory_bytes: 1 << 20,
+        max_module_bytes: 1 << 20,
+        ..WasmConfig::default()
+    };
     f(&mut config);
     WasmRuntime::new(config).unwrap()
 }
@@ -115,10 +123,18 @@ pub struct Harness {
 impl Harness {
     /// A worker whose policy in force is generation 1: accept everything with rule 7.
     pub fn with_accept_all(runtime: WasmRuntime) -> Self {
-        let module = runtime.load(&constant(Action::Accept, 7), "old-accept-all").unwrap();
+        let module = runtime
+            .load(&constant(Action::Accept, 7), "old-accept-all")
+            .unwrap();
         let chain = PolicyChain::instantiate(1, &[module]).unwrap();
         let (tx, rx) = swap::channel(runtime.reaper());
-        Self { runtime, current: Box::new(chain), rx, tx, next_generation: 2 }
+        Self {
+            runtime,
+            current: Box::new(chain),
+            rx,
+            tx,
+            next_generation: 2,
+        }
     }
 
     /// What the control thread does for a new single-module policy: load, instantiate,
@@ -145,7 +161,13 @@ impl Harness {
         let verdicts = self.judge(&[tcp(80), tcp(666)]);
         assert_eq!(self.current.generation(), 1, "the policy in force changed");
         for v in verdicts {
-            assert_eq!(v, VerdictRecord { action: Action::Accept, rule: 7 });
+            assert_eq!(
+                v,
+                VerdictRecord {
+                    action: Action::Accept,
+                    rule: 7
+                }
+            );
         }
     }
 }
@@ -168,7 +190,10 @@ impl<P: Policy> Policy for DropProbe<P> {
 
 impl<P> Drop for DropProbe<P> {
     fn drop(&mut self) {
-        let name = std::thread::current().name().unwrap_or("<unnamed>").to_string();
+        let name = std::thread::current()
+            .name()
+            .unwrap_or("<unnamed>")
+            .to_string();
         *self.dropped_on.lock().unwrap() = Some(name);
     }
 }
