@@ -1,1 +1,832 @@
-//! (to be written)
+//! The engine: the sans-IO core that turns received frames into transmitted ones.
+//!
+//! Per frame: parse ([`crate::wire`]) → pick the egress ([`crate::switch`]) → look the flow up
+//! ([`crate::flow`]) → forward on a hit; collect misses and ask the [`Policy`] about them in
+//! one call per batch (≤ [`MAX_BATCH`]), cache the verdicts in the flow table, then forward or
+//! drop. ARP, IPv6 neighbour discovery and other non-IP frames are switched without a policy
+//! decision, like a bridge (Docker's iptables never sees them).
+//!
+//! The engine performs no I/O and reads no clock: frames come in as descriptors into a
+//! [`FrameMemory`] and leave through per-port transmit queues; time is the `now` argument
+//! (nanoseconds, any monotonic origin). It owns the [`FreeList`] of the frames not held
+//! elsewhere, so every frame is always accounted for. Everything it needs per packet is
+//! allocated when it is built: processing allocates nothing, takes no lock and logs nothing.
+use crate::counters::{Counters, DropReason};
+use crate::flow::{
+    Decision, Dir, FirstPacket, FlowTable, HashedKey, Timeouts, Tracking, Verdict, tracking,
+};
+use crate::phy::{DescBatch, FrameDesc, FrameMemory, FreeList, Port, PortId};
+use crate::policy::{Action, FlowState, MAX_BATCH, PacketRecord, Policy, VerdictRecord};
+use crate::switch::{Egress, Switch, SwitchError};
+use crate::wire::{self, L3, Parsed, Tuple};
+use rules_wasm::abi::{PORT_FLOOD, addr_bytes, proto};
+use std::marker::PhantomData;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// A port as the controller describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortConfig {
+    /// Dataplane port id (< [`EngineConfig::max_ports`]).
+    pub id: PortId,
+    /// MACs frames are switched to this port by (a container's MAC; the bridge's for the gateway).
+    pub macs: Vec<[u8; 6]>,
+    /// The container's IPs. When non-empty (and the port is not the gateway), IP packets from
+    /// the port must come from one of them or from an IPv6 link-local address: the policy
+    /// decides by source address, so a container must not borrow another's.
+    pub ips: Vec<IpAddr>,
+    /// The bridge's own port: the host and the outside world.
+    pub is_gateway: bool,
+    /// Complete TCP/UDP checksums of frames received here before they leave (veth
+    /// tx-checksum offload leaves them partial; AF_XDP ports on veths set this).
+    pub complete_checksums: bool,
+}
+
+/// Engine-wide settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Port ids range over `0..max_ports`; per-port state and counters are sized by it.
+    pub max_ports: usize,
+    /// Flow-table slots (rounded up to a power of two).
+    pub flow_capacity: usize,
+    /// Flow timeouts.
+    pub timeouts: Timeouts,
+    /// What a `Continue` at the end of the policy means. Drop by default: fail-closed.
+    pub default_action: Action,
+    /// Switch ethertypes other than ARP/IPv4/IPv6 without a policy decision (a Linux bridge
+    /// does; Docker's iptables does not see them). When false they are dropped.
+    pub switch_non_ip: bool,
+    /// Learn the gateway port's MACs from its traffic (besides the configured ones).
+    pub learn_gateway_mac: bool,
+    /// Flow-table slots swept for expired flows per processed batch.
+    pub sweep_budget: usize,
+    /// Largest frame a flood copies (the frame size of the memory); a bigger memory frame
+    /// size grows the copy buffer once, at the first flood.
+    pub frame_size: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_ports: 1024,
+            flow_capacity: 1 << 16,
+            timeouts: Timeouts::default(),
+            default_action: Action::Drop,
+            switch_non_ip: true,
+            learn_gateway_mac: true,
+            sweep_budget: 64,
+            frame_size: 2048,
+        }
+    }
+}
+
+/// Configuration the engine refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The port id is beyond `max_ports`.
+    #[error("port id {id} is out of range (max_ports = {max})")]
+    PortOutOfRange {
+        /// The id.
+        id: PortId,
+        /// The configured bound.
+        max: usize,
+    },
+    /// The switch refused the port.
+    #[error(transparent)]
+    Switch(#[from] SwitchError),
+}
+
+/// What one [`Engine::drive`] iteration moved, so a caller can tell idle from busy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DriveReport {
+    /// Frames received from all ports.
+    pub received: usize,
+    /// Frames handed to ports for transmit.
+    pub transmitted: usize,
+}
+
+#[derive(Clone, Debug)]
+struct PortState {
+    complete_checksums: bool,
+    guard_source: bool,
+    ips: Vec<[u8; 16]>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PendingKind {
+    /// A miss: the first packet of a flow (or a denied flow's reverse).
+    New,
+    /// A hit on a flow decided by an older policy generation.
+    Redecide,
+    /// An ICMP error about an admitted flow decided by an older generation.
+    Related,
+}
+
+/// What to do with an ICMP error about an admitted flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Related {
+    /// The flow's verdict is current: pass as RELATED.
+    Pass,
+    /// The flow was decided by another policy generation: the policy sees the error as
+    /// RELATED and decides it (not cached: errors are not flows).
+    AskPolicy,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    desc: FrameDesc,
+    parsed: Parsed,
+    egress: Egress,
+    kind: PendingKind,
+    key: Option<HashedKey>,
+    tracking: Tracking,
+}
+
+const NO_PENDING: Pending = Pending {
+    desc: FrameDesc { addr: 0, len: 0 },
+    parsed: Parsed {
+        dst_mac: [0; 6],
+        src_mac: [0; 6],
+        vlan: None,
+        ethertype: 0,
+        l3: L3::Other,
+        l3_offset: 0,
+        l4_offset: 0,
+        l4_len: 0,
+        ip_version: 0,
+        proto: 0,
+        src: [0; 16],
+        dst: [0; 16],
+        src_port: 0,
+        dst_port: 0,
+        tcp_flags: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+        icmp_id: 0,
+        arp_op: 0,
+        fragment: wire::Fragment::None,
+        inner: None,
+    },
+    egress: Egress::Flood,
+    kind: PendingKind::New,
+    key: None,
+    tracking: Tracking {
+        tuple: Tuple {
+            src: [0; 16],
+            dst: [0; 16],
+            src_port: 0,
+            dst_port: 0,
+            proto: 0,
+        },
+        one_way: false,
+    },
+};
+
+/// Frames waiting for the policy, with their records: preallocated, reused every batch.
+struct Batch {
+    pending: Box<[Pending]>,
+    records: Box<[PacketRecord]>,
+    verdicts: Box<[VerdictRecord]>,
+    len: usize,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Self {
+            pending: vec![NO_PENDING; MAX_BATCH].into_boxed_slice(),
+            records: vec![PacketRecord::default(); MAX_BATCH].into_boxed_slice(),
+            verdicts: vec![VerdictRecord::CONTINUE; MAX_BATCH].into_boxed_slice(),
+            len: 0,
+        }
+    }
+}
+
+/// The sans-IO switching and filtering core of one bridge.
+pub struct Engine<M: FrameMemory> {
+    config: EngineConfig,
+    switch: Switch,
+    flows: FlowTable,
+    policy: Box<dyn Policy>,
+    counters: Arc<Counters>,
+    free: FreeList,
+    ports: Box<[Option<PortState>]>,
+    tx: Box<[DescBatch]>,
+    batch: Batch,
+    scratch: Vec<u8>,
+    /// Ports with frames in their transmit queue, so `drive` visits only those.
+    dirty: Vec<PortId>,
+    is_dirty: Box<[bool]>,
+    /// Position of each port in the slice `drive` was given (`NOT_DRIVEN` otherwise).
+    slot_of: Box<[u16]>,
+    _memory: PhantomData<fn(&mut M)>,
+}
+
+const NOT_DRIVEN: u16 = u16::MAX;
+
+#[inline(always)]
+fn out_port(e: Egress) -> PortId {
+    match e {
+        Egress::Unicast(p) => p,
+        _ => PORT_FLOOD,
+    }
+}
+
+impl<M: FrameMemory> Engine<M> {
+    /// An engine with no ports yet, deciding new flows with `policy`, owning the frames in
+    /// `free` (every frame of the memory that no port holds).
+    pub fn new(config: EngineConfig, policy: Box<dyn Policy>, free: FreeList) -> Self {
+        let max = config.max_ports;
+        Self {
+            switch: Switch::new(config.learn_gateway_mac),
+            flows: FlowTable::new(config.flow_capacity, &config.timeouts),
+            policy,
+            counters: Arc::new(Counters::new(max)),
+            free,
+            ports: (0..max).map(|_| None).collect(),
+            tx: (0..max).map(|_| DescBatch::default()).collect(),
+            batch: Batch::new(),
+            scratch: vec![0; config.frame_size],
+            dirty: Vec::with_capacity(max),
+            is_dirty: vec![false; max].into_boxed_slice(),
+            slot_of: vec![NOT_DRIVEN; max].into_boxed_slice(),
+            config,
+            _memory: PhantomData,
+        }
+    }
+
+    /// Registers a port (a container's veth or the gateway).
+    pub fn add_port(&mut self, cfg: PortConfig) -> Result<(), EngineError> {
+        let idx = usize::from(cfg.id);
+        if idx >= self.config.max_ports {
+            return Err(EngineError::PortOutOfRange {
+                id: cfg.id,
+                max: self.config.max_ports,
+            });
+        }
+        self.switch.add_port(cfg.id, &cfg.macs, cfg.is_gateway)?;
+        self.ports[idx] = Some(PortState {
+            complete_checksums: cfg.complete_checksums,
+            guard_source: !cfg.is_gateway && !cfg.ips.is_empty(),
+            ips: cfg.ips.iter().map(|ip| addr_bytes(*ip)).collect(),
+        });
+        Ok(())
+    }
+
+    /// Unregisters a port: its MACs leave the switch, its flows leave the table, and the
+    /// frames queued for it return to the free list. The caller stops driving the port and
+    /// reclaims the frames the port itself holds.
+    pub fn remove_port(&mut self, id: PortId) -> Result<(), EngineError> {
+        self.switch.remove_port(id)?;
+        let idx = usize::from(id);
+        self.ports[idx] = None;
+        self.flows.remove_port(id);
+        let q = &mut self.tx[idx];
+        for d in q.as_slice() {
+            self.free.push(d.addr);
+        }
+        q.clear();
+        self.is_dirty[idx] = false;
+        self.dirty.retain(|&p| p != id);
+        self.publish_flow_stats();
+        Ok(())
+    }
+
+    /// Installs a new policy and returns the old one, so the caller can drop it off the hot
+    /// thread (dropping a Wasm instance can take ~300 µs). Flows decided by another
+    /// generation are re-decided at their next packet.
+    pub fn set_policy(&mut self, policy: Box<dyn Policy>) -> Box<dyn Policy> {
+        std::mem::replace(&mut self.policy, policy)
+    }
+
+    /// The counters, shareable with a metrics thread.
+    pub fn counters(&self) -> Arc<Counters> {
+        Arc::clone(&self.counters)
+    }
+
+    /// The flow table (inspection).
+    pub fn flows(&self) -> &FlowTable {
+        &self.flows
+    }
+
+    /// The switch (inspection).
+    pub fn switch(&self) -> &Switch {
+        &self.switch
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Frames not held by any port or queue.
+    pub fn free_list(&self) -> &FreeList {
+        &self.free
+    }
+
+    /// Mutable access to the free list, for a caller that drives ports itself.
+    pub fn free_list_mut(&mut self) -> &mut FreeList {
+        &mut self.free
+    }
+
+    /// Frames waiting to be transmitted on `port` (a caller driving ports itself hands this
+    /// to [`Port::transmit`]).
+    pub fn tx_queue(&mut self, port: PortId) -> Option<&mut DescBatch> {
+        self.tx.get_mut(usize::from(port))
+    }
+
+    /// Frames the engine holds in transmit queues (for the frame-accounting invariant).
+    pub fn frames_queued(&self) -> usize {
+        self.tx.iter().map(DescBatch::len).sum()
+    }
+
+    #[inline(always)]
+    fn drop_frame(&mut self, d: FrameDesc, reason: DropReason) {
+        self.counters.count_drop(reason);
+        self.free.push(d.addr);
+    }
+
+    /// Processes the frames received on `in_port`, leaving `rx` empty: each frame is queued
+    /// for transmit or returned to the free list.
+    pub fn process(&mut self, now: u64, in_port: PortId, mem: &mut M, rx: &mut DescBatch) {
+        let idx = usize::from(in_port);
+        let Some((complete, guard)) = self
+            .ports
+            .get(idx)
+            .and_then(Option::as_ref)
+            .map(|p| (p.complete_checksums, p.guard_source))
+        else {
+            for &d in rx.as_slice() {
+                self.drop_frame(d, DropReason::UnknownPort);
+            }
+            rx.clear();
+            return;
+        };
+        let generation = self.policy.generation();
+        let mut bytes = 0u64;
+        let (mut hits, mut misses) = (0u64, 0u64);
+        for &d in rx.as_slice() {
+            bytes += u64::from(d.len);
+            let parsed = match wire::parse(mem.bytes(d.addr, d.len as usize)) {
+                Ok(p) => p,
+                Err(m) => {
+                    self.drop_frame(d, m.into());
+                    continue;
+                }
+            };
+            let egress = match self
+                .switch
+                .egress(in_port, &parsed.src_mac, &parsed.dst_mac)
+            {
+                Egress::Drop(r) => {
+                    self.drop_frame(d, r);
+                    continue;
+                }
+                e => e,
+            };
+            let switched = match parsed.l3 {
+                L3::Arp => true,
+                L3::Other if self.config.switch_non_ip => true,
+                L3::Other => {
+                    self.drop_frame(d, DropReason::NonIpBlocked);
+                    continue;
+                }
+                L3::Ipv4 | L3::Ipv6 => parsed.is_neighbour_discovery(),
+            };
+            if switched {
+                self.counters.switched_without_policy.add(1);
+                self.forward(mem, in_port, d, &parsed, egress, false);
+                continue;
+            }
+            if guard && !self.source_allowed(idx, &parsed.src) {
+                self.drop_frame(d, DropReason::SpoofedSource);
+                continue;
+            }
+            if parsed.is_icmp_error()
+                && let Some(inner) = parsed.inner
+                && let Some(kind) = self.related(&parsed, &inner, generation, now)
+            {
+                match kind {
+                    Related::AskPolicy => self.enqueue_pending(
+                        now,
+                        mem,
+                        in_port,
+                        d,
+                        parsed,
+                        egress,
+                        PendingKind::Related,
+                        None,
+                    ),
+                    Related::Pass => {
+                        self.counters.flows.related.add(1);
+                        self.forward(mem, in_port, d, &parsed, egress, complete);
+                    }
+                }
+                continue;
+            }
+            let tr = tracking(&parsed);
+            let hk = self.flows.hash_tuple(&tr.tuple);
+            let Some(slot) = self.flows.lookup(&hk, now) else {
+                misses += 1;
+                self.enqueue_pending(
+                    now,
+                    mem,
+                    in_port,
+                    d,
+                    parsed,
+                    egress,
+                    PendingKind::New,
+                    Some((hk, tr)),
+                );
+                continue;
+            };
+            let e = self.flows.entry(slot);
+            let dir = e.dir(hk.src_is_a);
+            let (accept, stale) = (e.verdict.accept, e.generation != generation);
+            if e.one_way && dir == Dir::Reply {
+                // A one-way or denied flow says nothing about the other direction.
+                misses += 1;
+                self.enqueue_pending(
+                    now,
+                    mem,
+                    in_port,
+                    d,
+                    parsed,
+                    egress,
+                    PendingKind::New,
+                    Some((hk, tr)),
+                );
+                continue;
+            }
+            hits += 1;
+            if stale {
+                // A stale denial is no admitted flow: its packets are simply new again.
+                let kind = if accept {
+                    PendingKind::Redecide
+                } else {
+                    PendingKind::New
+                };
+                self.enqueue_pending(now, mem, in_port, d, parsed, egress, kind, Some((hk, tr)));
+                continue;
+            }
+            self.flows.on_packet(slot, dir, parsed.tcp_flags, now);
+            if accept {
+                self.forward(mem, in_port, d, &parsed, egress, complete);
+            } else {
+                self.drop_frame(d, DropReason::FlowDenied);
+            }
+        }
+        if let Some(pc) = self.counters.port(in_port) {
+            pc.rx_packets.add(rx.len() as u64);
+            pc.rx_bytes.add(bytes);
+        }
+        rx.clear();
+        self.flush(now, mem, in_port);
+        self.counters.flows.hits.add(hits);
+        self.counters.flows.misses.add(misses);
+        self.flows.sweep(now, self.config.sweep_budget);
+        self.publish_flow_stats();
+    }
+
+    fn publish_flow_stats(&self) {
+        let s = self.flows.stats();
+        let f = &self.counters.flows;
+        f.entries.set(self.flows.len() as u64);
+        f.inserts.set(s.inserts);
+        f.evictions.set(s.evictions);
+        f.expirations.set(s.expirations);
+    }
+
+    #[inline]
+    fn source_allowed(&self, idx: usize, src: &[u8; 16]) -> bool {
+        let link_local = src[0] == 0xfe && src[1] & 0xc0 == 0x80;
+        link_local
+            || self.ports[idx]
+                .as_ref()
+                .is_some_and(|p| p.ips.contains(src))
+    }
+
+    /// Is this ICMP error about an admitted flow? `None` when it relates to no admitted flow.
+    #[inline]
+    fn related(&mut self, p: &Parsed, inner: &Tuple, generation: u64, now: u64) -> Option<Related> {
+        // An error travels back to the quoted packet's sender; one addressed elsewhere is
+        // someone using a flow's tuple as a pass.
+        if inner.src != p.dst {
+            return None;
+        }
+        let hk = self.flows.hash_tuple(inner);
+        let slot = self.flows.lookup(&hk, now)?;
+        let e = self.flows.entry(slot);
+        if !e.verdict.accept {
+            return None;
+        }
+        Some(if e.generation == generation {
+            Related::Pass
+        } else {
+            Related::AskPolicy
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn enqueue_pending(
+        &mut self,
+        now: u64,
+        mem: &mut M,
+        in_port: PortId,
+        desc: FrameDesc,
+        parsed: Parsed,
+        egress: Egress,
+        kind: PendingKind,
+        key: Option<(HashedKey, Tracking)>,
+    ) {
+        let i = self.batch.len;
+        let out = out_port(egress);
+        let record = match (kind, key) {
+            (PendingKind::Related, _) => parsed.record(in_port, out, FlowState::Related),
+            (PendingKind::Redecide, Some((hk, _))) => {
+                self.redecide_record(&hk, &parsed, in_port, out, now)
+            }
+            _ => parsed.record(in_port, out, FlowState::New),
+        };
+        let (key, tracking) = match key {
+            Some((k, t)) => (Some(k), t),
+            None => (None, NO_PENDING.tracking),
+        };
+        self.batch.records[i] = record;
+        self.batch.pending[i] = Pending {
+            desc,
+            parsed,
+            egress,
+            kind,
+            key,
+            tracking,
+        };
+        self.batch.len += 1;
+        if self.batch.len == MAX_BATCH {
+            self.flush(now, mem, in_port);
+        }
+    }
+
+    /// The record a re-decision presents: the flow as its originator opened it, marked
+    /// Established, whichever direction the packet that noticed the change travels.
+    fn redecide_record(
+        &self,
+        hk: &HashedKey,
+        p: &Parsed,
+        in_port: PortId,
+        out: PortId,
+        now: u64,
+    ) -> PacketRecord {
+        let Some(e) = self.flows.peek(hk, now) else {
+            return p.record(in_port, out, FlowState::Established);
+        };
+        if e.dir(hk.src_is_a) == Dir::Original {
+            return p.record(in_port, out, FlowState::Established);
+        }
+        let t = e.original_tuple();
+        let (src_port, dst_port, icmp_type) = match t.proto {
+            proto::TCP | proto::UDP => (t.src_port, t.dst_port, 0),
+            // Only echo flows admit replies, so the originator sent the request.
+            proto::ICMP => (0, 0, 8),
+            proto::ICMPV6 => (0, 0, 128),
+            _ => (0, 0, 0),
+        };
+        PacketRecord {
+            src: t.src,
+            dst: t.dst,
+            src_port,
+            dst_port,
+            ip_version: p.ip_version,
+            protocol: t.proto,
+            tcp_flags: 0,
+            flow_state: FlowState::Established,
+            in_port: e.ports[0],
+            out_port: e.ports[1],
+            icmp_type,
+            icmp_code: 0,
+        }
+    }
+
+    /// Asks the policy about the pending frames in one call, caches the verdicts, and
+    /// forwards or drops each frame.
+    fn flush(&mut self, now: u64, mem: &mut M, in_port: PortId) {
+        let n = self.batch.len;
+        if n == 0 {
+            return;
+        }
+        self.policy
+            .decide(&self.batch.records[..n], &mut self.batch.verdicts[..n]);
+        let generation = self.policy.generation();
+        self.counters.policy.batches.add(1);
+        self.counters.policy.records.add(n as u64);
+        let complete = self
+            .ports
+            .get(usize::from(in_port))
+            .and_then(Option::as_ref)
+            .is_some_and(|p| p.complete_checksums);
+        for i in 0..n {
+            let v = self.batch.verdicts[i];
+            let p = self.batch.pending[i];
+            self.counters.rule(v.rule);
+            let action = match v.action {
+                Action::Continue => {
+                    self.counters.policy.defaulted.add(1);
+                    self.config.default_action
+                }
+                a => a,
+            };
+            let accept = action == Action::Accept;
+            if let Some(hk) = p.key {
+                let first = FirstPacket {
+                    tracking: p.tracking,
+                    tcp_flags: p.parsed.tcp_flags,
+                    ports: [in_port, out_port(p.egress)],
+                };
+                let d = Decision {
+                    verdict: Verdict {
+                        accept,
+                        rule: v.rule,
+                    },
+                    generation,
+                };
+                if p.kind == PendingKind::Redecide {
+                    self.counters.flows.redecisions.add(1);
+                }
+                self.flows
+                    .decide(&hk, &first, d, p.kind == PendingKind::New, now);
+            } else if accept {
+                self.counters.flows.related.add(1);
+            }
+            if accept {
+                self.forward(mem, in_port, p.desc, &p.parsed, p.egress, complete);
+            } else {
+                let reason = match (v.action, action) {
+                    (Action::Continue, _) => DropReason::DefaultDrop,
+                    (Action::Reject, _) => DropReason::PolicyReject,
+                    _ => DropReason::PolicyDrop,
+                };
+                self.drop_frame(p.desc, reason);
+            }
+        }
+        self.batch.len = 0;
+    }
+
+    /// Sends an admitted frame on its way: completes its checksum if its port asked for it,
+    /// then queues it for one port or copies it to every other port.
+    #[inline]
+    fn forward(
+        &mut self,
+        mem: &mut M,
+        in_port: PortId,
+        d: FrameDesc,
+        p: &Parsed,
+        egress: Egress,
+        complete: bool,
+    ) {
+        let len = d.len as usize;
+        if complete && p.has_l4_checksum() {
+            wire::complete_l4_checksum(mem.bytes_mut(d.addr, len), p);
+        }
+        match egress {
+            Egress::Unicast(port) => self.enqueue(port, d),
+            Egress::Flood => self.flood(mem, in_port, d),
+            Egress::Drop(r) => self.drop_frame(d, r),
+        }
+    }
+
+    fn flood(&mut self, mem: &mut M, in_port: PortId, d: FrameDesc) {
+        let len = d.len as usize;
+        let n = self.switch.ports().len();
+        let others = self
+            .switch
+            .ports()
+            .iter()
+            .filter(|&&p| p != in_port)
+            .count();
+        if others == 0 {
+            self.drop_frame(d, DropReason::NoEgress);
+            return;
+        }
+        if others > 1 {
+            if self.scratch.len() < len {
+                // Only when the memory's frames are larger than configured: once.
+                self.scratch.resize(len, 0);
+            }
+            self.scratch[..len].copy_from_slice(mem.bytes(d.addr, len));
+        }
+        let mut left = others;
+        for i in 0..n {
+            let port = self.switch.ports()[i];
+            if port == in_port {
+                continue;
+            }
+            left -= 1;
+            if left == 0 {
+                // The last recipient gets the original frame: one copy fewer.
+                self.enqueue(port, d);
+                break;
+            }
+            let Some(addr) = self.free.pop() else {
+                self.counters.count_drop(DropReason::NoFreeFrame);
+                continue;
+            };
+            let dst = mem.bytes_mut(addr, len);
+            if dst.len() != len {
+                self.drop_frame(FrameDesc { addr, len: d.len }, DropReason::NoFreeFrame);
+                continue;
+            }
+            dst.copy_from_slice(&self.scratch[..len]);
+            self.counters.flood_copies.add(1);
+            self.enqueue(port, FrameDesc { addr, len: d.len });
+        }
+    }
+
+    #[inline(always)]
+    fn enqueue(&mut self, port: PortId, d: FrameDesc) {
+        let Some(q) = self.tx.get_mut(usize::from(port)) else {
+            self.drop_frame(d, DropReason::UnknownPort);
+            return;
+        };
+        if q.push(d).is_err() {
+            self.drop_frame(d, DropReason::TxFull);
+            return;
+        }
+        let idx = usize::from(port);
+        if !self.is_dirty[idx] {
+            // `dirty` has room for every port: no allocation.
+            self.is_dirty[idx] = true;
+            self.dirty.push(port);
+        }
+        if let Some(pc) = self.counters.port(port) {
+            pc.tx_packets.add(1);
+            pc.tx_bytes.add(u64::from(d.len));
+        }
+    }
+
+    /// One iteration over a set of ports: reclaim completed frames and refill every port,
+    /// then receive and process one batch from each, handing every port the frames queued
+    /// for it after each batch (so one egress can take a full batch from every ingress), and
+    /// reclaim again. One loop calling this drives any number of ports of any backend sharing
+    /// `mem`. Frames queued for ports not in `ports` wait for a call that includes them.
+    pub fn drive<P: Port<M> + ?Sized>(
+        &mut self,
+        now: u64,
+        mem: &mut M,
+        ports: &mut [(PortId, &mut P)],
+    ) -> DriveReport {
+        let mut report = DriveReport::default();
+        for (i, (id, p)) in ports.iter_mut().enumerate() {
+            if let Some(s) = self.slot_of.get_mut(usize::from(*id)) {
+                *s = i as u16;
+            }
+            p.complete(&mut self.free);
+            p.fill(mem, &mut self.free);
+        }
+        let mut rx = DescBatch::default();
+        for i in 0..ports.len() {
+            let (id, p) = &mut ports[i];
+            let id = *id;
+            p.receive(mem, &mut rx);
+            report.received += rx.len();
+            if !rx.is_empty() {
+                self.process(now, id, mem, &mut rx);
+                report.transmitted += self.transmit_queued(mem, ports);
+            }
+        }
+        report.transmitted += self.transmit_queued(mem, ports);
+        for (id, p) in ports.iter_mut() {
+            p.complete(&mut self.free);
+            if let Some(s) = self.slot_of.get_mut(usize::from(*id)) {
+                *s = NOT_DRIVEN;
+            }
+        }
+        report
+    }
+
+    /// Hands each driven port its queued frames; returns how many the ports took.
+    fn transmit_queued<P: Port<M> + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        ports: &mut [(PortId, &mut P)],
+    ) -> usize {
+        let mut sent = 0;
+        let mut i = 0;
+        while i < self.dirty.len() {
+            let idx = usize::from(self.dirty[i]);
+            let slot = usize::from(self.slot_of[idx]);
+            if let Some((_, p)) = ports.get_mut(slot) {
+                let q = &mut self.tx[idx];
+                let before = q.len();
+                p.transmit(mem, q);
+                sent += before - q.len();
+            }
+            if self.tx[idx].is_empty() {
+                self.is_dirty[idx] = false;
+                self.dirty.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        sent
+    }
+}

@@ -1,1 +1,708 @@
-//! (to be written)
+//! The flow table (connection tracking): which flows the policy has admitted or denied.
+//!
+//! Why: the policy decides a flow once; its other packets — and its replies — then pass on a
+//! table lookup, and replies of admitted flows pass as ESTABLISHED, as conntrack lets them
+//! through Docker's iptables. Each entry caches the verdict with the policy generation that
+//! gave it, so a policy change re-decides old flows at their next packet.
+//!
+//! Shape: a fixed-capacity open-addressing table allocated once. A key lives in one of the
+//! [`PROBE_WINDOW`] slots after its hash position; a parallel array of 32-bit tags (a hash
+//! fragment, 0 = empty) lets a lookup check the whole window in one cache line before
+//! touching an entry. When the window is full the entry idle the longest is evicted (an LRU
+//! approximation) and counted, so the table never grows and never refuses a flow. Time is an
+//! argument (`now`, nanoseconds on any monotonic clock): the table performs no I/O.
+mod state;
+
+use state::TimeoutTable;
+pub use state::{ConnState, Dir, FinSeen, Timeouts, tcp_transition};
+
+use crate::phy::PortId;
+use crate::wire::{Fragment, Parsed, Tuple};
+use rules_wasm::abi::proto;
+use std::hash::BuildHasher;
+
+/// Slots a key may occupy after its hash position; bounds every lookup and insert.
+pub const PROBE_WINDOW: usize = 8;
+
+/// A flow's key, the same for both directions: the endpoint that sorts first is side `a`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    /// Address of side a.
+    pub a: [u8; 16],
+    /// Address of side b.
+    pub b: [u8; 16],
+    /// Port (or echo id / ICMP type-code) of side a.
+    pub a_port: u16,
+    /// Port of side b.
+    pub b_port: u16,
+    /// IP protocol.
+    pub proto: u8,
+}
+
+impl FlowKey {
+    /// Normalises a directional tuple; the flag is true when the tuple's source is side `a`.
+    #[inline]
+    pub fn from_tuple(t: &Tuple) -> (FlowKey, bool) {
+        let src_first = (t.src, t.src_port) <= (t.dst, t.dst_port);
+        let key = if src_first {
+            FlowKey {
+                a: t.src,
+                b: t.dst,
+                a_port: t.src_port,
+                b_port: t.dst_port,
+                proto: t.proto,
+            }
+        } else {
+            FlowKey {
+                a: t.dst,
+                b: t.src,
+                a_port: t.dst_port,
+                b_port: t.src_port,
+                proto: t.proto,
+            }
+        };
+        (key, src_first)
+    }
+}
+
+/// How a packet is tracked: its tuple, and whether a flow of it admits replies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tracking {
+    /// The directional tuple.
+    pub tuple: Tuple,
+    /// Replies are not admitted by this flow: a packet the other way is decided on its own.
+    /// True for ICMP messages other than echo (no request/reply pairing) and for non-first
+    /// fragments (no ports, so no way to tell flows apart).
+    pub one_way: bool,
+}
+
+/// The tuple an IP packet is tracked by: ports for TCP/UDP, the identifier for ICMP echo,
+/// type and code for other ICMP messages, nothing for non-first fragments and other protocols.
+#[inline]
+pub fn tracking(p: &Parsed) -> Tracking {
+    let mut t = Tuple {
+        src: p.src,
+        dst: p.dst,
+        src_port: 0,
+        dst_port: 0,
+        proto: p.proto,
+    };
+    let mut one_way = false;
+    if p.fragment == Fragment::Later {
+        one_way = true;
+    } else {
+        match p.proto {
+            proto::TCP | proto::UDP => {
+                t.src_port = p.src_port;
+                t.dst_port = p.dst_port;
+            }
+            proto::ICMP | proto::ICMPV6 if p.is_icmp_echo() => {
+                t.src_port = p.icmp_id;
+                t.dst_port = p.icmp_id;
+            }
+            proto::ICMP | proto::ICMPV6 => {
+                t.src_port = u16::from_be_bytes([p.icmp_type, p.icmp_code]);
+                one_way = true;
+            }
+            _ => {}
+        }
+    }
+    Tracking { tuple: t, one_way }
+}
+
+/// A cached policy decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Verdict {
+    /// Forward (true) or drop.
+    pub accept: bool,
+    /// The deciding rule, or `RULE_NONE`.
+    pub rule: u32,
+}
+
+/// One tracked flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowEntry {
+    /// The normalised key.
+    pub key: FlowKey,
+    /// The originator is side `a` of the key.
+    pub orig_is_a: bool,
+    /// Replies are not admitted (see [`Tracking::one_way`]); denied flows are one-way too.
+    pub one_way: bool,
+    /// Connection state.
+    pub state: ConnState,
+    /// TCP close bookkeeping.
+    pub fin: FinSeen,
+    /// The cached verdict.
+    pub verdict: Verdict,
+    /// Policy generation that gave the verdict.
+    pub generation: u64,
+    /// Last packet time (ns), for eviction.
+    pub last_seen: u64,
+    /// Expiry time (ns).
+    pub expires_at: u64,
+    /// Dataplane ports of the originator's packets: `[ingress, egress]` (egress may be
+    /// `PORT_FLOOD`), so removing a port can remove its flows.
+    pub ports: [PortId; 2],
+}
+
+impl FlowEntry {
+    /// Direction of a packet whose tuple source is side a (`src_is_a`).
+    #[inline]
+    pub fn dir(&self, src_is_a: bool) -> Dir {
+        if src_is_a == self.orig_is_a {
+            Dir::Original
+        } else {
+            Dir::Reply
+        }
+    }
+
+    /// The originator's tuple (as its first packet was sent).
+    pub fn original_tuple(&self) -> Tuple {
+        let k = &self.key;
+        if self.orig_is_a {
+            Tuple {
+                src: k.a,
+                dst: k.b,
+                src_port: k.a_port,
+                dst_port: k.b_port,
+                proto: k.proto,
+            }
+        } else {
+            Tuple {
+                src: k.b,
+                dst: k.a,
+                src_port: k.b_port,
+                dst_port: k.a_port,
+                proto: k.proto,
+            }
+        }
+    }
+}
+
+const EMPTY_ENTRY: FlowEntry = FlowEntry {
+    key: FlowKey {
+        a: [0; 16],
+        b: [0; 16],
+        a_port: 0,
+        b_port: 0,
+        proto: 0,
+    },
+    orig_is_a: true,
+    one_way: false,
+    state: ConnState::Other,
+    fin: FinSeen {
+        original: false,
+        reply: false,
+        first_reply: false,
+    },
+    verdict: Verdict {
+        accept: false,
+        rule: 0,
+    },
+    generation: 0,
+    last_seen: 0,
+    expires_at: 0,
+    ports: [0; 2],
+};
+
+/// What the table needs to create or re-decide a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// The policy generation that gave it.
+    pub generation: u64,
+}
+
+/// A flow's first packet, from its originator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FirstPacket {
+    /// Its tracking tuple.
+    pub tracking: Tracking,
+    /// Its TCP flags.
+    pub tcp_flags: u8,
+    /// `[ingress, egress]` ports.
+    pub ports: [PortId; 2],
+}
+
+/// Cumulative table activity (plain numbers; the engine publishes them as counters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowStats {
+    /// Flows inserted.
+    pub inserts: u64,
+    /// Live flows evicted for room.
+    pub evictions: u64,
+    /// Flows removed because they timed out.
+    pub expirations: u64,
+}
+
+/// A key with its hash, computed once per packet and reused for lookup and insert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HashedKey {
+    /// The key.
+    pub key: FlowKey,
+    /// The packet's source is side `a`.
+    pub src_is_a: bool,
+    hash: u64,
+}
+
+/// The fixed-capacity flow table.
+pub struct FlowTable {
+    tags: Box<[u32]>,
+    entries: Box<[FlowEntry]>,
+    mask: usize,
+    len: usize,
+    seed: [u64; 3],
+    timeouts: TimeoutTable,
+    sweep_hand: usize,
+    stats: FlowStats,
+}
+
+#[inline(always)]
+fn mix(a: u64, b: u64) -> u64 {
+    let r = u128::from(a) * u128::from(b);
+    (r as u64) ^ ((r >> 64) as u64)
+}
+
+#[inline(always)]
+fn u64_at(b: &[u8; 16], i: usize) -> u64 {
+    u64::from_ne_bytes([
+        b[i],
+        b[i + 1],
+        b[i + 2],
+        b[i + 3],
+        b[i + 4],
+        b[i + 5],
+        b[i + 6],
+        b[i + 7],
+    ])
+}
+
+impl FlowTable {
+    /// A table of at least `capacity` slots (rounded up to a power of two, at least
+    /// [`PROBE_WINDOW`]), all allocated now. Keys are hashed with a per-table random seed so
+    /// a container cannot aim its flows at one window.
+    pub fn new(capacity: usize, timeouts: &Timeouts) -> Self {
+        let cap = capacity.max(PROBE_WINDOW).next_power_of_two();
+        let rs = std::collections::hash_map::RandomState::new();
+        let seed = [
+            rs.hash_one(1u8) | 1,
+            rs.hash_one(2u8) | 1,
+            rs.hash_one(3u8) | 1,
+        ];
+        Self {
+            tags: vec![0; cap].into_boxed_slice(),
+            entries: vec![EMPTY_ENTRY; cap].into_boxed_slice(),
+            mask: cap - 1,
+            len: 0,
+            seed,
+            timeouts: TimeoutTable::new(timeouts),
+            sweep_hand: 0,
+            stats: FlowStats::default(),
+        }
+    }
+
+    /// Slots in the table.
+    pub fn capacity(&self) -> usize {
+        self.mask + 1
+    }
+
+    /// Flows held (including expired ones not yet swept).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no flow is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Cumulative activity.
+    pub fn stats(&self) -> FlowStats {
+        self.stats
+    }
+
+    /// Replaces the timeouts (applies to flows as they are next refreshed).
+    pub fn set_timeouts(&mut self, t: &Timeouts) {
+        self.timeouts = TimeoutTable::new(t);
+    }
+
+    /// Normalises and hashes a tuple.
+    #[inline]
+    pub fn hash_tuple(&self, t: &Tuple) -> HashedKey {
+        let (key, src_is_a) = FlowKey::from_tuple(t);
+        let ports =
+            (u64::from(key.a_port) << 32) | (u64::from(key.b_port) << 16) | u64::from(key.proto);
+        let h = mix(
+            u64_at(&key.a, 0) ^ self.seed[0],
+            u64_at(&key.a, 8) ^ self.seed[1],
+        ) ^ mix(
+            u64_at(&key.b, 0) ^ self.seed[2],
+            u64_at(&key.b, 8) ^ self.seed[0],
+        );
+        let hash = mix(h ^ ports, self.seed[1]);
+        HashedKey {
+            key,
+            src_is_a,
+            hash,
+        }
+    }
+
+    #[inline(always)]
+    fn tag(hash: u64) -> u32 {
+        ((hash >> 32) as u32) | 1
+    }
+
+    #[inline(always)]
+    fn find(&self, k: &HashedKey) -> Option<usize> {
+        let tag = Self::tag(k.hash);
+        let start = k.hash as usize;
+        for i in 0..PROBE_WINDOW {
+            let s = (start + i) & self.mask;
+            if self.tags[s] == tag && self.entries[s].key == k.key {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    #[inline(always)]
+    fn remove_slot(&mut self, s: usize) {
+        self.tags[s] = 0;
+        self.len -= 1;
+    }
+
+    /// Finds the live flow of `k`; an expired one is removed and reported as a miss.
+    #[inline]
+    pub fn lookup(&mut self, k: &HashedKey, now: u64) -> Option<usize> {
+        let s = self.find(k)?;
+        if self.entries[s].expires_at <= now {
+            self.remove_slot(s);
+            self.stats.expirations += 1;
+            return None;
+        }
+        Some(s)
+    }
+
+    /// Looks a flow up without touching it (tests, metrics, RELATED checks).
+    pub fn peek(&self, k: &HashedKey, now: u64) -> Option<&FlowEntry> {
+        self.find(k)
+            .map(|s| &self.entries[s])
+            .filter(|e| e.expires_at > now)
+    }
+
+    /// The entry in slot `slot` (from [`FlowTable::lookup`] or an insert).
+    #[inline]
+    pub fn entry(&self, slot: usize) -> &FlowEntry {
+        &self.entries[slot]
+    }
+
+    /// Accounts a packet travelling `dir` to an admitted flow: advances its state and
+    /// refreshes its timeout. Denied flows are not refreshed, so their verdict ages out.
+    #[inline]
+    pub fn on_packet(&mut self, slot: usize, dir: Dir, tcp_flags: u8, now: u64) {
+        let e = &mut self.entries[slot];
+        e.last_seen = now;
+        if !e.verdict.accept {
+            return;
+        }
+        e.state = match e.state {
+            s if s.is_tcp() => tcp_transition(s, &mut e.fin, dir, tcp_flags),
+            ConnState::UdpUnreplied if dir == Dir::Reply => ConnState::UdpAssured,
+            s => s,
+        };
+        e.expires_at = now.saturating_add(self.timeouts.of(e.state));
+    }
+
+    /// Stores a decision about the flow of `k`, whose packet travelling `src_is_a` led to it.
+    ///
+    /// - `first`: the packet is the first of a new flow (a miss): the flow is created, or an
+    ///   existing entry is taken over with this packet's sender as originator — unless it was
+    ///   created earlier in the same batch by the same originator, in which case this packet
+    ///   just advances it.
+    /// - otherwise (a re-decision after a policy change) the entry keeps its originator and
+    ///   state, takes the new verdict, and the packet advances it; if the entry vanished in
+    ///   the meantime it is created as in the first case.
+    ///
+    /// Returns the slot.
+    pub fn decide(
+        &mut self,
+        k: &HashedKey,
+        pkt: &FirstPacket,
+        d: Decision,
+        first: bool,
+        now: u64,
+    ) -> usize {
+        if let Some(s) = self.find(k).filter(|&s| self.entries[s].expires_at > now) {
+            let e = &self.entries[s];
+            let same_orig = e.orig_is_a == k.src_is_a;
+            let just_created = e.generation == d.generation && e.verdict == d.verdict;
+            if !first || (same_orig && just_created && d.verdict.accept) {
+                let dir = e.dir(k.src_is_a);
+                let e = &mut self.entries[s];
+                e.verdict = d.verdict;
+                e.generation = d.generation;
+                if d.verdict.accept {
+                    self.on_packet(s, dir, pkt.tcp_flags, now);
+                } else {
+                    e.one_way = true;
+                    e.last_seen = now;
+                    e.expires_at = now.saturating_add(self.timeouts.denied);
+                }
+                return s;
+            }
+            self.entries[s] = self.new_entry(k, pkt, d, now);
+            return s;
+        }
+        let s = self.free_slot(k, now);
+        self.entries[s] = self.new_entry(k, pkt, d, now);
+        self.tags[s] = Self::tag(k.hash);
+        self.len += 1;
+        self.stats.inserts += 1;
+        s
+    }
+
+    fn new_entry(&self, k: &HashedKey, pkt: &FirstPacket, d: Decision, now: u64) -> FlowEntry {
+        let state = match k.key.proto {
+            proto::TCP if !pkt.tracking.one_way => ConnState::initial_tcp(pkt.tcp_flags),
+            proto::UDP if !pkt.tracking.one_way => ConnState::UdpUnreplied,
+            proto::ICMP | proto::ICMPV6 => ConnState::Icmp,
+            _ => ConnState::Other,
+        };
+        let ttl = if d.verdict.accept {
+            self.timeouts.of(state)
+        } else {
+            self.timeouts.denied
+        };
+        FlowEntry {
+            key: k.key,
+            orig_is_a: k.src_is_a,
+            one_way: pkt.tracking.one_way || !d.verdict.accept,
+            state,
+            fin: FinSeen::default(),
+            verdict: d.verdict,
+            generation: d.generation,
+            last_seen: now,
+            expires_at: now.saturating_add(ttl),
+            ports: pkt.ports,
+        }
+    }
+
+    /// A slot for a new key: an empty or expired one in its window, else the least recently
+    /// used one (evicted and counted).
+    fn free_slot(&mut self, k: &HashedKey, now: u64) -> usize {
+        let start = k.hash as usize;
+        let mut victim = start & self.mask;
+        let mut oldest = u64::MAX;
+        for i in 0..PROBE_WINDOW {
+            let s = (start + i) & self.mask;
+            if self.tags[s] == 0 {
+                return s;
+            }
+            let e = &self.entries[s];
+            if e.expires_at <= now {
+                self.remove_slot(s);
+                self.stats.expirations += 1;
+                return s;
+            }
+            if e.last_seen < oldest {
+                oldest = e.last_seen;
+                victim = s;
+            }
+        }
+        self.remove_slot(victim);
+        self.stats.evictions += 1;
+        victim
+    }
+
+    /// Removes expired flows from the next `budget` slots (a clock hand), so the table's size
+    /// reflects live flows without a full scan on the hot path.
+    pub fn sweep(&mut self, now: u64, budget: usize) {
+        for _ in 0..budget.min(self.capacity()) {
+            let s = self.sweep_hand;
+            self.sweep_hand = (s + 1) & self.mask;
+            if self.tags[s] != 0 && self.entries[s].expires_at <= now {
+                self.remove_slot(s);
+                self.stats.expirations += 1;
+            }
+        }
+    }
+
+    /// Removes every flow whose originator entered or left by `port` (a container went away:
+    /// its flows must not outlive it, nor admit a successor that reuses its address).
+    /// Returns how many were removed. Scans the whole table: configuration time only.
+    pub fn remove_port(&mut self, port: PortId) -> usize {
+        let mut n = 0;
+        for s in 0..self.capacity() {
+            if self.tags[s] != 0 && self.entries[s].ports.contains(&port) {
+                self.remove_slot(s);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Removes every flow (e.g. a full policy reload that must not trust cached verdicts).
+    pub fn clear(&mut self) {
+        self.tags.fill(0);
+        self.len = 0;
+    }
+
+    /// Live flows, for tests and diagnostics (a full scan).
+    pub fn iter(&self, now: u64) -> impl Iterator<Item = &FlowEntry> {
+        self.tags
+            .iter()
+            .zip(self.entries.iter())
+            .filter(move |(t, e)| **t != 0 && e.expires_at > now)
+            .map(|(_, e)| e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rules_wasm::abi::{RULE_NONE, tcp_flags};
+
+    fn tuple(i: u32, sport: u16, dport: u16) -> Tuple {
+        let mut src = [0u8; 16];
+        src[10] = 0xff;
+        src[11] = 0xff;
+        src[12..16].copy_from_slice(&i.to_be_bytes());
+        let mut dst = src;
+        dst[15] ^= 0x80;
+        Tuple {
+            src,
+            dst,
+            src_port: sport,
+            dst_port: dport,
+            proto: proto::TCP,
+        }
+    }
+
+    fn reverse(t: &Tuple) -> Tuple {
+        Tuple {
+            src: t.dst,
+            dst: t.src,
+            src_port: t.dst_port,
+            dst_port: t.src_port,
+            proto: t.proto,
+        }
+    }
+
+    const ACCEPT: Decision = Decision {
+        verdict: Verdict {
+            accept: true,
+            rule: RULE_NONE,
+        },
+        generation: 1,
+    };
+
+    fn first(t: Tuple, flags: u8) -> FirstPacket {
+        FirstPacket {
+            tracking: Tracking {
+                tuple: t,
+                one_way: false,
+            },
+            tcp_flags: flags,
+            ports: [1, 2],
+        }
+    }
+
+    #[test]
+    fn both_directions_hit_one_entry() {
+        let mut ft = FlowTable::new(64, &Timeouts::default());
+        let t = tuple(1, 40000, 80);
+        let k = ft.hash_tuple(&t);
+        let s = ft.decide(&k, &first(t, tcp_flags::SYN), ACCEPT, true, 0);
+        let r = ft.hash_tuple(&reverse(&t));
+        assert_eq!(r.key, k.key);
+        assert_eq!(ft.lookup(&r, 1), Some(s));
+        assert_eq!(ft.entry(s).dir(r.src_is_a), Dir::Reply);
+        assert_eq!(ft.entry(s).dir(k.src_is_a), Dir::Original);
+        assert_eq!(ft.entry(s).original_tuple(), t);
+    }
+
+    #[test]
+    fn full_window_evicts_least_recently_used() {
+        // Capacity = window: every key shares the one window.
+        let mut ft = FlowTable::new(PROBE_WINDOW, &Timeouts::default());
+        let keys: Vec<_> = (0..PROBE_WINDOW as u32 + 1)
+            .map(|i| tuple(i, 1000, 80))
+            .collect();
+        for (i, t) in keys.iter().take(PROBE_WINDOW).enumerate() {
+            ft.decide(
+                &ft.hash_tuple(t),
+                &first(*t, tcp_flags::SYN),
+                ACCEPT,
+                true,
+                i as u64 + 1,
+            );
+        }
+        // Touch key 0 so key 1 is the oldest.
+        let k0 = ft.hash_tuple(&keys[0]);
+        let s0 = ft.lookup(&k0, 100).unwrap();
+        ft.on_packet(s0, Dir::Original, tcp_flags::ACK, 100);
+        let last = keys[PROBE_WINDOW];
+        ft.decide(
+            &ft.hash_tuple(&last),
+            &first(last, tcp_flags::SYN),
+            ACCEPT,
+            true,
+            101,
+        );
+        assert_eq!(ft.len(), PROBE_WINDOW);
+        assert_eq!(ft.stats().evictions, 1);
+        assert!(ft.lookup(&ft.hash_tuple(&keys[1]), 102).is_none());
+        assert!(ft.lookup(&ft.hash_tuple(&keys[0]), 102).is_some());
+        assert!(ft.lookup(&ft.hash_tuple(&last), 102).is_some());
+    }
+
+    #[test]
+    fn expired_flows_miss_and_sweep_removes_them() {
+        let t = Timeouts::default();
+        let mut ft = FlowTable::new(64, &t);
+        let a = tuple(1, 1, 2);
+        let b = tuple(2, 1, 2);
+        ft.decide(
+            &ft.hash_tuple(&a),
+            &first(a, tcp_flags::SYN),
+            ACCEPT,
+            true,
+            0,
+        );
+        ft.decide(
+            &ft.hash_tuple(&b),
+            &first(b, tcp_flags::SYN),
+            ACCEPT,
+            true,
+            0,
+        );
+        let syn_sent = t.tcp_syn_sent.as_nanos() as u64;
+        assert!(ft.lookup(&ft.hash_tuple(&a), syn_sent - 1).is_some());
+        assert!(ft.lookup(&ft.hash_tuple(&a), syn_sent).is_none());
+        assert_eq!(ft.len(), 1);
+        ft.sweep(syn_sent, 64);
+        assert_eq!(ft.len(), 0);
+        assert_eq!(ft.stats().expirations, 2);
+    }
+
+    #[test]
+    fn remove_port_drops_its_flows() {
+        let mut ft = FlowTable::new(64, &Timeouts::default());
+        let a = tuple(1, 1, 2);
+        let mut pa = first(a, tcp_flags::SYN);
+        pa.ports = [3, 4];
+        ft.decide(&ft.hash_tuple(&a), &pa, ACCEPT, true, 0);
+        let b = tuple(2, 1, 2);
+        ft.decide(
+            &ft.hash_tuple(&b),
+            &first(b, tcp_flags::SYN),
+            ACCEPT,
+            true,
+            0,
+        );
+        assert_eq!(ft.remove_port(4), 1);
+        assert_eq!(ft.len(), 1);
+        assert!(ft.peek(&ft.hash_tuple(&a), 1).is_none());
+    }
+}

@@ -1,1 +1,43 @@
-//! (to be written)
+//! The Wasm policy host: runs policy modules (the controller's compiled Docker policy and
+//! users' own modules) under wasmtime, sandboxed so that a misbehaving module costs a batch
+//! of fail-closed verdicts and a counter, never the dataplane.
+//!
+//! The pieces, each in its own file:
+//! - [`runtime`] — [`WasmRuntime`], one per process: the wasmtime `Engine`, its epoch ticker
+//!   and [`WasmRuntime::load`], which compiles and validates a module off the hot path.
+//! - [`module`] — [`PolicyModule`], a compiled, validated module that can be instantiated
+//!   cheaply, many times (once per worker and generation).
+//! - [`instance`] — [`PolicyInstance`], a module in its own store: batched calls, epoch
+//!   deadline, memory cap, fail-closed verdicts on traps, timeouts and bad verdicts.
+//! - [`chain`] — [`PolicyChain`], the ordered modules of one generation, implementing
+//!   [`crate::policy::Policy`].
+//! - [`swap`] — handing a new chain to a worker between batches and retiring the old one
+//!   on another thread ([`Reaper`]).
+//! - [`trace`] — which module and rule decide one described packet.
+//! - [`counters`] — per-module counters readable from any thread.
+//! - [`hostlog`] — the guest's one import, the rate-limited `bw.log`.
+//! - [`error`] — [`LoadError`] and [`RuntimeError`].
+pub mod chain;
+pub mod counters;
+pub mod error;
+pub mod hostlog;
+pub mod instance;
+pub mod module;
+pub mod runtime;
+pub mod swap;
+pub mod trace;
+
+pub use chain::PolicyChain;
+pub use counters::{ModuleCounters, ModuleCountersSnapshot};
+pub use error::{LoadError, RuntimeError};
+pub use instance::PolicyInstance;
+pub use module::PolicyModule;
+pub use runtime::{WasmConfig, WasmRuntime};
+pub use swap::{Reaper, SwapReceiver, SwapSender};
+pub use trace::{TraceResult, trace, trace_fresh};
+
+/// Rule id written into fail-closed verdicts (trap, timeout, invalid verdict, quarantine).
+///
+/// Distinct from [`rules_wasm::abi::RULE_NONE`] ("no rule matched, a default decided") so
+/// that per-rule counters and `trace` show that a failing module, not a rule, decided.
+pub const RULE_FAIL_CLOSED: u32 = u32::MAX - 1;

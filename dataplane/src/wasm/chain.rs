@@ -1,0 +1,153 @@
+//! [`PolicyChain`]: the modules of one policy generation in order — user modules first,
+//! the compiled Docker policy last — as one [`Policy`] for the engine.
+//!
+//! Each module sees only the records every module before it answered `Continue` for; the
+//! continuing records are compacted into preallocated scratch arrays, so a batch costs no
+//! allocation however many modules there are.
+use rules_wasm::abi::{Action, MAX_BATCH, PacketRecord, VerdictRecord};
+
+use super::error::LoadError;
+use super::instance::PolicyInstance;
+use super::module::PolicyModule;
+use crate::policy::Policy;
+
+/// `decided_by` value of a record no module decided (every module said Continue).
+pub const DECIDED_BY_NONE: u16 = u16::MAX;
+
+/// One generation of policy for one worker: an instance of each module, in order.
+pub struct PolicyChain {
+    generation: u64,
+    stages: Vec<PolicyInstance>,
+    /// Which stage decided each record of the last batch ([`DECIDED_BY_NONE`] if none).
+    decided_by: [u16; MAX_BATCH],
+    /// Indices (into the batch) of the records still undecided.
+    pending: [u8; MAX_BATCH],
+    /// The undecided records, compacted, as the next stage's input.
+    scratch_records: [PacketRecord; MAX_BATCH],
+    /// The next stage's verdicts on `scratch_records`.
+    scratch_verdicts: [VerdictRecord; MAX_BATCH],
+}
+
+impl PolicyChain {
+    /// Chains already-made instances. `generation` is what [`Policy::generation`] reports;
+    /// the flow table re-decides flows of other generations.
+    pub fn new(generation: u64, stages: Vec<PolicyInstance>) -> Self {
+        Self {
+            generation,
+            stages,
+            decided_by: [DECIDED_BY_NONE; MAX_BATCH],
+            pending: [0; MAX_BATCH],
+            scratch_records: [PacketRecord::default(); MAX_BATCH],
+            scratch_verdicts: [VerdictRecord::CONTINUE; MAX_BATCH],
+        }
+    }
+
+    /// Instantiates every module (in order) and chains them. Call on the control thread,
+    /// once per worker: each worker needs its own stores.
+    pub fn instantiate(generation: u64, modules: &[PolicyModule]) -> Result<Self, LoadError> {
+        let stages = modules
+            .iter()
+            .map(PolicyModule::instantiate)
+            .collect::<Result<_, _>>()?;
+        Ok(Self::new(generation, stages))
+    }
+
+    /// The instances, in evaluation order.
+    pub fn stages(&self) -> &[PolicyInstance] {
+        &self.stages
+    }
+
+    /// The modules, in evaluation order (to build another chain of the same policy).
+    pub fn modules(&self) -> impl ExactSizeIterator<Item = &PolicyModule> {
+        self.stages.iter().map(PolicyInstance::module)
+    }
+
+    /// For each record of the last batch decided, the index of the stage that decided it,
+    /// or [`DECIDED_BY_NONE`]. Valid for the first `len` entries of the last `decide` call
+    /// (of its last 64 records when it was longer).
+    pub fn decided_by(&self) -> &[u16; MAX_BATCH] {
+        &self.decided_by
+    }
+
+    fn decide_batch(&mut self, records: &[PacketRecord], verdicts: &mut [VerdictRecord]) {
+        let n = records.len().min(verdicts.len());
+        let (records, verdicts) = (&records[..n], &mut verdicts[..n]);
+        verdicts.fill(VerdictRecord::CONTINUE);
+        self.decided_by[..n].fill(DECIDED_BY_NONE);
+        let Some((first, rest)) = self.stages.split_first_mut() else {
+            return;
+        };
+
+        // The first stage sees the whole batch directly, no copy.
+        first.evaluate(records, verdicts);
+        let mut pending = 0;
+        for (i, v) in verdicts.iter().enumerate() {
+            if v.action == Action::Continue {
+                self.pending[pending] = i as u8;
+                pending += 1;
+            } else {
+                self.decided_by[i] = 0;
+            }
+        }
+
+        for (k, stage) in rest.iter_mut().enumerate() {
+            if pending == 0 {
+                break;
+            }
+            let stage_index = (k + 1) as u16;
+            for (slot, &i) in self
+                .scratch_records
+                .iter_mut()
+                .zip(&self.pending[..pending])
+            {
+                *slot = records[usize::from(i)];
+            }
+            stage.evaluate(
+                &self.scratch_records[..pending],
+                &mut self.scratch_verdicts[..pending],
+            );
+            let mut still = 0;
+            for j in 0..pending {
+                let i = self.pending[j];
+                let v = self.scratch_verdicts[j];
+                if v.action == Action::Continue {
+                    self.pending[still] = i;
+                    still += 1;
+                } else {
+                    verdicts[usize::from(i)] = v;
+                    self.decided_by[usize::from(i)] = stage_index;
+                }
+            }
+            pending = still;
+        }
+    }
+}
+
+impl Policy for PolicyChain {
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Judges the batch with every stage in order; a record no stage decides keeps
+    /// `Continue` (the engine applies its default). Longer inputs are judged 64 at a time.
+    fn decide(&mut self, records: &[PacketRecord], verdicts: &mut [VerdictRecord]) {
+        for (recs, outs) in records
+            .chunks(MAX_BATCH)
+            .zip(verdicts.chunks_mut(MAX_BATCH))
+        {
+            self.decide_batch(recs, outs);
+        }
+    }
+}
+
+impl std::fmt::Debug for PolicyChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyChain")
+            .field("generation", &self.generation)
+            .field(
+                "modules",
+                &self.modules().map(PolicyModule::name).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
