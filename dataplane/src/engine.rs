@@ -743,13 +743,31 @@ impl<M: FrameMemory> Engine<M> {
 
     #[inline(always)]
     fn enqueue(&mut self, port: PortId, d: FrameDesc) {
+        if self.queue_for_transmit(port, d)
+            && let Some(pc) = self.counters.port(port)
+        {
+            pc.tx_packets.add(1);
+            pc.tx_bytes.add(u64::from(d.len));
+        }
+    }
+
+    /// Queues a frame that another worker's engine already switched (and counted) for
+    /// `port`, which this engine drives: the receiving half of a cross-worker hand-off.
+    /// A full queue or an unknown port drops the frame back into the free list, counted.
+    pub fn enqueue_handed_over(&mut self, port: PortId, d: FrameDesc) {
+        self.queue_for_transmit(port, d);
+    }
+
+    /// Puts `d` on `port`'s transmit queue and marks the queue for the next transmit pass.
+    #[inline(always)]
+    fn queue_for_transmit(&mut self, port: PortId, d: FrameDesc) -> bool {
         let Some(q) = self.tx.get_mut(usize::from(port)) else {
             self.drop_frame(d, DropReason::UnknownPort);
-            return;
+            return false;
         };
         if q.push(d).is_err() {
             self.drop_frame(d, DropReason::TxFull);
-            return;
+            return false;
         }
         let idx = usize::from(port);
         if !self.is_dirty[idx] {
@@ -757,10 +775,7 @@ impl<M: FrameMemory> Engine<M> {
             self.is_dirty[idx] = true;
             self.dirty.push(port);
         }
-        if let Some(pc) = self.counters.port(port) {
-            pc.tx_packets.add(1);
-            pc.tx_bytes.add(u64::from(d.len));
-        }
+        true
     }
 
     /// One iteration over a set of ports: reclaim completed frames and refill every port,
@@ -768,11 +783,11 @@ impl<M: FrameMemory> Engine<M> {
     /// for it after each batch (so one egress can take a full batch from every ingress), and
     /// reclaim again. One loop calling this drives any number of ports of any backend sharing
     /// `mem`. Frames queued for ports not in `ports` wait for a call that includes them.
-    pub fn drive<P: Port<M> + ?Sized>(
+    pub fn drive<P: Port<M>>(
         &mut self,
         now: u64,
         mem: &mut M,
-        ports: &mut [(PortId, &mut P)],
+        ports: &mut [(PortId, P)],
     ) -> DriveReport {
         let mut report = DriveReport::default();
         for (i, (id, p)) in ports.iter_mut().enumerate() {
@@ -804,10 +819,10 @@ impl<M: FrameMemory> Engine<M> {
     }
 
     /// Hands each driven port its queued frames; returns how many the ports took.
-    fn transmit_queued<P: Port<M> + ?Sized>(
+    fn transmit_queued<P: Port<M>>(
         &mut self,
         mem: &mut M,
-        ports: &mut [(PortId, &mut P)],
+        ports: &mut [(PortId, P)],
     ) -> usize {
         let mut sent = 0;
         let mut i = 0;

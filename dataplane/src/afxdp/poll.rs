@@ -106,6 +106,12 @@ impl AdaptivePoller {
         }
     }
 
+    /// Consecutive rounds without progress so far: a caller that must announce its sleep
+    /// (so peers know to wake it) checks whether the next empty round will sleep.
+    pub fn idle_rounds(&self) -> u32 {
+        self.idle_rounds
+    }
+
     /// Times the poller went to sleep (an idle worker's wake-ups per second is this rate).
     pub fn sleeps(&self) -> u64 {
         self.sleeps

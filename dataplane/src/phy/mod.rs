@@ -223,3 +223,27 @@ pub trait Port<M: FrameMemory> {
     /// Where this port's frames are.
     fn frames_held(&self) -> PortFrames;
 }
+
+/// A borrowed port is a port: callers that keep their ports elsewhere hand the engine
+/// `(id, &mut port)` pairs, while a worker that owns its ports hands them by value.
+impl<M: FrameMemory, P: Port<M> + ?Sized> Port<M> for &mut P {
+    fn fill(&mut self, mem: &mut M, free: &mut FreeList) {
+        (**self).fill(mem, free)
+    }
+
+    fn receive(&mut self, mem: &mut M, out: &mut DescBatch) {
+        (**self).receive(mem, out)
+    }
+
+    fn transmit(&mut self, mem: &mut M, batch: &mut DescBatch) {
+        (**self).transmit(mem, batch)
+    }
+
+    fn complete(&mut self, free: &mut FreeList) {
+        (**self).complete(free)
+    }
+
+    fn frames_held(&self) -> PortFrames {
+        (**self).frames_held()
+    }
+}
