@@ -128,3 +128,23 @@ pub(super) fn is_gone(err: &NetlinkError) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `block` must work from a plain thread and from inside a runtime (where a nested
+    /// `block_on` panics): `Drop` may run in either. Reads links only. Needs root (setns).
+    #[test]
+    fn root_netns_block_works_inside_and_outside_a_runtime() {
+        let nl = NlSession::open(&Netns::current().unwrap()).unwrap();
+        let outside = nl.block(nl.rtnl.links()).unwrap();
+        assert!(outside.iter().any(|l| l.name == "lo"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let inside = rt.block_on(async { nl.block(nl.rtnl.links()) }).unwrap();
+        assert!(inside.iter().any(|l| l.name == "lo"));
+    }
+}
