@@ -6,3 +6,4 @@ pub mod docker;
 pub mod lab;
 pub mod netlink;
 pub mod state;
+pub mod takeover;

@@ -1,7 +1,81 @@
-//! What Docker (or the lab) says about a bridge network: the input from which the controller
-//! derives the DOCKER and ICC chains. Filled by the controller from the Engine API or a lab
-//! file; turned into rules by [`docker_rules`] (to be written).
+//! What Docker (or the lab) says about a bridge network, and the DOCKER and ICC chains
+//! Docker 20.10's bridge driver means by it. Filled by the controller from the Engine API or
+//! a lab file; turned into rules by [`docker_rules`].
+//!
+//! # The rules, and where they come from in Docker 20.10
+//! Docker's filter table for `docker0` is, in `FORWARD` order: `DOCKER-USER` (our
+//! [`Chain::User`]), `DOCKER-ISOLATION-*` (between bridge networks: not applicable, one
+//! network), `-o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,
+//! `-o docker0 -j DOCKER` (links and published ports), `-i docker0 ! -o docker0 -j ACCEPT`
+//! (containers reach out), `-i docker0 -o docker0 -j ACCEPT|DROP` (icc), then the policy
+//! `DROP`. [`docker_rules`] emits, in this order (`gateway` is the dataplane port leading
+//! to `docker0`; `-i`/`-o` name dataplane ports):
+//!
+//! | # | chain | match | target | Docker 20.10's rule |
+//! |---|---|---|---|---|
+//! | 1 | DOCKER | non-IP frame (ARP) | ACCEPT | none: iptables never sees non-IP frames |
+//! | 2 | DOCKER | `--ctstate RELATED,ESTABLISHED` | ACCEPT | `-o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT` |
+//! | 3 | DOCKER | per link and exposed port X/P of the child: `-i parent -o child -p P -s parent -d child --dport X` | ACCEPT | `iptables.go` `Link`: `-i docker0 -o docker0 -p P -s parent -d child --dport X` |
+//! | 4 | DOCKER | and its reply `-i child -o parent -p P -s child -d parent --sport X` | ACCEPT | the same, reversed |
+//! | 5 | DOCKER | per published port C/P: `-i gateway -o container -p P -d container --dport C` | ACCEPT | `! -i docker0 -o docker0 -p P -d container --dport C -j ACCEPT` |
+//! | 6 | DOCKER | `-i gateway -s <bridge address>` | ACCEPT | none: the host's own traffic goes through `OUTPUT`, not `FORWARD` |
+//! | 7 | DOCKER | `-i gateway` | DROP | the `FORWARD` policy `DROP` |
+//! | 8 | DOCKER | `! -i gateway -o gateway` | ACCEPT | `-i docker0 ! -o docker0 -j ACCEPT` |
+//! | 9 | ICC | `! -i gateway ! -o gateway` | ACCEPT or DROP | `-i docker0 -o docker0 -j ACCEPT` (icc=true) / `-j DROP` (icc=false) |
+//!
+//! # Where bridgewall differs from Docker on purpose
+//! (Also in [`DIFFERENCES`], as Markdown bullets ready for the README.)
+//!
+//! - **Links are bound to the two containers' ports.** Docker's link rules match `-i docker0 -o
+//!   docker0` and the two IP addresses, so a container that spoofs the parent's address gets
+//!   through; bridgewall also requires the packet to come in on the parent's dataplane port and
+//!   leave on the child's (and the reverse for the reply rule).
+//! - **User rules also see the host's own traffic.** In Docker the host reaches containers
+//!   through `OUTPUT`, which `DOCKER-USER` never sees; in bridgewall that traffic comes in on the
+//!   gateway port and the USER chain is evaluated first, so a user DROP rule that matches the
+//!   bridge's address blocks the host too.
+//! - **Forwarded traffic to unpublished ports is dropped whatever the host's `FORWARD` policy.**
+//!   Docker 20.10 sets `FORWARD` to `DROP` only when it turns `ip_forward` on itself; on a host
+//!   where `ip_forward` was already on with policy `ACCEPT`, outside hosts reach every container
+//!   port. bridgewall always drops them (fail-closed).
+//! - **IPv6 is filtered like IPv4.** Docker 20.10 without the experimental `ip6tables` option
+//!   leaves IPv6 unfiltered; bridgewall applies the same rules to both families (link and
+//!   published-port rules use every address a container has, paired by family).
+//! - **One bridge network.** Docker's `DOCKER-ISOLATION-STAGE-*` chains (between bridge networks)
+//!   have no counterpart: a dataplane instance serves one bridge.
+//! - **Flooded frames from a container are judged as container-to-container traffic** (the ICC
+//!   rule): the dataplane judges a flooded frame once, with egress `PORT_FLOOD`, where the kernel
+//!   bridge judges each copy per port; with icc=false a container's IP broadcasts and multicasts
+//!   reach neither the other containers nor the host.
+//! - **Links to a container that is not on the network produce no rules**: Docker refuses to
+//!   start such a container; bridgewall skips the link rather than failing the whole policy.
+//! - **In user rules `-i`/`-o` name dataplane ports**: a container's name, a port id, or
+//!   `docker0` for the gateway port. iptables users write `-i docker0`/`-o docker0` to select
+//!   bridge traffic; in bridgewall every judged packet is bridge traffic, so those options are
+//!   not needed for a rule to take effect.
+//! - **User rules expand names**: `-s web` stands for every address of container `web` (one rule
+//!   each, as iptables does for `-s a,b`); `! -s web` is rejected when `web` has several
+//!   addresses, since one negated rule cannot express it.
 use std::net::IpAddr;
+
+use crate::abi::{Action, FlowState};
+use crate::iptables::Names;
+use crate::model::{Chain, Cidr, Match, Neg, PortRange, Rule, RuleSet, StateSet, Target};
+
+/// Every place where bridgewall's semantics differ from Docker 20.10's on purpose, one
+/// Markdown bullet each (without the leading `- `), ready to paste into the README; the same
+/// list as in this module's documentation.
+pub const DIFFERENCES: &[&str] = &[
+    "**Links are bound to the two containers' ports.** Docker's link rules match `-i docker0 -o docker0` and the two IP addresses, so a container that spoofs the parent's address gets through; bridgewall also requires the packet to come in on the parent's dataplane port and leave on the child's (and the reverse for the reply rule).",
+    "**User rules also see the host's own traffic.** In Docker the host reaches containers through `OUTPUT`, which `DOCKER-USER` never sees; in bridgewall that traffic comes in on the gateway port and the USER chain is evaluated first, so a user DROP rule that matches the bridge's address blocks the host too.",
+    "**Forwarded traffic to unpublished ports is dropped whatever the host's `FORWARD` policy.** Docker 20.10 sets `FORWARD` to `DROP` only when it turns `ip_forward` on itself; on a host where `ip_forward` was already on with policy `ACCEPT`, outside hosts reach every container port. bridgewall always drops them (fail-closed).",
+    "**IPv6 is filtered like IPv4.** Docker 20.10 without the experimental `ip6tables` option leaves IPv6 unfiltered; bridgewall applies the same rules to both families (link and published-port rules use every address a container has, paired by family).",
+    "**One bridge network.** Docker's `DOCKER-ISOLATION-STAGE-*` chains (between bridge networks) have no counterpart: a dataplane instance serves one bridge.",
+    "**Flooded frames from a container are judged as container-to-container traffic** (the ICC rule): the dataplane judges a flooded frame once, with egress `PORT_FLOOD`, where the kernel bridge judges each copy per port; with icc=false a container's IP broadcasts and multicasts reach neither the other containers nor the host.",
+    "**Links to a container that is not on the network produce no rules**: Docker refuses to start such a container; bridgewall skips the link rather than failing the whole policy.",
+    "**In user rules `-i`/`-o` name dataplane ports**: a container's name, a port id, or `docker0` for the gateway port. iptables users write `-i docker0`/`-o docker0` to select bridge traffic; in bridgewall every judged packet is bridge traffic, so those options are not needed for a rule to take effect.",
+    "**User rules expand names**: `-s web` stands for every address of container `web` (one rule each, as iptables does for `-s a,b`); `! -s web` is rejected when `web` has several addresses, since one negated rule cannot express it.",
+];
 
 /// Dataplane port id as the policy ABI carries it.
 pub type PortId = u16;
