@@ -819,11 +819,7 @@ impl<M: FrameMemory> Engine<M> {
     }
 
     /// Hands each driven port its queued frames; returns how many the ports took.
-    fn transmit_queued<P: Port<M>>(
-        &mut self,
-        mem: &mut M,
-        ports: &mut [(PortId, P)],
-    ) -> usize {
+    fn transmit_queued<P: Port<M>>(&mut self, mem: &mut M, ports: &mut [(PortId, P)]) -> usize {
         let mut sent = 0;
         let mut i = 0;
         while i < self.dirty.len() {

@@ -26,7 +26,7 @@ use crate::afxdp::{AdaptivePoller, PollConfig, Umem, XdpPort};
 use crate::counters::{Counters, DropReason};
 use crate::engine::{Engine, EngineConfig, EngineError, PortConfig};
 use crate::phy::memory::MemoryPort;
-use crate::phy::{FrameDesc, FrameMemory, FreeList, Port, PortFrames, PortId};
+use crate::phy::{DescBatch, FrameDesc, FrameMemory, FreeList, Port, PortFrames, PortId};
 use crate::policy::Policy;
 
 /// A port a worker thread can own: a [`Port`] that can move between threads and, when it
@@ -154,10 +154,20 @@ impl FrameAccount {
 }
 
 enum Control<P> {
-    AddPort { config: PortConfig, port: Option<P>, owner: usize, reply: Sender<Result<(), EngineError>> },
-    RemovePort { id: PortId, reply: Sender<Option<P>> },
+    AddPort {
+        config: PortConfig,
+        port: Option<P>,
+        owner: usize,
+        reply: Sender<Result<(), EngineError>>,
+    },
+    RemovePort {
+        id: PortId,
+        reply: Sender<Option<P>>,
+    },
     SetPolicy(Box<dyn Policy>),
-    Frames { reply: Sender<WorkerFrames> },
+    Frames {
+        reply: Sender<WorkerFrames>,
+    },
     Stop,
 }
 
@@ -215,7 +225,10 @@ where
         let reaper = std::thread::Builder::new()
             .name("bw-reaper".into())
             .spawn(move || reap_rx.iter().for_each(drop))
-            .map_err(|source| WorkerError::Spawn { index: usize::MAX, source })?;
+            .map_err(|source| WorkerError::Spawn {
+                index: usize::MAX,
+                source,
+            })?;
         let mut all = FreeList::full(total, frame_size);
         let mut workers = Vec::with_capacity(n);
         for index in 0..n {
@@ -229,8 +242,12 @@ where
             }
             let (wake_tx, wake_rx) =
                 UnixDatagram::pair().map_err(|source| WorkerError::Spawn { index, source })?;
-            wake_rx.set_nonblocking(true).map_err(|source| WorkerError::Spawn { index, source })?;
-            wake_tx.set_nonblocking(true).map_err(|source| WorkerError::Spawn { index, source })?;
+            wake_rx
+                .set_nonblocking(true)
+                .map_err(|source| WorkerError::Spawn { index, source })?;
+            wake_tx
+                .set_nonblocking(true)
+                .map_err(|source| WorkerError::Spawn { index, source })?;
             let shared = Arc::new(Shared {
                 inbox: ArrayQueue::new(config.inbox_capacity.max(64)),
                 sleeping: AtomicBool::new(false),
@@ -251,11 +268,22 @@ where
                 spare: Arc::clone(&spare),
                 reaper: reap_tx.clone(),
                 wake_rx,
+                stash: None,
                 poll: config.poll,
                 cpu: config.cpus.get(index).copied(),
-                target_free: total / n,
+                // Each worker keeps a modest cache of free frames and leaves the rest in the
+                // shared pool, so frames completed on one worker flow back to the one receiving.
+                target_free: (total / (4 * n)).max(DescBatch::CAPACITY),
             };
-            workers.push((worker, WorkerHandle { control: ctl_tx, shared, counters, thread: None }));
+            workers.push((
+                worker,
+                WorkerHandle {
+                    control: ctl_tx,
+                    shared,
+                    counters,
+                    thread: None,
+                },
+            ));
         }
         let peers: Vec<Arc<Shared>> = workers.iter().map(|(_, h)| Arc::clone(&h.shared)).collect();
         let mut handles = Vec::with_capacity(n);
@@ -285,7 +313,12 @@ where
     }
 
     /// Adds a port: every worker's switch learns it, and worker `owner` drives it.
-    pub fn add_port(&mut self, config: PortConfig, port: P, owner: usize) -> Result<(), WorkerError> {
+    pub fn add_port(
+        &mut self,
+        config: PortConfig,
+        port: P,
+        owner: usize,
+    ) -> Result<(), WorkerError> {
         let n = self.workers.len();
         if owner >= n {
             return Err(WorkerError::NoSuchWorker(owner, n));
@@ -300,7 +333,9 @@ where
                 owner,
                 reply: tx,
             };
-            w.control.send(msg).map_err(|_| WorkerError::WorkerGone(i))?;
+            w.control
+                .send(msg)
+                .map_err(|_| WorkerError::WorkerGone(i))?;
             w.shared.wake();
             rx.recv()
                 .map_err(|_| WorkerError::WorkerGone(i))?
@@ -317,7 +352,9 @@ where
         let mut found = None;
         for (i, w) in self.workers.iter().enumerate() {
             let (tx, rx) = channel::bounded(1);
-            w.control.send(Control::RemovePort { id, reply: tx }).map_err(|_| WorkerError::WorkerGone(i))?;
+            w.control
+                .send(Control::RemovePort { id, reply: tx })
+                .map_err(|_| WorkerError::WorkerGone(i))?;
             w.shared.wake();
             let p = rx.recv().map_err(|_| WorkerError::WorkerGone(i))?;
             if i == owner {
@@ -330,9 +367,14 @@ where
     /// Installs a new policy on every worker, built by `policy(i)` on the calling thread
     /// (compiling and instantiating never happens on a worker). Each worker swaps it in
     /// between two batches; every batch is judged entirely by one generation.
-    pub fn set_policy(&self, mut policy: impl FnMut(usize) -> Box<dyn Policy>) -> Result<(), WorkerError> {
+    pub fn set_policy(
+        &self,
+        mut policy: impl FnMut(usize) -> Box<dyn Policy>,
+    ) -> Result<(), WorkerError> {
         for (i, w) in self.workers.iter().enumerate() {
-            w.control.send(Control::SetPolicy(policy(i))).map_err(|_| WorkerError::WorkerGone(i))?;
+            w.control
+                .send(Control::SetPolicy(policy(i)))
+                .map_err(|_| WorkerError::WorkerGone(i))?;
             w.shared.wake();
         }
         Ok(())
@@ -340,7 +382,10 @@ where
 
     /// Each worker's counters, readable while the workers run.
     pub fn counters(&self) -> Vec<Arc<Counters>> {
-        self.workers.iter().map(|w| Arc::clone(&w.counters)).collect()
+        self.workers
+            .iter()
+            .map(|w| Arc::clone(&w.counters))
+            .collect()
     }
 
     /// Where every frame is. Exact when no traffic is moving; under traffic a frame can be
@@ -349,9 +394,13 @@ where
         let mut account = FrameAccount::default();
         for (i, w) in self.workers.iter().enumerate() {
             let (tx, rx) = channel::bounded(1);
-            w.control.send(Control::Frames { reply: tx }).map_err(|_| WorkerError::WorkerGone(i))?;
+            w.control
+                .send(Control::Frames { reply: tx })
+                .map_err(|_| WorkerError::WorkerGone(i))?;
             w.shared.wake();
-            account.workers.push(rx.recv().map_err(|_| WorkerError::WorkerGone(i))?);
+            account
+                .workers
+                .push(rx.recv().map_err(|_| WorkerError::WorkerGone(i))?);
             account.in_flight += w.shared.inbox.len();
         }
         account.spare = self.spare.len();
@@ -416,6 +465,8 @@ struct Worker<M: FrameMemory, P> {
     spare: Arc<ArrayQueue<u64>>,
     reaper: Sender<Box<dyn Policy>>,
     wake_rx: UnixDatagram,
+    /// A handed-over frame its port could not take yet (TX ring full): retried next round.
+    stash: Option<Handoff>,
     poll: PollConfig,
     cpu: Option<usize>,
     target_free: usize,
@@ -461,8 +512,16 @@ impl<M: FrameMemory, P: WorkerPort<M>> Worker<M, P> {
             let mut sink = [0u8; 64];
             while matches!(self.wake_rx.recv(&mut sink), Ok(n) if n > 0) {}
         }
-        // Return queued and handed-over frames, then hand the ports back.
-        self.take_inbox();
+        // Frames still handed over to this worker go back to its free list; the ports go back
+        // to the caller.
+        for h in self
+            .stash
+            .take()
+            .into_iter()
+            .chain(std::iter::from_fn(|| self.shared.inbox.pop()))
+        {
+            self.engine.free_list_mut().push(h.desc.addr);
+        }
         self.ports.into_iter().map(|(_, p)| p).collect()
     }
 
@@ -481,7 +540,12 @@ impl<M: FrameMemory, P: WorkerPort<M>> Worker<M, P> {
                 Err(TryRecvError::Disconnected) => return ControlOutcome::Stop,
             };
             match msg {
-                Control::AddPort { config, port, owner, reply } => {
+                Control::AddPort {
+                    config,
+                    port,
+                    owner,
+                    reply,
+                } => {
                     let id = config.id;
                     let r = self.engine.add_port(config);
                     if r.is_ok() {
@@ -501,7 +565,11 @@ impl<M: FrameMemory, P: WorkerPort<M>> Worker<M, P> {
                 Control::RemovePort { id, reply } => {
                     let _ = self.engine.remove_port(id);
                     self.remote.remove(&id);
-                    let port = self.ports.iter().position(|(p, _)| *p == id).map(|i| self.ports.swap_remove(i).1);
+                    let port = self
+                        .ports
+                        .iter()
+                        .position(|(p, _)| *p == id)
+                        .map(|i| self.ports.swap_remove(i).1);
                     let port = port.map(|mut p| {
                         p.complete(self.engine.free_list_mut());
                         p
@@ -536,18 +604,30 @@ impl<M: FrameMemory, P: WorkerPort<M>> Worker<M, P> {
         }
     }
 
-    /// Moves frames other workers handed over into this worker's transmit queues.
+    /// Moves frames other workers handed over into this worker's transmit queues, sending a
+    /// queue on as it fills. When a port cannot take more (its TX ring is full), the frame in
+    /// hand is kept for the next round and the rest stay in the inbox: back-pressure, not loss.
     fn take_inbox(&mut self) -> bool {
         let mut any = false;
-        while let Some(h) = self.shared.inbox.pop() {
+        while let Some(h) = self.stash.take().or_else(|| self.shared.inbox.pop()) {
             any = true;
-            if self.ports.iter().any(|(id, _)| *id == h.port) {
-                self.engine.enqueue_handed_over(h.port, h.desc);
-            } else {
+            let Some(slot) = self.ports.iter().position(|(id, _)| *id == h.port) else {
                 // The port moved or went away while the frame was in flight.
                 self.engine.counters().count_drop(DropReason::UnknownPort);
                 self.engine.free_list_mut().push(h.desc.addr);
+                continue;
+            };
+            let full = self.engine.tx_queue(h.port).is_some_and(|q| q.spare() == 0);
+            if full {
+                if let Some(q) = self.engine.tx_queue(h.port) {
+                    self.ports[slot].1.transmit(&mut self.memory, q);
+                }
+                if self.engine.tx_queue(h.port).is_some_and(|q| q.spare() == 0) {
+                    self.stash = Some(h);
+                    break;
+                }
             }
+            self.engine.enqueue_handed_over(h.port, h.desc);
         }
         any
     }
@@ -556,8 +636,12 @@ impl<M: FrameMemory, P: WorkerPort<M>> Worker<M, P> {
     fn hand_off(&mut self, remote_ids: &[PortId]) -> bool {
         let mut any = false;
         for &id in remote_ids {
-            let Some(owner) = self.owner_of(id) else { continue };
-            let Some(q) = self.engine.tx_queue(id) else { continue };
+            let Some(owner) = self.owner_of(id) else {
+                continue;
+            };
+            let Some(q) = self.engine.tx_queue(id) else {
+                continue;
+            };
             if q.is_empty() {
                 continue;
             }
@@ -565,7 +649,11 @@ impl<M: FrameMemory, P: WorkerPort<M>> Worker<M, P> {
             let mut dropped: [u64; 64] = [0; 64];
             let mut n_dropped = 0;
             for d in q.as_slice() {
-                if self.peers[owner].inbox.push(Handoff { port: id, desc: *d }).is_err() {
+                if self.peers[owner]
+                    .inbox
+                    .push(Handoff { port: id, desc: *d })
+                    .is_err()
+                {
                     dropped[n_dropped] = d.addr;
                     n_dropped += 1;
                 }
@@ -581,16 +669,19 @@ impl<M: FrameMemory, P: WorkerPort<M>> Worker<M, P> {
     }
 
     fn owner_of(&self, id: PortId) -> Option<usize> {
-        self.remote.get(&id).copied().filter(|&o| o != self.index && o < self.peers.len())
+        self.remote
+            .get(&id)
+            .copied()
+            .filter(|&o| o != self.index && o < self.peers.len())
     }
 
-    /// Keeps this worker's free frames near its share: surplus goes to the shared spare pool
-    /// (frames completed here that another worker received), shortage is refilled from it.
+    /// Keeps this worker's free frames near its cache size: surplus goes to the shared spare
+    /// pool (frames completed here that another worker received), shortage is refilled from it.
     fn rebalance(&mut self) {
         let free = self.engine.free_list_mut();
-        let high = self.target_free + self.target_free / 2;
-        let low = self.target_free / 2;
-        if free.len() > high {
+        // A little hysteresis so frames do not shuttle through the pool every round.
+        let slack = (self.target_free / 8).max(1);
+        if free.len() > self.target_free + slack {
             while free.len() > self.target_free {
                 let Some(a) = free.pop() else { break };
                 if let Err(a) = self.spare.push(a) {
@@ -598,7 +689,7 @@ impl<M: FrameMemory, P: WorkerPort<M>> Worker<M, P> {
                     break;
                 }
             }
-        } else if free.len() < low {
+        } else if free.len() + slack < self.target_free {
             while free.len() < self.target_free {
                 let Some(a) = self.spare.pop() else { break };
                 free.push(a);
