@@ -9,8 +9,8 @@
 //! between batches, so the per-packet path takes no lock. An idle worker sleeps in `poll()`
 //! on its ports' sockets and a wake socket that peers poke when they hand it frames.
 //!
-//! A policy replaced on a worker is sent to a reaper thread and dropped there: dropping a
-//! used Wasm instance can take ~300 µs, which must not stall the hot loop.
+//! A policy replaced on a worker is handed to the Wasm host's [`Reaper`] and dropped on its
+//! thread: dropping a used Wasm instance can take ~300 µs, which must not stall the hot loop.
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixDatagram;
@@ -28,6 +28,8 @@ use crate::engine::{Engine, EngineConfig, EngineError, PortConfig};
 use crate::phy::memory::MemoryPort;
 use crate::phy::{DescBatch, FrameDesc, FrameMemory, FreeList, Port, PortFrames, PortId};
 use crate::policy::Policy;
+use crate::wasm::RuntimeError;
+use crate::wasm::swap::Reaper;
 
 /// A port a worker thread can own: a [`Port`] that can move between threads and, when it
 /// has one, a file descriptor the worker can sleep on while idle.
@@ -104,6 +106,9 @@ pub enum WorkerError {
     /// No port with that id.
     #[error("no port {0} on the dataplane")]
     NoSuchPort(PortId),
+    /// The thread that drops retired policies could not be started.
+    #[error("could not start the policy reaper: {0}")]
+    Reaper(#[from] RuntimeError),
     /// A worker thread is gone (it panicked or stopped).
     #[error("worker {0} is not running")]
     WorkerGone(usize),
@@ -200,7 +205,6 @@ pub struct Dataplane<M: FrameMemory, P: WorkerPort<M>> {
     workers: Vec<WorkerHandle<P>>,
     owners: HashMap<PortId, usize>,
     spare: Arc<ArrayQueue<u64>>,
-    reaper: Option<(Sender<Box<dyn Policy>>, JoinHandle<()>)>,
     _memory: std::marker::PhantomData<fn(M)>,
 }
 
@@ -221,14 +225,7 @@ where
         let total = memory.frame_count();
         let frame_size = memory.frame_size();
         let spare = Arc::new(ArrayQueue::new(total.max(1)));
-        let (reap_tx, reap_rx) = channel::unbounded::<Box<dyn Policy>>();
-        let reaper = std::thread::Builder::new()
-            .name("bw-reaper".into())
-            .spawn(move || reap_rx.iter().for_each(drop))
-            .map_err(|source| WorkerError::Spawn {
-                index: usize::MAX,
-                source,
-            })?;
+        let reaper = Reaper::spawn()?;
         let mut all = FreeList::full(total, frame_size);
         let mut workers = Vec::with_capacity(n);
         for index in 0..n {
@@ -266,7 +263,7 @@ where
                 peers: Vec::new(),
                 remote: HashMap::new(),
                 spare: Arc::clone(&spare),
-                reaper: reap_tx.clone(),
+                reaper: reaper.clone(),
                 wake_rx,
                 stash: None,
                 poll: config.poll,
@@ -302,7 +299,6 @@ where
             workers: handles,
             owners: HashMap::new(),
             spare,
-            reaper: Some((reap_tx, reaper)),
             _memory: std::marker::PhantomData,
         })
     }
@@ -411,7 +407,11 @@ where
     pub fn stop(mut self) -> Vec<P> {
         self.stop_workers()
     }
+}
 
+impl<M: FrameMemory, P: WorkerPort<M>> Dataplane<M, P> {
+    /// Asks every worker to stop, then joins them; returns the ports they owned. Idempotent:
+    /// joined workers are skipped, so `Drop` after `stop` does nothing more.
     fn stop_workers(&mut self) -> Vec<P> {
         let mut ports = Vec::new();
         for w in &self.workers {
@@ -426,29 +426,13 @@ where
                 }
             }
         }
-        if let Some((tx, t)) = self.reaper.take() {
-            drop(tx);
-            let _ = t.join();
-        }
         ports
     }
 }
 
 impl<M: FrameMemory, P: WorkerPort<M>> Drop for Dataplane<M, P> {
     fn drop(&mut self) {
-        for w in &self.workers {
-            let _ = w.control.send(Control::Stop);
-            w.shared.wake();
-        }
-        for w in &mut self.workers {
-            if let Some(t) = w.thread.take() {
-                let _ = t.join();
-            }
-        }
-        if let Some((tx, t)) = self.reaper.take() {
-            drop(tx);
-            let _ = t.join();
-        }
+        drop(self.stop_workers());
     }
 }
 
@@ -463,7 +447,7 @@ struct Worker<M: FrameMemory, P> {
     /// Ports owned by other workers: id → owner.
     remote: HashMap<PortId, usize>,
     spare: Arc<ArrayQueue<u64>>,
-    reaper: Sender<Box<dyn Policy>>,
+    reaper: Reaper,
     wake_rx: UnixDatagram,
     /// A handed-over frame its port could not take yet (TX ring full): retried next round.
     stash: Option<Handoff>,
@@ -579,10 +563,7 @@ impl<M: FrameMemory, P: WorkerPort<M>> Worker<M, P> {
                 }
                 Control::SetPolicy(policy) => {
                     let old = self.engine.set_policy(policy);
-                    if let Err(e) = self.reaper.send(old) {
-                        // The reaper is gone (shutting down): drop here rather than leak.
-                        drop(e.into_inner());
-                    }
+                    self.reaper.retire(Box::new(old));
                 }
                 Control::Frames { reply } => {
                     let mut ports = PortFrames::default();
