@@ -300,7 +300,7 @@ pub fn parse_line(
                 i += 1;
                 if let Some(c) = toks
                     .get(i)
-                    .filter(|t| !t.starts_with('-') && t.parse::<usize>().is_err())
+                    .filter(|t| !t.starts_with('-') && **t != "!" && t.parse::<usize>().is_err())
                 {
                     if !matches!(*c, "DOCKER-USER" | "DOCKER" | "FORWARD") {
                         return Err(err(i, ParseErrorKind::UnknownChain));

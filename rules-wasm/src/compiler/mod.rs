@@ -3,7 +3,7 @@
 //! Rules are kept as data, never as code: a decision tree in code took ~1 s for cranelift to
 //! compile at 100k rules and grew per-packet cost with N, while data tables keep `Module::new`
 //! in milliseconds and the per-packet cost flat. The search is a tuple-space search over rule
-//! "shapes" with exact first-match order; [`tables`] explains it.
+//! "shapes" with exact first-match order; the `tables` module explains it.
 //!
 //! The module imports nothing, exports `memory`, `bw_abi_version`, `bw_init` and
 //! `bw_evaluate`, has a fixed-size memory (no `memory.grow`), and contains no loops whose trip
