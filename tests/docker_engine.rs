@@ -98,11 +98,12 @@ fn root_docker_tracker_follows_a_real_engine() {
                 tracker.latest()
             )
         });
-    match tracker.status() {
-        TrackerStatus::Synced { api_version, .. } => {
+    // The snapshot is published before the status flips to Synced: wait for the status.
+    match tracker.wait_status(WAIT, |s| matches!(s, TrackerStatus::Synced { .. })) {
+        Some(TrackerStatus::Synced { api_version, .. }) => {
             assert_eq!(api_version, "1.41", "negotiated down")
         }
-        other => panic!("not synced: {other:?}"),
+        other => panic!("not synced: {other:?} (now {:?})", tracker.status()),
     }
     assert_eq!(names(&snap), vec!["client3", "keeper", "web1", "web2"]);
     assert_eq!(snap.state.bridge, "docker0");
