@@ -57,33 +57,44 @@ fn have(cmd: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Debian's nginx on the host, for the nginx image; no daemon is started (policy-rc.d).
+pub fn ensure_host_nginx() {
+    static NGINX: Once = Once::new();
+    NGINX.call_once(|| {
+        if Path::new("/usr/sbin/nginx").exists() {
+            return;
+        }
+        apt_install_without_daemons("nginx");
+    });
+}
+
+/// `apt-get install PKG` with a policy-rc.d in place, so the package starts no service in the
+/// root namespace.
+fn apt_install_without_daemons(pkg: &str) {
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let made_policy = !policy.exists();
+    if made_policy {
+        fs::write(policy, "#!/bin/sh\nexit 101\n").unwrap();
+        run_ok(Command::new("chmod").args(["+x", "/usr/sbin/policy-rc.d"]));
+    }
+    run_ok(Command::new("apt-get").args(["update", "-qq"]));
+    run_ok(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends", pkg])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    );
+    if made_policy {
+        let _ = fs::remove_file(policy);
+    }
+}
+
 /// Installs Debian's docker.io if dockerd is missing, without starting a daemon.
 pub fn ensure_docker_installed() {
     INSTALL.call_once(|| {
         if have("dockerd") {
             return;
         }
-        let policy = Path::new("/usr/sbin/policy-rc.d");
-        let made_policy = !policy.exists();
-        if made_policy {
-            fs::write(policy, "#!/bin/sh\nexit 101\n").unwrap();
-            run_ok(Command::new("chmod").args(["+x", "/usr/sbin/policy-rc.d"]));
-        }
-        run_ok(Command::new("apt-get").args(["update", "-qq"]));
-        run_ok(
-            Command::new("apt-get")
-                .args([
-                    "install",
-                    "-y",
-                    "-qq",
-                    "--no-install-recommends",
-                    "docker.io",
-                ])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        );
-        if made_policy {
-            let _ = fs::remove_file(policy);
-        }
+        apt_install_without_daemons("docker.io");
         assert!(
             have("dockerd"),
             "docker.io installed but dockerd is not on PATH"
@@ -326,6 +337,88 @@ impl DockerEngine {
             tar.to_str().unwrap(),
             "lab/busybox:latest",
         ]);
+    }
+
+    /// Imports `lab/nginx`: the busybox rootfs (so containers have `wget`, `ping`, `nc`) plus
+    /// Debian's nginx binary (installed on the host when missing, with no daemon started:
+    /// policy-rc.d) and the libraries `ldd` lists, serving "hello from nginx" on port 80.
+    pub fn import_nginx(&self) {
+        ensure_host_nginx();
+        let root = self.dir.join("img/root");
+        assert!(root.join("bin/busybox").exists(), "import_busybox first");
+        let nginx = Path::new("/usr/sbin/nginx");
+        let mut files = vec![nginx.to_path_buf()];
+        let ldd = run_ok(Command::new("ldd").arg(nginx));
+        for line in ldd.lines() {
+            // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
+            let path = line
+                .split("=>")
+                .last()
+                .unwrap_or("")
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
+            if path.starts_with('/') {
+                files.push(PathBuf::from(path));
+            }
+        }
+        for f in &files {
+            let dest = root.join(f.strip_prefix("/").unwrap());
+            fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            // Follow symlinks: the image gets the real bytes under the name the loader asks for.
+            fs::copy(fs::canonicalize(f).unwrap(), &dest).unwrap();
+        }
+        for d in [
+            "etc/nginx",
+            "var/log/nginx",
+            "var/lib/nginx",
+            "run",
+            "usr/share/nginx/html",
+        ] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        fs::write(
+            root.join("etc/nginx/nginx.conf"),
+            "daemon off;\nuser root;\nworker_processes 1;\npid /run/nginx.pid;\nerror_log stderr;\n\
+             events { worker_connections 64; }\n\
+             http { access_log off; client_body_temp_path /tmp; proxy_temp_path /tmp;\n\
+               fastcgi_temp_path /tmp; uwsgi_temp_path /tmp; scgi_temp_path /tmp;\n\
+               server { listen 80; root /usr/share/nginx/html; } }\n",
+        )
+        .unwrap();
+        fs::write(
+            root.join("usr/share/nginx/html/index.html"),
+            "hello from nginx\n",
+        )
+        .unwrap();
+        let tar = self.dir.join("img/nginx-rootfs.tar");
+        run_ok(
+            Command::new("tar")
+                .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+                .arg(&root)
+                .arg("-cf")
+                .arg(&tar)
+                .arg("."),
+        );
+        self.docker_ok(&[
+            "import",
+            "--change",
+            "EXPOSE 80",
+            "--change",
+            "ENV PATH=/bin:/usr/sbin",
+            "--change",
+            r#"CMD ["nginx"]"#,
+            tar.to_str().unwrap(),
+            "lab/nginx:latest",
+        ]);
+    }
+
+    /// `docker run -d --init --name NAME ARGS... IMAGE`; returns the id.
+    pub fn run_image(&self, name: &str, args: &[&str], image: &str) -> String {
+        let mut all = vec!["run", "-d", "--init", "--name", name];
+        all.extend_from_slice(args);
+        all.push(image);
+        self.docker_ok(&all)
     }
 
     /// `docker run -d --init --name NAME ARGS... lab/busybox CMD...`; returns the id.
