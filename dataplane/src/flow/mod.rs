@@ -29,12 +29,15 @@ use std::hash::BuildHasher;
 pub const BUCKET_SLOTS: usize = 8;
 
 /// A flow's key, the same for both directions: the endpoint that sorts first is side `a`.
+///
+/// Addresses are held as big-endian numbers (`u128::from_be_bytes` of the 16-byte form) so
+/// normalising, comparing and hashing are a few register operations rather than byte loops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
     /// Address of side a.
-    pub a: [u8; 16],
+    pub a: u128,
     /// Address of side b.
-    pub b: [u8; 16],
+    pub b: u128,
     /// Port (or echo id / ICMP type-code) of side a.
     pub a_port: u16,
     /// Port of side b.
@@ -47,19 +50,21 @@ impl FlowKey {
     /// Normalises a directional tuple; the flag is true when the tuple's source is side `a`.
     #[inline]
     pub fn from_tuple(t: &Tuple) -> (FlowKey, bool) {
-        let src_first = (t.src, t.src_port) <= (t.dst, t.dst_port);
+        let s = u128::from_be_bytes(t.src);
+        let d = u128::from_be_bytes(t.dst);
+        let src_first = s < d || (s == d && t.src_port <= t.dst_port);
         let key = if src_first {
             FlowKey {
-                a: t.src,
-                b: t.dst,
+                a: s,
+                b: d,
                 a_port: t.src_port,
                 b_port: t.dst_port,
                 proto: t.proto,
             }
         } else {
             FlowKey {
-                a: t.dst,
-                b: t.src,
+                a: d,
+                b: s,
                 a_port: t.dst_port,
                 b_port: t.src_port,
                 proto: t.proto,
@@ -165,16 +170,16 @@ impl FlowEntry {
         let k = &self.key;
         if self.orig_is_a {
             Tuple {
-                src: k.a,
-                dst: k.b,
+                src: k.a.to_be_bytes(),
+                dst: k.b.to_be_bytes(),
                 src_port: k.a_port,
                 dst_port: k.b_port,
                 proto: k.proto,
             }
         } else {
             Tuple {
-                src: k.b,
-                dst: k.a,
+                src: k.b.to_be_bytes(),
+                dst: k.a.to_be_bytes(),
                 src_port: k.b_port,
                 dst_port: k.a_port,
                 proto: k.proto,
@@ -185,8 +190,8 @@ impl FlowEntry {
 
 const EMPTY_ENTRY: FlowEntry = FlowEntry {
     key: FlowKey {
-        a: [0; 16],
-        b: [0; 16],
+        a: 0,
+        b: 0,
         a_port: 0,
         b_port: 0,
         proto: 0,
@@ -268,20 +273,6 @@ fn mix(a: u64, b: u64) -> u64 {
     (r as u64) ^ ((r >> 64) as u64)
 }
 
-#[inline(always)]
-fn u64_at(b: &[u8; 16], i: usize) -> u64 {
-    u64::from_ne_bytes([
-        b[i],
-        b[i + 1],
-        b[i + 2],
-        b[i + 3],
-        b[i + 4],
-        b[i + 5],
-        b[i + 6],
-        b[i + 7],
-    ])
-}
-
 impl FlowTable {
     /// A table of at least `capacity` slots (rounded up to a power of two, at least
     /// [`BUCKET_SLOTS`]), all allocated now. Keys are hashed with a per-table random seed so
@@ -343,11 +334,11 @@ impl FlowTable {
         let ports =
             (u64::from(key.a_port) << 32) | (u64::from(key.b_port) << 16) | u64::from(key.proto);
         let h = mix(
-            u64_at(&key.a, 0) ^ self.seed[0],
-            u64_at(&key.a, 8) ^ self.seed[1],
+            (key.a >> 64) as u64 ^ self.seed[0],
+            key.a as u64 ^ self.seed[1],
         ) ^ mix(
-            u64_at(&key.b, 0) ^ self.seed[2],
-            u64_at(&key.b, 8) ^ self.seed[0],
+            (key.b >> 64) as u64 ^ self.seed[2],
+            key.b as u64 ^ self.seed[0],
         );
         let hash = mix(h ^ ports, self.seed[1]);
         HashedKey {
