@@ -34,7 +34,7 @@ fn tcp_frame(sport: u16, len: usize) -> Vec<u8> {
 
 /// The fields the dataplane needs, read through etherparse: the fair counterpart of
 /// `wire::parse` (which fills a `Parsed`).
-fn etherparse_fields(frame: &[u8]) -> Option<([u8; 16], [u8; 16], u16, u16, u8)> {
+fn etherparse_fields(frame: &[u8]) -> Option<Tuple> {
     let p = SlicedPacket::from_ethernet(frame).ok()?;
     let (src, dst, proto) = match p.net? {
         NetSlice::Ipv4(v4) => {
@@ -58,7 +58,13 @@ fn etherparse_fields(frame: &[u8]) -> Option<([u8; 16], [u8; 16], u16, u16, u8)>
         TransportSlice::Udp(u) => (u.source_port(), u.destination_port()),
         _ => (0, 0),
     };
-    Some((src, dst, sp, dp, proto))
+    Some(Tuple {
+        src,
+        dst,
+        src_port: sp,
+        dst_port: dp,
+        proto,
+    })
 }
 
 fn bench_parse(c: &mut Criterion) {
