@@ -364,15 +364,13 @@ impl<M: FrameMemory> Engine<M> {
         let generation = self.policy.generation();
         let mut bytes = 0u64;
         let (mut hits, mut misses) = (0u64, 0u64);
+        let mut parsed = Parsed::default();
         for &d in rx.as_slice() {
             bytes += u64::from(d.len);
-            let parsed = match wire::parse(mem.bytes(d.addr, d.len as usize)) {
-                Ok(p) => p,
-                Err(m) => {
-                    self.drop_frame(d, m.into());
-                    continue;
-                }
-            };
+            if let Err(m) = wire::parse_into(mem.bytes(d.addr, d.len as usize), &mut parsed) {
+                self.drop_frame(d, m.into());
+                continue;
+            }
             let egress = match self
                 .switch
                 .egress(in_port, &parsed.src_mac, &parsed.dst_mac)

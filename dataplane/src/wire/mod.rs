@@ -10,7 +10,7 @@ pub mod checksum;
 mod parse;
 
 pub use checksum::{complete_l4_checksum, ones_complement_sum};
-pub use parse::parse;
+pub use parse::{parse, parse_into};
 
 use crate::phy::PortId;
 use rules_wasm::abi::{FlowState, PacketRecord, proto};
