@@ -5,5 +5,6 @@ pub mod cli;
 pub mod docker;
 pub mod lab;
 pub mod netlink;
+pub mod runtime;
 pub mod state;
 pub mod takeover;
