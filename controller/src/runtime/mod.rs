@@ -235,12 +235,10 @@ impl BridgeRuntime {
                             source,
                         }
                     })?;
-                    let share = gateway
-                        .umem_share()
-                        .map_err(|source| RuntimeError::AfXdp {
-                            ifname: gw_name.to_string(),
-                            source,
-                        })?;
+                    let share = gateway.umem_share().map_err(|source| RuntimeError::AfXdp {
+                        ifname: gw_name.to_string(),
+                        source,
+                    })?;
                     let mut ports = Vec::new();
                     for a in attachments {
                         ports.push((a.clone(), open_shared(umem, &xdp, &share, &a.host_ifname)?));
@@ -487,10 +485,7 @@ impl BridgeRuntime {
             is_gateway: false,
             complete_checksums: true,
         };
-        let dp = self
-            .dataplane
-            .as_mut()
-            .ok_or(WorkerError::WorkerGone(0))?;
+        let dp = self.dataplane.as_mut().ok_or(WorkerError::WorkerGone(0))?;
         let owner = usize::from(a.port) % dp.workers();
         dp.add_port(config, port, owner)?;
         self.attached.insert(a.container.clone(), a.clone());
@@ -515,10 +510,7 @@ impl BridgeRuntime {
     /// Instantiates the current build once per worker (here, on the control thread) and
     /// hands the instances over; each worker swaps between two batches.
     fn install_policy(&mut self) -> Result<(), RuntimeError> {
-        let dp = self
-            .dataplane
-            .as_ref()
-            .ok_or(WorkerError::WorkerGone(0))?;
+        let dp = self.dataplane.as_ref().ok_or(WorkerError::WorkerGone(0))?;
         let chains = self
             .policy
             .instances(dp.workers())

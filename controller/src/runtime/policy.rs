@@ -8,7 +8,9 @@
 //! can say both which rule decides and that the dataplane's module agrees.
 use std::net::IpAddr;
 
-use dataplane::wasm::{LoadError, PolicyChain, PolicyModule, TraceResult, WasmRuntime, trace_fresh};
+use dataplane::wasm::{
+    LoadError, PolicyChain, PolicyModule, TraceResult, WasmRuntime, trace_fresh,
+};
 use rules_wasm::abi::{Action, FlowState, PacketRecord, RULE_NONE, addr_bytes, proto, tcp_flags};
 use rules_wasm::compiler::{CompileError, CompiledPolicy, compile};
 use rules_wasm::docker::{PortId, docker_ruleset};
@@ -125,8 +127,7 @@ impl TraceAnswer {
     pub fn agree(&self) -> bool {
         self.compiled.rule_id == self.reference_rule
             && (self.compiled.action == self.reference_action
-                || (self.compiled.action == Action::Continue
-                    && self.reference_rule == RULE_NONE))
+                || (self.compiled.action == Action::Continue && self.reference_rule == RULE_NONE))
     }
 
     /// "accept" / "drop" / "reject", for people.
@@ -217,11 +218,7 @@ impl PolicyBuild {
     pub fn trace(&self, packet: &PacketSpec) -> Result<TraceAnswer, LoadError> {
         let record = packet.record();
         let reference = reference::evaluate(&self.ruleset, &record);
-        let compiled = trace_fresh(
-            self.generation,
-            std::slice::from_ref(&self.module),
-            &record,
-        )?;
+        let compiled = trace_fresh(self.generation, std::slice::from_ref(&self.module), &record)?;
         let rule = reference.rule;
         let action = match reference.action {
             Action::Continue => self.ruleset.default,

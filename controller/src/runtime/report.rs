@@ -98,8 +98,13 @@ impl CounterTotals {
     pub fn tables(&self, state: &BridgeState, policy: Option<&PolicyBuild>) -> String {
         let mut out = String::new();
         let mut t = Table::new();
-        t.load_preset(UTF8_FULL_CONDENSED)
-            .set_header(vec!["port", "member", "interface", "rx packets", "tx packets"]);
+        t.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+            "port",
+            "member",
+            "interface",
+            "rx packets",
+            "tx packets",
+        ]);
         for &(id, rx, tx) in &self.ports {
             let (who, ifname) = if id == GATEWAY_PORT {
                 ("gateway (host, outside)".to_string(), String::new())
@@ -122,8 +127,13 @@ impl CounterTotals {
         }
         out.push_str(&format!("traffic per port:\n{t}\n"));
         let mut t = Table::new();
-        t.load_preset(UTF8_FULL_CONDENSED)
-            .set_header(vec!["rule", "chain", "target", "new flows decided", "rule text"]);
+        t.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+            "rule",
+            "chain",
+            "target",
+            "new flows decided",
+            "rule text",
+        ]);
         for &(id, n) in &self.rules {
             let (chain, target, text) = match policy.and_then(|p| p.ruleset.rule(id)) {
                 Some(r) => (
@@ -131,7 +141,11 @@ impl CounterTotals {
                     r.target.to_string(),
                     policy.map(|p| p.origin(id)).unwrap_or_default(),
                 ),
-                None => (String::new(), String::new(), "(a rule of an earlier policy)".into()),
+                None => (
+                    String::new(),
+                    String::new(),
+                    "(a rule of an earlier policy)".into(),
+                ),
             };
             t.add_row(vec![id.to_string(), chain, target, n.to_string(), text]);
         }
