@@ -195,12 +195,15 @@ struct WorkerHandle<P> {
     thread: Option<JoinHandle<Vec<P>>>,
 }
 
+/// The thread that drops replaced policies off the hot path, and the queue feeding it.
+type ReaperHandle = (Sender<Box<dyn Policy>>, JoinHandle<()>);
+
 /// The running dataplane: N worker threads over one shared frame memory.
 pub struct Dataplane<M: FrameMemory, P: WorkerPort<M>> {
     workers: Vec<WorkerHandle<P>>,
     owners: HashMap<PortId, usize>,
     spare: Arc<ArrayQueue<u64>>,
-    reaper: Option<(Sender<Box<dyn Policy>>, JoinHandle<()>)>,
+    reaper: Option<ReaperHandle>,
     _memory: std::marker::PhantomData<fn(M)>,
 }
 

@@ -77,7 +77,7 @@ impl Host {
             return Err(format!("ABI version {v}, expected {ABI_VERSION}"));
         }
         let io = init.call(&mut store, ()).map_err(|e| e.to_string())? as u32 as usize;
-        if io % 8 != 0 || io + rules_wasm::abi::IO_AREA_SIZE > memory.data_size(&store) {
+        if !io.is_multiple_of(8) || io + rules_wasm::abi::IO_AREA_SIZE > memory.data_size(&store) {
             return Err(format!("bad I/O area at {io}"));
         }
         Ok(Self {
