@@ -84,7 +84,9 @@ fn xdp_links(netns: &str) -> Vec<String> {
 /// One ICMP echo from `netns` (busybox's ping: `.ci/run` installs busybox-static).
 fn ping(netns: &str, ip: &str) -> bool {
     let out = Command::new("ip")
-        .args(["netns", "exec", netns, "busybox", "ping", "-c", "1", "-W", "1", ip])
+        .args([
+            "netns", "exec", netns, "busybox", "ping", "-c", "1", "-W", "1", ip,
+        ])
         .output()
         .expect("ip runs");
     let err = String::from_utf8_lossy(&out.stderr);
