@@ -179,8 +179,13 @@ fn root_docker_bridgewall_enforces_the_seed_scenarios() {
     engine.run_container("nginx_server1", &["-p", "8080:80"], &[]);
     engine.run_container("nginx_server2", &[], &[]);
     engine.run_container("client3", &["--link", "nginx_server2:ng2"], &[]);
-    let snap = follow(&t, &mut rt, &mut seen, |s| s.state.attachments.len() == 3);
-    // Later snapshots may have brought them one by one: make sure all three are attached.
+    // Apply every snapshot as it comes (one per container start, usually), as `run` does.
+    let snap = loop {
+        let s = follow(&t, &mut rt, &mut seen, |_| true);
+        if s.state.attachments.len() == 3 {
+            break s;
+        }
+    };
     assert_eq!(rt.attached().count(), 3, "{:?}", snap.state.attachments);
     assert_eq!(
         engine.bridge_ports("docker0"),
@@ -271,4 +276,119 @@ fn root_docker_bridgewall_enforces_the_seed_scenarios() {
     assert!(fetch_in(&engine, "nginx_server1", &format!("http://{ip2}/")).is_some());
     assert!(std::fs::read_dir(&state_dir).unwrap().next().is_none());
     drop(t);
+
+    // Phase C: the `bridgewall run` binary itself, stopped by SIGTERM.
+    let rules_file = engine.dir.join("rules.txt");
+    std::fs::write(&rules_file, &rules).unwrap();
+    let mut child = RunChild(
+        Command::new(env!("CARGO_BIN_EXE_bridgewall"))
+            .args([
+                "run",
+                "--docker-host",
+                &engine.host(),
+                "--netns",
+                &engine.netns,
+            ])
+            .args(["--icc", "false", "--workers", "2", "--rules"])
+            .arg(&rules_file)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    while !log
+        .iter()
+        .any(|l: &String| l.contains("bridgewall is enforcing"))
+    {
+        match rx.recv_timeout(WAIT) {
+            Ok(l) => log.push(l),
+            Err(_) => panic!("bridgewall run did not start:\n{}", log.join("\n")),
+        }
+    }
+    assert_eq!(
+        fetch_in(&engine, "nginx_server1", &format!("http://{ip2}/")),
+        None
+    );
+    assert!(fetch_in(&engine, "client3", "http://ng2/").is_some());
+    // A container started now is attached and filtered by the running binary.
+    engine.run_container("late4", &[], &[]);
+    while !log.iter().any(|l: &String| l.contains("attached: [late4]")) {
+        match rx.recv_timeout(WAIT) {
+            Ok(l) => log.push(l),
+            Err(_) => panic!("late4 not attached:\n{}", log.join("\n")),
+        }
+    }
+    let ip4 = engine.inspect("late4", "{{.NetworkSettings.IPAddress}}");
+    assert!(fetch_from_ns(&engine.netns, &format!("http://{ip4}/")).is_some());
+    assert_eq!(
+        fetch_in(&engine, "client3", &format!("http://{ip4}/")),
+        None
+    );
+    // A few more, one at a time, for the start → enforced latency distribution; then one
+    // leaves (its port is detached, the bridge does not get a dead veth back).
+    for i in 5..=9 {
+        let name = format!("late{i}");
+        engine.run_container(&name, &[], &[]);
+        let want = format!("attached: [{name}]");
+        while !log.iter().any(|l: &String| l.contains(&want)) {
+            match rx.recv_timeout(WAIT) {
+                Ok(l) => log.push(l),
+                Err(_) => panic!("{name} not attached:\n{}", log.join("\n")),
+            }
+        }
+    }
+    engine.docker_ok(&["rm", "-f", "late9"]);
+    while !log.iter().any(|l: &String| l.contains("detached: [late9]")) {
+        match rx.recv_timeout(WAIT) {
+            Ok(l) => log.push(l),
+            Err(_) => panic!("late9 not detached:\n{}", log.join("\n")),
+        }
+    }
+    let pid = child.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.0.wait().unwrap();
+    log.extend(rx.iter());
+    let text = log.join("\n");
+    println!("{text}");
+    assert!(status.success(), "{text}");
+    assert!(text.contains("policy decisions per rule"), "{text}");
+    assert!(
+        text.contains("snapshot -> ports attached and policy swapped"),
+        "{text}"
+    );
+    assert_eq!(
+        engine.bridge_ports("docker0").len(),
+        8,
+        "ports back after SIGTERM (3 + late4..late8)"
+    );
+    assert!(std::fs::read_dir(&state_dir).unwrap().next().is_none());
+}
+
+/// The `bridgewall run` child; killed and reaped on drop if still running.
+struct RunChild(std::process::Child);
+
+impl Drop for RunChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

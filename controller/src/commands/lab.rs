@@ -307,7 +307,11 @@ pub fn lab(run: LabRun, stop: Arc<AtomicBool>) -> anyhow::Result<bool> {
             "DISAGREE on some step"
         }
     );
-    println!("\n{}", rt.counters().tables(rt.state(), Some(rt.policy())));
+    println!(
+        "\n{}",
+        rt.counters()
+            .tables(rt.state(), Some(rt.policy()), rt.gateway_ifname())
+    );
     if run.hold && !stop.load(Ordering::Relaxed) {
         println!("lab is up with the dataplane; Ctrl-C to tear it down");
         while !stop.load(Ordering::Relaxed) {

@@ -105,8 +105,9 @@ pub fn follow(
     println!("stopping: giving the bridge back");
     let state = rt.state().clone();
     let policy = rt.policy().clone();
+    let gateway = rt.gateway_ifname().to_string();
     let report = rt.stop().context("stopping the dataplane")?;
-    println!("{}", report.totals.tables(&state, Some(&policy)));
+    println!("{}", report.totals.tables(&state, Some(&policy), &gateway));
     println!(
         "ports back on {}: [{}]; gone meanwhile: [{}]",
         report.restore.bridge,

@@ -95,7 +95,13 @@ impl CounterTotals {
     }
 
     /// The per-port, per-rule and drop tables.
-    pub fn tables(&self, state: &BridgeState, policy: Option<&PolicyBuild>) -> String {
+    /// `gateway` names the gateway pair's inner end (the gateway port's interface).
+    pub fn tables(
+        &self,
+        state: &BridgeState,
+        policy: Option<&PolicyBuild>,
+        gateway: &str,
+    ) -> String {
         let mut out = String::new();
         let mut t = Table::new();
         t.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
@@ -107,7 +113,7 @@ impl CounterTotals {
         ]);
         for &(id, rx, tx) in &self.ports {
             let (who, ifname) = if id == GATEWAY_PORT {
-                ("gateway (host, outside)".to_string(), String::new())
+                ("gateway (host, outside)".to_string(), gateway.to_string())
             } else {
                 state
                     .attachments
