@@ -40,12 +40,7 @@ pub fn follow(
     crate::cli::print_state(&first.state);
     let mut rt = BridgeRuntime::start(netns, first.state.clone(), options)
         .with_context(|| format!("taking bridge {} in {}", first.state.bridge, netns.label()))?;
-    if !rt.ip_forward() {
-        println!(
-            "WARNING: ip_forward is OFF in {}: published ports and container traffic to the outside will not be routed (sysctl -w net.ipv4.ip_forward=1)",
-            netns.label()
-        );
-    }
+    // ip_forward was checked (and a warning printed) before the takeover; see `cli::run`.
     println!(
         "bridgewall is enforcing bridge {} ({} containers, policy generation {}, {} rules); Ctrl-C or SIGTERM gives the bridge back",
         first.state.bridge,
