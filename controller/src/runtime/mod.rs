@@ -44,20 +44,20 @@ pub enum RuntimeError {
     #[error(transparent)]
     Takeover(#[from] TakeoverError),
     /// A netlink query or entering the namespace failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Netlink {
         /// What was being done.
         what: String,
-        /// The cause.
-        source: NetlinkError,
+        /// The cause (in the message, so not also a `source()`).
+        error: NetlinkError,
     },
     /// An AF_XDP port could not be opened (the error says what to do).
-    #[error("attaching the dataplane to {ifname}: {source}")]
+    #[error("attaching the dataplane to {ifname}: {error}")]
     AfXdp {
         /// The interface.
         ifname: String,
-        /// The cause.
-        source: AfXdpError,
+        /// The cause (in the message, so not also a `source()`).
+        error: AfXdpError,
     },
     /// The dataplane's workers refused a request.
     #[error("dataplane: {0}")]
@@ -185,16 +185,16 @@ impl BridgeRuntime {
         opts: RuntimeOptions,
     ) -> Result<BridgeRuntime, RuntimeError> {
         let bridge = state.bridge.clone();
-        let netns = netns.try_clone().map_err(|source| RuntimeError::Netlink {
+        let netns = netns.try_clone().map_err(|error| RuntimeError::Netlink {
             what: "holding the bridge's namespace".into(),
-            source,
+            error,
         })?;
         let ip_forward = netns
             .run(ip_forward_enabled)
             .and_then(|r| r)
-            .map_err(|source| RuntimeError::Netlink {
+            .map_err(|error| RuntimeError::Netlink {
                 what: format!("reading ip_forward in {}", netns.label()),
-                source,
+                error,
             })?;
         if !ip_forward {
             tracing::warn!(
@@ -217,9 +217,9 @@ impl BridgeRuntime {
             }
         }
         let bridge_mac = bridge_mac(&netns, &bridge)?;
-        let umem = Umem::new(opts.umem).map_err(|source| RuntimeError::AfXdp {
+        let umem = Umem::new(opts.umem).map_err(|error| RuntimeError::AfXdp {
             ifname: bridge.clone(),
-            source,
+            error,
         })?;
         let gateway_ifname = takeover.gateway().name;
         let xdp = opts.xdp;
@@ -229,15 +229,15 @@ impl BridgeRuntime {
             let attachments = &state.attachments;
             netns
                 .run_scoped(move || -> Result<_, RuntimeError> {
-                    let gateway = XdpPort::open(umem, gw_name, &xdp, None).map_err(|source| {
+                    let gateway = XdpPort::open(umem, gw_name, &xdp, None).map_err(|error| {
                         RuntimeError::AfXdp {
                             ifname: gw_name.to_string(),
-                            source,
+                            error,
                         }
                     })?;
-                    let share = gateway.umem_share().map_err(|source| RuntimeError::AfXdp {
+                    let share = gateway.umem_share().map_err(|error| RuntimeError::AfXdp {
                         ifname: gw_name.to_string(),
-                        source,
+                        error,
                     })?;
                     let mut ports = Vec::new();
                     for a in attachments {
@@ -245,9 +245,9 @@ impl BridgeRuntime {
                     }
                     Ok((gateway, share, ports))
                 })
-                .map_err(|source| RuntimeError::Netlink {
+                .map_err(|error| RuntimeError::Netlink {
                     what: "entering the bridge's namespace".into(),
-                    source,
+                    error,
                 })??
         };
         let workers = opts.workers.max(1);
@@ -455,15 +455,15 @@ impl BridgeRuntime {
     fn open_in_netns(&self, ifname: &str) -> Result<XdpPort, RuntimeError> {
         let share = self.share.as_ref().ok_or_else(|| RuntimeError::AfXdp {
             ifname: ifname.to_string(),
-            source: AfXdpError::Config("the dataplane is stopped".into()),
+            error: AfXdpError::Config("the dataplane is stopped".into()),
         })?;
         let umem = &self.umem;
         let xdp = self.opts.xdp;
         self.netns
             .run_scoped(move || open_shared(umem, &xdp, share, ifname))
-            .map_err(|source| RuntimeError::Netlink {
+            .map_err(|error| RuntimeError::Netlink {
                 what: "entering the bridge's namespace".into(),
-                source,
+                error,
             })?
     }
 
@@ -550,9 +550,9 @@ fn open_shared(
     share: &UmemShare,
     ifname: &str,
 ) -> Result<XdpPort, RuntimeError> {
-    XdpPort::open_shared(umem, ifname, xdp, share).map_err(|source| RuntimeError::AfXdp {
+    XdpPort::open_shared(umem, ifname, xdp, share).map_err(|error| RuntimeError::AfXdp {
         ifname: ifname.to_string(),
-        source,
+        error,
     })
 }
 
@@ -571,7 +571,7 @@ fn bridge_mac(netns: &Netns, bridge: &str) -> Result<[u8; 6], RuntimeError> {
             })
         })
         .and_then(|r| r)
-        .map_err(|source| RuntimeError::Netlink { what, source })?;
+        .map_err(|error| RuntimeError::Netlink { what, error })?;
     facts.mac.ok_or_else(|| RuntimeError::NoBridgeMac {
         bridge: bridge.to_string(),
     })

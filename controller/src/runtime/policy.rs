@@ -24,12 +24,12 @@ use crate::state::BridgeState;
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     /// A user rule was rejected (the error names the line and token).
-    #[error("user rules ({origin}): {source}")]
+    #[error("user rules ({origin}): {error}")]
     Rules {
         /// Where the rules came from (a file name).
         origin: String,
-        /// The parser's complaint.
-        source: ParseError,
+        /// The parser's complaint (in the message, so not also a `source()`).
+        error: ParseError,
     },
     /// The compiler refused the rule set.
     #[error("compiling the policy: {0}")]
@@ -88,9 +88,9 @@ pub fn build(
     user: &UserRules,
     generation: u64,
 ) -> Result<PolicyBuild, PolicyError> {
-    let user_rules = parse(&user.text, &state.network).map_err(|source| PolicyError::Rules {
+    let user_rules = parse(&user.text, &state.network).map_err(|error| PolicyError::Rules {
         origin: user.origin.clone(),
-        source,
+        error,
     })?;
     let ruleset = docker_ruleset(&state.network, user_rules, generation);
     let compiled = compile(&ruleset)?;
@@ -233,5 +233,100 @@ impl PolicyBuild {
             chain: self.ruleset.rule(rule).map(|r| r.chain),
             origin: self.origin(rule),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::trace::lab_state;
+    use crate::lab::{LabSpec, WALKTHROUGH_TOML};
+    use dataplane::wasm::WasmConfig;
+
+    fn walkthrough() -> (BridgeState, UserRules) {
+        let spec = LabSpec::from_toml(WALKTHROUGH_TOML, "walkthrough").unwrap();
+        let rules = UserRules::from_lines(&spec.rules, "walkthrough");
+        (lab_state(&spec), rules)
+    }
+
+    fn packet(state: &BridgeState, src: &str, dst: &str, port: u16) -> PacketSpec {
+        let c = |n: &str| {
+            state
+                .network
+                .containers
+                .iter()
+                .find(|c| c.name == n)
+                .unwrap()
+        };
+        PacketSpec {
+            src: c(src).ips[0],
+            dst: c(dst).ips[0],
+            protocol: proto::TCP,
+            dst_port: port,
+            in_port: c(src).port,
+            out_port: c(dst).port,
+        }
+    }
+
+    #[test]
+    fn walkthrough_traces_name_the_deciding_rule_and_both_evaluators_agree() {
+        let wasm = WasmRuntime::new(WasmConfig::default()).unwrap();
+        let (state, rules) = walkthrough();
+        let b = build(&wasm, &state, &rules, 7).unwrap();
+        assert_eq!(b.generation, 7);
+        assert_eq!(b.instances(2).unwrap().len(), 2);
+
+        let t = b
+            .trace(&packet(&state, "nginx_server1", "nginx_server2", 80))
+            .unwrap();
+        assert!(t.agree(), "{t:?}");
+        assert_eq!((t.action, t.chain), (Action::Drop, Some(Chain::Icc)));
+
+        let t = b
+            .trace(&packet(&state, "client3", "nginx_server2", 80))
+            .unwrap();
+        assert!(t.agree(), "{t:?}");
+        assert_eq!((t.action, t.chain), (Action::Accept, Some(Chain::Docker)));
+        assert!(t.origin.contains("link client3"), "{}", t.origin);
+
+        let t = b
+            .trace(&packet(&state, "client3", "nginx_server2", 7))
+            .unwrap();
+        assert!(t.agree(), "{t:?}");
+        assert_eq!(t.action, Action::Drop);
+
+        let s1 = packet(&state, "client3", "nginx_server1", 80);
+        let from_outside1 = PacketSpec {
+            src: "198.18.1.2".parse().unwrap(),
+            in_port: GATEWAY,
+            ..s1
+        };
+        let t = b.trace(&from_outside1).unwrap();
+        assert!(t.agree(), "{t:?}");
+        assert_eq!((t.action, t.chain), (Action::Drop, Some(Chain::User)));
+        assert!(t.origin.starts_with("-I -s 198.18.1.2"), "{}", t.origin);
+        let t = b
+            .trace(&PacketSpec {
+                src: "198.18.2.2".parse().unwrap(),
+                ..from_outside1
+            })
+            .unwrap();
+        assert_eq!((t.action, t.chain), (Action::Accept, Some(Chain::Docker)));
+    }
+
+    const GATEWAY: PortId = crate::state::GATEWAY_PORT;
+
+    #[test]
+    fn a_bad_user_rule_is_an_error_naming_line_and_token() {
+        let wasm = WasmRuntime::new(WasmConfig::default()).unwrap();
+        let (state, _) = walkthrough();
+        let rules = UserRules {
+            text: "# comment\n-I -s client3 -j DROP\n-A -d nosuch -j DROP\n".into(),
+            origin: "rules.txt".into(),
+        };
+        assert_eq!(rules.count(), 2);
+        let e = build(&wasm, &state, &rules, 1).unwrap_err().to_string();
+        assert!(e.contains("rules.txt") && e.contains("line 3"), "{e}");
+        assert!(e.contains("nosuch"), "{e}");
     }
 }
