@@ -346,6 +346,8 @@ fn root_docker_cli_run_follows_events_and_names_bad_bridges() {
     assert!(!out.status.success());
     assert!(err.contains("no such bridge \"nosuch0\""), "{err}");
 
+    // The takeover's state file goes under the engine's directory (removed with it).
+    let state_dir = engine.dir.join("bridgewall-state");
     let mut child = std::process::Command::new(bin)
         .args([
             "run",
@@ -353,6 +355,8 @@ fn root_docker_cli_run_follows_events_and_names_bad_bridges() {
             &engine.host(),
             "--netns",
             &engine.netns,
+            "--state-dir",
+            state_dir.to_str().unwrap(),
         ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -361,9 +365,9 @@ fn root_docker_cli_run_follows_events_and_names_bad_bridges() {
     let pid = child.id().to_string();
     let mut lines = Lines::new(child.stdout.take().unwrap());
     lines.wait_for("connected to Docker 20.10");
-    lines.wait_for("dataplane not attached yet");
     lines.wait_for("icc=true");
     lines.wait_for("first");
+    lines.wait_for("bridgewall is enforcing bridge docker0");
     engine.run_container("second", &[], &[]);
     lines.wait_for("+ second 172.17.");
     engine.docker_ok(&["rm", "-f", "first"]);

@@ -11,11 +11,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use rules_wasm::docker::{PortProto, Published};
 
-use crate::docker::{
-    DockerError, EngineAddress, Tracker, TrackerConfig, TrackerStatus, connect, read_state,
-};
-use crate::lab::{Expect, Lab, LabSpec, WALKTHROUGH_TOML};
+use crate::docker::{DockerError, EngineAddress, TrackerConfig, connect, read_state};
+use crate::lab::{LabSpec, WALKTHROUGH_TOML};
 use crate::netlink::{NetlinkError, Netns, Rtnl, ip_forward_enabled, is_root};
+use crate::runtime::RuntimeOptions;
+use crate::runtime::policy::UserRules;
 use crate::state::{BridgeState, Snapshot};
 
 /// Docker's bridge networking, enforced by an AF_XDP dataplane with WebAssembly policies.
@@ -37,6 +37,53 @@ enum Command {
     Lab(LabArgs),
     /// Print the engine's bridge network and containers once.
     DockerState(EngineArgs),
+    /// Give back a bridge left taken by a bridgewall that was killed (`kill -9`, a crash).
+    Restore(RestoreArgs),
+    /// Which module, chain and rule decide one packet (e.g. `trace web db tcp 5432`).
+    Trace(TraceArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct DataplaneArgs {
+    /// Dataplane worker threads (each owns some of the bridge's ports).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Where the takeover records what it changed, so a crash can be undone.
+    #[arg(long, default_value = crate::takeover::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct RestoreArgs {
+    /// The bridge to give back.
+    #[arg(long, default_value = "docker0")]
+    bridge: String,
+    /// The network namespace the bridge lives in (a name under /run/netns or a path).
+    #[arg(long)]
+    netns: Option<String>,
+    /// Where the takeover's state files are.
+    #[arg(long, default_value = crate::takeover::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct TraceArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Take the state from this lab file instead of a Docker engine.
+    #[arg(long)]
+    lab: Option<PathBuf>,
+    /// User rules in iptables syntax (default with --lab: the lab file's own).
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// Source: a container name, `host`, or an address.
+    src: String,
+    /// Destination: a container name, `host`, or an address.
+    dst: String,
+    /// tcp, udp, icmp or a protocol number.
+    proto: String,
+    /// Destination port (0 for ICMP).
+    dport: u16,
 }
 
 /// How icc is decided.
@@ -77,6 +124,8 @@ struct RunArgs {
     /// User rules in iptables syntax, one per line (`-I -s A -d B -p tcp --dport 80 -j DROP`).
     #[arg(long)]
     rules: Option<PathBuf>,
+    #[command(flatten)]
+    dataplane: DataplaneArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -89,6 +138,8 @@ struct LabArgs {
     /// Keep the lab up after the walkthrough until Ctrl-C (to poke at it with `ip netns exec`).
     #[arg(long)]
     hold: bool,
+    #[command(flatten)]
+    dataplane: DataplaneArgs,
 }
 
 /// Runs the command line; the binary's `main` is a thin wrapper over this.
@@ -103,8 +154,10 @@ pub fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Lab(args) => lab(args),
-        Command::Run(args) => runtime()?.block_on(run(args)),
+        Command::Run(args) => run(args),
         Command::DockerState(args) => runtime()?.block_on(docker_state(args)),
+        Command::Restore(args) => restore(args),
+        Command::Trace(args) => trace(args),
     }
 }
 
@@ -194,71 +247,130 @@ async fn docker_state(args: EngineArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+/// Reads a user rules file (the rules are parsed, against the containers they name, each
+/// time the policy is built).
+fn read_rules(path: Option<&PathBuf>) -> anyhow::Result<UserRules> {
+    let Some(path) = path else {
+        return Ok(UserRules::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the rules file {}", path.display()))?;
+    Ok(UserRules {
+        text,
+        origin: path.display().to_string(),
+    })
+}
+
+fn runtime_options(bridge: &str, args: &DataplaneArgs, rules: UserRules) -> RuntimeOptions {
+    let mut o = RuntimeOptions::for_bridge(bridge);
+    o.workers = args.workers.max(1);
+    o.takeover.state_dir = args.state_dir.clone();
+    o.user_rules = rules;
+    o
+}
+
+fn open_netns(netns: Option<&str>) -> anyhow::Result<Netns> {
+    Ok(match netns {
+        Some(n) => Netns::open(n).with_context(|| format!("--netns {n}"))?,
+        None => Netns::current()?,
+    })
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
     let cfg = tracker_config(&args.engine)?;
     if !is_root() {
-        println!("note: not running as root; netlink and namespace access will likely fail");
+        bail!(
+            "bridgewall run needs root: it moves the bridge's ports and opens AF_XDP sockets (run it with sudo)"
+        );
     }
-    // Connect once up front so an unreachable engine is an error, not a retry loop.
-    let engine = connect(&cfg.address).await.map_err(docker_hint)?;
-    println!(
-        "connected to Docker {} (API {}) at {}",
-        engine.engine_version, engine.api_version, engine.address
-    );
-    check_bridge(&args.engine).await?;
-    if let Some(path) = &args.rules {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the rules file {}", path.display()))?;
-        let n = text
-            .lines()
-            .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-            .count();
-        println!("{n} user rules read from {}", path.display());
+    let rules = read_rules(args.rules.as_ref())?;
+    {
+        let rt = runtime()?;
+        rt.block_on(async {
+            // Connect once up front so an unreachable engine is an error, not a retry loop.
+            let engine = connect(&cfg.address).await.map_err(docker_hint)?;
+            println!(
+                "connected to Docker {} (API {}) at {}",
+                engine.engine_version, engine.api_version, engine.address
+            );
+            check_bridge(&args.engine).await.map(|_| ())
+        })?;
     }
-    println!(
-        "dataplane not attached yet: this build tracks Docker and prints what the policy would be built from"
-    );
-    let (tracker, mut ch) = Tracker::new(cfg);
-    let task = tokio::spawn(tracker.run());
-    let mut last: Option<Arc<Snapshot>> = None;
-    loop {
-        tokio::select! {
-            changed = ch.snapshots.changed() => {
-                if changed.is_err() { break; }
-                let snap = ch.snapshots.borrow_and_update().clone();
-                if let Some(snap) = snap {
-                    print_changes(last.as_deref(), &snap);
-                    last = Some(snap);
+    if rules.count() > 0 {
+        println!("{} user rules from {}", rules.count(), rules.origin);
+    }
+    let netns = open_netns(args.engine.netns.as_deref())?;
+    let options = runtime_options(&args.engine.bridge, &args.dataplane, rules);
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_ctrl_c(stop.clone())?;
+    crate::commands::run::follow(cfg, &netns, options, stop)
+}
+
+fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let netns = open_netns(args.netns.as_deref())?;
+    match crate::takeover::restore_from_state(&netns, &args.bridge, &args.state_dir)
+        .with_context(|| format!("restoring bridge {} in {}", args.bridge, netns.label()))?
+    {
+        None => println!(
+            "nothing to restore: no record of a takeover of {} in {} under {}",
+            args.bridge,
+            netns.label(),
+            args.state_dir.display()
+        ),
+        Some(r) => {
+            println!(
+                "bridge {} restored: ports back [{}], gone meanwhile [{}], gateway pair removed: {}",
+                r.bridge,
+                r.returned.join(", "),
+                r.vanished.join(", "),
+                if r.gateway_removed {
+                    "yes"
+                } else {
+                    "no (not found)"
                 }
-            }
-            changed = ch.status.changed() => {
-                if changed.is_err() { break; }
-                let status = ch.status.borrow_and_update().clone();
-                match status {
-                    TrackerStatus::Disconnected { error, retry_in, .. } => println!(
-                        "engine lost: {error}; keeping the last known state, retrying in {retry_in:?}"
-                    ),
-                    TrackerStatus::Synced { resyncs, .. } if resyncs > 1 => {
-                        println!("engine back: state resynced");
-                    }
-                    _ => {}
-                }
-            }
-            _ = tokio::signal::ctrl_c() => {
-                println!("stopping");
-                break;
+            );
+            if !r.left.is_empty() {
+                println!("left where they are: {}", r.left.join("; "));
             }
         }
-    }
-    task.abort();
-    let lat = ch.metrics.start_to_snapshot();
-    if lat.count > 0 {
-        println!("container start event -> new snapshot: {lat}");
     }
     Ok(())
 }
 
-fn print_changes(prev: Option<&Snapshot>, snap: &Snapshot) {
+fn trace(args: TraceArgs) -> anyhow::Result<()> {
+    let (state, mut rules) = match &args.lab {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the lab file {}", path.display()))?;
+            let origin = path.display().to_string();
+            let spec = LabSpec::from_toml(&text, &origin)?;
+            let rules = UserRules::from_lines(&spec.rules, &origin);
+            (crate::commands::trace::lab_state(&spec), rules)
+        }
+        None => {
+            let cfg = tracker_config(&args.engine)?;
+            let (_, state) = runtime()?.block_on(read_state(&cfg)).map_err(docker_hint)?;
+            (state, UserRules::default())
+        }
+    };
+    if args.rules.is_some() {
+        rules = read_rules(args.rules.as_ref())?;
+    }
+    let agree = crate::commands::trace::trace(
+        &state,
+        &rules,
+        &args.src,
+        &args.dst,
+        &args.proto,
+        args.dport,
+    )?;
+    if !agree {
+        bail!("the compiled module and the reference interpreter disagree: please report this");
+    }
+    Ok(())
+}
+
+pub(crate) fn print_changes(prev: Option<&Snapshot>, snap: &Snapshot) {
     let Some(prev) = prev else {
         print_state(&snap.state);
         return;
@@ -323,7 +435,7 @@ fn proto_name(p: u8) -> String {
     }
 }
 
-fn print_state(state: &BridgeState) {
+pub(crate) fn print_state(state: &BridgeState) {
     println!(
         "bridge {}: icc={}, gateway {}, {} containers",
         state.bridge,
@@ -379,99 +491,62 @@ fn lab(args: LabArgs) -> anyhow::Result<()> {
             "the embedded walkthrough".to_string(),
         ),
     };
-    let spec = LabSpec::from_toml(&text, &origin)?;
+    if !is_root() {
+        bail!("bridgewall lab needs root: it builds network namespaces (run it with sudo)");
+    }
     let stop = Arc::new(AtomicBool::new(false));
     watch_ctrl_c(stop.clone())?;
-    println!("building the lab from {origin} ...");
-    let lab = Lab::build(spec)?;
-    println!("namespaces: {}", lab.netns_names().join(", "));
-    print_state(lab.state());
-    if !lab.user_rules().is_empty() {
-        println!("user rules:");
-        for r in lab.user_rules() {
-            println!("  {r}");
-        }
+    let run = crate::commands::lab::LabRun {
+        text,
+        origin,
+        timeout: Duration::from_millis(args.probe_timeout_ms),
+        hold: args.hold,
+        options: runtime_options("docker0", &args.dataplane, UserRules::default()),
+    };
+    let all_ok = crate::commands::lab::lab(run, stop)?;
+    if !all_ok {
+        bail!("some steps did not go as expected (see above)");
     }
-    println!(
-        "NOTE: dataplane not attached yet: the kernel bridge switches everything, so icc, links, published-port limits and user rules are not enforced; 'expected' is what bridgewall will enforce."
-    );
-    let timeout = Duration::from_millis(args.probe_timeout_ms);
-    let results = lab.run_steps(timeout, &stop, |r| {
-        println!(
-            "step {:>2}: {} -> {} {}/{}: {}",
-            r.number, r.step.from, r.step.to, r.step.port, r.step.proto, r.outcome
-        );
-    })?;
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
-        "step",
-        "from",
-        "to",
-        "port",
-        "expected",
-        "outcome",
-        "as expected",
-        "why",
-    ]);
-    for r in &results {
-        t.add_row(vec![
-            r.number.to_string(),
-            r.step.from.clone(),
-            r.step.to.clone(),
-            format!("{}/{}", r.step.port, r.step.proto),
-            match r.step.expect {
-                Expect::Pass => "pass".into(),
-                Expect::Drop => "drop".into(),
-            },
-            r.outcome.to_string(),
-            if r.as_expected() {
-                "yes".into()
-            } else {
-                "NO".into()
-            },
-            r.step.why.clone(),
-        ]);
-    }
-    println!("{t}");
-    let ok = results.iter().filter(|r| r.as_expected()).count();
-    println!("{ok}/{} steps as expected", results.len());
-    if args.hold && !stop.load(Ordering::Relaxed) {
-        println!("lab is up; Ctrl-C to tear it down");
-        while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    let names = lab.netns_names();
-    lab.teardown().context("tearing the lab down")?;
-    println!("lab removed ({} namespaces)", names.len());
     Ok(())
 }
 
-/// Sets `stop` on Ctrl-C instead of dying, so the lab is torn down by its own code.
+/// Sets `stop` on SIGINT (Ctrl-C) or SIGTERM instead of dying, so the dataplane stops, the
+/// bridge gets its ports back and the lab is torn down by their own code.
 fn watch_ctrl_c(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the signal watcher")?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
-        .name("ctrl-c".into())
+        .name("signals".into())
         .spawn(move || {
             rt.block_on(async {
-                let signal = tokio::signal::ctrl_c();
-                tokio::pin!(signal);
-                // Poll once so the handler is installed before the lab is built.
-                let _ = futures_util::poll!(&mut signal);
-                let _ = ready_tx.send(());
-                if signal.await.is_ok() {
-                    eprintln!("\ninterrupted: tearing the lab down");
-                    stop.store(true, Ordering::Relaxed);
-                }
+                // Created inside the runtime, before anything is built: the handlers are in
+                // place from here on.
+                let signals = signal(SignalKind::interrupt())
+                    .and_then(|i| signal(SignalKind::terminate()).map(|t| (i, t)));
+                let (mut int, mut term) = match signals {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let name = tokio::select! {
+                    _ = int.recv() => "SIGINT",
+                    _ = term.recv() => "SIGTERM",
+                };
+                eprintln!("\n{name}: stopping, giving the bridge back");
+                stop.store(true, Ordering::Relaxed);
             });
         })
         .context("starting the signal watcher")?;
     ready_rx
         .recv_timeout(Duration::from_secs(5))
-        .context("installing the Ctrl-C handler")?;
+        .context("installing the signal handlers")?
+        .context("installing the signal handlers")?;
     Ok(())
 }

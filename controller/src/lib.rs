@@ -2,8 +2,10 @@
 //! the dataplane's policy equal to what Docker and the user say.
 #![forbid(unsafe_code)]
 pub mod cli;
+pub mod commands;
 pub mod docker;
 pub mod lab;
 pub mod netlink;
+pub mod runtime;
 pub mod state;
 pub mod takeover;

@@ -132,6 +132,45 @@ impl Netns {
         self.spawn("netns-run", f)?.join()
     }
 
+    /// Runs `f` on a scoped thread inside this namespace and returns its result. Unlike
+    /// [`Netns::run`], `f` may borrow from the caller: opening AF_XDP ports that share a UMEM
+    /// the caller keeps needs exactly that (the sockets and bpf links live in the namespace
+    /// of the thread that creates them).
+    pub fn run_scoped<T, F>(&self, f: F) -> Result<T, NetlinkError>
+    where
+        F: FnOnce() -> T + Send,
+        T: Send,
+    {
+        let op = format!("entering netns {}", self.label);
+        thread::scope(|s| {
+            let handle = thread::Builder::new()
+                .name("netns-scoped".into())
+                .spawn_scoped(s, || {
+                    nix::sched::setns(&self.fd, CloneFlags::CLONE_NEWNET).map(|()| f())
+                })
+                .map_err(|e| NetlinkError::io(&op, e))?;
+            match handle.join() {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(errno)) => Err(NetlinkError::errno(&op, errno)),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
+    }
+
+    /// Another handle on the same namespace, which never deletes it: for a component that
+    /// must keep using the namespace while its creator still owns it.
+    pub fn try_clone(&self) -> Result<Netns, NetlinkError> {
+        let fd = self
+            .fd
+            .try_clone()
+            .map_err(|e| NetlinkError::io(format!("duplicating netns {}", self.label), e))?;
+        Ok(Netns {
+            label: self.label.clone(),
+            fd,
+            owned_path: None,
+        })
+    }
+
     /// Starts a long-lived thread inside this namespace (a responder, a proxy). Threads it
     /// spawns in turn inherit the namespace.
     pub fn spawn<T, F>(&self, name: &str, f: F) -> Result<NsThread<T>, NetlinkError>

@@ -43,7 +43,7 @@ pub use bpf::{RedirectProgram, XdpAction, XdpLink, XdpMode, XskMap};
 pub use error::{AfXdpError, VETH_NATIVE_XDP_MAX_MTU};
 pub use iface::{if_index, interface_mtu};
 pub use poll::{AdaptivePoller, PollConfig, PollOutcome};
-pub use port::{XdpPort, XdpPortConfig, XdpPortCounters};
+pub use port::{UmemShare, XdpPort, XdpPortConfig, XdpPortCounters};
 pub use socket::{BindRetry, RingSizes, XdpStatistics, XskSocket};
 pub use thread::{NetnsReturn, enter_netns, pin_current_thread};
 pub use umem::{Umem, UmemConfig, UmemRegion};

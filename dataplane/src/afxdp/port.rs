@@ -1,6 +1,6 @@
 //! An AF_XDP port: one interface queue, its socket, XSKMAP, redirect program and link,
 //! behind the [`Port`] trait.
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use super::bpf::{RedirectProgram, XdpLink, XdpMode, XskMap};
 use super::error::{AfXdpError, VETH_NATIVE_XDP_MAX_MTU};
@@ -65,6 +65,14 @@ pub struct XdpPortCounters {
     pub last_errno: i32,
 }
 
+/// A duplicate descriptor of the socket that registered a UMEM: what a port opened later
+/// (a container that started after the dataplane) shares the UMEM through, while the
+/// registering port itself is owned by a worker thread.
+#[derive(Debug)]
+pub struct UmemShare {
+    fd: OwnedFd,
+}
+
 /// An AF_XDP port on one interface queue.
 pub struct XdpPort {
     // Drop order: detach the program, then the program and map, then the socket (whose rings
@@ -98,6 +106,39 @@ impl XdpPort {
         config: &XdpPortConfig,
         share_with: Option<&XdpPort>,
     ) -> Result<Self, AfXdpError> {
+        Self::open_inner(umem, ifname, config, share_with.map(|p| p.socket.fd()))
+    }
+
+    /// A handle on this port's socket that lets more ports share its UMEM later
+    /// ([`XdpPort::open_shared`]), after this port has moved to a worker thread. Call it on
+    /// the port that registered the UMEM; the handle keeps that socket open, so drop it
+    /// before (or with) the port.
+    pub fn umem_share(&self) -> Result<UmemShare, AfXdpError> {
+        let fd = self
+            .socket
+            .fd()
+            .try_clone_to_owned()
+            .map_err(|e| AfXdpError::from_errno("dup(xsk)", e.raw_os_error().unwrap_or(0)))?;
+        Ok(UmemShare { fd })
+    }
+
+    /// Opens a port sharing the UMEM registered by the socket behind `share` (see
+    /// [`XdpPort::umem_share`]); otherwise as [`XdpPort::open`].
+    pub fn open_shared(
+        umem: &Umem,
+        ifname: &str,
+        config: &XdpPortConfig,
+        share: &UmemShare,
+    ) -> Result<Self, AfXdpError> {
+        Self::open_inner(umem, ifname, config, Some(share.fd.as_fd()))
+    }
+
+    fn open_inner(
+        umem: &Umem,
+        ifname: &str,
+        config: &XdpPortConfig,
+        share_with: Option<BorrowedFd<'_>>,
+    ) -> Result<Self, AfXdpError> {
         let ifindex = if_index(ifname)?;
         if config.mode == XdpMode::Native {
             let mtu = interface_mtu(ifname)?;
@@ -117,13 +158,13 @@ impl XdpPort {
                 );
             }
         }
-        let socket = XskSocket::bind(
+        let socket = XskSocket::bind_sharing(
             umem,
             ifname,
             ifindex,
             config.queue,
             config.rings,
-            share_with.map(|p| &p.socket),
+            share_with,
             config.bind_retry,
         )?;
         if let Some(budget) = config.tx_budget

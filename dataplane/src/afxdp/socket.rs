@@ -108,6 +108,29 @@ impl XskSocket {
         share_with: Option<&XskSocket>,
         retry: BindRetry,
     ) -> Result<Self, AfXdpError> {
+        Self::bind_sharing(
+            umem,
+            ifname,
+            ifindex,
+            queue,
+            sizes,
+            share_with.map(|s| s.fd.as_fd()),
+            retry,
+        )
+    }
+
+    /// [`XskSocket::bind`] with the UMEM owner given by its descriptor (any descriptor of
+    /// the owner socket, e.g. a duplicate kept by the control thread after the owner's port
+    /// moved to a worker): `None` registers `umem` here.
+    pub fn bind_sharing(
+        umem: &Umem,
+        ifname: &str,
+        ifindex: u32,
+        queue: u32,
+        sizes: RingSizes,
+        share_with: Option<BorrowedFd<'_>>,
+        retry: BindRetry,
+    ) -> Result<Self, AfXdpError> {
         for (what, n) in [
             ("fill", sizes.fill),
             ("completion", sizes.completion),
@@ -177,7 +200,7 @@ impl XskSocket {
         ifindex: u32,
         queue: u32,
         sizes: RingSizes,
-        share_with: Option<&XskSocket>,
+        share_with: Option<BorrowedFd<'_>>,
         retry: BindRetry,
     ) -> Result<Rings, AfXdpError> {
         setsockopt(
@@ -265,7 +288,7 @@ impl XskSocket {
                 flags: XDP_SHARED_UMEM,
                 ifindex,
                 queue_id: queue,
-                shared_umem_fd: owner.fd.as_raw_fd() as u32,
+                shared_umem_fd: owner.as_raw_fd() as u32,
             },
             None => SockaddrXdp {
                 family: AF_XDP as u16,

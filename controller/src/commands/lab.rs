@@ -1,0 +1,331 @@
+//! `bridgewall lab`: the Docker-free lab with the dataplane in front of its bridge, its
+//! walkthrough step by step (what was expected, what happened, which rule decided and how
+//! its counter moved), the counters, then a clean teardown.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use rules_wasm::abi::proto;
+
+use crate::lab::{Expect, Lab, Proto, StepResult};
+use crate::runtime::policy::{PacketSpec, TraceAnswer};
+use crate::runtime::{BridgeRuntime, RuntimeOptions};
+use crate::state::GATEWAY_PORT;
+
+/// The packet the dataplane judges for a lab step, and how it gets there; `None` when the
+/// step's traffic does not cross the bridge (e.g. an outside host talking to the lab host).
+pub fn step_packet(
+    lab: &Lab,
+    from: &str,
+    to: &str,
+    p: Proto,
+    port: u16,
+) -> Option<(PacketSpec, &'static str)> {
+    let state = lab.state();
+    let gateway_ip = *state.network.gateway_ips.first()?;
+    let protocol = match p {
+        Proto::Tcp => proto::TCP,
+        Proto::Udp => proto::UDP,
+    };
+    let container = |name: &str| state.network.containers.iter().find(|c| c.name == name);
+    let (src, in_port) = if from == "host" {
+        (gateway_ip, GATEWAY_PORT)
+    } else if let Some(c) = container(from) {
+        (*c.ips.first()?, c.port)
+    } else {
+        let o = lab.outside_hosts().iter().find(|o| o.name == from)?;
+        (std::net::IpAddr::V4(o.ip), GATEWAY_PORT)
+    };
+    if to == "host" {
+        // Only a published port crosses the bridge: the lab's proxy (like docker-proxy)
+        // connects to the container from the bridge's address.
+        let target = state.network.containers.iter().find(|c| {
+            c.published
+                .iter()
+                .any(|p| p.host_port == port && p.proto == protocol)
+        })?;
+        let cport = target
+            .published
+            .iter()
+            .find(|p| p.host_port == port && p.proto == protocol)?
+            .container_port;
+        let spec = PacketSpec {
+            src: gateway_ip,
+            dst: *target.ips.first()?,
+            protocol,
+            dst_port: cport,
+            in_port: GATEWAY_PORT,
+            out_port: target.port,
+        };
+        return Some((spec, "via the published-port proxy"));
+    }
+    let alias = lab
+        .spec()
+        .container(from)
+        .and_then(|c| c.links.iter().find(|l| l.alias == to))
+        .map(|l| l.child.as_str());
+    let (dst, out_port) = match container(alias.unwrap_or(to)) {
+        Some(c) => (*c.ips.first()?, c.port),
+        None => {
+            let o = lab.outside_hosts().iter().find(|o| o.name == to)?;
+            (std::net::IpAddr::V4(o.ip), GATEWAY_PORT)
+        }
+    };
+    Some((
+        PacketSpec {
+            src,
+            dst,
+            protocol,
+            dst_port: port,
+            in_port,
+            out_port,
+        },
+        "",
+    ))
+}
+
+/// One step with its explanation.
+#[derive(Debug)]
+pub struct ExplainedStep {
+    /// The probe's result.
+    pub result: StepResult,
+    /// The trace of the packet the dataplane judged, if the step crosses the bridge.
+    pub trace: Option<TraceAnswer>,
+    /// How the traffic crosses the bridge ("via the published-port proxy"), if notable.
+    pub path: &'static str,
+    /// How many new decisions the deciding rule made during the step.
+    pub hits: u64,
+}
+
+/// Runs the lab's steps against the dataplane, tracing each.
+pub fn run_explained(
+    lab: &Lab,
+    rt: &BridgeRuntime,
+    timeout: Duration,
+    stop: &AtomicBool,
+    mut on_step: impl FnMut(&ExplainedStep),
+) -> anyhow::Result<Vec<ExplainedStep>> {
+    let mut out = Vec::new();
+    for (i, step) in lab.spec().steps.iter().enumerate() {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let packet = step_packet(lab, &step.from, &step.to, step.proto, step.port);
+        let trace = match &packet {
+            Some((p, _)) => Some(rt.trace(p)?),
+            None => None,
+        };
+        let rule = trace.as_ref().map(|t| t.reference_rule);
+        let before = rule.map(|r| rt.counters().rule_hits(r)).unwrap_or(0);
+        let outcome = lab
+            .connect(&step.from, &step.to, step.proto, step.port, timeout)
+            .with_context(|| format!("step {}", i + 1))?;
+        let after = rule.map(|r| rt.counters().rule_hits(r)).unwrap_or(0);
+        let e = ExplainedStep {
+            result: StepResult {
+                number: i + 1,
+                step: step.clone(),
+                outcome,
+            },
+            trace,
+            path: packet
+                .map(|(_, p)| p)
+                .unwrap_or("does not cross the bridge"),
+            hits: after.saturating_sub(before),
+        };
+        on_step(&e);
+        out.push(e);
+    }
+    Ok(out)
+}
+
+/// Prints a step as it finishes: the probe line, then why.
+pub fn print_step(e: &ExplainedStep) {
+    let r = &e.result;
+    let expected = match r.step.expect {
+        Expect::Pass => "pass",
+        Expect::Drop => "drop",
+    };
+    println!(
+        "step {:>2}  {} -> {} {}/{}: expected {expected}, got {}  {}",
+        r.number,
+        r.step.from,
+        r.step.to,
+        r.step.port,
+        r.step.proto,
+        r.outcome,
+        if r.as_expected() {
+            "[ok]"
+        } else {
+            "[NOT AS EXPECTED]"
+        }
+    );
+    match &e.trace {
+        Some(t) => println!(
+            "         decided by {} rule {}: {} -> {}{}; counter +{}{}",
+            t.chain.map_or("(default)".to_string(), |c| c.to_string()),
+            rule_label(t),
+            t.origin,
+            t.verdict(),
+            if e.path.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", e.path)
+            },
+            e.hits,
+            if t.agree() {
+                ""
+            } else {
+                "  [compiled module and reference DISAGREE]"
+            }
+        ),
+        None => println!("         ({})", e.path),
+    }
+    println!("         why: {}", r.step.why);
+}
+
+fn rule_label(t: &TraceAnswer) -> String {
+    if t.reference_rule == rules_wasm::abi::RULE_NONE {
+        "-".into()
+    } else {
+        format!("#{}", t.reference_rule)
+    }
+}
+
+/// The closing table of steps.
+pub fn steps_table(steps: &[ExplainedStep]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+        "step",
+        "from",
+        "to",
+        "port",
+        "expected",
+        "outcome",
+        "ok",
+        "deciding rule",
+        "hits +",
+    ]);
+    for e in steps {
+        let r = &e.result;
+        t.add_row(vec![
+            r.number.to_string(),
+            r.step.from.clone(),
+            r.step.to.clone(),
+            format!("{}/{}", r.step.port, r.step.proto),
+            match r.step.expect {
+                Expect::Pass => "pass".into(),
+                Expect::Drop => "drop".into(),
+            },
+            r.outcome.to_string(),
+            if r.as_expected() {
+                "yes".into()
+            } else {
+                "NO".into()
+            },
+            e.trace.as_ref().map_or_else(
+                || e.path.to_string(),
+                |t| {
+                    format!(
+                        "{} {} {}",
+                        t.chain.map_or("-".into(), |c| c.to_string()),
+                        rule_label(t),
+                        t.origin
+                    )
+                },
+            ),
+            e.trace
+                .as_ref()
+                .map_or(String::new(), |_| e.hits.to_string()),
+        ]);
+    }
+    t
+}
+
+/// Options of `bridgewall lab`.
+#[derive(Debug)]
+pub struct LabRun {
+    /// The lab file's text and where it came from.
+    pub text: String,
+    /// Where the text came from (for messages).
+    pub origin: String,
+    /// Probe timeout.
+    pub timeout: Duration,
+    /// Keep everything up until Ctrl-C after the steps.
+    pub hold: bool,
+    /// Dataplane options (workers, state directory...).
+    pub options: RuntimeOptions,
+}
+
+/// The whole `bridgewall lab` command.
+pub fn lab(run: LabRun, stop: Arc<AtomicBool>) -> anyhow::Result<bool> {
+    let spec = crate::lab::LabSpec::from_toml(&run.text, &run.origin)?;
+    println!("building the lab from {} ...", run.origin);
+    let lab = Lab::build(spec)?;
+    println!("namespaces: {}", lab.netns_names().join(", "));
+    crate::cli::print_state(lab.state());
+    let mut options = run.options;
+    options.user_rules =
+        crate::runtime::policy::UserRules::from_lines(lab.user_rules(), &run.origin);
+    if !lab.user_rules().is_empty() {
+        println!("user rules (evaluated first, like DOCKER-USER):");
+        for r in lab.user_rules() {
+            println!("  {r}");
+        }
+    }
+    let host = lab.host_netns().context("the lab has no host namespace")?;
+    let rt = BridgeRuntime::start(host, lab.state().clone(), options)
+        .context("starting the dataplane on the lab's bridge")?;
+    println!(
+        "bridgewall took bridge {} in {}: gateway port {} + {} container ports, policy generation {} ({} rules, compiled to {} bytes of Wasm)",
+        lab.state().bridge,
+        host.label(),
+        rt.gateway_ifname(),
+        rt.attached().count(),
+        rt.policy().generation,
+        rt.policy().ruleset.rules.len(),
+        rt.policy().compiled.wasm.len(),
+    );
+    println!(
+        "every frame between the lab's containers, and between them and the host/outside, now crosses bridgewall's AF_XDP dataplane\n"
+    );
+    let steps = run_explained(&lab, &rt, run.timeout, &stop, print_step)?;
+    println!("\n{}", steps_table(&steps));
+    let ok = steps.iter().filter(|e| e.result.as_expected()).count();
+    let agree = steps
+        .iter()
+        .filter_map(|e| e.trace.as_ref())
+        .all(TraceAnswer::agree);
+    println!(
+        "{ok}/{} steps as expected; traces: the compiled Wasm module and the reference interpreter {}",
+        steps.len(),
+        if agree {
+            "agree on every step"
+        } else {
+            "DISAGREE on some step"
+        }
+    );
+    println!(
+        "\n{}",
+        rt.counters()
+            .tables(rt.state(), Some(rt.policy()), rt.gateway_ifname())
+    );
+    if run.hold && !stop.load(Ordering::Relaxed) {
+        println!("lab is up with the dataplane; Ctrl-C to tear it down");
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let report = rt.stop().context("stopping the dataplane")?;
+    println!(
+        "dataplane stopped; ports back on {}: {}",
+        report.restore.bridge,
+        report.restore.returned.join(", ")
+    );
+    let names = lab.netns_names();
+    lab.teardown().context("tearing the lab down")?;
+    println!("lab removed ({} namespaces)", names.len());
+    Ok(ok == steps.len() && agree)
+}

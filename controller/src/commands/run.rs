@@ -1,0 +1,123 @@
+//! `bridgewall run`: follow a Docker engine and run the dataplane on its bridge, applying
+//! every new snapshot (containers started or gone, icc changed) until SIGINT/SIGTERM, then
+//! give the bridge back and print what happened.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::docker::{TrackerConfig, TrackerHandle, TrackerStatus};
+use crate::netlink::Netns;
+use crate::runtime::{BridgeRuntime, RuntimeOptions};
+use crate::state::Snapshot;
+
+/// Follows the engine of `cfg` and enforces its bridge's policy until `stop` is set.
+pub fn follow(
+    cfg: TrackerConfig,
+    netns: &Netns,
+    options: RuntimeOptions,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let address = cfg.address.to_string();
+    let tracker = TrackerHandle::spawn(cfg).context("starting the Docker tracker")?;
+    let first = loop {
+        if stop.load(Ordering::Relaxed) {
+            println!("interrupted before the first Docker state arrived");
+            return Ok(());
+        }
+        if let Some(s) = tracker.wait_for(Duration::from_millis(200), |_| true) {
+            break s;
+        }
+        if let TrackerStatus::Disconnected {
+            error, retry_in, ..
+        } = tracker.status()
+        {
+            println!("engine at {address} not reachable: {error}; retrying in {retry_in:?}");
+            std::thread::sleep(retry_in.min(Duration::from_secs(1)));
+        }
+    };
+    crate::cli::print_state(&first.state);
+    let mut rt = BridgeRuntime::start(netns, first.state.clone(), options)
+        .with_context(|| format!("taking bridge {} in {}", first.state.bridge, netns.label()))?;
+    // ip_forward was checked (and a warning printed) before the takeover; see `cli::run`.
+    println!(
+        "bridgewall is enforcing bridge {} ({} containers, policy generation {}, {} rules); Ctrl-C or SIGTERM gives the bridge back",
+        first.state.bridge,
+        rt.attached().count(),
+        rt.policy().generation,
+        rt.policy().ruleset.rules.len()
+    );
+    let mut last: Arc<Snapshot> = first;
+    let mut status_seen = tracker.status();
+    while !stop.load(Ordering::Relaxed) {
+        let gen_seen = last.generation;
+        if let Some(snap) =
+            tracker.wait_for(Duration::from_millis(200), |s| s.generation > gen_seen)
+        {
+            crate::cli::print_changes(Some(&last), &snap);
+            let r = rt.apply(&snap);
+            match &r.policy_error {
+                None => println!(
+                    "policy generation {} in force{}{}",
+                    r.generation,
+                    r.latency
+                        .map(|d| format!(", {:.1} ms after the snapshot", d.as_secs_f64() * 1e3))
+                        .unwrap_or_default(),
+                    if r.attached.is_empty() && r.detached.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " (attached: [{}], detached: [{}])",
+                            r.attached.join(", "),
+                            r.detached.join(", ")
+                        )
+                    }
+                ),
+                Some(e) => println!(
+                    "ERROR: the new policy was not built; generation {} stays in force: {e}",
+                    r.generation
+                ),
+            }
+            last = snap;
+        }
+        let status = tracker.status();
+        if status != status_seen {
+            match &status {
+                TrackerStatus::Disconnected {
+                    error, retry_in, ..
+                } => println!(
+                    "engine lost: {error}; the last policy stays in force, retrying in {retry_in:?}"
+                ),
+                TrackerStatus::Synced { resyncs, .. } if *resyncs > 1 => {
+                    println!("engine back: state resynced")
+                }
+                _ => {}
+            }
+            status_seen = status;
+        }
+    }
+    println!("stopping: giving the bridge back");
+    let state = rt.state().clone();
+    let policy = rt.policy().clone();
+    let gateway = rt.gateway_ifname().to_string();
+    let report = rt.stop().context("stopping the dataplane")?;
+    println!("{}", report.totals.tables(&state, Some(&policy), &gateway));
+    println!(
+        "ports back on {}: [{}]; gone meanwhile: [{}]",
+        report.restore.bridge,
+        report.restore.returned.join(", "),
+        report.restore.vanished.join(", ")
+    );
+    let lat = tracker.metrics().start_to_snapshot();
+    if lat.count > 0 {
+        println!("container start event -> snapshot: {lat}");
+    }
+    if report.latency.count > 0 {
+        println!(
+            "snapshot -> ports attached and policy swapped: {}",
+            report.latency
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! `bridgewall trace`: which module, chain and rule decide one described packet, with the
+//! policy compiled exactly as `run` (or `lab`) would compile it, answered both by the
+//! reference interpreter and by the compiled Wasm module.
+use std::net::IpAddr;
+
+use anyhow::{Context, bail};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use dataplane::wasm::{WasmConfig, WasmRuntime};
+use rules_wasm::abi::proto;
+use rules_wasm::docker::BridgeNetwork;
+
+use crate::lab::LabSpec;
+use crate::runtime::policy::{self, PacketSpec, UserRules, action_name};
+use crate::state::{BridgeState, GATEWAY_PORT};
+
+/// The bridge state a lab file describes, with the port ids [`crate::lab::Lab::build`]
+/// gives (containers in file order from 1), without building anything.
+pub fn lab_state(spec: &LabSpec) -> BridgeState {
+    let mut containers: Vec<_> = spec
+        .containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| rules_wasm::docker::ContainerInfo {
+            name: c.name.clone(),
+            port: (i + 1) as u16,
+            ips: vec![IpAddr::V4(c.ip)],
+            mac: [0; 6],
+            exposed: c.exposed.clone(),
+            published: c.published.clone(),
+            links: c.links.clone(),
+        })
+        .collect();
+    containers.sort_by(|a, b| a.name.cmp(&b.name));
+    BridgeState {
+        bridge: spec.bridge.name.clone(),
+        network: BridgeNetwork {
+            icc: spec.bridge.icc,
+            gateway_port: GATEWAY_PORT,
+            gateway_ips: vec![IpAddr::V4(spec.bridge.gateway)],
+            containers,
+        },
+        attachments: Vec::new(),
+    }
+}
+
+/// Resolves a trace endpoint: a container name, `host`/`gateway` (the bridge's address), or
+/// an address (a container's, or anything else behind the gateway).
+fn endpoint(state: &BridgeState, what: &str) -> anyhow::Result<(IpAddr, u16)> {
+    let net = &state.network;
+    if what == "host" || what == "gateway" {
+        let ip = net
+            .gateway_ips
+            .first()
+            .context("the bridge has no address")?;
+        return Ok((*ip, GATEWAY_PORT));
+    }
+    if let Some(c) = net.containers.iter().find(|c| c.name == what) {
+        let ip = c
+            .ips
+            .first()
+            .with_context(|| format!("container {what} has no address"))?;
+        return Ok((*ip, c.port));
+    }
+    let ip: IpAddr = what.parse().with_context(|| {
+        format!("{what:?} is neither a container on the bridge, `host`, nor an IP address")
+    })?;
+    let port = net
+        .containers
+        .iter()
+        .find(|c| c.ips.contains(&ip))
+        .map_or(GATEWAY_PORT, |c| c.port);
+    Ok((ip, port))
+}
+
+/// Parses `tcp`, `udp`, `icmp` or a protocol number.
+fn protocol(p: &str) -> anyhow::Result<u8> {
+    Ok(match p {
+        "tcp" => proto::TCP,
+        "udp" => proto::UDP,
+        "icmp" => proto::ICMP,
+        n => n
+            .parse()
+            .with_context(|| format!("protocol {n:?}: use tcp, udp, icmp or a number"))?,
+    })
+}
+
+/// Traces one packet through the policy built from `state` and `user`; prints the answer
+/// and returns whether both evaluators agree.
+pub fn trace(
+    state: &BridgeState,
+    user: &UserRules,
+    src: &str,
+    dst: &str,
+    proto_name: &str,
+    dport: u16,
+) -> anyhow::Result<bool> {
+    let wasm = WasmRuntime::new(WasmConfig::default()).context("starting the Wasm host")?;
+    let build = policy::build(&wasm, state, user, 1)?;
+    let (src_ip, in_port) = endpoint(state, src)?;
+    let (dst_ip, out_port) = endpoint(state, dst)?;
+    if in_port == out_port {
+        bail!(
+            "{src} and {dst} are on the same dataplane port: such a packet never crosses the bridge"
+        );
+    }
+    let packet = PacketSpec {
+        src: src_ip,
+        dst: dst_ip,
+        protocol: protocol(proto_name)?,
+        dst_port: dport,
+        in_port,
+        out_port,
+    };
+    let t = build.trace(&packet)?;
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.add_row(vec![
+        "packet".to_string(),
+        format!(
+            "{src_ip} (port {in_port}) -> {dst_ip}:{dport} (port {out_port}) {proto_name}, first packet of a new flow"
+        ),
+    ]);
+    table.add_row(vec!["verdict".to_string(), t.verdict().to_string()]);
+    table.add_row(vec![
+        "module".to_string(),
+        t.compiled
+            .module_name
+            .clone()
+            .unwrap_or_else(|| "(none decided: engine default)".into()),
+    ]);
+    table.add_row(vec![
+        "chain".to_string(),
+        t.chain.map_or("(default)".into(), |c| c.to_string()),
+    ]);
+    table.add_row(vec![
+        "rule".to_string(),
+        format!(
+            "{} {}",
+            if t.reference_rule == rules_wasm::abi::RULE_NONE {
+                "-".to_string()
+            } else {
+                format!("#{}", t.reference_rule)
+            },
+            t.origin
+        ),
+    ]);
+    table.add_row(vec![
+        "reference interpreter".to_string(),
+        format!(
+            "{} by rule {}",
+            action_name(t.reference_action),
+            rule_id(t.reference_rule)
+        ),
+    ]);
+    table.add_row(vec![
+        "compiled Wasm module".to_string(),
+        format!(
+            "{} by rule {}",
+            action_name(t.compiled.action),
+            rule_id(t.compiled.rule_id)
+        ),
+    ]);
+    println!("{table}");
+    if t.agree() {
+        println!("the compiled module and the reference interpreter agree");
+    } else {
+        println!("WARNING: the compiled module and the reference interpreter DISAGREE");
+    }
+    Ok(t.agree())
+}
+
+fn rule_id(id: u32) -> String {
+    if id == rules_wasm::abi::RULE_NONE {
+        "none".into()
+    } else {
+        id.to_string()
+    }
+}

@@ -1,0 +1,578 @@
+//! The dataplane on a bridge: [`BridgeRuntime`] takes a Linux bridge (Docker's `docker0` or
+//! the lab's), attaches the AF_XDP dataplane to the gateway pair and every container veth,
+//! and keeps the Wasm policy equal to the latest [`Snapshot`] of the bridge's state.
+//!
+//! Ordering guarantees:
+//! - The dataplane starts with a fail-closed policy (everything dropped) and the compiled
+//!   policy is swapped in before [`BridgeRuntime::start`] returns; from then on a policy is
+//!   always in force: a new one replaces the old one between two batches of each worker.
+//! - A snapshot whose policy cannot be built (a user rule names a container that left, the
+//!   module is refused) leaves the old policy in force; new containers are then taken off the
+//!   bridge but not attached (cut off, never exposed) until a later snapshot builds.
+//! - On [`BridgeRuntime::stop`] (or drop) the workers stop, the ports close (their XDP links
+//!   go with them) and the bridge gets its ports back.
+//!
+//! Everything that touches interfaces runs in the bridge's namespace: the takeover has its
+//! own netlink socket there, and AF_XDP sockets and bpf links are created on a thread that
+//! entered it ([`Netns::run_scoped`]).
+pub mod policy;
+pub mod report;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use dataplane::afxdp::{
+    AfXdpError, PollConfig, RingSizes, Umem, UmemConfig, UmemShare, XdpPort, XdpPortConfig,
+};
+use dataplane::engine::{EngineConfig, PortConfig};
+use dataplane::policy::{Action, ConstPolicy, Policy};
+use dataplane::wasm::{WasmConfig, WasmRuntime};
+use dataplane::worker::{Dataplane, DataplaneConfig, WorkerError};
+
+use crate::docker::LatencySummary;
+use crate::netlink::{NetlinkError, Netns, ip_forward_enabled};
+use crate::state::{Attachment, BridgeState, GATEWAY_PORT, Snapshot};
+use crate::takeover::{RestoreReport, Takeover, TakeoverError, TakeoverOptions};
+
+use policy::{PacketSpec, PolicyBuild, PolicyError, TraceAnswer, UserRules};
+use report::{CounterTotals, EnforceLatency};
+
+/// Why the runtime could not start or apply a change.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Taking or giving back the bridge failed (no such bridge, MTU, permissions...).
+    #[error(transparent)]
+    Takeover(#[from] TakeoverError),
+    /// A netlink query or entering the namespace failed.
+    #[error("{what}: {error}")]
+    Netlink {
+        /// What was being done.
+        what: String,
+        /// The cause (in the message, so not also a `source()`).
+        error: NetlinkError,
+    },
+    /// An AF_XDP port could not be opened (the error says what to do).
+    #[error("attaching the dataplane to {ifname}: {error}")]
+    AfXdp {
+        /// The interface.
+        ifname: String,
+        /// The cause (in the message, so not also a `source()`).
+        error: AfXdpError,
+    },
+    /// The dataplane's workers refused a request.
+    #[error("dataplane: {0}")]
+    Dataplane(#[from] WorkerError),
+    /// The Wasm host could not start.
+    #[error("starting the Wasm host: {0}")]
+    Wasm(#[from] dataplane::wasm::RuntimeError),
+    /// The policy could not be built.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The bridge has no MAC address (the gateway port is switched to by it).
+    #[error("bridge {bridge} has no MAC address")]
+    NoBridgeMac {
+        /// The bridge.
+        bridge: String,
+    },
+}
+
+/// How to run the dataplane on a bridge.
+#[derive(Clone, Debug)]
+pub struct RuntimeOptions {
+    /// Worker threads (each owns some ports).
+    pub workers: usize,
+    /// The user's rules (iptables syntax), evaluated before Docker's.
+    pub user_rules: UserRules,
+    /// Gateway pair names and the state directory of the takeover.
+    pub takeover: TakeoverOptions,
+    /// The frame memory shared by every port.
+    pub umem: UmemConfig,
+    /// How each AF_XDP port is opened.
+    pub xdp: XdpPortConfig,
+    /// Busy-poll vs. sleep of idle workers.
+    pub poll: PollConfig,
+}
+
+impl RuntimeOptions {
+    /// One worker, no user rules, the takeover's defaults for `bridge`, 16 Ki frames, and
+    /// 1024-entry rings (so a few dozen ports fit the frame memory).
+    pub fn for_bridge(bridge: &str) -> RuntimeOptions {
+        RuntimeOptions {
+            workers: 1,
+            user_rules: UserRules::default(),
+            takeover: TakeoverOptions::for_bridge(bridge),
+            umem: UmemConfig::default(),
+            xdp: XdpPortConfig {
+                rings: RingSizes {
+                    fill: 1024,
+                    completion: 1024,
+                    rx: 1024,
+                    tx: 1024,
+                },
+                ..XdpPortConfig::default()
+            },
+            poll: PollConfig::default(),
+        }
+    }
+}
+
+/// What applying a snapshot did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Containers attached to the dataplane.
+    pub attached: Vec<String>,
+    /// Containers detached (gone or changed).
+    pub detached: Vec<String>,
+    /// The generation of the policy now in force.
+    pub generation: u64,
+    /// Why the policy was not replaced (the old one stays), if it was not.
+    pub policy_error: Option<String>,
+    /// Snapshot publication → ports attached and policy handed to every worker.
+    pub latency: Option<Duration>,
+}
+
+/// What stopping did, for the closing summary.
+#[derive(Debug)]
+pub struct StopReport {
+    /// The last counters.
+    pub totals: CounterTotals,
+    /// The bridge's ports given back.
+    pub restore: RestoreReport,
+    /// Snapshot → enforced latencies.
+    pub latency: LatencySummary,
+}
+
+/// The dataplane running on a bridge.
+pub struct BridgeRuntime {
+    netns: Netns,
+    /// Running while `Some`; taken by stop.
+    dataplane: Option<Dataplane<Umem, XdpPort>>,
+    /// A handle on the gateway's socket (which registered the UMEM) for ports opened later.
+    share: Option<UmemShare>,
+    umem: Umem,
+    takeover: Option<Takeover>,
+    gateway_ifname: String,
+    bridge_mac: [u8; 6],
+    wasm: WasmRuntime,
+    opts: RuntimeOptions,
+    state: BridgeState,
+    /// Containers attached to the dataplane, by name.
+    attached: BTreeMap<String, Attachment>,
+    policy: PolicyBuild,
+    next_generation: u64,
+    latency: EnforceLatency,
+    ip_forward: bool,
+}
+
+impl std::fmt::Debug for BridgeRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BridgeRuntime")
+            .field("bridge", &self.state.bridge)
+            .field("netns", &self.netns.label())
+            .field("attached", &self.attached.keys().collect::<Vec<_>>())
+            .field("generation", &self.policy.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BridgeRuntime {
+    /// Takes `bridge` in `netns` and runs the dataplane on it with the policy `state` and
+    /// `opts.user_rules` say. The policy is compiled first, so bad rules fail before anything
+    /// changes; any later failure gives the bridge back before returning.
+    pub fn start(
+        netns: &Netns,
+        state: BridgeState,
+        opts: RuntimeOptions,
+    ) -> Result<BridgeRuntime, RuntimeError> {
+        let bridge = state.bridge.clone();
+        let netns = netns.try_clone().map_err(|error| RuntimeError::Netlink {
+            what: "holding the bridge's namespace".into(),
+            error,
+        })?;
+        let ip_forward = netns
+            .run(ip_forward_enabled)
+            .and_then(|r| r)
+            .map_err(|error| RuntimeError::Netlink {
+                what: format!("reading ip_forward in {}", netns.label()),
+                error,
+            })?;
+        if !ip_forward {
+            tracing::warn!(
+                netns = netns.label(),
+                "ip_forward is off: published ports and traffic to the outside will not be routed"
+            );
+        }
+        let wasm = WasmRuntime::new(WasmConfig::default())?;
+        let policy = policy::build(&wasm, &state, &opts.user_rules, 1)?;
+        let mut takeover = Takeover::take(&netns, &bridge, opts.takeover.clone())?;
+        for a in &state.attachments {
+            takeover.adopt(&a.host_ifname)?;
+        }
+        for p in takeover.containers() {
+            if !state.attachments.iter().any(|a| a.host_ifname == p.name) {
+                tracing::warn!(
+                    ifname = p.name,
+                    "a port of the bridge belongs to no known container: it stays cut off"
+                );
+            }
+        }
+        let bridge_mac = bridge_mac(&netns, &bridge)?;
+        let umem = Umem::new(opts.umem).map_err(|error| RuntimeError::AfXdp {
+            ifname: bridge.clone(),
+            error,
+        })?;
+        let gateway_ifname = takeover.gateway().name;
+        let xdp = opts.xdp;
+        let (gateway, share, containers) = {
+            let umem = &umem;
+            let gw_name = gateway_ifname.as_str();
+            let attachments = &state.attachments;
+            netns
+                .run_scoped(move || -> Result<_, RuntimeError> {
+                    let gateway = XdpPort::open(umem, gw_name, &xdp, None).map_err(|error| {
+                        RuntimeError::AfXdp {
+                            ifname: gw_name.to_string(),
+                            error,
+                        }
+                    })?;
+                    let share = gateway.umem_share().map_err(|error| RuntimeError::AfXdp {
+                        ifname: gw_name.to_string(),
+                        error,
+                    })?;
+                    let mut ports = Vec::new();
+                    for a in attachments {
+                        ports.push((a.clone(), open_shared(umem, &xdp, &share, &a.host_ifname)?));
+                    }
+                    Ok((gateway, share, ports))
+                })
+                .map_err(|error| RuntimeError::Netlink {
+                    what: "entering the bridge's namespace".into(),
+                    error,
+                })??
+        };
+        let workers = opts.workers.max(1);
+        let config = DataplaneConfig {
+            workers,
+            engine: EngineConfig::default(),
+            poll: opts.poll,
+            ..DataplaneConfig::default()
+        };
+        let mut dp = Dataplane::start(config, umem.clone(), |_| fail_closed())?;
+        let mut rt = BridgeRuntime {
+            netns,
+            dataplane: None,
+            share: Some(share),
+            umem,
+            takeover: Some(takeover),
+            gateway_ifname,
+            bridge_mac,
+            wasm,
+            opts,
+            state: BridgeState::default(),
+            attached: BTreeMap::new(),
+            policy,
+            next_generation: 2,
+            latency: EnforceLatency::default(),
+            ip_forward,
+        };
+        // From here on `rt`'s drop undoes everything, the dataplane included.
+        let gw_config = PortConfig {
+            id: GATEWAY_PORT,
+            macs: vec![rt.bridge_mac],
+            ips: state.network.gateway_ips.clone(),
+            is_gateway: true,
+            complete_checksums: true,
+        };
+        let added = dp.add_port(gw_config, gateway, 0);
+        rt.dataplane = Some(dp);
+        added?;
+        for (a, port) in containers {
+            rt.add_container(&state, &a, port)?;
+        }
+        rt.install_policy()?;
+        rt.state = state;
+        tracing::info!(
+            bridge,
+            netns = rt.netns.label(),
+            containers = rt.attached.len(),
+            workers,
+            generation = rt.policy.generation,
+            "dataplane running on the bridge"
+        );
+        Ok(rt)
+    }
+
+    /// Whether ip_forward was on in the bridge's namespace at start.
+    pub fn ip_forward(&self) -> bool {
+        self.ip_forward
+    }
+
+    /// The state the policy in force was built from.
+    pub fn state(&self) -> &BridgeState {
+        &self.state
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &PolicyBuild {
+        &self.policy
+    }
+
+    /// The gateway port's interface (the inner end of the gateway pair).
+    pub fn gateway_ifname(&self) -> &str {
+        &self.gateway_ifname
+    }
+
+    /// Containers attached to the dataplane.
+    pub fn attached(&self) -> impl Iterator<Item = &Attachment> {
+        self.attached.values()
+    }
+
+    /// Which rule of the policy in force decides `packet`, by the reference interpreter and
+    /// by the module the workers run.
+    pub fn trace(&self, packet: &PacketSpec) -> Result<TraceAnswer, RuntimeError> {
+        self.policy
+            .trace(packet)
+            .map_err(|e| RuntimeError::Policy(PolicyError::Load(e)))
+    }
+
+    /// The workers' counters, added up.
+    pub fn counters(&self) -> CounterTotals {
+        let snaps: Vec<_> = self
+            .dataplane
+            .iter()
+            .flat_map(|dp| dp.counters())
+            .map(|c| c.snapshot())
+            .collect();
+        CounterTotals::sum(&snaps)
+    }
+
+    /// Brings the dataplane in line with `snap`: detaches containers that left, attaches new
+    /// ones, swaps in the policy built from it. Errors of single containers are logged and
+    /// reported, not returned; the policy in force is replaced only by one that built.
+    pub fn apply(&mut self, snap: &Snapshot) -> ApplyReport {
+        let new = &snap.state;
+        let mut report = ApplyReport::default();
+        let gone: Vec<Attachment> = self
+            .attached
+            .values()
+            .filter(|a| new.attachment(&a.container) != Some(*a))
+            .cloned()
+            .collect();
+        for a in gone {
+            self.remove_container(&a);
+            report.detached.push(a.container.clone());
+        }
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let built = policy::build(&self.wasm, new, &self.opts.user_rules, generation);
+        let fresh: Vec<Attachment> = new
+            .attachments
+            .iter()
+            .filter(|a| !self.attached.contains_key(&a.container))
+            .cloned()
+            .collect();
+        for a in fresh {
+            if let Some(t) = self.takeover.as_mut()
+                && let Err(e) = t.adopt(&a.host_ifname)
+            {
+                tracing::error!(container = a.container, "{e}");
+                continue;
+            }
+            if built.is_err() {
+                // Cut off (off the bridge) but not attached until a policy covers it.
+                continue;
+            }
+            let opened = self.open_in_netns(&a.host_ifname);
+            match opened.and_then(|port| self.add_container(new, &a, port)) {
+                Ok(()) => report.attached.push(a.container.clone()),
+                Err(e) => tracing::error!(container = a.container, "{e}"),
+            }
+        }
+        match built {
+            Ok(p) => {
+                let previous = std::mem::replace(&mut self.policy, p);
+                match self.install_policy() {
+                    Ok(()) => {
+                        self.state = new.clone();
+                        let latency = SystemTime::now()
+                            .duration_since(snap.published_at)
+                            .unwrap_or_default();
+                        self.latency.record(latency);
+                        report.latency = Some(latency);
+                    }
+                    Err(e) => {
+                        self.policy = previous;
+                        tracing::error!("keeping the policy in force: {e}");
+                        report.policy_error = Some(e.to_string());
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!("keeping the policy in force: {e}");
+                report.policy_error = Some(e.to_string());
+            }
+        }
+        report.generation = self.policy.generation;
+        report
+    }
+
+    /// Stops the dataplane and gives the bridge back; returns the final counters and what
+    /// the restore did.
+    pub fn stop(mut self) -> Result<StopReport, RuntimeError> {
+        let totals = self.counters();
+        let latency = self.latency.summary();
+        self.stop_dataplane();
+        let restore = match self.takeover.take() {
+            Some(t) => t.restore()?,
+            None => RestoreReport::default(),
+        };
+        Ok(StopReport {
+            totals,
+            restore,
+            latency,
+        })
+    }
+
+    /// Snapshot → enforced latency so far.
+    pub fn latency(&self) -> LatencySummary {
+        self.latency.summary()
+    }
+
+    fn stop_dataplane(&mut self) {
+        if let Some(dp) = self.dataplane.take() {
+            let ports = dp.stop();
+            // The gateway's socket registered the UMEM: close the sharers first.
+            let (gateway, others): (Vec<_>, Vec<_>) = ports
+                .into_iter()
+                .partition(|p| p.ifname() == self.gateway_ifname);
+            drop(others);
+            self.share = None;
+            drop(gateway);
+        }
+        self.share = None;
+    }
+
+    fn open_in_netns(&self, ifname: &str) -> Result<XdpPort, RuntimeError> {
+        let share = self.share.as_ref().ok_or_else(|| RuntimeError::AfXdp {
+            ifname: ifname.to_string(),
+            error: AfXdpError::Config("the dataplane is stopped".into()),
+        })?;
+        let umem = &self.umem;
+        let xdp = self.opts.xdp;
+        self.netns
+            .run_scoped(move || open_shared(umem, &xdp, share, ifname))
+            .map_err(|error| RuntimeError::Netlink {
+                what: "entering the bridge's namespace".into(),
+                error,
+            })?
+    }
+
+    fn add_container(
+        &mut self,
+        state: &BridgeState,
+        a: &Attachment,
+        port: XdpPort,
+    ) -> Result<(), RuntimeError> {
+        let info = state
+            .network
+            .containers
+            .iter()
+            .find(|c| c.name == a.container);
+        let config = PortConfig {
+            id: a.port,
+            macs: info.map(|c| vec![c.mac]).unwrap_or_default(),
+            ips: info.map(|c| c.ips.clone()).unwrap_or_default(),
+            is_gateway: false,
+            complete_checksums: true,
+        };
+        let dp = self.dataplane.as_mut().ok_or(WorkerError::WorkerGone(0))?;
+        let owner = usize::from(a.port) % dp.workers();
+        dp.add_port(config, port, owner)?;
+        self.attached.insert(a.container.clone(), a.clone());
+        Ok(())
+    }
+
+    fn remove_container(&mut self, a: &Attachment) {
+        if let Some(dp) = self.dataplane.as_mut() {
+            match dp.remove_port(a.port) {
+                Ok(port) => drop(port),
+                Err(e) => tracing::warn!(container = a.container, "{e}"),
+            }
+        }
+        if let Some(t) = self.takeover.as_mut()
+            && let Err(e) = t.release(&a.host_ifname)
+        {
+            tracing::warn!(container = a.container, "{e}");
+        }
+        self.attached.remove(&a.container);
+    }
+
+    /// Instantiates the current build once per worker (here, on the control thread) and
+    /// hands the instances over; each worker swaps between two batches.
+    fn install_policy(&mut self) -> Result<(), RuntimeError> {
+        let dp = self.dataplane.as_ref().ok_or(WorkerError::WorkerGone(0))?;
+        let chains = self
+            .policy
+            .instances(dp.workers())
+            .map_err(PolicyError::Load)?;
+        let generation = self.policy.generation;
+        let mut chains = chains.into_iter();
+        dp.set_policy(|_| match chains.next() {
+            Some(c) => Box::new(c) as Box<dyn Policy>,
+            None => Box::new(ConstPolicy {
+                action: Action::Drop,
+                generation,
+            }),
+        })?;
+        Ok(())
+    }
+}
+
+impl Drop for BridgeRuntime {
+    fn drop(&mut self) {
+        self.stop_dataplane();
+        // The takeover's own drop gives the bridge back.
+        self.takeover = None;
+    }
+}
+
+/// The policy before the first compiled one: everything dropped.
+fn fail_closed() -> Box<dyn Policy> {
+    Box::new(ConstPolicy {
+        action: Action::Drop,
+        generation: 0,
+    })
+}
+
+fn open_shared(
+    umem: &Umem,
+    xdp: &XdpPortConfig,
+    share: &UmemShare,
+    ifname: &str,
+) -> Result<XdpPort, RuntimeError> {
+    XdpPort::open_shared(umem, ifname, xdp, share).map_err(|error| RuntimeError::AfXdp {
+        ifname: ifname.to_string(),
+        error,
+    })
+}
+
+/// The bridge's MAC, read over netlink in its namespace (the takeover pinned it).
+fn bridge_mac(netns: &Netns, bridge: &str) -> Result<[u8; 6], RuntimeError> {
+    let what = format!("reading {bridge}'s MAC in {}", netns.label());
+    let facts = netns
+        .run_scoped(|| -> Result<_, NetlinkError> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| NetlinkError::io("starting a netlink runtime", e))?;
+            rt.block_on(async {
+                let rtnl = netns.rtnl().await?;
+                rtnl.link_by_name(bridge).await
+            })
+        })
+        .and_then(|r| r)
+        .map_err(|error| RuntimeError::Netlink { what, error })?;
+    facts.mac.ok_or_else(|| RuntimeError::NoBridgeMac {
+        bridge: bridge.to_string(),
+    })
+}

@@ -1,0 +1,332 @@
+//! From a bridge state and the user's rules to a loaded policy module, and back from a
+//! verdict to the rule that gave it.
+//!
+//! One [`PolicyBuild`] is compiled and loaded once on the control thread; every worker then
+//! gets its own instance of it ([`PolicyBuild::instances`]), since a Wasm store is
+//! single-threaded. The same build answers traces, through the plain-Rust reference
+//! interpreter and through a fresh instance of the very module the workers run, so a trace
+//! can say both which rule decides and that the dataplane's module agrees.
+use std::net::IpAddr;
+
+use dataplane::wasm::{
+    LoadError, PolicyChain, PolicyModule, TraceResult, WasmRuntime, trace_fresh,
+};
+use rules_wasm::abi::{Action, FlowState, PacketRecord, RULE_NONE, addr_bytes, proto, tcp_flags};
+use rules_wasm::compiler::{CompileError, CompiledPolicy, compile};
+use rules_wasm::docker::{PortId, docker_ruleset};
+use rules_wasm::iptables::{ParseError, parse};
+use rules_wasm::model::{Chain, RuleSet};
+use rules_wasm::reference;
+
+use crate::state::BridgeState;
+
+/// Why a policy could not be built. The policy in force stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// A user rule was rejected (the error names the line and token).
+    #[error("user rules ({origin}): {error}")]
+    Rules {
+        /// Where the rules came from (a file name).
+        origin: String,
+        /// The parser's complaint (in the message, so not also a `source()`).
+        error: ParseError,
+    },
+    /// The compiler refused the rule set.
+    #[error("compiling the policy: {0}")]
+    Compile(#[from] CompileError),
+    /// wasmtime refused the module or an instance of it.
+    #[error("loading the compiled policy: {0}")]
+    Load(#[from] LoadError),
+}
+
+/// The user's rules as text, with where they came from (for error messages).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserRules {
+    /// iptables-syntax lines; blank lines and `#` comments are ignored by the parser.
+    pub text: String,
+    /// A file name, or e.g. "the lab file".
+    pub origin: String,
+}
+
+impl UserRules {
+    /// Rules from lines (e.g. a lab file's `rules = [...]`).
+    pub fn from_lines(lines: &[String], origin: &str) -> UserRules {
+        UserRules {
+            text: lines.join("\n"),
+            origin: origin.to_string(),
+        }
+    }
+
+    /// Number of rule lines (not blank, not comments).
+    pub fn count(&self) -> usize {
+        self.text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .count()
+    }
+}
+
+/// A compiled, loaded policy and what explains its verdicts.
+#[derive(Clone, Debug)]
+pub struct PolicyBuild {
+    /// The generation workers report; flows decided by another one are re-decided.
+    pub generation: u64,
+    /// The rules, in evaluation order (`rules[id]`).
+    pub ruleset: RuleSet,
+    /// The compiler's output (module bytes, rule origins, sizes).
+    pub compiled: CompiledPolicy,
+    /// The module, compiled by wasmtime; each worker instantiates it.
+    pub module: PolicyModule,
+}
+
+/// Compiles `state` plus `user` into a loaded module of generation `generation`. User rules
+/// are re-parsed against the current containers, since they may name containers.
+pub fn build(
+    wasm: &WasmRuntime,
+    state: &BridgeState,
+    user: &UserRules,
+    generation: u64,
+) -> Result<PolicyBuild, PolicyError> {
+    let user_rules = parse(&user.text, &state.network).map_err(|error| PolicyError::Rules {
+        origin: user.origin.clone(),
+        error,
+    })?;
+    let ruleset = docker_ruleset(&state.network, user_rules, generation);
+    let compiled = compile(&ruleset)?;
+    let module = wasm.load(&compiled.wasm, &format!("docker-policy-g{generation}"))?;
+    Ok(PolicyBuild {
+        generation,
+        ruleset,
+        compiled,
+        module,
+    })
+}
+
+/// What one described packet gets, from both evaluators.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceAnswer {
+    /// The packet asked about.
+    pub record: PacketRecord,
+    /// The compiled module's answer (a fresh instance of the module the workers run).
+    pub compiled: TraceResult,
+    /// The reference interpreter's action.
+    pub reference_action: Action,
+    /// The reference interpreter's rule ([`RULE_NONE`]: the default decided).
+    pub reference_rule: u32,
+    /// The action the packet finally gets (the rule set's default when nothing matched).
+    pub action: Action,
+    /// The deciding rule's chain, `None` when the default decided.
+    pub chain: Option<Chain>,
+    /// The deciding rule's text ("-I -s … -j DROP", "link web→db 80/tcp"), or the default.
+    pub origin: String,
+}
+
+impl TraceAnswer {
+    /// Whether the compiled module and the reference interpreter gave the same verdict.
+    pub fn agree(&self) -> bool {
+        self.compiled.rule_id == self.reference_rule
+            && (self.compiled.action == self.reference_action
+                || (self.compiled.action == Action::Continue && self.reference_rule == RULE_NONE))
+    }
+
+    /// "accept" / "drop" / "reject", for people.
+    pub fn verdict(&self) -> &'static str {
+        action_name(self.action)
+    }
+}
+
+/// A lower-case name for an action.
+pub fn action_name(a: Action) -> &'static str {
+    match a {
+        Action::Accept => "accept",
+        Action::Drop => "drop",
+        Action::Reject => "reject",
+        Action::Continue => "continue",
+    }
+}
+
+/// One packet to trace, described the way people think of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketSpec {
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// IP protocol (6 TCP, 17 UDP, 1 ICMP).
+    pub protocol: u8,
+    /// Destination port (0 for ICMP).
+    pub dst_port: u16,
+    /// Dataplane port it comes in on.
+    pub in_port: PortId,
+    /// Dataplane port it leaves on.
+    pub out_port: PortId,
+}
+
+impl PacketSpec {
+    /// The first packet of the flow as the engine would hand it to the policy.
+    pub fn record(&self) -> PacketRecord {
+        PacketRecord {
+            src: addr_bytes(self.src),
+            dst: addr_bytes(self.dst),
+            src_port: if self.protocol == proto::ICMP {
+                0
+            } else {
+                40000
+            },
+            dst_port: self.dst_port,
+            ip_version: if self.src.is_ipv4() { 4 } else { 6 },
+            protocol: self.protocol,
+            tcp_flags: if self.protocol == proto::TCP {
+                tcp_flags::SYN
+            } else {
+                0
+            },
+            flow_state: FlowState::New,
+            in_port: self.in_port,
+            out_port: self.out_port,
+            icmp_type: if self.protocol == proto::ICMP { 8 } else { 0 },
+            icmp_code: 0,
+        }
+    }
+}
+
+impl PolicyBuild {
+    /// `n` fresh chains of this module, one per worker.
+    pub fn instances(&self, n: usize) -> Result<Vec<PolicyChain>, LoadError> {
+        (0..n)
+            .map(|_| PolicyChain::instantiate(self.generation, std::slice::from_ref(&self.module)))
+            .collect()
+    }
+
+    /// The text of rule `id` (the user's line, or what Docker state it stands for).
+    pub fn origin(&self, id: u32) -> String {
+        if id == RULE_NONE {
+            return format!(
+                "no rule matched: default {}",
+                action_name(self.ruleset.default)
+            );
+        }
+        self.compiled
+            .rule_origins
+            .get(id as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("rule {id}"))
+    }
+
+    /// Which rule decides `packet`, by the reference interpreter and by the compiled module.
+    pub fn trace(&self, packet: &PacketSpec) -> Result<TraceAnswer, LoadError> {
+        let record = packet.record();
+        let reference = reference::evaluate(&self.ruleset, &record);
+        let compiled = trace_fresh(self.generation, std::slice::from_ref(&self.module), &record)?;
+        let rule = reference.rule;
+        let action = match reference.action {
+            Action::Continue => self.ruleset.default,
+            a => a,
+        };
+        Ok(TraceAnswer {
+            record,
+            compiled,
+            reference_action: reference.action,
+            reference_rule: rule,
+            action,
+            chain: self.ruleset.rule(rule).map(|r| r.chain),
+            origin: self.origin(rule),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::trace::lab_state;
+    use crate::lab::{LabSpec, WALKTHROUGH_TOML};
+    use dataplane::wasm::WasmConfig;
+
+    fn walkthrough() -> (BridgeState, UserRules) {
+        let spec = LabSpec::from_toml(WALKTHROUGH_TOML, "walkthrough").unwrap();
+        let rules = UserRules::from_lines(&spec.rules, "walkthrough");
+        (lab_state(&spec), rules)
+    }
+
+    fn packet(state: &BridgeState, src: &str, dst: &str, port: u16) -> PacketSpec {
+        let c = |n: &str| {
+            state
+                .network
+                .containers
+                .iter()
+                .find(|c| c.name == n)
+                .unwrap()
+        };
+        PacketSpec {
+            src: c(src).ips[0],
+            dst: c(dst).ips[0],
+            protocol: proto::TCP,
+            dst_port: port,
+            in_port: c(src).port,
+            out_port: c(dst).port,
+        }
+    }
+
+    #[test]
+    fn walkthrough_traces_name_the_deciding_rule_and_both_evaluators_agree() {
+        let wasm = WasmRuntime::new(WasmConfig::default()).unwrap();
+        let (state, rules) = walkthrough();
+        let b = build(&wasm, &state, &rules, 7).unwrap();
+        assert_eq!(b.generation, 7);
+        assert_eq!(b.instances(2).unwrap().len(), 2);
+
+        let t = b
+            .trace(&packet(&state, "nginx_server1", "nginx_server2", 80))
+            .unwrap();
+        assert!(t.agree(), "{t:?}");
+        assert_eq!((t.action, t.chain), (Action::Drop, Some(Chain::Icc)));
+
+        let t = b
+            .trace(&packet(&state, "client3", "nginx_server2", 80))
+            .unwrap();
+        assert!(t.agree(), "{t:?}");
+        assert_eq!((t.action, t.chain), (Action::Accept, Some(Chain::Docker)));
+        assert!(t.origin.contains("link client3"), "{}", t.origin);
+
+        let t = b
+            .trace(&packet(&state, "client3", "nginx_server2", 7))
+            .unwrap();
+        assert!(t.agree(), "{t:?}");
+        assert_eq!(t.action, Action::Drop);
+
+        let s1 = packet(&state, "client3", "nginx_server1", 80);
+        let from_outside1 = PacketSpec {
+            src: "198.18.1.2".parse().unwrap(),
+            in_port: GATEWAY,
+            ..s1
+        };
+        let t = b.trace(&from_outside1).unwrap();
+        assert!(t.agree(), "{t:?}");
+        assert_eq!((t.action, t.chain), (Action::Drop, Some(Chain::User)));
+        assert!(t.origin.starts_with("-I -s 198.18.1.2"), "{}", t.origin);
+        let t = b
+            .trace(&PacketSpec {
+                src: "198.18.2.2".parse().unwrap(),
+                ..from_outside1
+            })
+            .unwrap();
+        assert_eq!((t.action, t.chain), (Action::Accept, Some(Chain::Docker)));
+    }
+
+    const GATEWAY: PortId = crate::state::GATEWAY_PORT;
+
+    #[test]
+    fn a_bad_user_rule_is_an_error_naming_line_and_token() {
+        let wasm = WasmRuntime::new(WasmConfig::default()).unwrap();
+        let (state, _) = walkthrough();
+        let rules = UserRules {
+            text: "# comment\n-I -s client3 -j DROP\n-A -d nosuch -j DROP\n".into(),
+            origin: "rules.txt".into(),
+        };
+        assert_eq!(rules.count(), 2);
+        let e = build(&wasm, &state, &rules, 1).unwrap_err().to_string();
+        assert!(e.contains("rules.txt") && e.contains("line 3"), "{e}");
+        assert!(e.contains("nosuch"), "{e}");
+    }
+}
