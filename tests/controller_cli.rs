@@ -55,3 +55,81 @@ fn bad_lab_file_names_file_and_item() {
         "{text}"
     );
 }
+
+/// Writes `wat` as a binary module under a fresh temporary directory.
+fn wasm_file(name: &str, wat: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("bw-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::write(&path, wat::parse_str(wat).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn trace_runs_user_modules_before_the_compiled_policy() {
+    let lab = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/lab/walkthrough.toml");
+    let module = wasm_file(
+        "drop-icmp-echo",
+        include_str!("../rules-wasm/examples/wat/drop-icmp-echo.wat"),
+    );
+    let m = module.to_str().unwrap();
+    // Without the module the host may ping any container (Docker's semantics)...
+    let (ok, text) = bridgewall(&["trace", "--lab", lab, "host", "client3", "icmp", "0"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("accept") && !text.contains("drop-icmp-echo"),
+        "{text}"
+    );
+    // ...with it, the user module decides first: client3 (port 3) is not pinged.
+    let (ok, text) = bridgewall(&[
+        "trace", "--lab", lab, "--module", m, "host", "client3", "icmp", "0",
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("drop-icmp-echo.wasm") && text.contains("policy module"),
+        "{text}"
+    );
+    assert!(text.contains("┆ drop") && text.contains("a user module decided"), "{text}");
+    // What the module leaves (Continue) the compiled policy decides: the link still opens.
+    let (ok, text) = bridgewall(&[
+        "trace",
+        "--lab",
+        lab,
+        "--module",
+        m,
+        "client3",
+        "nginx_server2",
+        "tcp",
+        "80",
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("link client3") && text.contains("agree"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(module.parent().unwrap()).unwrap();
+}
+
+#[test]
+fn a_module_with_a_wasi_import_is_refused_naming_the_file_and_the_import() {
+    let lab = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/lab/walkthrough.toml");
+    let module = wasm_file(
+        "wants-wasi",
+        r#"(module
+             (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+             (memory (export "memory") 1)
+             (func (export "bw_abi_version") (result i32) (i32.const 1))
+             (func (export "bw_init") (result i32) (i32.const 1024))
+             (func (export "bw_evaluate") (param i32)))"#,
+    );
+    let m = module.to_str().unwrap();
+    let (ok, text) = bridgewall(&[
+        "trace", "--lab", lab, "--module", m, "host", "client3", "icmp", "0",
+    ]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(m) && text.contains("wasi_snapshot_preview1.fd_write"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(module.parent().unwrap()).unwrap();
+}

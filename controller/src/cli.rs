@@ -15,7 +15,7 @@ use crate::docker::{DockerError, EngineAddress, TrackerConfig, connect, read_sta
 use crate::lab::{LabSpec, WALKTHROUGH_TOML};
 use crate::netlink::{NetlinkError, Netns, Rtnl, ip_forward_enabled, is_root};
 use crate::runtime::RuntimeOptions;
-use crate::runtime::policy::UserRules;
+use crate::runtime::policy::{UserModules, UserRules};
 use crate::state::{BridgeState, Snapshot};
 
 /// Docker's bridge networking, enforced by an AF_XDP dataplane with WebAssembly policies.
@@ -51,6 +51,10 @@ struct DataplaneArgs {
     /// Where the takeover records what it changed, so a crash can be undone.
     #[arg(long, default_value = crate::takeover::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
+    /// A policy module of your own (Wasm, bridgewall's policy ABI), run before the compiled
+    /// Docker policy; repeat for a chain, in order.
+    #[arg(long = "module", value_name = "FILE.wasm")]
+    modules: Vec<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -76,6 +80,9 @@ struct TraceArgs {
     /// User rules in iptables syntax (default with --lab: the lab file's own).
     #[arg(long)]
     rules: Option<PathBuf>,
+    /// Policy modules of your own, run before the compiled policy, as with `run --module`.
+    #[arg(long = "module", value_name = "FILE.wasm")]
+    modules: Vec<PathBuf>,
     /// Source: a container name, `host`, or an address.
     src: String,
     /// Destination: a container name, `host`, or an address.
@@ -261,12 +268,17 @@ fn read_rules(path: Option<&PathBuf>) -> anyhow::Result<UserRules> {
     })
 }
 
-fn runtime_options(bridge: &str, args: &DataplaneArgs, rules: UserRules) -> RuntimeOptions {
+fn runtime_options(
+    bridge: &str,
+    args: &DataplaneArgs,
+    rules: UserRules,
+) -> anyhow::Result<RuntimeOptions> {
     let mut o = RuntimeOptions::for_bridge(bridge);
     o.workers = args.workers.max(1);
     o.takeover.state_dir = args.state_dir.clone();
     o.user_rules = rules;
-    o
+    o.user_modules = UserModules::from_files(&args.modules)?;
+    Ok(o)
 }
 
 fn open_netns(netns: Option<&str>) -> anyhow::Result<Netns> {
@@ -300,7 +312,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         println!("{} user rules from {}", rules.count(), rules.origin);
     }
     let netns = open_netns(args.engine.netns.as_deref())?;
-    let options = runtime_options(&args.engine.bridge, &args.dataplane, rules);
+    let options = runtime_options(&args.engine.bridge, &args.dataplane, rules)?;
     let stop = Arc::new(AtomicBool::new(false));
     watch_ctrl_c(stop.clone())?;
     crate::commands::run::follow(cfg, &netns, options, stop)
@@ -356,9 +368,11 @@ fn trace(args: TraceArgs) -> anyhow::Result<()> {
     if args.rules.is_some() {
         rules = read_rules(args.rules.as_ref())?;
     }
+    let modules = UserModules::from_files(&args.modules)?;
     let agree = crate::commands::trace::trace(
         &state,
         &rules,
+        &modules,
         &args.src,
         &args.dst,
         &args.proto,
@@ -501,7 +515,7 @@ fn lab(args: LabArgs) -> anyhow::Result<()> {
         origin,
         timeout: Duration::from_millis(args.probe_timeout_ms),
         hold: args.hold,
-        options: runtime_options("docker0", &args.dataplane, UserRules::default()),
+        options: runtime_options("docker0", &args.dataplane, UserRules::default())?,
     };
     let all_ok = crate::commands::lab::lab(run, stop)?;
     if !all_ok {

@@ -10,7 +10,7 @@ use rules_wasm::abi::proto;
 use rules_wasm::docker::BridgeNetwork;
 
 use crate::lab::LabSpec;
-use crate::runtime::policy::{self, PacketSpec, UserRules, action_name};
+use crate::runtime::policy::{self, PacketSpec, UserModules, UserRules, action_name};
 use crate::state::{BridgeState, GATEWAY_PORT};
 
 /// The bridge state a lab file describes, with the port ids [`crate::lab::Lab::build`]
@@ -89,13 +89,15 @@ fn protocol(p: &str) -> anyhow::Result<u8> {
 pub fn trace(
     state: &BridgeState,
     user: &UserRules,
+    modules: &UserModules,
     src: &str,
     dst: &str,
     proto_name: &str,
     dport: u16,
 ) -> anyhow::Result<bool> {
     let wasm = WasmRuntime::new(WasmConfig::default()).context("starting the Wasm host")?;
-    let build = policy::build(&wasm, state, user, 1)?;
+    let user_modules = modules.load(&wasm)?;
+    let build = policy::build(&wasm, state, user, &user_modules, 1)?;
     let (src_ip, in_port) = endpoint(state, src)?;
     let (dst_ip, out_port) = endpoint(state, dst)?;
     if in_port == out_port {
@@ -130,7 +132,11 @@ pub fn trace(
     ]);
     table.add_row(vec![
         "chain".to_string(),
-        t.chain.map_or("(default)".into(), |c| c.to_string()),
+        if t.by_user_module {
+            "(a user module, before the compiled policy)".to_string()
+        } else {
+            t.chain.map_or("(default)".into(), |c| c.to_string())
+        },
     ]);
     table.add_row(vec![
         "rule".to_string(),
@@ -146,11 +152,15 @@ pub fn trace(
     ]);
     table.add_row(vec![
         "reference interpreter".to_string(),
-        format!(
-            "{} by rule {}",
-            action_name(t.reference_action),
-            rule_id(t.reference_rule)
-        ),
+        if t.by_user_module {
+            "not consulted: a user module decided".to_string()
+        } else {
+            format!(
+                "{} by rule {}",
+                action_name(t.reference_action),
+                rule_id(t.reference_rule)
+            )
+        },
     ]);
     table.add_row(vec![
         "compiled Wasm module".to_string(),
@@ -161,7 +171,9 @@ pub fn trace(
         ),
     ]);
     println!("{table}");
-    if t.agree() {
+    if t.by_user_module {
+        println!("decided by a user module; the compiled policy was not reached");
+    } else if t.agree() {
         println!("the compiled module and the reference interpreter agree");
     } else {
         println!("WARNING: the compiled module and the reference interpreter DISAGREE");

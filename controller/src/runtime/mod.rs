@@ -34,7 +34,7 @@ use crate::netlink::{NetlinkError, Netns, ip_forward_enabled};
 use crate::state::{Attachment, BridgeState, GATEWAY_PORT, Snapshot};
 use crate::takeover::{RestoreReport, Takeover, TakeoverError, TakeoverOptions};
 
-use policy::{PacketSpec, PolicyBuild, PolicyError, TraceAnswer, UserRules};
+use policy::{PacketSpec, PolicyBuild, PolicyError, TraceAnswer, UserModules, UserRules};
 use report::{CounterTotals, EnforceLatency};
 
 /// Why the runtime could not start or apply a change.
@@ -83,6 +83,8 @@ pub struct RuntimeOptions {
     pub workers: usize,
     /// The user's rules (iptables syntax), evaluated before Docker's.
     pub user_rules: UserRules,
+    /// The user's own policy modules, run before the compiled policy.
+    pub user_modules: UserModules,
     /// Gateway pair names and the state directory of the takeover.
     pub takeover: TakeoverOptions,
     /// The frame memory shared by every port.
@@ -100,6 +102,7 @@ impl RuntimeOptions {
         RuntimeOptions {
             workers: 1,
             user_rules: UserRules::default(),
+            user_modules: UserModules::default(),
             takeover: TakeoverOptions::for_bridge(bridge),
             umem: UmemConfig::default(),
             xdp: XdpPortConfig {
@@ -203,7 +206,8 @@ impl BridgeRuntime {
             );
         }
         let wasm = WasmRuntime::new(WasmConfig::default())?;
-        let policy = policy::build(&wasm, &state, &opts.user_rules, 1)?;
+        let user_modules = opts.user_modules.load(&wasm)?;
+        let policy = policy::build(&wasm, &state, &opts.user_rules, &user_modules, 1)?;
         let mut takeover = Takeover::take(&netns, &bridge, opts.takeover.clone())?;
         for a in &state.attachments {
             takeover.adopt(&a.host_ifname)?;
@@ -364,7 +368,13 @@ impl BridgeRuntime {
         }
         let generation = self.next_generation;
         self.next_generation += 1;
-        let built = policy::build(&self.wasm, new, &self.opts.user_rules, generation);
+        let built = policy::build(
+            &self.wasm,
+            new,
+            &self.opts.user_rules,
+            &self.policy.user_modules,
+            generation,
+        );
         let fresh: Vec<Attachment> = new
             .attachments
             .iter()

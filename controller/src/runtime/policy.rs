@@ -37,6 +37,64 @@ pub enum PolicyError {
     /// wasmtime refused the module or an instance of it.
     #[error("loading the compiled policy: {0}")]
     Load(#[from] LoadError),
+    /// A user policy module could not be read.
+    #[error("policy module {path}: {source}")]
+    ModuleFile {
+        /// The file.
+        path: String,
+        /// Why it could not be read.
+        source: std::io::Error,
+    },
+    /// wasmtime (or the ABI check) refused a user policy module.
+    #[error("policy module {path}: {error}")]
+    Module {
+        /// The file.
+        path: String,
+        /// What is wrong with it (missing export, forbidden import, ABI version, …).
+        error: LoadError,
+    },
+}
+
+/// The user's own policy modules (`--module FILE.wasm`), in the order given: they run before
+/// the compiled Docker policy, which decides whatever they leave (`Continue`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserModules {
+    /// (file name, module bytes).
+    files: Vec<(String, Vec<u8>)>,
+}
+
+impl UserModules {
+    /// Reads the modules' bytes; an unreadable file is an error naming it.
+    pub fn from_files(paths: &[std::path::PathBuf]) -> Result<UserModules, PolicyError> {
+        let files = paths
+            .iter()
+            .map(|p| {
+                let path = p.display().to_string();
+                std::fs::read(p)
+                    .map(|bytes| (path.clone(), bytes))
+                    .map_err(|source| PolicyError::ModuleFile { path, source })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(UserModules { files })
+    }
+
+    /// Compiles and checks every module once (ABI version, exports, imports, a probe batch);
+    /// the first one refused is an error naming its file and what is wrong.
+    pub fn load(&self, wasm: &WasmRuntime) -> Result<Vec<PolicyModule>, PolicyError> {
+        self.files
+            .iter()
+            .map(|(path, bytes)| {
+                let name = std::path::Path::new(path)
+                    .file_name()
+                    .map_or_else(|| path.clone(), |n| n.to_string_lossy().into_owned());
+                wasm.load(bytes, &name)
+                    .map_err(|error| PolicyError::Module {
+                        path: path.clone(),
+                        error,
+                    })
+            })
+            .collect()
+    }
 }
 
 /// The user's rules as text, with where they came from (for error messages).
@@ -78,6 +136,8 @@ pub struct PolicyBuild {
     pub compiled: CompiledPolicy,
     /// The module, compiled by wasmtime; each worker instantiates it.
     pub module: PolicyModule,
+    /// The user's own modules, run before `module` (loaded once, shared by every build).
+    pub user_modules: Vec<PolicyModule>,
 }
 
 /// Compiles `state` plus `user` into a loaded module of generation `generation`. User rules
@@ -86,6 +146,7 @@ pub fn build(
     wasm: &WasmRuntime,
     state: &BridgeState,
     user: &UserRules,
+    user_modules: &[PolicyModule],
     generation: u64,
 ) -> Result<PolicyBuild, PolicyError> {
     let user_rules = parse(&user.text, &state.network).map_err(|error| PolicyError::Rules {
@@ -100,6 +161,7 @@ pub fn build(
         ruleset,
         compiled,
         module,
+        user_modules: user_modules.to_vec(),
     })
 }
 
@@ -120,6 +182,9 @@ pub struct TraceAnswer {
     pub chain: Option<Chain>,
     /// The deciding rule's text ("-I -s … -j DROP", "link web→db 80/tcp"), or the default.
     pub origin: String,
+    /// A user module decided: the reference interpreter (which knows only the rule model)
+    /// was not consulted, and `reference_*` repeat the module's answer.
+    pub by_user_module: bool,
 }
 
 impl TraceAnswer {
@@ -192,10 +257,18 @@ impl PacketSpec {
 }
 
 impl PolicyBuild {
-    /// `n` fresh chains of this module, one per worker.
+    /// The chain every worker runs: the user's modules, then the compiled Docker policy.
+    pub fn chain(&self) -> Vec<PolicyModule> {
+        let mut all = self.user_modules.clone();
+        all.push(self.module.clone());
+        all
+    }
+
+    /// `n` fresh chains, one per worker.
     pub fn instances(&self, n: usize) -> Result<Vec<PolicyChain>, LoadError> {
+        let chain = self.chain();
         (0..n)
-            .map(|_| PolicyChain::instantiate(self.generation, std::slice::from_ref(&self.module)))
+            .map(|_| PolicyChain::instantiate(self.generation, &chain))
             .collect()
     }
 
@@ -214,11 +287,28 @@ impl PolicyBuild {
             .unwrap_or_else(|| format!("rule {id}"))
     }
 
-    /// Which rule decides `packet`, by the reference interpreter and by the compiled module.
+    /// Which module and rule decide `packet`: through fresh instances of the chain the workers
+    /// run, and — when the compiled Docker policy decides — also by the reference interpreter.
     pub fn trace(&self, packet: &PacketSpec) -> Result<TraceAnswer, LoadError> {
         let record = packet.record();
+        let compiled = trace_fresh(self.generation, &self.chain(), &record)?;
+        if let Some(i) = compiled.module_index
+            && i < self.user_modules.len()
+        {
+            // A user module decided: the rule model knows nothing of its rules.
+            let name = compiled.module_name.clone().unwrap_or_default();
+            return Ok(TraceAnswer {
+                record,
+                reference_action: compiled.action,
+                reference_rule: compiled.rule_id,
+                action: compiled.action,
+                chain: None,
+                origin: format!("policy module {name}, its rule {}", compiled.rule_id),
+                by_user_module: true,
+                compiled,
+            });
+        }
         let reference = reference::evaluate(&self.ruleset, &record);
-        let compiled = trace_fresh(self.generation, std::slice::from_ref(&self.module), &record)?;
         let rule = reference.rule;
         let action = match reference.action {
             Action::Continue => self.ruleset.default,
@@ -232,6 +322,7 @@ impl PolicyBuild {
             action,
             chain: self.ruleset.rule(rule).map(|r| r.chain),
             origin: self.origin(rule),
+            by_user_module: false,
         })
     }
 }
@@ -272,7 +363,7 @@ mod tests {
     fn walkthrough_traces_name_the_deciding_rule_and_both_evaluators_agree() {
         let wasm = WasmRuntime::new(WasmConfig::default()).unwrap();
         let (state, rules) = walkthrough();
-        let b = build(&wasm, &state, &rules, 7).unwrap();
+        let b = build(&wasm, &state, &rules, &[], 7).unwrap();
         assert_eq!(b.generation, 7);
         assert_eq!(b.instances(2).unwrap().len(), 2);
 
@@ -325,7 +416,9 @@ mod tests {
             origin: "rules.txt".into(),
         };
         assert_eq!(rules.count(), 2);
-        let e = build(&wasm, &state, &rules, 1).unwrap_err().to_string();
+        let e = build(&wasm, &state, &rules, &[], 1)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("rules.txt") && e.contains("line 3"), "{e}");
         assert!(e.contains("nosuch"), "{e}");
     }
