@@ -8,8 +8,10 @@
 //! `BW_E2E_OUT` (JSON path, default `$CARGO_TARGET_DIR/e2e/results.json` or
 //! `target/e2e/results.json`).
 //!
-//! Grows by adding a `Path` (e.g. the engine-integrated dataplane, a bridge with iptables
-//! rule sets) or a `Workload` (TCP, latency) — the loop, sampling and output stay.
+//! Paths: the kernel bridge (baseline), the raw AF_XDP forwarder (the socket layer alone) and
+//! bridgewall (the engine and the compiled policy on the same ports). Grows by adding a
+//! `Path` (a bridge with iptables rule sets) or a `Workload` (TCP, latency) — the loop,
+//! sampling and output stay.
 #[path = "../dataplane/tests/common/mod.rs"]
 mod common;
 
@@ -24,7 +26,13 @@ use common::netns::Trio;
 use dataplane::afxdp::{
     PollConfig, Umem, UmemConfig, XdpPort, XdpPortConfig, enter_netns, pin_current_thread,
 };
+use dataplane::engine::PortConfig;
 use dataplane::phy::{DescBatch, FrameDesc, FrameMemory, FreeList, Port};
+use dataplane::policy::{Action, ConstPolicy, Policy};
+use dataplane::wasm::{PolicyChain, WasmConfig, WasmRuntime};
+use dataplane::worker::{Dataplane, DataplaneConfig};
+use rules_wasm::compiler::compile;
+use rules_wasm::docker::{BridgeNetwork, ContainerInfo, docker_ruleset};
 use serde_json::json;
 
 /// CPU the sender is pinned to; forwarders run on the other one.
@@ -145,6 +153,141 @@ impl Drop for AfXdpRaw {
                 r.held.iter().map(|h| h.total()).sum::<usize>(),
                 r.total_frames
             );
+        }
+    }
+}
+
+/// bridgewall's dataplane proper: the same AF_XDP ports, owned by a worker thread that runs
+/// the engine (parse, L2 switch by the containers' MACs, flow table, TCP/UDP checksum
+/// completion) with the compiled Docker policy (icc=true, A and B as two containers) in
+/// wasmtime deciding new flows.
+struct AfXdpEngine {
+    dp: Option<Dataplane<Umem, XdpPort>>,
+    last: u64,
+    trio: Trio,
+}
+
+const PORT_A: u16 = 1;
+const PORT_B: u16 = 2;
+
+impl AfXdpEngine {
+    fn new() -> Result<Self> {
+        let trio = Trio::new();
+        let (mac_a, mac_b) = (mac_of(&trio.a, "va")?, mac_of(&trio.b, "vb")?);
+        let (ip_a, ip_b) = (
+            std::net::IpAddr::from(ipv4(&trio.ip_a)?),
+            std::net::IpAddr::from(ipv4(&trio.ip_b)?),
+        );
+        let container = |name: &str, port, ip, mac| ContainerInfo {
+            name: name.into(),
+            port,
+            ips: vec![ip],
+            mac,
+            ..ContainerInfo::default()
+        };
+        let net = BridgeNetwork {
+            icc: true,
+            gateway_port: 0,
+            gateway_ips: Vec::new(),
+            containers: vec![
+                container("a", PORT_A, ip_a, mac_a),
+                container("b", PORT_B, ip_b, mac_b),
+            ],
+        };
+        let compiled = compile(&docker_ruleset(&net, Vec::new(), 1))?;
+        let wasm = WasmRuntime::new(WasmConfig::default())?;
+        let module = wasm.load(&compiled.wasm, "docker-policy")?;
+        let mut chains = vec![PolicyChain::instantiate(1, std::slice::from_ref(&module))?];
+
+        // AF_XDP sockets and XDP links belong to the namespace of the thread creating them.
+        let back = enter_netns(&trio.m.name)?;
+        let umem = Umem::new(UmemConfig {
+            frame_count: 16 * 1024,
+            frame_size: 2048,
+        })?;
+        let xdp = XdpPortConfig::default();
+        let pa = XdpPort::open(&umem, "pa", &xdp, None)?;
+        let pb = {
+            let share = pa.umem_share()?;
+            XdpPort::open_shared(&umem, "pb", &xdp, &share)?
+        };
+        drop(back);
+
+        let config = DataplaneConfig {
+            workers: 1,
+            cpus: vec![FORWARDER_CPU],
+            poll: PollConfig::default(),
+            ..DataplaneConfig::default()
+        };
+        let mut dp = Dataplane::start(config, umem, |_| match chains.pop() {
+            Some(c) => Box::new(c) as Box<dyn Policy>,
+            None => Box::new(ConstPolicy {
+                action: Action::Drop,
+                generation: 0,
+            }),
+        })?;
+        let port = |id, mac, ip| PortConfig {
+            id,
+            macs: vec![mac],
+            ips: vec![ip],
+            is_gateway: false,
+            complete_checksums: true,
+        };
+        dp.add_port(port(PORT_A, mac_a, ip_a), pa, 0)?;
+        dp.add_port(port(PORT_B, mac_b, ip_b), pb, 0)?;
+        Ok(Self {
+            dp: Some(dp),
+            last: 0,
+            trio,
+        })
+    }
+
+    fn forwarded(&self) -> u64 {
+        self.dp.as_ref().map_or(0, |dp| {
+            dp.counters()
+                .iter()
+                .map(|c| c.snapshot().port(PORT_B).tx_packets)
+                .sum()
+        })
+    }
+}
+
+impl Path for AfXdpEngine {
+    fn name(&self) -> &'static str {
+        "bridgewall"
+    }
+    fn description(&self) -> &'static str {
+        "AF_XDP ports + worker running the engine (switch, flow table, checksums) + compiled Docker policy in wasmtime"
+    }
+    fn trio(&self) -> &Trio {
+        &self.trio
+    }
+    fn run_stats(&mut self) -> serde_json::Value {
+        let now = self.forwarded();
+        let d = now - self.last;
+        self.last = now;
+        json!({ "engine_tx_frames": d })
+    }
+}
+
+impl Drop for AfXdpEngine {
+    fn drop(&mut self) {
+        let forwarded = self.forwarded();
+        if let Some(dp) = self.dp.take() {
+            let drops: u64 = dp
+                .counters()
+                .iter()
+                .map(|c| c.snapshot().total_drops())
+                .sum();
+            if let Ok(f) = dp.frames() {
+                eprintln!(
+                    "bridgewall engine: {forwarded} frames forwarded, {drops} dropped; frames accounted {} (free {}, in ports {})",
+                    f.total(),
+                    f.workers.iter().map(|w| w.free).sum::<usize>() + f.spare,
+                    f.workers.iter().map(|w| w.ports.total()).sum::<usize>()
+                );
+            }
+            drop(dp.stop());
         }
     }
 }
@@ -489,8 +632,11 @@ fn main() -> Result<()> {
         format!("{target}/e2e/results.json")
     });
 
-    let mut paths: Vec<Box<dyn Path>> =
-        vec![Box::new(LinuxBridge::new()?), Box::new(AfXdpRaw::new()?)];
+    let mut paths: Vec<Box<dyn Path>> = vec![
+        Box::new(LinuxBridge::new()?),
+        Box::new(AfXdpRaw::new()?),
+        Box::new(AfXdpEngine::new()?),
+    ];
     let mut results = Vec::new();
     for round in 0..rounds {
         for w in WORKLOADS {

@@ -89,7 +89,10 @@ fn trace_runs_user_modules_before_the_compiled_policy() {
         text.contains("drop-icmp-echo.wasm") && text.contains("policy module"),
         "{text}"
     );
-    assert!(text.contains("┆ drop") && text.contains("a user module decided"), "{text}");
+    assert!(
+        text.contains("┆ drop") && text.contains("a user module decided"),
+        "{text}"
+    );
     // What the module leaves (Continue) the compiled policy decides: the link still opens.
     let (ok, text) = bridgewall(&[
         "trace",
