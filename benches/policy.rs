@@ -396,7 +396,7 @@ fn docker_packets() -> Vec<PacketRecord> {
 fn docker_miss_packet(k: usize) -> PacketRecord {
     let a = (k % usize::from(CONTAINERS)) as u8;
     let b = ((k + 3) % usize::from(CONTAINERS)) as u8;
-    if k % 2 == 0 {
+    if k.is_multiple_of(2) {
         record(
             container_ip(a),
             container_ip(b),

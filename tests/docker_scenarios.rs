@@ -8,22 +8,6 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use support::docker::DockerEngine;
 
-/// Fetches `url` from inside container `from` (busybox wget, wrapped in `timeout`: its `-T`
-/// segfaults); returns the body, or None when the connection did not complete.
-fn fetch(engine: &DockerEngine, from: &str, url: &str) -> Option<String> {
-    let out = engine.docker(&["exec", from, "timeout", "3", "wget", "-qO-", url]);
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn ping(engine: &DockerEngine, from: &str, to: &str) -> bool {
-    engine
-        .docker(&["exec", from, "ping", "-c", "1", "-W", "2", to])
-        .status
-        .success()
-}
-
 fn ip_of(engine: &DockerEngine, name: &str) -> String {
     engine
         .inspect(name, "{{.NetworkSettings.IPAddress}}")
@@ -63,7 +47,7 @@ fn root_docker_scenario_nginx_image_serves_on_the_kernel_bridge() {
     let ip2 = ip_of(&engine, "nginx_server2");
     let deadline = Instant::now() + Duration::from_secs(10);
     let body = loop {
-        if let Some(b) = fetch(&engine, "nginx_server1", &format!("http://{ip2}/")) {
+        if let Some(b) = engine.fetch("nginx_server1", &format!("http://{ip2}/")) {
             break b;
         }
         assert!(Instant::now() < deadline, "nginx_server2 never answered");
@@ -278,16 +262,14 @@ fn root_docker_scenario_icc_true_and_a_link_through_bridgewall() {
 
     // 1. icc=true: the two servers fetch each other's page by IP.
     let page = eventually("server1 → server2", || {
-        fetch(&engine, "nginx_server1", &format!("http://{ip2}/"))
+        engine.fetch("nginx_server1", &format!("http://{ip2}/"))
     });
     assert!(page.contains("hello from nginx"));
     eventually("server2 → server1", || {
-        fetch(&engine, "nginx_server2", &format!("http://{ip1}/"))
+        engine.fetch("nginx_server2", &format!("http://{ip1}/"))
     });
     // 2. The link: client3 fetches http://ng2/.
-    eventually("client3 → ng2", || {
-        fetch(&engine, "client3", "http://ng2/")
-    });
+    eventually("client3 → ng2", || engine.fetch("client3", "http://ng2/"));
 
     let (out, _) = bw.stop();
     assert!(
@@ -315,23 +297,23 @@ fn root_docker_scenario_icc_false_link_published_port_and_user_rule() {
 
     // 3. The linked pair still talks on the exposed port...
     let page = eventually("client3 → ng2:80", || {
-        fetch(&engine, "client3", "http://ng2/")
+        engine.fetch("client3", "http://ng2/")
     });
     assert!(page.contains("hello from nginx"));
     // ...but the two servers no longer reach each other,
     times_out("server1 → server2 (icc=false)", || {
-        fetch(&engine, "nginx_server1", &format!("http://{ip2}/"))
+        engine.fetch("nginx_server1", &format!("http://{ip2}/"))
     });
     // ...the link opens the exposed port only (and not in reverse, and no ping).
     times_out("client3 → ng2:8081", || {
-        fetch(&engine, "client3", "http://ng2:8081/")
+        engine.fetch("client3", "http://ng2:8081/")
     });
     times_out("server2 → client3 (the link's reverse)", || {
         let c3 = ip_of(&engine, "client3");
-        fetch(&engine, "nginx_server2", &format!("http://{c3}/"))
+        engine.fetch("nginx_server2", &format!("http://{c3}/"))
     });
     assert!(
-        !ping(&engine, "client3", "ng2"),
+        !engine.ping("client3", "ng2"),
         "ping over the link is dropped"
     );
 
@@ -366,9 +348,9 @@ fn root_docker_scenario_icc_false_link_published_port_and_user_rule() {
         curl_in(&engine.outside_netns, "http://198.18.0.1:8080/")
     });
     eventually("client3 → ng2 through the kernel", || {
-        fetch(&engine, "client3", "http://ng2/")
+        engine.fetch("client3", "http://ng2/")
     });
     times_out("server1 → server2 through the kernel (icc=false)", || {
-        fetch(&engine, "nginx_server1", &format!("http://{ip2}/"))
+        engine.fetch("nginx_server1", &format!("http://{ip2}/"))
     });
 }

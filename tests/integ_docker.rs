@@ -100,20 +100,6 @@ fn fetch_from_ns(netns: &str, url: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn fetch_in(engine: &DockerEngine, container: &str, url: &str) -> Option<String> {
-    let out = engine.docker(&["exec", container, "timeout", "3", "wget", "-qO-", url]);
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn ping_in(engine: &DockerEngine, container: &str, ip: &str) -> bool {
-    engine
-        .docker(&["exec", container, "ping", "-c", "1", "-W", "1", ip])
-        .status
-        .success()
-}
-
 fn tracker(engine: &DockerEngine, icc: Option<bool>) -> TrackerHandle {
     let mut cfg = TrackerConfig::new(EngineAddress::parse(&engine.host()).unwrap());
     cfg.bridge_netns = Some(engine.netns.clone());
@@ -196,12 +182,18 @@ fn root_docker_bridgewall_enforces_the_seed_scenarios() {
     let ip2 = ip_of(&snap, "nginx_server2");
     // 1. icc=true: the two servers fetch each other's page by IP.
     assert_eq!(
-        fetch_in(&engine, "nginx_server1", &format!("http://{ip2}/")).as_deref(),
+        engine
+            .fetch("nginx_server1", &format!("http://{ip2}/"))
+            .as_deref(),
         Some(format!("{PAGE}\n").as_str())
     );
-    assert!(fetch_in(&engine, "nginx_server2", &format!("http://{ip1}/")).is_some());
+    assert!(
+        engine
+            .fetch("nginx_server2", &format!("http://{ip1}/"))
+            .is_some()
+    );
     // 2. the link: client3 fetches http://ng2/.
-    assert!(fetch_in(&engine, "client3", "http://ng2/").is_some());
+    assert!(engine.fetch("client3", "http://ng2/").is_some());
     let a = rt.stop().unwrap();
     assert_eq!(a.restore.returned.len(), 3, "{:?}", a.restore);
     assert!(a.latency.count >= 1);
@@ -238,17 +230,17 @@ fn root_docker_bridgewall_enforces_the_seed_scenarios() {
     //    only (ping over the link is dropped).
     let before = hits(icc_rule);
     assert_eq!(
-        fetch_in(&engine, "nginx_server1", &format!("http://{ip2}/")),
+        engine.fetch("nginx_server1", &format!("http://{ip2}/")),
         None
     );
     assert_eq!(
-        fetch_in(&engine, "nginx_server2", &format!("http://{ip1}/")),
+        engine.fetch("nginx_server2", &format!("http://{ip1}/")),
         None
     );
     assert!(hits(icc_rule) > before, "the ICC rule's counter moved");
-    assert!(fetch_in(&engine, "client3", "http://ng2/").is_some());
+    assert!(engine.fetch("client3", "http://ng2/").is_some());
     assert!(
-        !ping_in(&engine, "client3", &ip2),
+        !engine.ping("client3", &ip2),
         "ping over the link is dropped"
     );
     // 4. the published port from an outside host, through the kernel's DNAT.
@@ -273,7 +265,11 @@ fn root_docker_bridgewall_enforces_the_seed_scenarios() {
     let mut ports = engine.bridge_ports("docker0");
     ports.sort();
     assert_eq!(ports.len(), 3, "{ports:?}");
-    assert!(fetch_in(&engine, "nginx_server1", &format!("http://{ip2}/")).is_some());
+    assert!(
+        engine
+            .fetch("nginx_server1", &format!("http://{ip2}/"))
+            .is_some()
+    );
     assert!(std::fs::read_dir(&state_dir).unwrap().next().is_none());
     drop(t);
 
@@ -319,10 +315,10 @@ fn root_docker_bridgewall_enforces_the_seed_scenarios() {
         }
     }
     assert_eq!(
-        fetch_in(&engine, "nginx_server1", &format!("http://{ip2}/")),
+        engine.fetch("nginx_server1", &format!("http://{ip2}/")),
         None
     );
-    assert!(fetch_in(&engine, "client3", "http://ng2/").is_some());
+    assert!(engine.fetch("client3", "http://ng2/").is_some());
     // A container started now is attached and filtered by the running binary.
     engine.run_container("late4", &[], &[]);
     while !log.iter().any(|l: &String| l.contains("attached: [late4]")) {
@@ -333,10 +329,7 @@ fn root_docker_bridgewall_enforces_the_seed_scenarios() {
     }
     let ip4 = engine.inspect("late4", "{{.NetworkSettings.IPAddress}}");
     assert!(fetch_from_ns(&engine.netns, &format!("http://{ip4}/")).is_some());
-    assert_eq!(
-        fetch_in(&engine, "client3", &format!("http://{ip4}/")),
-        None
-    );
+    assert_eq!(engine.fetch("client3", &format!("http://{ip4}/")), None);
     // A few more, one at a time, for the start → enforced latency distribution; then one
     // leaves (its port is detached, the bridge does not get a dead veth back).
     for i in 5..=9 {

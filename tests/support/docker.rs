@@ -430,6 +430,22 @@ impl DockerEngine {
         self.docker_ok(&all)
     }
 
+    /// Fetches `url` from inside `container` (busybox wget, wrapped in `timeout`: its `-T`
+    /// segfaults); the body, or None when the connection did not complete.
+    pub fn fetch(&self, container: &str, url: &str) -> Option<String> {
+        let out = self.docker(&["exec", container, "timeout", "3", "wget", "-qO-", url]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// One ping from inside `container` to `target` (a name or an address).
+    pub fn ping(&self, container: &str, target: &str) -> bool {
+        self.docker(&["exec", container, "ping", "-c", "1", "-W", "1", target])
+            .status
+            .success()
+    }
+
     /// `docker inspect -f FORMAT NAME`.
     pub fn inspect(&self, name: &str, format: &str) -> String {
         self.docker_ok(&["inspect", "-f", format, name])

@@ -188,24 +188,8 @@ impl Lab {
             let Some(built) = self.containers.last() else {
                 continue;
             };
-            let inner = built.netns.rtnl().await.map_err(LabError::setup(&what))?;
-            lo_up(&inner).await?;
-            let eth0 = inner
-                .index_of("eth0")
-                .await
-                .map_err(LabError::setup(&what))?;
-            inner
-                .add_address(eth0, IpAddr::V4(c.ip), b.prefix)
-                .await
-                .map_err(LabError::setup(format!("{what}: address")))?;
-            inner
-                .set_up(eth0)
-                .await
-                .map_err(LabError::setup(format!("{what}: eth0 up")))?;
-            inner
-                .add_route_v4(Ipv4Addr::UNSPECIFIED, 0, b.gateway)
-                .await
-                .map_err(LabError::setup(format!("{what}: default route")))?;
+            let route = (Ipv4Addr::UNSPECIFIED, 0, b.gateway);
+            configure_eth0(&built.netns, &what, c.ip, b.prefix, route).await?;
         }
 
         for (j, o) in self.spec.outside.clone().into_iter().enumerate() {
@@ -240,26 +224,8 @@ impl Lab {
             let Some(built) = self.outside.last() else {
                 continue;
             };
-            let inner = built.netns.rtnl().await.map_err(LabError::setup(&what))?;
-            lo_up(&inner).await?;
-            let eth0 = inner
-                .index_of("eth0")
-                .await
-                .map_err(LabError::setup(&what))?;
-            inner
-                .add_address(eth0, IpAddr::V4(o.ip), o.prefix)
-                .await
-                .map_err(LabError::setup(format!("{what}: address")))?;
-            inner
-                .set_up(eth0)
-                .await
-                .map_err(LabError::setup(format!("{what}: eth0 up")))?;
-            inner
-                .add_route_v4(b.subnet, b.prefix, o.host_ip)
-                .await
-                .map_err(LabError::setup(format!(
-                    "{what}: route to the bridge subnet"
-                )))?;
+            let route = (b.subnet, b.prefix, o.host_ip);
+            configure_eth0(&built.netns, &what, o.ip, o.prefix, route).await?;
         }
         Ok(())
     }
@@ -529,6 +495,36 @@ impl Drop for Lab {
         self.outside.clear();
         self.host = None;
     }
+}
+
+/// Inside a lab namespace: loopback up, `eth0` addressed and up, and one IPv4 route
+/// (`destination/prefix via gateway`): what a container or an outside host needs.
+async fn configure_eth0(
+    netns: &Netns,
+    what: &str,
+    ip: Ipv4Addr,
+    prefix: u8,
+    route: (Ipv4Addr, u8, Ipv4Addr),
+) -> Result<(), LabError> {
+    let inner = netns.rtnl().await.map_err(LabError::setup(what))?;
+    lo_up(&inner).await?;
+    let eth0 = inner
+        .index_of("eth0")
+        .await
+        .map_err(LabError::setup(what))?;
+    inner
+        .add_address(eth0, IpAddr::V4(ip), prefix)
+        .await
+        .map_err(LabError::setup(format!("{what}: address")))?;
+    inner
+        .set_up(eth0)
+        .await
+        .map_err(LabError::setup(format!("{what}: eth0 up")))?;
+    let (dst, len, via) = route;
+    inner
+        .add_route_v4(dst, len, via)
+        .await
+        .map_err(LabError::setup(format!("{what}: route to {dst}/{len}")))
 }
 
 async fn lo_up(rtnl: &Rtnl) -> Result<(), LabError> {
