@@ -19,11 +19,14 @@ pub struct PollConfig {
 }
 
 impl Default for PollConfig {
-    /// ~100–200 µs of spinning (an empty round is a few ring loads), then 10 ms sleeps.
+    /// ~100–200 µs of spinning (an empty round is a few ring loads), then 100 ms sleeps:
+    /// arriving frames wake the poller through the sockets, and a worker's peers and its
+    /// control channel wake it through its wake socket, so the timeout only bounds how long
+    /// completed TX frames wait to be reclaimed while nothing else happens.
     fn default() -> Self {
         Self {
             spin_rounds: 2000,
-            sleep_timeout: Duration::from_millis(10),
+            sleep_timeout: Duration::from_millis(100),
         }
     }
 }

@@ -141,7 +141,12 @@ impl PolicyInstance {
         let c = &self.counters;
         ModuleCounters::add(&c.batches, 1);
         ModuleCounters::add(&c.records, n as u64);
-        let deadline = self.module.inner().runtime.config.deadline_ticks;
+        let runtime = &self.module.inner().runtime;
+        // A plain store, once per batch: keeps the epoch ticker at full rate while guests run.
+        runtime
+            .busy
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let deadline = runtime.config.deadline_ticks;
 
         let Some(live) = self.live.as_mut() else {
             ModuleCounters::add(&c.quarantined_batches, 1);

@@ -2,6 +2,7 @@
 //! long any guest call may run, and the entry point that turns bytes into a validated
 //! [`PolicyModule`].
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rules_wasm::abi::Action;
@@ -97,6 +98,9 @@ pub(crate) struct RuntimeShared {
     pub(crate) linker: Linker<HostState>,
     pub(crate) config: WasmConfig,
     pub(crate) reaper: Reaper,
+    /// Set by every batch a guest is called for, cleared by the epoch ticker: how the
+    /// ticker knows it may slow down while no policy runs.
+    pub(crate) busy: Arc<AtomicBool>,
 }
 
 /// The Wasm host of one process: create one, [`load`](Self::load) modules on the control
@@ -124,13 +128,15 @@ impl WasmRuntime {
         let mut linker = Linker::new(&engine);
         hostlog::define_log(&mut linker).map_err(|e| RuntimeError::Engine(e.to_string()))?;
         let reaper = Reaper::spawn()?;
-        spawn_ticker(&engine, config.epoch_tick)?;
+        let busy = Arc::new(AtomicBool::new(false));
+        spawn_ticker(&engine, config.epoch_tick, Arc::clone(&busy))?;
         Ok(Self {
             shared: Arc::new(RuntimeShared {
                 engine,
                 linker,
                 config,
                 reaper,
+                busy,
             }),
         })
     }
@@ -153,15 +159,38 @@ impl WasmRuntime {
     }
 }
 
-/// Starts the thread that advances the engine's epoch every `tick`. It holds only a weak
-/// reference, so it ends once the engine is gone.
-fn spawn_ticker(engine: &Engine, tick: Duration) -> Result<(), RuntimeError> {
+/// Ticks the ticker skips while no guest has been called (an idle dataplane must not wake
+/// a thousand times a second): after this many idle ticks it sleeps [`IDLE_TICK`] instead.
+const IDLE_AFTER_TICKS: u32 = 100;
+/// The ticker's period while idle. A guest called during such a sleep is still interrupted,
+/// at most this much later than its deadline; under traffic the ticker runs at full rate.
+const IDLE_TICK: Duration = Duration::from_millis(50);
+
+/// Starts the thread that advances the engine's epoch every `tick` while guests are being
+/// called, and every [`IDLE_TICK`] once none has been for [`IDLE_AFTER_TICKS`] ticks. It
+/// holds only a weak reference to the engine and stops once the engine is gone.
+fn spawn_ticker(
+    engine: &Engine,
+    tick: Duration,
+    busy: Arc<AtomicBool>,
+) -> Result<(), RuntimeError> {
     let weak = engine.weak();
     std::thread::Builder::new()
         .name("bw-wasm-epoch".into())
         .spawn(move || {
+            let mut idle_ticks = 0u32;
             loop {
-                std::thread::sleep(tick);
+                let period = if idle_ticks >= IDLE_AFTER_TICKS {
+                    IDLE_TICK.max(tick)
+                } else {
+                    tick
+                };
+                std::thread::sleep(period);
+                if busy.swap(false, Ordering::Relaxed) {
+                    idle_ticks = 0;
+                } else {
+                    idle_ticks = idle_ticks.saturating_add(1);
+                }
                 match weak.upgrade() {
                     Some(engine) => engine.increment_epoch(),
                     None => break,
