@@ -423,7 +423,13 @@ impl<M: FrameMemory> Engine<M> {
             }
             let tr = tracking(&parsed);
             let hk = self.flows.hash_tuple(&tr.tuple);
-            let Some(slot) = self.flows.lookup(&hk, now) else {
+            // A one-way or denied flow says nothing about the other direction: such a reply
+            // is a miss like an unknown flow.
+            let known = self.flows.lookup(&hk, now).filter(|&slot| {
+                let e = self.flows.entry(slot);
+                !(e.one_way && e.dir(hk.src_is_a) == Dir::Reply)
+            });
+            let Some(slot) = known else {
                 misses += 1;
                 self.enqueue_pending(
                     now,
@@ -440,21 +446,6 @@ impl<M: FrameMemory> Engine<M> {
             let e = self.flows.entry(slot);
             let dir = e.dir(hk.src_is_a);
             let (accept, stale) = (e.verdict.accept, e.generation != generation);
-            if e.one_way && dir == Dir::Reply {
-                // A one-way or denied flow says nothing about the other direction.
-                misses += 1;
-                self.enqueue_pending(
-                    now,
-                    mem,
-                    in_port,
-                    d,
-                    parsed,
-                    egress,
-                    PendingKind::New,
-                    Some((hk, tr)),
-                );
-                continue;
-            }
             hits += 1;
             if stale {
                 // A stale denial is no admitted flow: its packets are simply new again.

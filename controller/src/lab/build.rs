@@ -162,6 +162,7 @@ impl Lab {
                         name: "eth0",
                         netns: Some(&ns),
                         mac: Some(mac),
+                        mtu: None,
                     },
                 )
                 .await
@@ -204,6 +205,7 @@ impl Lab {
                         name: "eth0",
                         netns: Some(&ns),
                         mac: None,
+                        mtu: None,
                     },
                 )
                 .await

@@ -85,6 +85,9 @@ pub struct VethPeer<'a> {
     pub netns: Option<&'a Netns>,
     /// MAC address for the peer (the lab gives containers Docker-style MACs).
     pub mac: Option<[u8; 6]>,
+    /// MTU of both ends; `None` keeps the kernel's default. The takeover's gateway pair
+    /// takes the bridge's MTU, since native XDP on a veth caps the peer's.
+    pub mtu: Option<u32>,
 }
 
 impl Rtnl {
@@ -207,7 +210,12 @@ impl Rtnl {
         if let Some(mac) = peer.mac {
             peer_msg = peer_msg.address(mac.to_vec());
         }
-        let msg = LinkVeth::new(name, peer.name)
+        let mut veth = LinkVeth::new(name, peer.name);
+        if let Some(mtu) = peer.mtu {
+            peer_msg = peer_msg.mtu(mtu);
+            veth = veth.mtu(mtu);
+        }
+        let msg = veth
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
             .build();
         self.handle
@@ -217,6 +225,19 @@ impl Rtnl {
             .await
             .map_err(|e| NetlinkError::rtnl(&op, e))?;
         self.index_of(name).await
+    }
+
+    /// Sets a link's MAC address. The takeover pins a bridge's address with it, which the
+    /// kernel would otherwise re-derive from the bridge's ports as they come and go.
+    pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
+        self.set(
+            LinkUnspec::new_with_index(index)
+                .address(mac.to_vec())
+                .build(),
+            "MAC",
+            index,
+        )
+        .await
     }
 
     /// Brings a link up.

@@ -28,7 +28,7 @@ pub use state::{TakenPort, state_path};
 use nl::{NlSession, is_gone};
 use state::{GatewayRecord, STATE_VERSION, TakeoverRecord};
 
-use crate::netlink::{LinkFacts, NetlinkError, Netns, Rtnl, is_root};
+use crate::netlink::{LinkFacts, NetlinkError, Netns, Rtnl, VethPeer, is_root};
 
 /// The largest MTU a veth's peer may have while native XDP is attached to the veth: larger
 /// frames would not fit the single page the veth's XDP path works in.
@@ -418,11 +418,16 @@ async fn install(
     let rtnl = &nl.rtnl;
     let br = survey.bridge.index;
     if let Some(mac) = survey.bridge.mac {
-        nl.set_mac(br, mac).await?;
+        rtnl.set_mac(br, mac).await?;
     }
     let gw = record.gateway.clone();
-    nl.add_veth_pair(&gw.outer, &gw.inner, survey.mtu).await?;
-    let outer = rtnl.index_of(&gw.outer).await?;
+    let peer = VethPeer {
+        name: &gw.inner,
+        netns: None,
+        mac: None,
+        mtu: Some(survey.mtu),
+    };
+    let outer = rtnl.add_veth(&gw.outer, peer).await?;
     let inner = rtnl.index_of(&gw.inner).await?;
     record.gateway.outer_index = Some(outer);
     record.gateway.inner_index = Some(inner);

@@ -6,9 +6,6 @@
 //! MTU, a link's MAC), spoken over the same socket.
 use std::future::Future;
 
-use rtnetlink::packet_route::link::{InfoData, InfoVeth};
-use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
-
 use super::TakeoverError;
 use crate::netlink::{NetlinkError, Netns, Rtnl};
 
@@ -16,8 +13,6 @@ use crate::netlink::{NetlinkError, Netns, Rtnl};
 pub(super) struct NlSession {
     /// The link operations shared with the rest of the controller.
     pub rtnl: Rtnl,
-    /// The same socket, for requests [`Rtnl`] has no method for.
-    handle: rtnetlink::Handle,
     /// Drives the socket's connection task, only while [`NlSession::block`] runs.
     runtime: tokio::runtime::Runtime,
 }
@@ -48,8 +43,7 @@ impl NlSession {
             .map_err(|e| NetlinkError::io(&op, e))?;
         runtime.spawn(conn);
         Ok(NlSession {
-            rtnl: Rtnl::new(handle.clone(), netns.label().to_string()),
-            handle,
+            rtnl: Rtnl::new(handle, netns.label().to_string()),
             runtime,
         })
     }
@@ -72,51 +66,6 @@ impl NlSession {
                 Err(panic) => std::panic::resume_unwind(panic),
             }
         })
-    }
-
-    /// Creates the veth pair `outer`/`inner` beside each other, both with MTU `mtu`.
-    pub async fn add_veth_pair(
-        &self,
-        outer: &str,
-        inner: &str,
-        mtu: u32,
-    ) -> Result<(), NetlinkError> {
-        let op = format!(
-            "creating veth {outer} (peer {inner}) in {}",
-            self.rtnl.netns_label()
-        );
-        let peer = LinkMessageBuilder::<LinkUnspec>::new()
-            .name(inner.to_string())
-            .mtu(mtu)
-            .build();
-        let msg = LinkVeth::new(outer, inner)
-            .mtu(mtu)
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-            .build();
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(|e| NetlinkError::rtnl(op, e))
-    }
-
-    /// Sets a link's MAC address. Used to pin a bridge's address, which the kernel would
-    /// otherwise re-derive from its ports as they come and go.
-    pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
-        let op = format!(
-            "setting the MAC of link {index} in {}",
-            self.rtnl.netns_label()
-        );
-        let msg = LinkUnspec::new_with_index(index)
-            .address(mac.to_vec())
-            .build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(|e| NetlinkError::rtnl(op, e))
     }
 }
 
