@@ -6,7 +6,7 @@ mod support;
 
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use support::docker::DockerEngine;
+use support::docker::{DockerEngine, OutsideHost};
 
 fn ip_of(engine: &DockerEngine, name: &str) -> String {
     engine
@@ -176,73 +176,6 @@ fn times_out(what: &str, attempt: impl FnOnce() -> Option<String>) {
     );
 }
 
-/// A second outside host on its own veth to the engine's namespace (198.18.1.0/24).
-struct OutsideHost {
-    ns: String,
-}
-
-impl OutsideHost {
-    fn add(engine: &DockerEngine) -> OutsideHost {
-        let ns = format!("{}-ext2", engine.netns);
-        let h = OutsideHost { ns: ns.clone() };
-        for cmd in [
-            vec!["ip", "netns", "add", &ns],
-            vec!["ip", "-n", &ns, "link", "set", "lo", "up"],
-            vec![
-                "ip",
-                "-n",
-                &engine.netns,
-                "link",
-                "add",
-                "dh-ext2",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "ext2-dh",
-                "netns",
-                &ns,
-            ],
-            vec![
-                "ip",
-                "-n",
-                &engine.netns,
-                "addr",
-                "add",
-                "198.18.1.1/24",
-                "dev",
-                "dh-ext2",
-            ],
-            vec!["ip", "-n", &engine.netns, "link", "set", "dh-ext2", "up"],
-            vec![
-                "ip",
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                "198.18.1.2/24",
-                "dev",
-                "ext2-dh",
-            ],
-            vec!["ip", "-n", &ns, "link", "set", "ext2-dh", "up"],
-        ] {
-            let out = sh(&cmd);
-            assert!(
-                out.status.success(),
-                "{cmd:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        h
-    }
-}
-
-impl Drop for OutsideHost {
-    fn drop(&mut self) {
-        let _ = sh(&["ip", "netns", "del", &self.ns]);
-    }
-}
-
 fn start_seed_containers(engine: &DockerEngine) {
     engine.import_nginx();
     engine.run_image("nginx_server1", &["-p", "8080:80"], "lab/nginx");
@@ -285,7 +218,7 @@ fn root_docker_scenario_icc_true_and_a_link_through_bridgewall() {
 #[test]
 fn root_docker_scenario_icc_false_link_published_port_and_user_rule() {
     let engine = DockerEngine::start(false);
-    let ext2 = OutsideHost::add(&engine);
+    let ext2 = OutsideHost::add(&engine, 1);
     start_seed_containers(&engine);
     let ip2 = ip_of(&engine, "nginx_server2");
     let ip1 = ip_of(&engine, "nginx_server1");
@@ -319,7 +252,7 @@ fn root_docker_scenario_icc_false_link_published_port_and_user_rule() {
 
     // 4. -p 8080:80: the second outside host fetches the page through the host's port 8080.
     eventually("outside host 2 → :8080", || {
-        curl_in(&ext2.ns, "http://198.18.1.1:8080/")
+        curl_in(&ext2.netns, "http://198.18.1.1:8080/")
     });
     // 5. ...while the user rule blocks the first outside host.
     times_out("outside host 1 → :8080 (user rule)", || {

@@ -17,72 +17,10 @@ use controller::runtime::policy::UserRules;
 use controller::runtime::{BridgeRuntime, RuntimeOptions};
 use controller::state::Snapshot;
 use rules_wasm::model::Chain;
-use support::docker::DockerEngine;
+use support::docker::{DockerEngine, OutsideHost};
 
 const WAIT: Duration = Duration::from_secs(20);
 const PAGE: &str = "hello from busybox httpd";
-
-/// A second outside host: a namespace on its own veth to the engine's namespace
-/// (198.18.9.2 ↔ 198.18.9.1). Deleted on drop.
-struct Outside2 {
-    netns: String,
-}
-
-impl Outside2 {
-    fn new(engine: &DockerEngine) -> Outside2 {
-        let netns = format!("{}-ext2", engine.netns);
-        let o = Outside2 { netns };
-        let ip = |args: &[&str]| {
-            let out = Command::new("ip").args(args).output().unwrap();
-            assert!(out.status.success(), "ip {args:?}: {out:?}");
-        };
-        ip(&["netns", "add", &o.netns]);
-        ip(&["-n", &o.netns, "link", "set", "lo", "up"]);
-        ip(&[
-            "-n",
-            &engine.netns,
-            "link",
-            "add",
-            "dh-ext2",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "ext2-dh",
-            "netns",
-            &o.netns,
-        ]);
-        ip(&[
-            "-n",
-            &engine.netns,
-            "addr",
-            "add",
-            "198.18.9.1/24",
-            "dev",
-            "dh-ext2",
-        ]);
-        ip(&["-n", &engine.netns, "link", "set", "dh-ext2", "up"]);
-        ip(&[
-            "-n",
-            &o.netns,
-            "addr",
-            "add",
-            "198.18.9.2/24",
-            "dev",
-            "ext2-dh",
-        ]);
-        ip(&["-n", &o.netns, "link", "set", "ext2-dh", "up"]);
-        o
-    }
-}
-
-impl Drop for Outside2 {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .status();
-    }
-}
 
 /// busybox wget from inside a namespace (an outside host, or the engine's namespace as the
 /// Docker host), bounded by `timeout` (busybox's `wget -T` is unreliable).
@@ -149,7 +87,7 @@ fn options(state_dir: &std::path::Path, rules: &str) -> RuntimeOptions {
 #[test]
 fn root_docker_bridgewall_enforces_the_seed_scenarios() {
     let engine = DockerEngine::start(true);
-    let outside2 = Outside2::new(&engine);
+    let outside2 = OutsideHost::add(&engine, 9);
     let state_dir = engine.dir.join("bridgewall-state");
     std::fs::create_dir_all(&state_dir).unwrap();
     let netns = Netns::open(&engine.netns).unwrap();

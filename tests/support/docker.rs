@@ -317,26 +317,16 @@ impl DockerEngine {
         fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
         fs::write(root.join("www/index.html"), "hello from busybox httpd\n").unwrap();
         run_ok(Command::new("chmod").arg("1777").arg(root.join("tmp")));
-        let tar = img.join("rootfs.tar");
-        run_ok(
-            Command::new("tar")
-                .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
-                .arg(&root)
-                .arg("-cf")
-                .arg(&tar)
-                .arg("."),
-        );
-        self.docker_ok(&[
-            "import",
-            "--change",
-            "EXPOSE 80",
-            "--change",
-            "ENV PATH=/bin",
-            "--change",
-            r#"CMD ["httpd","-f","-v","-p","80","-h","/www"]"#,
-            tar.to_str().unwrap(),
+        self.import_rootfs(
+            &root,
+            &img.join("rootfs.tar"),
+            &[
+                "EXPOSE 80",
+                "ENV PATH=/bin",
+                r#"CMD ["httpd","-f","-v","-p","80","-h","/www"]"#,
+            ],
             "lab/busybox:latest",
-        ]);
+        );
     }
 
     /// Imports `lab/nginx`: the busybox rootfs (so containers have `wget`, `ping`, `nc`) plus
@@ -391,26 +381,32 @@ impl DockerEngine {
             "hello from nginx\n",
         )
         .unwrap();
-        let tar = self.dir.join("img/nginx-rootfs.tar");
+        self.import_rootfs(
+            &root,
+            &self.dir.join("img/nginx-rootfs.tar"),
+            &["EXPOSE 80", "ENV PATH=/bin:/usr/sbin", r#"CMD ["nginx"]"#],
+            "lab/nginx:latest",
+        );
+    }
+
+    /// Packs `root` into `tar` (numeric owner root) and `docker import`s it as `tag` with the
+    /// given `--change` instructions: an image without a registry.
+    fn import_rootfs(&self, root: &Path, tar: &Path, changes: &[&str], tag: &str) {
         run_ok(
             Command::new("tar")
                 .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
-                .arg(&root)
+                .arg(root)
                 .arg("-cf")
-                .arg(&tar)
+                .arg(tar)
                 .arg("."),
         );
-        self.docker_ok(&[
-            "import",
-            "--change",
-            "EXPOSE 80",
-            "--change",
-            "ENV PATH=/bin:/usr/sbin",
-            "--change",
-            r#"CMD ["nginx"]"#,
-            tar.to_str().unwrap(),
-            "lab/nginx:latest",
-        ]);
+        let tar = tar.to_string_lossy().into_owned();
+        let mut args = vec!["import"];
+        for c in changes {
+            args.extend(["--change", c]);
+        }
+        args.extend([tar.as_str(), tag]);
+        self.docker_ok(&args);
     }
 
     /// `docker run -d --init --name NAME ARGS... IMAGE`; returns the id.
@@ -515,4 +511,50 @@ impl Drop for DockerEngine {
 fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A further outside host: namespace `<engine>-ext<n>` on its own veth to the engine's
+/// namespace, 198.18.`n`.2 ↔ 198.18.`n`.1. Deleted on drop.
+pub struct OutsideHost {
+    /// The namespace.
+    pub netns: String,
+    /// The engine-side address it reaches the host's published ports on.
+    pub host_ip: String,
+}
+
+impl OutsideHost {
+    /// Creates outside host number `n` (1–254; 0 is the engine's built-in one).
+    pub fn add(engine: &DockerEngine, n: u8) -> OutsideHost {
+        let netns = format!("{}-ext{n}", engine.netns);
+        let h = OutsideHost {
+            netns: netns.clone(),
+            host_ip: format!("198.18.{n}.1"),
+        };
+        let (host_if, peer_if) = (format!("dh-ext{n}"), format!("ext{n}-dh"));
+        let (host_cidr, peer_cidr) = (format!("198.18.{n}.1/24"), format!("198.18.{n}.2/24"));
+        let e = engine.netns.as_str();
+        for args in [
+            vec!["netns", "add", &netns],
+            vec!["-n", &netns, "link", "set", "lo", "up"],
+            vec![
+                "-n", e, "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
+                "netns", &netns,
+            ],
+            vec!["-n", e, "addr", "add", &host_cidr, "dev", &host_if],
+            vec!["-n", e, "link", "set", &host_if, "up"],
+            vec!["-n", &netns, "addr", "add", &peer_cidr, "dev", &peer_if],
+            vec!["-n", &netns, "link", "set", &peer_if, "up"],
+        ] {
+            run_ok(Command::new("ip").args(&args));
+        }
+        h
+    }
+}
+
+impl Drop for OutsideHost {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+    }
 }
