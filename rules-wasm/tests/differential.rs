@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use common::{Host, Rng};
 use rules_wasm::abi::{Action, FlowState, PacketRecord, addr_bytes, proto};
-use rules_wasm::compiler::compile;
+use rules_wasm::compiler::{Classify, CompileOptions, compile, compile_with};
 use rules_wasm::model::{Chain, Cidr, Match, Neg, PortRange, Rule, RuleSet, StateSet, Target};
 use rules_wasm::reference::evaluate;
 
@@ -228,6 +228,18 @@ fn random_packet(rng: &mut Rng, p: &Pools, n_ports: u16) -> PacketRecord {
 /// Generates one rule set of `n` rules, compiles it, and compares `packets` verdicts.
 /// Returns the number of packets compared.
 fn run_case(engine: &wasmtime::Engine, seed: u64, n: usize, packets: usize) -> usize {
+    run_case_with(engine, seed, n, packets, &CompileOptions::default())
+}
+
+/// [`run_case`] with the compiler's options set, so every form of module it can emit
+/// (inlined or interpreted programs, each level of classification) is checked.
+fn run_case_with(
+    engine: &wasmtime::Engine,
+    seed: u64,
+    n: usize,
+    packets: usize,
+    options: &CompileOptions,
+) -> usize {
     let mut rng = Rng(seed);
     let pools = Pools::new(&mut rng, (n / 4).clamp(4, 4096));
     let n_ports = (rng.below(12) + 2) as u16;
@@ -241,7 +253,10 @@ fn run_case(engine: &wasmtime::Engine, seed: u64, n: usize, packets: usize) -> u
         Action::Reject,
     ]);
     let set = RuleSet::new(rules, seed, default);
-    let compiled = compile(&set).unwrap();
+    let compiled = compile_with(&set, options).unwrap();
+    if options.classify < Classify::Full {
+        assert!(compiled.stats.classify <= options.classify);
+    }
     let mut host = Host::load(engine, &compiled.wasm).unwrap();
     assert!(host.imports.is_empty(), "compiled modules import nothing");
     let pkts: Vec<PacketRecord> = (0..packets)
@@ -278,6 +293,104 @@ fn compiled_equals_reference_small_sets() {
         compared += run_case(&engine, 1000 + seed, n, 128);
     }
     assert!(compared >= 50_000);
+}
+
+/// Every compile form against the reference on the same random sets: interpreted programs,
+/// classes without ports, no classes at all; and inlined programs on sets small enough to
+/// inline (most random sets are not, their shapes being many).
+#[test]
+fn every_compile_form_equals_reference() {
+    let engine = wasmtime::Engine::default();
+    let forms = [
+        (Classify::Full, false),
+        (Classify::NoPorts, true),
+        (Classify::NoPorts, false),
+        (Classify::None, true),
+        (Classify::None, false),
+    ];
+    for seed in 0..60u64 {
+        let n = (seed as usize * 7919) % 120;
+        for (classify, inline_programs) in forms {
+            let options = CompileOptions {
+                classify,
+                inline_programs,
+                ..CompileOptions::default()
+            };
+            run_case_with(&engine, 5000 + seed, n, 128, &options);
+        }
+    }
+    for (i, n) in [2500usize, 20_000].into_iter().enumerate() {
+        for (classify, inline_programs) in forms {
+            let options = CompileOptions {
+                classify,
+                inline_programs,
+                ..CompileOptions::default()
+            };
+            run_case_with(&engine, 90_000 + i as u64, n, 512, &options);
+        }
+    }
+}
+
+/// Small sets with few shapes, so their programs are inlined: the straight-line form against
+/// the reference, with the inline form checked to be the one under test.
+#[test]
+fn inlined_programs_equal_reference() {
+    let engine = wasmtime::Engine::default();
+    let mut inlined = 0;
+    for seed in 0..200u64 {
+        let n = 1 + (seed as usize * 31) % 12;
+        let mut rng = Rng(7_000 + seed);
+        let pools = Pools::new(&mut rng, 4);
+        let n_ports = 4;
+        let rules: Vec<Rule> = (0..n)
+            .map(|_| random_rule(&mut rng, &pools, n_ports))
+            .collect();
+        let set = RuleSet::new(rules, seed, Action::Drop);
+        // Every other set with all keys colliding: the inlined home-slot check then mostly
+        // finds another key, and the lookup's probe chain and key comparison decide.
+        let options = CompileOptions {
+            colliding_hashes: seed % 2 == 1,
+            ..CompileOptions::default()
+        };
+        let compiled = compile_with(&set, &options).unwrap();
+        if !compiled.stats.inlined {
+            continue;
+        }
+        inlined += 1;
+        let mut host = Host::load(&engine, &compiled.wasm).unwrap();
+        let pkts: Vec<PacketRecord> = (0..256)
+            .map(|_| {
+                let r = &set.rules[rng.below(set.rules.len() as u64) as usize];
+                if rng.chance(70) {
+                    packet_near(&mut rng, &pools, r, n_ports)
+                } else {
+                    random_packet(&mut rng, &pools, n_ports)
+                }
+            })
+            .collect();
+        for (pkt, g) in pkts.iter().zip(host.run(&pkts)) {
+            assert_eq!(g, evaluate(&set, pkt), "seed {seed}: {pkt:?}");
+        }
+    }
+    assert!(inlined >= 150, "only {inlined} of 200 sets were inlined");
+}
+
+/// Random sets with every key of a shape colliding in the hash, interpreted and inlined:
+/// only the probe chains and the key comparison can tell keys apart.
+#[test]
+fn colliding_hashes_equal_reference() {
+    let engine = wasmtime::Engine::default();
+    for seed in 0..80u64 {
+        let n = (seed as usize * 7919) % 300;
+        for inline_programs in [false, true] {
+            let options = CompileOptions {
+                inline_programs,
+                colliding_hashes: true,
+                ..CompileOptions::default()
+            };
+            run_case_with(&engine, 31_000 + seed, n, 256, &options);
+        }
+    }
 }
 
 #[test]

@@ -16,8 +16,9 @@ use super::swap::Reaper;
 /// Limits and policies of the Wasm host. The defaults suit the dataplane; tests shrink them.
 #[derive(Clone, Debug)]
 pub struct WasmConfig {
-    /// Largest module accepted, in bytes; checked before compiling. Default 16 MiB (a
-    /// compiled 100k-rule policy is a few MiB).
+    /// Largest module accepted, in bytes; checked before compiling. Default 32 MiB: a
+    /// compiled 100k-rule policy is about 17 MB (its rule records, key entries and hash
+    /// slots are data segments).
     pub max_module_bytes: usize,
     /// Cap on a module's linear memory, in bytes, per instance; `memory.grow` past it
     /// returns -1 and an initial memory over it fails instantiation. Default 64 MiB.
@@ -56,7 +57,7 @@ pub struct WasmConfig {
 impl Default for WasmConfig {
     fn default() -> Self {
         Self {
-            max_module_bytes: 16 << 20,
+            max_module_bytes: 32 << 20,
             max_memory_bytes: 64 << 20,
             max_table_elements: 65_536,
             epoch_tick: Duration::from_millis(1),

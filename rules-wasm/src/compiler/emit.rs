@@ -1,51 +1,88 @@
-//! The compiled module's code: the same few functions for every rule set, parameterised only
-//! by table addresses. Rules stay data (see [`super::tables`]), so cranelift compiles a
-//! constant amount of code whatever the number of rules.
+//! The compiled module's code. Rules stay data (see [`super::tables`]); what becomes code is
+//! the per-class *programs* (see [`super::classes`]) when they are few, as straight-line
+//! blocks with every shape's masks and addresses as constants. Otherwise one loop interprets
+//! the programs from memory. Either way cranelift compiles an amount of code bounded by the
+//! number of programs, never by the number of rules.
+//!
+//! # Why straight-line code
+//! Every loop header carries wasmtime's epoch check, which may call out of the guest, so
+//! every value live across a loop must sit in one of the few callee-saved registers or be
+//! spilled. An interpreted program (a loop over steps, a probe loop, a candidate loop, a
+//! generic rule check) spent most of its time in spills and reloads. Inlined, a packet runs
+//! one loop (over the batch); probe chains and rules with conditions beyond their key are
+//! rare and live in two helper functions, `lookup` and `residual`.
 use wasm_encoder::{
     BlockType, CodeSection, ConstExpr, DataSection, ExportKind, ExportSection, Function,
     FunctionSection, InstructionSink, MemArg, MemorySection, MemoryType, Module, TypeSection,
     ValType,
 };
 
+use super::classes::Program;
 use super::tables::{
-    IO_BASE, K0, K1, K2, MASKS, RULE_SIZE, SHAPE_SIZE, SHAPES, SLOT_SIZE, Tables, neg, rec, shape,
+    ENTRY_SIZE, IO_BASE, K_MIX, MASKS, RULE_SIZE, SHAPE_SIZE, SHAPES, SLOT_SIZE, ShapeInfo, Tables,
+    entry, neg, rec, shape,
 };
 use crate::abi::{
     ABI_VERSION, EXPORT_ABI_VERSION, EXPORT_EVALUATE, EXPORT_INIT, EXPORT_MEMORY, MAX_BATCH,
     OFF_DST_ADDR, OFF_DST_PORT, OFF_FLOW_STATE, OFF_IN_PORT, OFF_IP_VERSION, OFF_OUT_PORT,
-    OFF_PROTOCOL, OFF_SRC_ADDR, OFF_SRC_PORT, RECORD_SIZE, VERDICT_SIZE, VERDICTS_OFFSET,
+    OFF_PROTOCOL, OFF_SRC_ADDR, OFF_SRC_PORT, RECORD_SIZE, VERDICTS_OFFSET,
 };
 
+/// Function indices.
+const F_LOOKUP: u32 = 3;
+const F_RESIDUAL: u32 = 4;
+
 /// Locals of `bw_evaluate` (index 0 is the parameter `n`).
-mod l {
+mod ev {
     pub const N: u32 = 0;
-    pub const I: u32 = 1;
-    pub const REC: u32 = 2;
-    pub const PROTO: u32 = 3;
-    pub const SPORT: u32 = 4;
-    pub const DPORT: u32 = 5;
-    pub const INP: u32 = 6;
-    pub const OUTP: u32 = 7;
-    pub const IPV: u32 = 8;
-    pub const SBIT: u32 = 9;
-    pub const BEST: u32 = 10;
-    pub const SH: u32 = 11;
-    pub const LST: u32 = 12;
-    pub const LEND: u32 = 13;
-    pub const K: u32 = 14;
-    pub const RID: u32 = 15;
-    pub const RA: u32 = 16;
-    pub const SLOT: u32 = 17;
-    pub const SA: u32 = 18;
-    pub const TMP: u32 = 19;
-    pub const NEGS: u32 = 20;
-    /// First i64 local: src_hi, src_lo, dst_hi, dst_lo, small1, small2 (the key words, in
-    /// the order of the shape masks), then the hash.
-    pub const W0: u32 = 21;
-    pub const H: u32 = 27;
-    pub const N_I32: u32 = 20;
+    /// The current record, the end of the records, the current verdict.
+    pub const REC: u32 = 1;
+    pub const END: u32 = 2;
+    pub const VP: u32 = 3;
+    pub const BEST: u32 = 4;
+    /// The current step of an interpreted program.
+    pub const STEP: u32 = 5;
+    pub const SH: u32 = 6;
+    pub const E: u32 = 7;
+    pub const SA: u32 = 8;
+    pub const T: u32 = 9;
+    pub const N_I32: u32 = 9;
+    /// The key hash, then the six masked key words.
+    pub const H: u32 = 10;
+    pub const M0: u32 = 11;
     pub const N_I64: u32 = 7;
 }
+
+/// Locals of `lookup(h: i64, sh: i32, rec: i32) -> i32`.
+mod lk {
+    pub const H: u32 = 0;
+    pub const SH: u32 = 1;
+    pub const REC: u32 = 2;
+    pub const SLOT: u32 = 3;
+    pub const SA: u32 = 4;
+    pub const E: u32 = 5;
+    pub const TAG: u32 = 6;
+    pub const N_I32: u32 = 4;
+}
+
+/// Locals of `residual(e: i32, rec: i32, best: i32) -> i32`.
+mod rs {
+    pub const E: u32 = 0;
+    pub const REC: u32 = 1;
+    pub const BEST: u32 = 2;
+    pub const K: u32 = 3;
+    pub const END: u32 = 4;
+    pub const RID: u32 = 5;
+    pub const RA: u32 = 6;
+    pub const TMP: u32 = 7;
+    pub const NEGS: u32 = 8;
+    pub const N_I32: u32 = 6;
+}
+
+/// Scratch memory for the record's two small key words (see `Spec::masks` in
+/// [`super::tables`]), computed once per record; below the I/O area, which the host never
+/// writes.
+const SCRATCH: u64 = 0;
 
 fn mem(offset: u64, align: u32) -> MemArg {
     MemArg {
@@ -55,13 +92,24 @@ fn mem(offset: u64, align: u32) -> MemArg {
     }
 }
 
-/// Emits the complete module for `t`, whose unmatched packets get `default_action`.
-pub(crate) fn module(t: &Tables, default_action: u32) -> Vec<u8> {
+/// Emits the complete module for `t` (whose tables also hold the default action).
+pub(crate) fn module(t: &Tables) -> Vec<u8> {
     let mut types = TypeSection::new();
     types.ty().function([], [ValType::I32]);
     types.ty().function([ValType::I32], []);
+    types
+        .ty()
+        .function([ValType::I64, ValType::I32, ValType::I32], [ValType::I32]);
+    types
+        .ty()
+        .function([ValType::I32, ValType::I32, ValType::I32], [ValType::I32]);
     let mut funcs = FunctionSection::new();
-    funcs.function(0).function(0).function(1);
+    funcs
+        .function(0)
+        .function(0)
+        .function(1)
+        .function(2)
+        .function(3);
 
     let pages = t.total.div_ceil(65536).max(1);
     let mut mems = MemorySection::new();
@@ -86,21 +134,22 @@ pub(crate) fn module(t: &Tables, default_action: u32) -> Vec<u8> {
     let mut f = Function::new([]);
     f.instructions().i32_const(IO_BASE as i32).end();
     code.function(&f);
-    let mut f = Function::new([(l::N_I32, ValType::I32), (l::N_I64, ValType::I64)]);
-    evaluate_body(&mut f.instructions(), t, default_action);
+    let mut f = Function::new([(ev::N_I32, ValType::I32), (ev::N_I64, ValType::I64)]);
+    evaluate_body(&mut f.instructions(), t);
+    code.function(&f);
+    let mut f = Function::new([(lk::N_I32, ValType::I32)]);
+    lookup_body(&mut f.instructions(), t);
+    code.function(&f);
+    let mut f = Function::new([(rs::N_I32, ValType::I32)]);
+    residual_body(&mut f.instructions(), t);
     code.function(&f);
 
     let mut data = DataSection::new();
-    let mut seg = |at: u32, bytes: &[u8]| {
+    for (at, bytes) in &t.segments {
         if !bytes.is_empty() {
-            data.active(0, &ConstExpr::i32_const(at as i32), bytes.iter().copied());
+            data.active(0, &ConstExpr::i32_const(*at as i32), bytes.iter().copied());
         }
-    };
-    seg(MASKS, &t.masks);
-    seg(SHAPES, &t.shapes);
-    seg(t.hash_base, &t.hash);
-    seg(t.lists_base, &t.lists);
-    seg(t.rules_base, &t.rules);
+    }
 
     let mut m = Module::new();
     m.section(&types)
@@ -112,274 +161,503 @@ pub(crate) fn module(t: &Tables, default_action: u32) -> Vec<u8> {
     m.finish()
 }
 
-/// `bw_evaluate(n)`: for each record, probe every shape (lowest rule id first, stopping early),
-/// check candidates in id order, and write the first match's verdict.
-fn evaluate_body(s: &mut InstructionSink<'_>, t: &Tables, default_action: u32) {
-    let shapes_end = (SHAPES + t.n_shapes * SHAPE_SIZE) as i32;
-    // n = min(n as u32, MAX_BATCH): a misbehaving host cannot make the guest read past the area.
-    s.local_get(l::N)
+/// `bw_evaluate(n)`: for each record, find its class and run the class's program: start from
+/// its terminal rule, probe its shapes in order (stopping as soon as a shape cannot hold an
+/// earlier match), and write the first match's verdict.
+fn evaluate_body(s: &mut InstructionSink<'_>, t: &Tables) {
+    // END = IO_BASE + min(n as u32, MAX_BATCH) * RECORD_SIZE: a misbehaving host cannot make
+    // the guest read past the area.
+    s.local_get(ev::N)
         .i32_const(MAX_BATCH as i32)
-        .local_get(l::N)
+        .local_get(ev::N)
         .i32_const(MAX_BATCH as i32)
         .i32_lt_u()
         .select()
-        .local_set(l::N);
-    s.i32_const(0).local_set(l::I);
+        .i32_const(RECORD_SIZE as i32)
+        .i32_mul()
+        .i32_const(IO_BASE as i32)
+        .i32_add()
+        .local_set(ev::END);
+    s.i32_const(IO_BASE as i32).local_set(ev::REC);
+    s.i32_const((IO_BASE as usize + VERDICTS_OFFSET) as i32)
+        .local_set(ev::VP);
     s.block(BlockType::Empty).loop_(BlockType::Empty);
     {
-        s.local_get(l::I).local_get(l::N).i32_ge_u().br_if(1);
-        s.local_get(l::I)
-            .i32_const(RECORD_SIZE as i32)
-            .i32_mul()
-            .i32_const(IO_BASE as i32)
-            .i32_add()
-            .local_set(l::REC);
-        decode_record(s);
-        s.i32_const(-1).local_set(l::BEST);
-        s.i32_const(SHAPES as i32).local_set(l::SH);
-        // Shapes loop.
-        s.block(BlockType::Empty).loop_(BlockType::Empty);
-        {
-            s.local_get(l::SH).i32_const(shapes_end).i32_ge_u().br_if(1);
-            s.local_get(l::SH)
-                .i32_load(mem(shape::MIN_ID, 2))
-                .local_get(l::BEST)
-                .i32_ge_u()
-                .br_if(1);
-            s.local_get(l::SH)
-                .i32_load(mem(shape::LIST_LEN, 2))
-                .local_tee(l::LEND)
-                .i32_eqz()
-                .if_(BlockType::Empty);
-            {
-                hash_key(s);
-                probe(s, t);
-            }
-            s.else_();
-            s.local_get(l::SH)
-                .i32_load(mem(shape::LIST_START, 2))
-                .local_set(l::LST);
-            s.end();
-            scan(s, t);
-            s.local_get(l::SH)
-                .i32_const(SHAPE_SIZE as i32)
-                .i32_add()
-                .local_set(l::SH);
-            s.br(0);
+        s.local_get(ev::REC).local_get(ev::END).i32_ge_u().br_if(1);
+        small_words(s);
+        class_value(s, t);
+        match &t.inline {
+            Some(programs) => dispatch(s, t, programs),
+            None => interpret(s, t),
         }
-        s.end().end();
-        // Verdict.
-        s.local_get(l::I)
-            .i32_const(VERDICT_SIZE as i32)
-            .i32_mul()
-            .i32_const((IO_BASE as usize + VERDICTS_OFFSET) as i32)
-            .i32_add()
-            .local_set(l::SA);
-        s.local_get(l::SA);
-        s.local_get(l::BEST)
-            .i32_const(-1)
-            .i32_eq()
-            .if_(BlockType::Result(ValType::I32));
-        s.i32_const(default_action as i32);
-        s.else_();
-        s.local_get(l::BEST)
+        // Verdict: BEST = -1 (no rule) reads the default's record just below the rules.
+        s.local_get(ev::VP);
+        s.local_get(ev::BEST)
             .i32_const(RULE_SIZE as i32)
             .i32_mul()
-            .i32_load(mem(u64::from(t.rules_base) + rec::ACTION, 2));
-        s.end();
+            .i32_const(t.rules_base as i32)
+            .i32_add()
+            .i32_load(mem(rec::ACTION, 2));
         s.i32_store(mem(0, 2));
-        s.local_get(l::SA).local_get(l::BEST).i32_store(mem(4, 2));
-        s.local_get(l::I).i32_const(1).i32_add().local_set(l::I);
+        s.local_get(ev::VP).local_get(ev::BEST).i32_store(mem(4, 2));
+        s.local_get(ev::VP).i32_const(8).i32_add().local_set(ev::VP);
+        s.local_get(ev::REC)
+            .i32_const(RECORD_SIZE as i32)
+            .i32_add()
+            .local_set(ev::REC);
         s.br(0);
     }
     s.end().end();
     s.end();
 }
 
-/// Loads the record at `REC` into locals once, so every shape and candidate reuses them.
-fn decode_record(s: &mut InstructionSink<'_>) {
-    let o = |x: usize| x as u64;
-    for (i, off) in [
-        OFF_SRC_ADDR,
-        OFF_SRC_ADDR + 8,
-        OFF_DST_ADDR,
-        OFF_DST_ADDR + 8,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        s.local_get(l::REC)
-            .i64_load(mem(o(off), 3))
-            .local_set(l::W0 + i as u32);
+/// Pushes the field at `off` (u8 or u16) of the record whose address is in local `rec`.
+fn field(s: &mut InstructionSink<'_>, rec: u32, off: usize, wide: bool) {
+    s.local_get(rec);
+    if wide {
+        s.i32_load16_u(mem(off as u64, 1));
+    } else {
+        s.i32_load8_u(mem(off as u64, 0));
     }
-    s.local_get(l::REC)
-        .i32_load8_u(mem(o(OFF_PROTOCOL), 0))
-        .local_set(l::PROTO);
-    s.local_get(l::REC)
-        .i32_load16_u(mem(o(OFF_SRC_PORT), 1))
-        .local_set(l::SPORT);
-    s.local_get(l::REC)
-        .i32_load16_u(mem(o(OFF_DST_PORT), 1))
-        .local_set(l::DPORT);
-    s.local_get(l::REC)
-        .i32_load16_u(mem(o(OFF_IN_PORT), 1))
-        .local_set(l::INP);
-    s.local_get(l::REC)
-        .i32_load16_u(mem(o(OFF_OUT_PORT), 1))
-        .local_set(l::OUTP);
-    s.local_get(l::REC)
-        .i32_load8_u(mem(o(OFF_IP_VERSION), 0))
-        .local_set(l::IPV);
-    // State bit; unknown state codes read as New (the ABI's rule), i.e. bit 0.
-    s.i32_const(1);
-    s.local_get(l::REC)
-        .i32_load8_u(mem(o(OFF_FLOW_STATE), 0))
-        .local_tee(l::TMP);
-    s.i32_const(0)
-        .local_get(l::TMP)
+}
+
+/// Stores the record's small key words at [`SCRATCH`]: small1 = proto | sport << 8 |
+/// dport << 24 | in << 40; small2 = out | ipver << 16.
+fn small_words(s: &mut InstructionSink<'_>) {
+    s.i32_const(0);
+    field(s, ev::REC, OFF_PROTOCOL, false);
+    s.i64_extend_i32_u();
+    for (off, shift) in [(OFF_SRC_PORT, 8), (OFF_DST_PORT, 24), (OFF_IN_PORT, 40)] {
+        field(s, ev::REC, off, true);
+        s.i64_extend_i32_u().i64_const(shift).i64_shl().i64_or();
+    }
+    s.i64_store(mem(SCRATCH, 3));
+    s.i32_const(0);
+    field(s, ev::REC, OFF_OUT_PORT, true);
+    field(s, ev::REC, OFF_IP_VERSION, false);
+    s.i32_const(16).i32_shl().i32_or().i64_extend_i32_u();
+    s.i64_store(mem(SCRATCH + 8, 3));
+}
+
+/// Pushes key word `i` of the record in local `rec` (the order of the shape masks): the four
+/// address words from the record, the two small words from [`SCRATCH`].
+fn key_word(s: &mut InstructionSink<'_>, rec: u32, i: usize) {
+    match i {
+        0..4 => {
+            let off = [
+                OFF_SRC_ADDR,
+                OFF_SRC_ADDR + 8,
+                OFF_DST_ADDR,
+                OFF_DST_ADDR + 8,
+            ][i];
+            s.local_get(rec).i64_load(mem(off as u64, 3));
+        }
+        _ => {
+            s.i32_const(0)
+                .i64_load(mem(SCRATCH + (i as u64 - 4) * 8, 3));
+        }
+    }
+}
+
+/// Pushes the value the class table holds for the record's class: a program number when the
+/// programs are inlined, else the byte offset of its words. A handful of loads (see
+/// [`super::classes`]); every index is bounded by construction (u16 port ids, byte-sized
+/// protocol, version and state).
+fn class_value(s: &mut InstructionSink<'_>, t: &Tables) {
+    let at = |a: u32| u64::from(a);
+    // pair[in_class * out_count + out_class]
+    field(s, ev::REC, OFF_IN_PORT, true);
+    s.i32_const(1)
+        .i32_shl()
+        .i32_load16_u(mem(at(t.in_tab), 1))
+        .i32_const(t.out_count as i32)
+        .i32_mul();
+    field(s, ev::REC, OFF_OUT_PORT, true);
+    s.i32_const(1)
+        .i32_shl()
+        .i32_load16_u(mem(at(t.out_tab), 1))
+        .i32_add()
         .i32_const(2)
-        .i32_le_u()
-        .select();
-    s.i32_shl().local_set(l::SBIT);
-    // small1 = proto | sport << 8 | dport << 24 | in << 40; small2 = out | ipver << 16.
-    s.local_get(l::PROTO).i64_extend_i32_u();
-    s.local_get(l::SPORT)
-        .i64_extend_i32_u()
-        .i64_const(8)
-        .i64_shl()
-        .i64_or();
-    s.local_get(l::DPORT)
-        .i64_extend_i32_u()
-        .i64_const(24)
-        .i64_shl()
-        .i64_or();
-    s.local_get(l::INP)
-        .i64_extend_i32_u()
-        .i64_const(40)
-        .i64_shl()
-        .i64_or();
-    s.local_set(l::W0 + 4);
-    s.local_get(l::OUTP).i64_extend_i32_u();
-    s.local_get(l::IPV)
-        .i64_extend_i32_u()
-        .i64_const(16)
-        .i64_shl()
-        .i64_or();
-    s.local_set(l::W0 + 5);
+        .i32_shl()
+        .i32_load(mem(at(t.pair_tab), 2));
+    field(s, ev::REC, OFF_PROTOCOL, false);
+    s.i32_const(2)
+        .i32_shl()
+        .i32_load(mem(at(t.proto_tab), 2))
+        .i32_add();
+    field(s, ev::REC, OFF_IP_VERSION, false);
+    s.i32_const(2)
+        .i32_shl()
+        .i32_load(mem(at(t.ipv_tab), 2))
+        .i32_add();
+    field(s, ev::REC, OFF_FLOW_STATE, false);
+    s.i32_load8_u(mem(at(t.state_tab), 0)).i32_add();
+    s.i32_const(2).i32_shl().i32_load(mem(at(t.class_tab), 2));
 }
 
-/// H = hash(seed, words & shape masks), as [`super::tables::hash`].
-fn hash_key(s: &mut InstructionSink<'_>) {
-    s.local_get(l::SH)
-        .i64_load32_u(mem(shape::SEED, 2))
-        .i64_const(K0 as i64)
-        .i64_mul()
-        .local_set(l::H);
-    for i in 0..6u32 {
-        s.local_get(l::H);
-        s.local_get(l::W0 + i)
-            .local_get(l::SH)
-            .i64_load(mem(u64::from(i) * 8, 3))
-            .i64_and();
-        s.i64_xor()
-            .i64_const(K1 as i64)
-            .i64_mul()
-            .i64_const(31)
-            .i64_rotl()
-            .local_set(l::H);
+/// Inlined programs: `br_table` on the program number into one block of straight-line code
+/// per program, each setting BEST.
+fn dispatch(s: &mut InstructionSink<'_>, t: &Tables, programs: &[Program]) {
+    let k = programs.len() as u32;
+    s.local_set(ev::T);
+    s.block(BlockType::Empty);
+    for _ in 0..k {
+        s.block(BlockType::Empty);
     }
-    s.local_get(l::H)
-        .local_get(l::H)
-        .i64_const(32)
-        .i64_shr_u()
-        .i64_xor()
-        .local_set(l::H);
-    s.local_get(l::H)
-        .i64_const(K2 as i64)
-        .i64_mul()
-        .local_set(l::H);
-    s.local_get(l::H)
-        .local_get(l::H)
-        .i64_const(29)
-        .i64_shr_u()
-        .i64_xor()
-        .local_set(l::H);
+    let targets: Vec<u32> = (0..k).collect();
+    s.local_get(ev::T).br_table(targets, k.saturating_sub(1));
+    for (i, p) in (0u32..).zip(programs) {
+        s.end();
+        s.i32_const(p.terminal as i32).local_set(ev::BEST);
+        for &(shape, min_id) in &p.steps {
+            inline_step(s, t, shape, min_id);
+        }
+        if i + 1 < k {
+            s.br(k - 1 - i);
+        }
+    }
+    s.end();
 }
 
-/// Linear probing for H; leaves the candidate list in LST/LEND (LEND = 0 when absent).
-fn probe(s: &mut InstructionSink<'_>, t: &Tables) {
-    s.local_get(l::H)
+/// One step with shape `shape` as constants: skip unless its lowest id is below BEST; hash
+/// the masked key words, check the home slot inline, and leave anything else (another key in
+/// the home slot, a probe chain) to `lookup`.
+fn inline_step(s: &mut InstructionSink<'_>, t: &Tables, shape: u32, min_id: u32) {
+    let Some(info) = t.shapes.get(shape as usize) else {
+        return;
+    };
+    let shape_addr = SHAPES + shape * SHAPE_SIZE;
+    s.block(BlockType::Empty);
+    s.local_get(ev::BEST)
+        .i32_const(min_id as i32)
+        .i32_le_u()
+        .br_if(0);
+    if let Some(e) = info.entry {
+        s.i32_const(e as i32).local_set(ev::E);
+        found(s);
+        s.end();
+        return;
+    }
+    inline_hash(s, info, &t.k_words);
+    s.local_get(ev::H)
         .i32_wrap_i64()
         .i32_const(t.hash_mask as i32)
         .i32_and()
-        .local_set(l::SLOT);
+        .i32_const(SLOT_SIZE as i32)
+        .i32_mul()
+        .i32_const(t.hash_base as i32)
+        .i32_add()
+        .local_tee(ev::SA)
+        .i32_load(mem(0, 2))
+        .local_tee(ev::T)
+        .i32_eqz()
+        .br_if(0);
+    // E = the home slot's entry if it is this key, else lookup(H, shape, REC).
+    s.local_get(ev::T);
+    push_tag(s, ev::H);
+    s.i32_eq();
+    s.if_(BlockType::Result(ValType::I32));
+    {
+        s.local_get(ev::SA)
+            .i32_load(mem(4, 2))
+            .i32_const(ENTRY_SIZE as i32)
+            .i32_mul()
+            .i32_const(t.entries_base as i32)
+            .i32_add()
+            .local_set(ev::E);
+        inline_key_matches(s, info, shape_addr);
+        s.if_(BlockType::Result(ValType::I32));
+        s.local_get(ev::E);
+        s.else_();
+        call_lookup(s, shape_addr);
+        s.end();
+    }
+    s.else_();
+    call_lookup(s, shape_addr);
+    s.end();
+    s.local_tee(ev::E).i32_eqz().br_if(0);
+    found(s);
+    s.end();
+}
+
+fn call_lookup(s: &mut InstructionSink<'_>, shape_addr: u32) {
+    s.local_get(ev::H)
+        .i32_const(shape_addr as i32)
+        .local_get(ev::REC)
+        .call(F_LOOKUP);
+}
+
+/// Pushes the slot tag of the hash in i64 local `h`, as [`super::tables::tag`].
+fn push_tag(s: &mut InstructionSink<'_>, h: u32) {
+    s.local_get(h)
+        .i64_const(32)
+        .i64_shr_u()
+        .i32_wrap_i64()
+        .i32_const(1)
+        .i32_or();
+}
+
+/// H = hash(seed, words & masks) with the shape's masks as constants, skipping the words it
+/// does not pin; keeps each masked word in M0.. for the key comparison.
+fn inline_hash(s: &mut InstructionSink<'_>, info: &ShapeInfo, k_words: &[u64; 6]) {
+    s.i64_const(info.seed_hash as i64);
+    for (i, (&m, &k)) in info.masks.iter().zip(k_words).enumerate() {
+        if m == 0 {
+            continue;
+        }
+        key_word(s, ev::REC, i);
+        if m != u64::MAX {
+            s.i64_const(m as i64).i64_and();
+        }
+        s.local_tee(ev::M0 + i as u32)
+            .i64_const(k as i64)
+            .i64_mul()
+            .i64_add();
+    }
+    mix(s, ev::H);
+}
+
+/// Finishes the hash on the stack into i64 local `h`, as [`super::tables::hash`].
+fn mix(s: &mut InstructionSink<'_>, h: u32) {
+    s.local_tee(h)
+        .local_get(h)
+        .i64_const(32)
+        .i64_shr_u()
+        .i64_xor()
+        .i64_const(K_MIX as i64)
+        .i64_mul()
+        .local_tee(h)
+        .local_get(h)
+        .i64_const(29)
+        .i64_shr_u()
+        .i64_xor()
+        .local_set(h);
+}
+
+/// Pushes whether the entry at E is the shape's and holds exactly the masked words M0...
+fn inline_key_matches(s: &mut InstructionSink<'_>, info: &ShapeInfo, shape_addr: u32) {
+    s.i64_const(0);
+    for (i, &m) in info.masks.iter().enumerate() {
+        if m == 0 {
+            continue;
+        }
+        s.local_get(ev::M0 + i as u32)
+            .local_get(ev::E)
+            .i64_load(mem(entry::KEY + i as u64 * 8, 3))
+            .i64_xor()
+            .i64_or();
+    }
+    s.i64_eqz();
+    s.local_get(ev::E)
+        .i32_load(mem(entry::SHAPE, 2))
+        .i32_const(shape_addr as i32)
+        .i32_eq()
+        .i32_and();
+}
+
+/// The entry at E matched: its exact rule is a match, and its other rules (below that id)
+/// need the full check, in `residual`.
+fn found(s: &mut InstructionSink<'_>) {
+    s.local_get(ev::E)
+        .i32_load(mem(entry::EXACT, 2))
+        .local_tee(ev::T)
+        .local_get(ev::BEST)
+        .local_get(ev::T)
+        .local_get(ev::BEST)
+        .i32_lt_u()
+        .select()
+        .local_set(ev::BEST);
+    s.local_get(ev::E)
+        .i32_load(mem(entry::LIST_LEN, 2))
+        .if_(BlockType::Empty);
+    s.local_get(ev::E)
+        .local_get(ev::REC)
+        .local_get(ev::BEST)
+        .call(F_RESIDUAL)
+        .local_set(ev::BEST);
+    s.end();
+}
+
+/// Interpreted programs: the class value is the offset of the program's words from
+/// `programs`: the terminal, then (shape address, lowest id) steps ending with a sentinel
+/// `(0, u32::MAX)`.
+fn interpret(s: &mut InstructionSink<'_>, t: &Tables) {
+    s.i32_const(t.programs as i32)
+        .i32_add()
+        .local_tee(ev::STEP)
+        .i32_load(mem(0, 2))
+        .local_set(ev::BEST);
+    s.local_get(ev::STEP)
+        .i32_const(4)
+        .i32_add()
+        .local_set(ev::STEP);
     s.block(BlockType::Empty).loop_(BlockType::Empty);
     {
-        s.local_get(l::SLOT)
+        // Ends at the sentinel step, whose lowest id is u32::MAX.
+        s.local_get(ev::STEP)
+            .i32_load(mem(4, 2))
+            .local_get(ev::BEST)
+            .i32_ge_u()
+            .br_if(1);
+        s.local_get(ev::STEP)
+            .i32_load(mem(0, 2))
+            .local_tee(ev::SH)
+            .i32_load(mem(shape::ENTRY, 2))
+            .local_tee(ev::E)
+            .i32_eqz()
+            .if_(BlockType::Empty);
+        {
+            // A keyed shape: hash with the masks from its record, then look the key up.
+            s.local_get(ev::SH).i64_load(mem(shape::SEED_HASH, 3));
+            for (i, &k) in t.k_words.iter().enumerate() {
+                key_word(s, ev::REC, i);
+                s.local_get(ev::SH)
+                    .i64_load(mem(i as u64 * 8, 3))
+                    .i64_and()
+                    .i64_const(k as i64)
+                    .i64_mul()
+                    .i64_add();
+            }
+            mix(s, ev::H);
+            s.local_get(ev::H)
+                .local_get(ev::SH)
+                .local_get(ev::REC)
+                .call(F_LOOKUP)
+                .local_set(ev::E);
+        }
+        s.end();
+        s.local_get(ev::E).if_(BlockType::Empty);
+        found(s);
+        s.end();
+        s.local_get(ev::STEP)
+            .i32_const(8)
+            .i32_add()
+            .local_set(ev::STEP);
+        s.br(0);
+    }
+    s.end().end();
+}
+
+/// `lookup(h, sh, rec) -> entry address or 0`: linear probing from h's home slot; a slot
+/// whose tag matches is the key only if its entry belongs to shape `sh` and holds the
+/// record's words masked by `sh`. The table is at most a quarter full, so the loop ends at an
+/// empty slot.
+fn lookup_body(s: &mut InstructionSink<'_>, t: &Tables) {
+    push_tag(s, lk::H);
+    s.local_set(lk::TAG);
+    s.local_get(lk::H)
+        .i32_wrap_i64()
+        .i32_const(t.hash_mask as i32)
+        .i32_and()
+        .local_set(lk::SLOT);
+    s.loop_(BlockType::Empty);
+    {
+        s.local_get(lk::SLOT)
             .i32_const(SLOT_SIZE as i32)
             .i32_mul()
             .i32_const(t.hash_base as i32)
             .i32_add()
-            .local_tee(l::SA);
-        s.i32_load(mem(12, 2)).local_tee(l::LEND).i32_eqz().br_if(1);
-        s.local_get(l::SA)
-            .i64_load(mem(0, 3))
-            .local_get(l::H)
-            .i64_eq()
+            .local_tee(lk::SA)
+            .i32_load(mem(0, 2))
+            .local_tee(lk::E)
+            .i32_eqz()
             .if_(BlockType::Empty);
-        s.local_get(l::SA)
-            .i32_load(mem(8, 2))
-            .local_set(l::LST)
-            .br(2);
+        s.i32_const(0).return_();
         s.end();
-        s.local_get(l::SLOT)
+        s.local_get(lk::E)
+            .local_get(lk::TAG)
+            .i32_eq()
+            .if_(BlockType::Empty);
+        {
+            s.local_get(lk::SA)
+                .i32_load(mem(4, 2))
+                .i32_const(ENTRY_SIZE as i32)
+                .i32_mul()
+                .i32_const(t.entries_base as i32)
+                .i32_add()
+                .local_set(lk::E);
+            s.i64_const(0);
+            for i in 0..6 {
+                key_word(s, lk::REC, i);
+                s.local_get(lk::SH)
+                    .i64_load(mem(i as u64 * 8, 3))
+                    .i64_and()
+                    .local_get(lk::E)
+                    .i64_load(mem(entry::KEY + i as u64 * 8, 3))
+                    .i64_xor()
+                    .i64_or();
+            }
+            s.i64_eqz();
+            s.local_get(lk::E)
+                .i32_load(mem(entry::SHAPE, 2))
+                .local_get(lk::SH)
+                .i32_eq()
+                .i32_and()
+                .if_(BlockType::Empty);
+            s.local_get(lk::E).return_();
+            s.end();
+        }
+        s.end();
+        s.local_get(lk::SLOT)
             .i32_const(1)
             .i32_add()
             .i32_const(t.hash_mask as i32)
             .i32_and()
-            .local_set(l::SLOT);
+            .local_set(lk::SLOT);
         s.br(0);
     }
-    s.end().end();
+    s.end();
+    s.i32_const(0);
+    s.end();
 }
 
-/// Checks LEND candidates from LST in ascending id order; the first that matches becomes BEST.
-fn scan(s: &mut InstructionSink<'_>, t: &Tables) {
-    s.i32_const(0).local_set(l::K);
+/// `residual(e, rec, best) -> best'`: the entry's rules that need the full check (ascending
+/// ids, all below its exact rule); the first that matches below `best` is the new best.
+fn residual_body(s: &mut InstructionSink<'_>, t: &Tables) {
+    s.local_get(rs::E)
+        .i32_load(mem(entry::LIST_START, 2))
+        .local_tee(rs::K)
+        .local_get(rs::E)
+        .i32_load(mem(entry::LIST_LEN, 2))
+        .i32_add()
+        .local_set(rs::END);
     s.block(BlockType::Empty).loop_(BlockType::Empty);
     {
-        s.local_get(l::K).local_get(l::LEND).i32_ge_u().br_if(1);
-        s.local_get(l::LST)
-            .local_get(l::K)
-            .i32_add()
+        s.local_get(rs::K).local_get(rs::END).i32_ge_u().br_if(1);
+        s.local_get(rs::K)
             .i32_const(4)
             .i32_mul()
             .i32_load(mem(u64::from(t.lists_base), 2))
-            .local_tee(l::RID);
-        s.local_get(l::BEST).i32_ge_u().br_if(1);
-        s.local_get(l::RID)
+            .local_tee(rs::RID)
+            .local_get(rs::BEST)
+            .i32_ge_u()
+            .br_if(1);
+        s.local_get(rs::RID)
             .i32_const(RULE_SIZE as i32)
             .i32_mul()
             .i32_const(t.rules_base as i32)
             .i32_add()
-            .local_set(l::RA);
-        check_rule(s);
+            .local_set(rs::RA);
+        check_rule(s, rs::REC, rs::RA, rs::TMP, rs::NEGS);
         s.if_(BlockType::Empty);
-        s.local_get(l::RID).local_set(l::BEST).br(2);
+        s.local_get(rs::RID).return_();
         s.end();
-        s.local_get(l::K).i32_const(1).i32_add().local_set(l::K);
+        s.local_get(rs::K).i32_const(1).i32_add().local_set(rs::K);
         s.br(0);
     }
     s.end().end();
+    s.local_get(rs::BEST);
+    s.end();
 }
 
-/// Pushes 1 when the rule at RA matches the decoded record, else 0 (branch-free).
-fn check_rule(s: &mut InstructionSink<'_>) {
-    s.local_get(l::RA)
+/// Pushes 1 when the rule at local `ra` matches the record at local `rec`, else 0
+/// (branch-free); `tmp` and `negs` are scratch i32 locals.
+fn check_rule(s: &mut InstructionSink<'_>, rec: u32, ra: u32, tmp: u32, negs: u32) {
+    s.local_get(ra)
         .i32_load8_u(mem(rec::NEG, 0))
-        .local_set(l::NEGS);
+        .local_set(negs);
     let negbit = |s: &mut InstructionSink<'_>, bit: u32| {
-        s.local_get(l::NEGS)
+        s.local_get(negs)
             .i32_const(bit as i32)
             .i32_shr_u()
             .i32_const(1)
@@ -387,25 +665,22 @@ fn check_rule(s: &mut InstructionSink<'_>) {
             .i32_xor();
     };
     // Prefixes: (addr & mask[len]) == rule addr, for both 8-byte halves.
-    for (w, off, len_off, bit) in [
-        (l::W0, rec::SRC, rec::SRC_LEN, neg::SRC),
-        (l::W0 + 2, rec::DST, rec::DST_LEN, neg::DST),
+    for (addr, off, len_off, bit) in [
+        (OFF_SRC_ADDR, rec::SRC, rec::SRC_LEN, neg::SRC),
+        (OFF_DST_ADDR, rec::DST, rec::DST_LEN, neg::DST),
     ] {
-        s.local_get(l::RA)
+        s.local_get(ra)
             .i32_load8_u(mem(len_off, 0))
             .i32_const(16)
             .i32_mul()
-            .local_set(l::TMP);
-        s.local_get(w)
-            .local_get(l::TMP)
-            .i64_load(mem(u64::from(MASKS), 3))
-            .i64_and();
-        s.local_get(l::RA).i64_load(mem(off, 3)).i64_eq();
-        s.local_get(w + 1)
-            .local_get(l::TMP)
-            .i64_load(mem(u64::from(MASKS) + 8, 3))
-            .i64_and();
-        s.local_get(l::RA).i64_load(mem(off + 8, 3)).i64_eq();
+            .local_set(tmp);
+        for half in [0u64, 8] {
+            s.local_get(rec).i64_load(mem(addr as u64 + half, 3));
+            s.local_get(tmp)
+                .i64_load(mem(u64::from(MASKS) + half, 3))
+                .i64_and();
+            s.local_get(ra).i64_load(mem(off + half, 3)).i64_eq();
+        }
         s.i32_and();
         negbit(s, bit);
         if bit == neg::DST {
@@ -414,43 +689,55 @@ fn check_rule(s: &mut InstructionSink<'_>) {
     }
     // Masked byte/word equality: (value & mask) == rule value.
     let masked =
-        |s: &mut InstructionSink<'_>, local: u32, val: u64, mask: u64, wide: bool, bit: u32| {
-            s.local_get(local);
+        |s: &mut InstructionSink<'_>, off: usize, val: u64, mask: u64, wide: bool, bit: u32| {
+            field(s, rec, off, wide);
             if wide {
-                s.local_get(l::RA).i32_load16_u(mem(mask, 1)).i32_and();
-                s.local_get(l::RA).i32_load16_u(mem(val, 1));
+                s.local_get(ra).i32_load16_u(mem(mask, 1)).i32_and();
+                s.local_get(ra).i32_load16_u(mem(val, 1));
             } else {
-                s.local_get(l::RA).i32_load8_u(mem(mask, 0)).i32_and();
-                s.local_get(l::RA).i32_load8_u(mem(val, 0));
+                s.local_get(ra).i32_load8_u(mem(mask, 0)).i32_and();
+                s.local_get(ra).i32_load8_u(mem(val, 0));
             }
             s.i32_eq();
             negbit(s, bit);
             s.i32_and();
         };
-    masked(s, l::PROTO, rec::PROTO, rec::PROTO_MASK, false, neg::PROTO);
-    masked(s, l::IPV, rec::IPV, rec::IPV_MASK, false, neg::IPV);
-    masked(s, l::INP, rec::IN, rec::IN_MASK, true, neg::IN);
-    masked(s, l::OUTP, rec::OUT, rec::OUT_MASK, true, neg::OUT);
+    masked(
+        s,
+        OFF_PROTOCOL,
+        rec::PROTO,
+        rec::PROTO_MASK,
+        false,
+        neg::PROTO,
+    );
+    masked(s, OFF_IP_VERSION, rec::IPV, rec::IPV_MASK, false, neg::IPV);
+    masked(s, OFF_IN_PORT, rec::IN, rec::IN_MASK, true, neg::IN);
+    masked(s, OFF_OUT_PORT, rec::OUT, rec::OUT_MASK, true, neg::OUT);
     // Port ranges: lo <= p && p <= hi.
-    for (local, lo, hi, bit) in [
-        (l::SPORT, rec::SPORT_LO, rec::SPORT_HI, neg::SPORT),
-        (l::DPORT, rec::DPORT_LO, rec::DPORT_HI, neg::DPORT),
+    for (off, lo, hi, bit) in [
+        (OFF_SRC_PORT, rec::SPORT_LO, rec::SPORT_HI, neg::SPORT),
+        (OFF_DST_PORT, rec::DPORT_LO, rec::DPORT_HI, neg::DPORT),
     ] {
-        s.local_get(l::RA)
-            .i32_load16_u(mem(lo, 1))
-            .local_get(local)
-            .i32_le_u();
-        s.local_get(local)
-            .local_get(l::RA)
-            .i32_load16_u(mem(hi, 1))
-            .i32_le_u();
+        s.local_get(ra).i32_load16_u(mem(lo, 1));
+        field(s, rec, off, true);
+        s.i32_le_u();
+        field(s, rec, off, true);
+        s.local_get(ra).i32_load16_u(mem(hi, 1)).i32_le_u();
         s.i32_and();
         negbit(s, bit);
         s.i32_and();
     }
-    // State set.
-    s.local_get(l::SBIT)
-        .local_get(l::RA)
+    // State set: bit 1 << state, unknown state bytes read as New (bit 0), the ABI's rule.
+    s.i32_const(1);
+    field(s, rec, OFF_FLOW_STATE, false);
+    s.local_tee(tmp)
+        .i32_const(0)
+        .local_get(tmp)
+        .i32_const(2)
+        .i32_le_u()
+        .select()
+        .i32_shl();
+    s.local_get(ra)
         .i32_load8_u(mem(rec::STATE, 0))
         .i32_and()
         .i32_const(0)

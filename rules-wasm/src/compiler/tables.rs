@@ -1,5 +1,6 @@
 //! The data the compiled module searches: rule records, "shapes", one hash table, candidate
-//! lists. Built here in Rust; searched by the fixed code in [`super::emit`].
+//! lists, and the class tables and programs of [`super::classes`]. Built here in Rust;
+//! searched by the fixed code in [`super::emit`].
 //!
 //! # Why shapes
 //! A rule's *shape* says which fields it pins to one value (after masking by its prefix
@@ -10,15 +11,17 @@
 //! are left out of its key and checked on the candidate itself. Each rule prefix length is its
 //! own shape, which makes the per-shape probes a longest-prefix-style search over CIDRs.
 //!
-//! Per packet the module probes each shape in order of the lowest rule id it holds and stops
-//! as soon as that id is not below the best match found: first-match order is exact, and the
-//! cost depends on the number of shapes (small in practice), not the number of rules.
+//! Rules that look only at the cheap fields the classes cover are in no shape: the class
+//! decides them (see [`super::classes`]). Per packet the module probes the shapes its class
+//! lists, in order of the lowest relevant rule id, and stops as soon as that id is not below
+//! the best match found: first-match order is exact.
 //!
 //! Candidate lists are merged by 64-bit hash value, not by key: a hash collision only adds
 //! candidates that the full check of each rule then rejects (or that really match, in which
 //! case they are legitimate candidates anyway), so collisions cost time, never correctness.
 use std::collections::{BTreeMap, HashMap};
 
+use super::classes::{self, Classify, Groups, Plan, Program, field};
 use crate::model::{Cidr, Match, PortRange, Rule};
 
 /// Where the host's I/O area starts in the compiled module's memory.
@@ -31,8 +34,10 @@ pub(crate) const SHAPES: u32 = 12288;
 pub(crate) const RULE_SIZE: u32 = 64;
 /// Bytes per shape record.
 pub(crate) const SHAPE_SIZE: u32 = 64;
-/// Bytes per hash-table slot.
-pub(crate) const SLOT_SIZE: u32 = 16;
+/// Bytes per hash-table slot: a 32-bit tag (0 = empty) and an entry index.
+pub(crate) const SLOT_SIZE: u32 = 8;
+/// Bytes per entry record (see [`entry`]).
+pub(crate) const ENTRY_SIZE: u32 = 64;
 /// Port ranges up to this many ports (and products of both up to it) are entered under every
 /// port they hold rather than checked on the candidate, so `--dport 8000:8009` stays O(1).
 const EXPAND_MAX: u32 = 16;
@@ -74,27 +79,66 @@ pub(crate) mod neg {
 
 /// Shape-record offsets: six 8-byte key masks, then the fields below.
 pub(crate) mod shape {
-    pub const MIN_ID: u64 = 48;
-    pub const SEED: u64 = 52;
-    pub const LIST_START: u64 = 56;
-    pub const LIST_LEN: u64 = 60;
+    /// The shape's seed, already multiplied into the hash's starting value.
+    pub const SEED_HASH: u64 = 48;
+    /// For a keyless shape (one that pins nothing), the address of its one entry; 0 for a
+    /// keyed shape, whose entries are found through the hash table.
+    pub const ENTRY: u64 = 56;
 }
 
-/// Hash constants shared by the Rust builder and the emitted code.
-pub(crate) const K0: u64 = 0x9e37_79b9_7f4a_7c15;
-/// See [`K0`].
-pub(crate) const K1: u64 = 0xff51_afd7_ed55_8ccd;
-/// See [`K0`].
-pub(crate) const K2: u64 = 0xc4ce_b9fe_1a85_ec53;
+/// Entry-record offsets. An entry is one (shape, key) that rules were entered under: the key,
+/// the lowest id of its *exact* rules (those the key alone decides, so a key match is a rule
+/// match), and the list of its other rules below that id, which need the full check.
+pub(crate) mod entry {
+    /// Six 8-byte key words, already masked by the shape.
+    pub const KEY: u64 = 0;
+    /// Lowest exact rule id, or `u32::MAX`.
+    pub const EXACT: u64 = 48;
+    /// Index of the first candidate in the lists, and how many.
+    pub const LIST_START: u64 = 52;
+    pub const LIST_LEN: u64 = 56;
+    /// Address of the shape record the entry belongs to (two shapes can share a key value).
+    pub const SHAPE: u64 = 60;
+}
 
-/// The key hash; the emitted code computes exactly this (`i64.mul`, `i64.rotl`, shifts).
-pub(crate) fn hash(seed: u32, words: &[u64; 6]) -> u64 {
-    let mut h = u64::from(seed).wrapping_mul(K0);
-    for w in words {
-        h = (h ^ w).wrapping_mul(K1).rotate_left(31);
+/// Odd multipliers, one per key word, shared by the Rust builder and the emitted code.
+pub(crate) const K_WORDS: [u64; 6] = [
+    0x9e37_79b9_7f4a_7c15,
+    0xc2b2_ae3d_27d4_eb4f,
+    0x1656_67b1_9e37_79f9,
+    0xd6e8_feb8_6659_fd93,
+    0xff51_afd7_ed55_8ccd,
+    0xc4ce_b9fe_1a85_ec53,
+];
+/// Multiplier of the seed.
+pub(crate) const K_SEED: u64 = 0x94d0_49bb_1331_11eb;
+/// Multiplier of the final mix.
+pub(crate) const K_MIX: u64 = 0xbf58_476d_1ce4_e5b9;
+
+/// A slot's tag for hash `h`: its high half, never 0 (0 marks an empty slot).
+pub(crate) fn tag(h: u64) -> u32 {
+    (h >> 32) as u32 | 1
+}
+
+/// A shape's starting hash value (stored in its record, so the module does not recompute it).
+pub(crate) fn seed_hash(seed: u32) -> u64 {
+    u64::from(seed).wrapping_mul(K_SEED)
+}
+
+/// Word multipliers that make every key of a shape hash alike, so that tests can exercise
+/// collisions (see [`super::CompileOptions::colliding_hashes`]).
+pub(crate) const K_COLLIDE: [u64; 6] = [0; 6];
+
+/// The key hash with word multipliers `k` ([`K_WORDS`]); the emitted code computes exactly
+/// this. The six products are independent, so they run in parallel: about a third of the
+/// latency of a chained hash, which dominated the cost per probe.
+pub(crate) fn hash(seed: u32, words: &[u64; 6], k: &[u64; 6]) -> u64 {
+    let mut h = seed_hash(seed);
+    for (w, k) in words.iter().zip(k) {
+        h = h.wrapping_add(w.wrapping_mul(*k));
     }
     h ^= h >> 32;
-    h = h.wrapping_mul(K2);
+    h = h.wrapping_mul(K_MIX);
     h ^ (h >> 29)
 }
 
@@ -287,55 +331,127 @@ fn rule_record(rule: &Rule, out: &mut Vec<u8>) {
     b[a..a + 4].copy_from_slice(&(rule.target.action() as u32).to_le_bytes());
 }
 
-/// Everything the module's data segments hold, with where each part goes.
+/// Everything the module's memory holds, and where the code finds it.
 pub(crate) struct Tables {
-    /// Prefix masks, at [`MASKS`].
-    pub masks: Vec<u8>,
-    /// Shape records, at [`SHAPES`].
-    pub shapes: Vec<u8>,
+    /// Data segments: `(address, bytes)`, non-overlapping.
+    pub segments: Vec<(u32, Vec<u8>)>,
     /// Number of shapes.
     pub n_shapes: u32,
-    /// Hash slots, at `hash_base`.
-    pub hash: Vec<u8>,
-    /// Where the hash table starts.
+    /// Ingress-class table: u16 per port id.
+    pub in_tab: u32,
+    /// Egress-class table: u16 per port id.
+    pub out_tab: u32,
+    /// Egress class count (the pair table's row length).
+    pub out_count: u32,
+    /// Pair table: u32 per (ingress class, egress class).
+    pub pair_tab: u32,
+    /// Protocol table: u32 per protocol number.
+    pub proto_tab: u32,
+    /// IP-version table: u32 per version byte.
+    pub ipv_tab: u32,
+    /// State table: u8 per state byte.
+    pub state_tab: u32,
+    /// Class table: u32 program offset per class.
+    pub class_tab: u32,
+    /// Programs (see [`super::classes::Classes::programs`]).
+    pub programs: u32,
+    /// Where the hash slots start.
     pub hash_base: u32,
+    /// Where the entry records start.
+    pub entries_base: u32,
     /// Slot count − 1 (the count is a power of two).
     pub hash_mask: u32,
-    /// Candidate lists (u32 rule ids), at `lists_base`.
-    pub lists: Vec<u8>,
-    /// Where the lists start.
+    /// Where the candidate lists (u32 rule ids) start.
     pub lists_base: u32,
-    /// Rule records, at `rules_base`.
-    pub rules: Vec<u8>,
     /// Where the rule records start.
     pub rules_base: u32,
     /// Bytes of memory the module needs.
     pub total: u64,
+    /// Classification used, classes and distinct programs, for [`super::CompileStats`].
+    pub level: Classify,
+    /// Number of classes.
+    pub n_classes: u32,
+    /// Number of distinct programs.
+    pub n_programs: u32,
+    /// The programs, when they are emitted as code (see [`MAX_INLINE_PROGRAMS`]); `None` when
+    /// the module interprets them from memory.
+    pub inline: Option<Vec<Program>>,
+    /// What the emitted code needs of each shape, in shape order.
+    pub shapes: Vec<ShapeInfo>,
+    /// The hash's word multipliers ([`K_WORDS`], or [`K_COLLIDE`] in tests).
+    pub k_words: [u64; 6],
 }
+
+/// A shape as inlined code sees it: constants instead of loads from its record.
+pub(crate) struct ShapeInfo {
+    /// The six key masks.
+    pub masks: [u64; 6],
+    /// The starting hash value.
+    pub seed_hash: u64,
+    /// For a keyless shape, the address of its one entry.
+    pub entry: Option<u32>,
+}
+
+/// Programs are emitted as straight-line code (one block per program, constants for every
+/// shape) when there are at most this many of them and [`MAX_INLINE_STEPS`] steps in all:
+/// the usual case, since a Docker rule set has a few dozen. More, and the module interprets
+/// them from memory instead, so its code size stays bounded whatever the rule set.
+pub(crate) const MAX_INLINE_PROGRAMS: usize = 128;
+/// See [`MAX_INLINE_PROGRAMS`].
+pub(crate) const MAX_INLINE_STEPS: usize = 256;
 
 fn align(v: u64, a: u64) -> u64 {
     v.div_ceil(a) * a
 }
 
-/// Builds the tables for `rules` (already in evaluation order with `rules[i].id == i`).
-/// `None` when they do not fit in a 32-bit Wasm memory.
-pub(crate) fn build(rules: &[Rule]) -> Option<Tables> {
-    struct Build {
-        min_id: u32,
-        buckets: Vec<(u64, u32)>,
-        direct: Vec<u32>,
-    }
-    let mut shapes: BTreeMap<Spec, Build> = BTreeMap::new();
+/// Bytes of a port-class table (u16 per possible port id).
+const PORT_TAB: u64 = 65536 * 2;
+
+/// Whether `m`, entered under `spec`, is decided by its key alone: every condition it has is
+/// pinned in the key (no negation, no unexpanded port range, no state set).
+fn is_exact(m: &Match, spec: &Spec) -> bool {
+    let plain = |n: Option<bool>| n != Some(true);
+    plain(m.src.map(|c| c.negated))
+        && plain(m.dst.map(|c| c.negated))
+        && plain(m.proto.map(|c| c.negated))
+        && plain(m.in_port.map(|c| c.negated))
+        && plain(m.out_port.map(|c| c.negated))
+        && plain(m.ip_version.map(|c| c.negated))
+        && plain(m.sport.map(|c| c.negated))
+        && plain(m.dport.map(|c| c.negated))
+        && m.state.is_none()
+        && (m.sport.is_none() || spec.fields & F_SPORT != 0)
+        && (m.dport.is_none() || spec.fields & F_DPORT != 0)
+}
+
+/// A shape being built: its lowest rule id, and its rules' keys (one per expanded port
+/// combination; one all-zero key for a keyless shape) with whether each rule is exact.
+struct ShapeBuild {
+    spec: Spec,
+    min_id: u32,
+    keys: Vec<([u64; 6], u32, bool)>,
+}
+
+/// Shapes and rule groups of `rules` under `plan`: shapes in probe order, and the groups.
+fn shapes_and_groups(rules: &[Rule], plan: &Plan) -> Option<(Vec<ShapeBuild>, Groups)> {
+    let mut shapes: BTreeMap<Spec, ShapeBuild> = BTreeMap::new();
+    let mut placed: Vec<Option<Spec>> = Vec::with_capacity(rules.len());
     for (id, rule) in rules.iter().enumerate() {
         let id = u32::try_from(id).ok()?;
+        if plan.is_terminal(&rule.m) {
+            placed.push(None);
+            continue;
+        }
         let (spec, entries) = shape_of(&rule.m);
-        let b = shapes.entry(spec).or_insert(Build {
+        placed.push(Some(spec));
+        let exact = is_exact(&rule.m, &spec);
+        let b = shapes.entry(spec).or_insert(ShapeBuild {
+            spec,
             min_id: id,
-            buckets: Vec::new(),
-            direct: Vec::new(),
+            keys: Vec::new(),
         });
         if spec.is_keyless() {
-            b.direct.push(id);
+            b.keys.push(([0; 6], id, exact));
             continue;
         }
         let [msh, msl, mdh, mdl, m1, m2] = spec.masks();
@@ -346,97 +462,315 @@ pub(crate) fn build(rules: &[Rule]) -> Option<Tables> {
         let (dh, dl) = words(plain(rule.m.dst));
         for (s1, s2) in entries {
             let key = [sh & msh, sl & msl, dh & mdh, dl & mdl, s1 & m1, s2 & m2];
-            b.buckets.push((hash(spec.seed(), &key), id));
+            b.keys.push((key, id, exact));
         }
     }
+    let mut order: Vec<ShapeBuild> = shapes.into_values().collect();
+    order.sort_by_key(|b| b.min_id);
+    let index: HashMap<Spec, u32> = order.iter().zip(0u32..).map(|(b, i)| (b.spec, i)).collect();
+    let mut groups = Groups::default();
+    for ((rule, spec), id) in rules.iter().zip(&placed).zip(0u32..) {
+        let shape = match spec {
+            Some(s) => Some(*index.get(s)?),
+            None => None,
+        };
+        groups.add(plan, &rule.m, id, shape);
+    }
+    Some((order, groups))
+}
 
-    let mut order: Vec<(Spec, Build)> = shapes.into_iter().collect();
-    order.sort_by_key(|(_, b)| b.min_id);
+/// One (shape, key) being built: its lowest exact rule and its other rules.
+struct EntryBuild {
+    shape: u32,
+    key: [u64; 6],
+    exact: u32,
+    others: Vec<u32>,
+}
 
-    // Merge candidates by hash value across shapes (see the module docs), ids ascending.
-    let mut by_hash: HashMap<u64, Vec<u32>> = HashMap::new();
-    let mut lists: Vec<u32> = Vec::new();
-    let mut shape_bytes = Vec::with_capacity(order.len() * SHAPE_SIZE as usize);
-    for (spec, b) in &order {
-        for (h, id) in &b.buckets {
-            let v = by_hash.entry(*h).or_default();
-            if v.last() != Some(id) {
-                v.push(*id);
+/// The entries of `order`'s shapes (in order of first appearance) and, per shape, the index
+/// of its keyless entry.
+fn entries(order: &[ShapeBuild]) -> (Vec<EntryBuild>, Vec<Option<u32>>) {
+    let mut out: Vec<EntryBuild> = Vec::new();
+    let mut index: HashMap<(u32, [u64; 6]), usize> = HashMap::new();
+    let mut keyless = Vec::with_capacity(order.len());
+    for (b, shape) in order.iter().zip(0u32..) {
+        for &(key, id, exact) in &b.keys {
+            let at = *index.entry((shape, key)).or_insert_with(|| {
+                out.push(EntryBuild {
+                    shape,
+                    key,
+                    exact: u32::MAX,
+                    others: Vec::new(),
+                });
+                out.len() - 1
+            });
+            let e = &mut out[at];
+            if exact {
+                e.exact = e.exact.min(id);
+            } else if e.others.last() != Some(&id) {
+                e.others.push(id);
             }
         }
-        let mut rec = [0u8; SHAPE_SIZE as usize];
-        for (i, m) in spec.masks().iter().enumerate() {
-            rec[i * 8..i * 8 + 8].copy_from_slice(&m.to_le_bytes());
+        keyless.push(
+            b.spec
+                .is_keyless()
+                .then(|| index.get(&(shape, [0; 6])).map(|&i| i as u32))
+                .flatten(),
+        );
+    }
+    for e in &mut out {
+        // Rules are entered in ascending id order; those at or past the exact rule can never
+        // be the first match through this entry.
+        let exact = e.exact;
+        e.others.retain(|&id| id < exact);
+    }
+    (out, keyless)
+}
+
+/// The `(address, bytes)` runs of a u16 table that are not zero, with short gaps bridged,
+/// so a port-class table costs data only where ports are named.
+fn port_table_segments(
+    base: u32,
+    named: impl Iterator<Item = (u16, u32)>,
+) -> Option<Vec<(u32, Vec<u8>)>> {
+    let mut entries = Vec::new();
+    for (port, class) in named {
+        // `classes::fits` keeps port classes within u16.
+        entries.push((port, u16::try_from(class).ok()?));
+    }
+    entries.sort_unstable();
+    let mut out: Vec<(u32, Vec<u8>)> = Vec::new();
+    let mut last: Option<u16> = None;
+    for (port, class) in entries {
+        let at = base + u32::from(port) * 2;
+        match (last, out.last_mut()) {
+            (Some(prev), Some((_, bytes))) if port - prev <= 32 => {
+                bytes.resize(bytes.len() + usize::from(port - prev - 1) * 2, 0);
+                bytes.extend_from_slice(&class.to_le_bytes());
+            }
+            _ => out.push((at, class.to_le_bytes().to_vec())),
+        }
+        last = Some(port);
+    }
+    Some(out)
+}
+
+/// Builds the tables for `rules` (already in evaluation order with `rules[i].id == i`),
+/// classifying as richly as `max` allows within [`classes::BUDGET`], with the programs
+/// inlined as code if `inline` and they are few enough, hashing with multipliers `k_words`;
+/// packets no rule matches get `default_action`. `None` when they do not fit in a 32-bit Wasm memory.
+pub(crate) fn build(
+    rules: &[Rule],
+    max: Classify,
+    inline: bool,
+    k_words: [u64; 6],
+    default_action: u32,
+) -> Option<Tables> {
+    let mut level = max;
+    let (plan, (order, groups)) = loop {
+        let plan = Plan::new(rules, level);
+        let built = shapes_and_groups(rules, &plan)?;
+        if level == Classify::None || classes::fits(&plan, &built.1, &classes::BUDGET) {
+            break (plan, built);
+        }
+        level = match level {
+            Classify::Full => Classify::NoPorts,
+            _ => Classify::None,
+        };
+    };
+    build_with(rules, &plan, order, groups, inline, k_words, default_action)
+}
+
+fn build_with(
+    rules: &[Rule],
+    plan: &Plan,
+    order: Vec<ShapeBuild>,
+    groups: Groups,
+    inline: bool,
+    k_words: [u64; 6],
+    default_action: u32,
+) -> Option<Tables> {
+    let (entry_builds, keyless) = entries(&order);
+    let n_shapes = u32::try_from(order.len()).ok()?;
+    let shape_addr = |s: u32| SHAPES + s * SHAPE_SIZE;
+
+    // Slots: open addressing with linear probing at a load of at most 1/4, so a probe that
+    // misses usually stops at its first slot.
+    let keyed: Vec<(usize, u64)> = entry_builds
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| keyless.get(e.shape as usize).copied().flatten().is_none())
+        .map(|(i, e)| {
+            (
+                i,
+                hash(order[e.shape as usize].spec.seed(), &e.key, &k_words),
+            )
+        })
+        .collect();
+    let slots = (keyed.len() * 4).max(8).next_power_of_two();
+    let hash_mask = u32::try_from(slots - 1).ok()?;
+    let mut slot_bytes = vec![0u8; slots * SLOT_SIZE as usize];
+    for &(i, h) in &keyed {
+        let mut slot = (h as u32 & hash_mask) as usize;
+        while slot_bytes[slot * 8..slot * 8 + 4] != [0; 4] {
+            slot = (slot + 1) & hash_mask as usize;
+        }
+        slot_bytes[slot * 8..slot * 8 + 4].copy_from_slice(&tag(h).to_le_bytes());
+        slot_bytes[slot * 8 + 4..slot * 8 + 8]
+            .copy_from_slice(&u32::try_from(i).ok()?.to_le_bytes());
+    }
+
+    let mut lists: Vec<u32> = Vec::new();
+    let mut entry_bytes = Vec::with_capacity(entry_builds.len() * ENTRY_SIZE as usize);
+    for e in &entry_builds {
+        let mut rec = [0u8; ENTRY_SIZE as usize];
+        for (i, w) in e.key.iter().enumerate() {
+            rec[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
         }
         let put = |rec: &mut [u8], off: u64, v: u32| {
             rec[off as usize..off as usize + 4].copy_from_slice(&v.to_le_bytes())
         };
-        put(&mut rec, shape::MIN_ID, b.min_id);
-        put(&mut rec, shape::SEED, spec.seed());
-        if spec.is_keyless() {
-            put(
-                &mut rec,
-                shape::LIST_START,
-                u32::try_from(lists.len()).ok()?,
-            );
-            put(
-                &mut rec,
-                shape::LIST_LEN,
-                u32::try_from(b.direct.len()).ok()?,
-            );
-            lists.extend(&b.direct);
-        }
-        shape_bytes.extend_from_slice(&rec);
-    }
-
-    let slots = (by_hash.len() * 2).max(8).next_power_of_two();
-    let hash_mask = u32::try_from(slots - 1).ok()?;
-    let mut hash_bytes = vec![0u8; slots * SLOT_SIZE as usize];
-    let mut entries: Vec<(u64, Vec<u32>)> = by_hash.into_iter().collect();
-    entries.sort_unstable_by_key(|(h, _)| *h);
-    for (h, mut ids) in entries {
-        ids.sort_unstable();
-        ids.dedup();
-        let mut slot = (h as u32 & hash_mask) as usize;
-        while hash_bytes[slot * 16 + 12..slot * 16 + 16] != [0; 4] {
-            slot = (slot + 1) & hash_mask as usize;
-        }
-        let s = &mut hash_bytes[slot * 16..slot * 16 + 16];
-        s[0..8].copy_from_slice(&h.to_le_bytes());
-        s[8..12].copy_from_slice(&u32::try_from(lists.len()).ok()?.to_le_bytes());
-        s[12..16].copy_from_slice(&u32::try_from(ids.len()).ok()?.to_le_bytes());
-        lists.extend(ids);
+        put(&mut rec, entry::EXACT, e.exact);
+        put(
+            &mut rec,
+            entry::LIST_START,
+            u32::try_from(lists.len()).ok()?,
+        );
+        put(
+            &mut rec,
+            entry::LIST_LEN,
+            u32::try_from(e.others.len()).ok()?,
+        );
+        put(&mut rec, entry::SHAPE, shape_addr(e.shape));
+        lists.extend(&e.others);
+        entry_bytes.extend_from_slice(&rec);
     }
 
     let mut masks = Vec::with_capacity(129 * 16);
     for len in 0..=128u8 {
         masks.extend_from_slice(&Cidr::mask_of(len).to_be_bytes());
     }
-    let mut rule_bytes = Vec::with_capacity(rules.len() * RULE_SIZE as usize);
+    // One record before the rules holds the default action, so the module reads the verdict
+    // of "no rule" (BEST = -1) like any other, without a branch.
+    let mut rule_bytes = vec![0u8; RULE_SIZE as usize];
+    let act = rec::ACTION as usize;
+    rule_bytes[act..act + 4].copy_from_slice(&default_action.to_le_bytes());
+    rule_bytes.reserve(rules.len() * RULE_SIZE as usize);
     for r in rules {
         rule_record(r, &mut rule_bytes);
     }
 
-    let shapes_end = u64::from(SHAPES) + shape_bytes.len() as u64;
-    let hash_base = align(shapes_end, 64);
-    let lists_base = align(hash_base + hash_bytes.len() as u64, 64);
-    let rules_base = align(lists_base + lists.len() as u64 * 4, 64);
-    let total = rules_base + rule_bytes.len() as u64;
-    // Rule addresses are computed in i32 arithmetic; stay well inside 4 GiB.
+    let cls = classes::build(plan, groups);
+    let words = |v: &[u32]| -> Vec<u8> { v.iter().flat_map(|w| w.to_le_bytes()).collect() };
+    let steps: usize = cls.programs.iter().map(|p| p.steps.len()).sum();
+    let inline = inline && cls.programs.len() <= MAX_INLINE_PROGRAMS && steps <= MAX_INLINE_STEPS;
+    // Inlined programs are code, so the class table holds program numbers; otherwise it holds
+    // the byte offset of each program's words.
+    let mut program_words: Vec<u32> = Vec::new();
+    let class_words: Vec<u32> = if inline {
+        cls.class.clone()
+    } else {
+        let mut offsets = Vec::with_capacity(cls.programs.len());
+        for p in &cls.programs {
+            offsets.push(u32::try_from(program_words.len() * 4).ok()?);
+            program_words.extend(p.words(shape_addr));
+        }
+        cls.class.iter().map(|&p| offsets[p as usize]).collect()
+    };
+
+    // Layout, each part 64-byte aligned after the shape records.
+    let mut at = u64::from(SHAPES) + u64::from(n_shapes) * u64::from(SHAPE_SIZE);
+    let mut place = |len: u64| {
+        let start = align(at, 64);
+        at = start + len;
+        start
+    };
+    let in_tab = place(PORT_TAB);
+    let out_tab = place(PORT_TAB);
+    let pair_tab = place(cls.pair.len() as u64 * 4);
+    let proto_tab = place(256 * 4);
+    let ipv_tab = place(256 * 4);
+    let state_tab = place(256);
+    let class_tab = place(class_words.len() as u64 * 4);
+    let programs = place(program_words.len() as u64 * 4);
+    let hash_base = place(slot_bytes.len() as u64);
+    let entries_base = place(entry_bytes.len() as u64);
+    let lists_base = place(lists.len() as u64 * 4);
+    let rules_base = place(rule_bytes.len() as u64) + u64::from(RULE_SIZE);
+    let total = at;
+    // Addresses are computed in i32 arithmetic; stay well inside 4 GiB.
     if total >= 1 << 31 {
         return None;
     }
+    let a = |v: u64| v as u32;
+
+    let mut shape_bytes = Vec::with_capacity(order.len() * SHAPE_SIZE as usize);
+    let mut shape_info = Vec::with_capacity(order.len());
+    for (b, keyless) in order.iter().zip(&keyless) {
+        shape_info.push(ShapeInfo {
+            masks: b.spec.masks(),
+            seed_hash: seed_hash(b.spec.seed()),
+            entry: keyless.map(|e| a(entries_base) + e * ENTRY_SIZE),
+        });
+        let mut rec = [0u8; SHAPE_SIZE as usize];
+        for (i, m) in b.spec.masks().iter().enumerate() {
+            rec[i * 8..i * 8 + 8].copy_from_slice(&m.to_le_bytes());
+        }
+        let sh = shape::SEED_HASH as usize;
+        rec[sh..sh + 8].copy_from_slice(&seed_hash(b.spec.seed()).to_le_bytes());
+        if let Some(e) = keyless {
+            let addr = a(entries_base) + e * ENTRY_SIZE;
+            let en = shape::ENTRY as usize;
+            rec[en..en + 4].copy_from_slice(&addr.to_le_bytes());
+        }
+        shape_bytes.extend_from_slice(&rec);
+    }
+
+    let mut segments = vec![
+        (MASKS, masks),
+        (SHAPES, shape_bytes),
+        (a(pair_tab), words(&cls.pair)),
+        (a(proto_tab), words(&cls.proto)),
+        (a(ipv_tab), words(&cls.ipv)),
+        (a(state_tab), cls.state.to_vec()),
+        (a(class_tab), words(&class_words)),
+        (a(programs), words(&program_words)),
+        (a(hash_base), slot_bytes),
+        (a(entries_base), entry_bytes),
+        (a(lists_base), words(&lists)),
+        (a(rules_base) - RULE_SIZE, rule_bytes),
+    ];
+    segments.extend(port_table_segments(
+        a(in_tab),
+        plan.field(field::IN).named(),
+    )?);
+    segments.extend(port_table_segments(
+        a(out_tab),
+        plan.field(field::OUT).named(),
+    )?);
     Some(Tables {
-        masks,
-        n_shapes: u32::try_from(order.len()).ok()?,
-        shapes: shape_bytes,
-        hash: hash_bytes,
-        hash_base: hash_base as u32,
+        segments,
+        n_shapes,
+        in_tab: a(in_tab),
+        out_tab: a(out_tab),
+        out_count: cls.out_count,
+        pair_tab: a(pair_tab),
+        proto_tab: a(proto_tab),
+        ipv_tab: a(ipv_tab),
+        state_tab: a(state_tab),
+        class_tab: a(class_tab),
+        programs: a(programs),
+        hash_base: a(hash_base),
         hash_mask,
-        lists: lists.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        lists_base: lists_base as u32,
-        rules: rule_bytes,
-        rules_base: rules_base as u32,
+        entries_base: a(entries_base),
+        lists_base: a(lists_base),
+        rules_base: a(rules_base),
         total,
+        level: plan.level,
+        n_classes: cls.class.len() as u32,
+        n_programs: cls.programs.len() as u32,
+        inline: inline.then_some(cls.programs),
+        shapes: shape_info,
+        k_words,
     })
 }
