@@ -72,19 +72,31 @@ impl PolicyChain {
     fn decide_batch(&mut self, records: &[PacketRecord], verdicts: &mut [VerdictRecord]) {
         let n = records.len().min(verdicts.len());
         let (records, verdicts) = (&records[..n], &mut verdicts[..n]);
-        verdicts.fill(VerdictRecord::CONTINUE);
-        self.decided_by[..n].fill(DECIDED_BY_NONE);
         let Some((first, rest)) = self.stages.split_first_mut() else {
+            verdicts.fill(VerdictRecord::CONTINUE);
+            self.decided_by[..n].fill(DECIDED_BY_NONE);
             return;
         };
 
-        // The first stage sees the whole batch directly, no copy.
+        // The first stage sees the whole batch directly, no copy; it writes every verdict.
         first.evaluate(records, verdicts);
+        if rest.is_empty() {
+            // One stage (the usual compiled policy alone): no pending list to build.
+            for (d, v) in self.decided_by.iter_mut().zip(verdicts.iter()) {
+                *d = if v.action == Action::Continue {
+                    DECIDED_BY_NONE
+                } else {
+                    0
+                };
+            }
+            return;
+        }
         let mut pending = 0;
         for (i, v) in verdicts.iter().enumerate() {
             if v.action == Action::Continue {
                 self.pending[pending] = i as u8;
                 pending += 1;
+                self.decided_by[i] = DECIDED_BY_NONE;
             } else {
                 self.decided_by[i] = 0;
             }

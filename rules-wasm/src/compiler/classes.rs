@@ -265,17 +265,21 @@ pub(crate) struct Classes {
 pub(crate) struct Program {
     /// The terminal rule id, or `u32::MAX` (the default decides).
     pub terminal: u32,
+    /// The action of the terminal rule (or the default); filled in by the table builder,
+    /// which knows the rules' targets.
+    pub terminal_action: u32,
     /// `(shape index, lowest id of its rules this class can match)`, ascending by id, all
     /// below `terminal`.
     pub steps: Vec<(u32, u32)>,
 }
 
 impl Program {
-    /// The program as the interpreter reads it (u32 words): the terminal, then per step the
-    /// address of the shape record and its lowest id, then a sentinel step `(0, u32::MAX)`
-    /// whose lowest id is never below the best match, ending the steps without a count.
+    /// The program as the interpreter reads it (u32 words): the terminal and its action,
+    /// then per step the address of the shape record and its lowest id, then a sentinel step
+    /// `(0, u32::MAX)` whose lowest id is never below the best match, ending the steps
+    /// without a count.
     pub(crate) fn words(&self, shape_addr: impl Fn(u32) -> u32) -> Vec<u32> {
-        let mut w = vec![self.terminal];
+        let mut w = vec![self.terminal, self.terminal_action];
         for &(s, id) in &self.steps {
             w.extend([shape_addr(s), id]);
         }
@@ -351,6 +355,7 @@ pub(crate) fn build(plan: &Plan, groups: Groups) -> Classes {
                     let n = class.len() as u32;
                     let mut prog = Program {
                         terminal: u32::MAX,
+                        terminal_action: 0,
                         steps: Vec::new(),
                     };
                     for g in &groups {

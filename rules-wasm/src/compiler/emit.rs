@@ -46,11 +46,16 @@ mod ev {
     pub const E: u32 = 7;
     pub const SA: u32 = 8;
     pub const T: u32 = 9;
-    pub const N_I32: u32 = 9;
+    /// The action of BEST, kept with it so that a verdict needs no rule record.
+    pub const ACT: u32 = 10;
+    pub const N_I32: u32 = 10;
     /// The key hash, then the six masked key words.
-    pub const H: u32 = 10;
-    pub const M0: u32 = 11;
-    pub const N_I64: u32 = 7;
+    pub const H: u32 = 11;
+    pub const M0: u32 = 12;
+    /// The record's two small key words (also in [`super::SCRATCH`] for `lookup`).
+    pub const S1: u32 = 18;
+    pub const S2: u32 = 19;
+    pub const N_I64: u32 = 9;
 }
 
 /// Locals of `lookup(h: i64, sh: i32, rec: i32) -> i32`.
@@ -190,15 +195,7 @@ fn evaluate_body(s: &mut InstructionSink<'_>, t: &Tables) {
             Some(programs) => dispatch(s, t, programs),
             None => interpret(s, t),
         }
-        // Verdict: BEST = -1 (no rule) reads the default's record just below the rules.
-        s.local_get(ev::VP);
-        s.local_get(ev::BEST)
-            .i32_const(RULE_SIZE as i32)
-            .i32_mul()
-            .i32_const(t.rules_base as i32)
-            .i32_add()
-            .i32_load(mem(rec::ACTION, 2));
-        s.i32_store(mem(0, 2));
+        s.local_get(ev::VP).local_get(ev::ACT).i32_store(mem(0, 2));
         s.local_get(ev::VP).local_get(ev::BEST).i32_store(mem(4, 2));
         s.local_get(ev::VP).i32_const(8).i32_add().local_set(ev::VP);
         s.local_get(ev::REC)
@@ -221,8 +218,9 @@ fn field(s: &mut InstructionSink<'_>, rec: u32, off: usize, wide: bool) {
     }
 }
 
-/// Stores the record's small key words at [`SCRATCH`]: small1 = proto | sport << 8 |
-/// dport << 24 | in << 40; small2 = out | ipver << 16.
+/// Computes the record's small key words into S1 and S2 and stores them at [`SCRATCH`] (where
+/// `lookup` reads them): small1 = proto | sport << 8 | dport << 24 | in << 40;
+/// small2 = out | ipver << 16.
 fn small_words(s: &mut InstructionSink<'_>) {
     s.i32_const(0);
     field(s, ev::REC, OFF_PROTOCOL, false);
@@ -231,19 +229,20 @@ fn small_words(s: &mut InstructionSink<'_>) {
         field(s, ev::REC, off, true);
         s.i64_extend_i32_u().i64_const(shift).i64_shl().i64_or();
     }
-    s.i64_store(mem(SCRATCH, 3));
+    s.local_tee(ev::S1).i64_store(mem(SCRATCH, 3));
     s.i32_const(0);
     field(s, ev::REC, OFF_OUT_PORT, true);
     field(s, ev::REC, OFF_IP_VERSION, false);
     s.i32_const(16).i32_shl().i32_or().i64_extend_i32_u();
-    s.i64_store(mem(SCRATCH + 8, 3));
+    s.local_tee(ev::S2).i64_store(mem(SCRATCH + 8, 3));
 }
 
 /// Pushes key word `i` of the record in local `rec` (the order of the shape masks): the four
-/// address words from the record, the two small words from [`SCRATCH`].
-fn key_word(s: &mut InstructionSink<'_>, rec: u32, i: usize) {
-    match i {
-        0..4 => {
+/// address words from the record, the two small words from `small` (locals S1 and S2 of
+/// `bw_evaluate`) or, when `None`, from [`SCRATCH`].
+fn key_word(s: &mut InstructionSink<'_>, rec: u32, i: usize, small: Option<(u32, u32)>) {
+    match (i, small) {
+        (0..4, _) => {
             let off = [
                 OFF_SRC_ADDR,
                 OFF_SRC_ADDR + 8,
@@ -252,7 +251,13 @@ fn key_word(s: &mut InstructionSink<'_>, rec: u32, i: usize) {
             ][i];
             s.local_get(rec).i64_load(mem(off as u64, 3));
         }
-        _ => {
+        (4, Some((s1, _))) => {
+            s.local_get(s1);
+        }
+        (_, Some((_, s2))) => {
+            s.local_get(s2);
+        }
+        (_, None) => {
             s.i32_const(0)
                 .i64_load(mem(SCRATCH + (i as u64 - 4) * 8, 3));
         }
@@ -309,6 +314,7 @@ fn dispatch(s: &mut InstructionSink<'_>, t: &Tables, programs: &[Program]) {
     for (i, p) in (0u32..).zip(programs) {
         s.end();
         s.i32_const(p.terminal as i32).local_set(ev::BEST);
+        s.i32_const(p.terminal_action as i32).local_set(ev::ACT);
         for &(shape, min_id) in &p.steps {
             inline_step(s, t, shape, min_id);
         }
@@ -334,7 +340,7 @@ fn inline_step(s: &mut InstructionSink<'_>, t: &Tables, shape: u32, min_id: u32)
         .br_if(0);
     if let Some(e) = info.entry {
         s.i32_const(e as i32).local_set(ev::E);
-        found(s);
+        found(s, t);
         s.end();
         return;
     }
@@ -365,7 +371,7 @@ fn inline_step(s: &mut InstructionSink<'_>, t: &Tables, shape: u32, min_id: u32)
             .i32_const(t.entries_base as i32)
             .i32_add()
             .local_set(ev::E);
-        inline_key_matches(s, info, shape_addr);
+        inline_key_matches(s, info, shape);
         s.if_(BlockType::Result(ValType::I32));
         s.local_get(ev::E);
         s.else_();
@@ -376,7 +382,7 @@ fn inline_step(s: &mut InstructionSink<'_>, t: &Tables, shape: u32, min_id: u32)
     call_lookup(s, shape_addr);
     s.end();
     s.local_tee(ev::E).i32_eqz().br_if(0);
-    found(s);
+    found(s, t);
     s.end();
 }
 
@@ -405,7 +411,7 @@ fn inline_hash(s: &mut InstructionSink<'_>, info: &ShapeInfo, k_words: &[u64; 6]
         if m == 0 {
             continue;
         }
-        key_word(s, ev::REC, i);
+        key_word(s, ev::REC, i, Some((ev::S1, ev::S2)));
         if m != u64::MAX {
             s.i64_const(m as i64).i64_and();
         }
@@ -434,34 +440,47 @@ fn mix(s: &mut InstructionSink<'_>, h: u32) {
         .local_set(h);
 }
 
-/// Pushes whether the entry at E is the shape's and holds exactly the masked words M0...
-fn inline_key_matches(s: &mut InstructionSink<'_>, info: &ShapeInfo, shape_addr: u32) {
+/// Pushes whether the entry at E holds exactly the masked words M0.. and the shape's index
+/// (in the last word's high half, see [`entry::KEY`]).
+fn inline_key_matches(s: &mut InstructionSink<'_>, info: &ShapeInfo, shape: u32) {
     s.i64_const(0);
     for (i, &m) in info.masks.iter().enumerate() {
-        if m == 0 {
+        if i == 5 {
+            if m == 0 {
+                s.i64_const(i64::from(shape) << 32);
+            } else {
+                s.local_get(ev::M0 + 5)
+                    .i64_const(i64::from(shape) << 32)
+                    .i64_or();
+            }
+        } else if m == 0 {
             continue;
+        } else {
+            s.local_get(ev::M0 + i as u32);
         }
-        s.local_get(ev::M0 + i as u32)
-            .local_get(ev::E)
+        s.local_get(ev::E)
             .i64_load(mem(entry::KEY + i as u64 * 8, 3))
             .i64_xor()
             .i64_or();
     }
     s.i64_eqz();
-    s.local_get(ev::E)
-        .i32_load(mem(entry::SHAPE, 2))
-        .i32_const(shape_addr as i32)
-        .i32_eq()
-        .i32_and();
 }
 
 /// The entry at E matched: its exact rule is a match, and its other rules (below that id)
-/// need the full check, in `residual`.
-fn found(s: &mut InstructionSink<'_>) {
+/// need the full check, in `residual`. BEST and ACT move together.
+fn found(s: &mut InstructionSink<'_>, t: &Tables) {
+    // T = exact id; if T < BEST { BEST = T; ACT = entry action } (two selects, no branch).
     s.local_get(ev::E)
         .i32_load(mem(entry::EXACT, 2))
-        .local_tee(ev::T)
+        .local_tee(ev::T);
+    s.local_get(ev::E).i32_load(mem(entry::ACTION, 2));
+    s.local_get(ev::ACT)
+        .local_get(ev::T)
         .local_get(ev::BEST)
+        .i32_lt_u()
+        .select()
+        .local_set(ev::ACT);
+    s.local_get(ev::BEST)
         .local_get(ev::T)
         .local_get(ev::BEST)
         .i32_lt_u()
@@ -470,25 +489,38 @@ fn found(s: &mut InstructionSink<'_>) {
     s.local_get(ev::E)
         .i32_load(mem(entry::LIST_LEN, 2))
         .if_(BlockType::Empty);
-    s.local_get(ev::E)
-        .local_get(ev::REC)
-        .local_get(ev::BEST)
-        .call(F_RESIDUAL)
-        .local_set(ev::BEST);
+    {
+        s.local_get(ev::E)
+            .local_get(ev::REC)
+            .local_get(ev::BEST)
+            .call(F_RESIDUAL)
+            .local_tee(ev::T)
+            .local_get(ev::BEST)
+            .i32_ne()
+            .if_(BlockType::Empty);
+        s.local_get(ev::T).local_set(ev::BEST);
+        s.local_get(ev::T)
+            .i32_const(RULE_SIZE as i32)
+            .i32_mul()
+            .i32_load(mem(u64::from(t.rules_base) + rec::ACTION, 2))
+            .local_set(ev::ACT);
+        s.end();
+    }
     s.end();
 }
 
 /// Interpreted programs: the class value is the offset of the program's words from
-/// `programs`: the terminal, then (shape address, lowest id) steps ending with a sentinel
-/// `(0, u32::MAX)`.
+/// `programs`: the terminal and its action, then (shape address, lowest id) steps ending
+/// with a sentinel `(0, u32::MAX)`.
 fn interpret(s: &mut InstructionSink<'_>, t: &Tables) {
     s.i32_const(t.programs as i32)
         .i32_add()
         .local_tee(ev::STEP)
         .i32_load(mem(0, 2))
         .local_set(ev::BEST);
+    s.local_get(ev::STEP).i32_load(mem(4, 2)).local_set(ev::ACT);
     s.local_get(ev::STEP)
-        .i32_const(4)
+        .i32_const(8)
         .i32_add()
         .local_set(ev::STEP);
     s.block(BlockType::Empty).loop_(BlockType::Empty);
@@ -510,7 +542,7 @@ fn interpret(s: &mut InstructionSink<'_>, t: &Tables) {
             // A keyed shape: hash with the masks from its record, then look the key up.
             s.local_get(ev::SH).i64_load(mem(shape::SEED_HASH, 3));
             for (i, &k) in t.k_words.iter().enumerate() {
-                key_word(s, ev::REC, i);
+                key_word(s, ev::REC, i, Some((ev::S1, ev::S2)));
                 s.local_get(ev::SH)
                     .i64_load(mem(i as u64 * 8, 3))
                     .i64_and()
@@ -527,7 +559,7 @@ fn interpret(s: &mut InstructionSink<'_>, t: &Tables) {
         }
         s.end();
         s.local_get(ev::E).if_(BlockType::Empty);
-        found(s);
+        found(s, t);
         s.end();
         s.local_get(ev::STEP)
             .i32_const(8)
@@ -539,8 +571,8 @@ fn interpret(s: &mut InstructionSink<'_>, t: &Tables) {
 }
 
 /// `lookup(h, sh, rec) -> entry address or 0`: linear probing from h's home slot; a slot
-/// whose tag matches is the key only if its entry belongs to shape `sh` and holds the
-/// record's words masked by `sh`. The table is at most a quarter full, so the loop ends at an
+/// whose tag matches is the key only if its entry holds the record's words masked by shape
+/// `sh`, and `sh`'s index. The table is at most a quarter full, so the loop ends at an
 /// empty slot.
 fn lookup_body(s: &mut InstructionSink<'_>, t: &Tables) {
     push_tag(s, lk::H);
@@ -578,22 +610,21 @@ fn lookup_body(s: &mut InstructionSink<'_>, t: &Tables) {
                 .local_set(lk::E);
             s.i64_const(0);
             for i in 0..6 {
-                key_word(s, lk::REC, i);
-                s.local_get(lk::SH)
-                    .i64_load(mem(i as u64 * 8, 3))
-                    .i64_and()
-                    .local_get(lk::E)
+                key_word(s, lk::REC, i, None);
+                s.local_get(lk::SH).i64_load(mem(i as u64 * 8, 3)).i64_and();
+                if i == 5 {
+                    s.local_get(lk::SH)
+                        .i64_load32_u(mem(shape::INDEX, 2))
+                        .i64_const(32)
+                        .i64_shl()
+                        .i64_or();
+                }
+                s.local_get(lk::E)
                     .i64_load(mem(entry::KEY + i as u64 * 8, 3))
                     .i64_xor()
                     .i64_or();
             }
-            s.i64_eqz();
-            s.local_get(lk::E)
-                .i32_load(mem(entry::SHAPE, 2))
-                .local_get(lk::SH)
-                .i32_eq()
-                .i32_and()
-                .if_(BlockType::Empty);
+            s.i64_eqz().if_(BlockType::Empty);
             s.local_get(lk::E).return_();
             s.end();
         }

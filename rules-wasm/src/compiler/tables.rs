@@ -84,21 +84,27 @@ pub(crate) mod shape {
     /// For a keyless shape (one that pins nothing), the address of its one entry; 0 for a
     /// keyed shape, whose entries are found through the hash table.
     pub const ENTRY: u64 = 56;
+    /// The shape's index (see [`super::entry::KEY`]).
+    pub const INDEX: u64 = 60;
 }
 
 /// Entry-record offsets. An entry is one (shape, key) that rules were entered under: the key,
 /// the lowest id of its *exact* rules (those the key alone decides, so a key match is a rule
-/// match), and the list of its other rules below that id, which need the full check.
+/// match) with that rule's action, and the list of its other rules below that id, which need
+/// the full check. Carrying the action here means a hit never touches the rule records: at
+/// 100k rules those are another page per packet, and TLB misses were what made large rule
+/// sets slower than small ones.
 pub(crate) mod entry {
-    /// Six 8-byte key words, already masked by the shape.
+    /// Six 8-byte key words, already masked by the shape. The last word's high half, which
+    /// no key uses, holds the shape's index, so that two shapes' equal keys stay apart.
     pub const KEY: u64 = 0;
     /// Lowest exact rule id, or `u32::MAX`.
     pub const EXACT: u64 = 48;
     /// Index of the first candidate in the lists, and how many.
     pub const LIST_START: u64 = 52;
     pub const LIST_LEN: u64 = 56;
-    /// Address of the shape record the entry belongs to (two shapes can share a key value).
-    pub const SHAPE: u64 = 60;
+    /// The exact rule's action.
+    pub const ACTION: u64 = 60;
 }
 
 /// Odd multipliers, one per key word, shared by the Rust builder and the emitted code.
@@ -382,6 +388,11 @@ pub(crate) struct Tables {
     pub k_words: [u64; 6],
 }
 
+/// The ABI action code of `rule`.
+fn action_of(rule: &Rule) -> u32 {
+    rule.target.action() as u32
+}
+
 /// A shape as inlined code sees it: constants instead of loads from its record.
 pub(crate) struct ShapeInfo {
     /// The six key masks.
@@ -625,6 +636,11 @@ fn build_with(
     for e in &entry_builds {
         let mut rec = [0u8; ENTRY_SIZE as usize];
         for (i, w) in e.key.iter().enumerate() {
+            let w = if i == 5 {
+                w | u64::from(e.shape) << 32
+            } else {
+                *w
+            };
             rec[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
         }
         let put = |rec: &mut [u8], off: u64, v: u32| {
@@ -641,7 +657,8 @@ fn build_with(
             entry::LIST_LEN,
             u32::try_from(e.others.len()).ok()?,
         );
-        put(&mut rec, entry::SHAPE, shape_addr(e.shape));
+        let action = rules.get(e.exact as usize).map_or(0, action_of);
+        put(&mut rec, entry::ACTION, action);
         lists.extend(&e.others);
         entry_bytes.extend_from_slice(&rec);
     }
@@ -650,17 +667,17 @@ fn build_with(
     for len in 0..=128u8 {
         masks.extend_from_slice(&Cidr::mask_of(len).to_be_bytes());
     }
-    // One record before the rules holds the default action, so the module reads the verdict
-    // of "no rule" (BEST = -1) like any other, without a branch.
-    let mut rule_bytes = vec![0u8; RULE_SIZE as usize];
-    let act = rec::ACTION as usize;
-    rule_bytes[act..act + 4].copy_from_slice(&default_action.to_le_bytes());
-    rule_bytes.reserve(rules.len() * RULE_SIZE as usize);
+    let mut rule_bytes = Vec::with_capacity(rules.len() * RULE_SIZE as usize);
     for r in rules {
         rule_record(r, &mut rule_bytes);
     }
 
-    let cls = classes::build(plan, groups);
+    let mut cls = classes::build(plan, groups);
+    for p in &mut cls.programs {
+        p.terminal_action = rules
+            .get(p.terminal as usize)
+            .map_or(default_action, action_of);
+    }
     let words = |v: &[u32]| -> Vec<u8> { v.iter().flat_map(|w| w.to_le_bytes()).collect() };
     let steps: usize = cls.programs.iter().map(|p| p.steps.len()).sum();
     let inline = inline && cls.programs.len() <= MAX_INLINE_PROGRAMS && steps <= MAX_INLINE_STEPS;
@@ -696,7 +713,7 @@ fn build_with(
     let hash_base = place(slot_bytes.len() as u64);
     let entries_base = place(entry_bytes.len() as u64);
     let lists_base = place(lists.len() as u64 * 4);
-    let rules_base = place(rule_bytes.len() as u64) + u64::from(RULE_SIZE);
+    let rules_base = place(rule_bytes.len() as u64);
     let total = at;
     // Addresses are computed in i32 arithmetic; stay well inside 4 GiB.
     if total >= 1 << 31 {
@@ -723,6 +740,8 @@ fn build_with(
             let en = shape::ENTRY as usize;
             rec[en..en + 4].copy_from_slice(&addr.to_le_bytes());
         }
+        let ix = shape::INDEX as usize;
+        rec[ix..ix + 4].copy_from_slice(&(shape_info.len() as u32 - 1).to_le_bytes());
         shape_bytes.extend_from_slice(&rec);
     }
 
@@ -738,7 +757,7 @@ fn build_with(
         (a(hash_base), slot_bytes),
         (a(entries_base), entry_bytes),
         (a(lists_base), words(&lists)),
-        (a(rules_base) - RULE_SIZE, rule_bytes),
+        (a(rules_base), rule_bytes),
     ];
     segments.extend(port_table_segments(
         a(in_tab),
