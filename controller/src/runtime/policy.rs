@@ -155,6 +155,20 @@ pub fn build(
     })?;
     let ruleset = docker_ruleset(&state.network, user_rules, generation);
     let compiled = compile(&ruleset)?;
+    let st = &compiled.stats;
+    // Once per policy build (container events), never per packet. `inlined = false` or a
+    // classification below `Full` means this rule set costs more per new flow.
+    tracing::debug!(
+        generation,
+        rules = st.rules,
+        shapes = st.shapes,
+        classes = st.classes,
+        programs = st.programs,
+        inlined = st.inlined,
+        classify = ?st.classify,
+        module_bytes = compiled.wasm.len(),
+        "policy compiled"
+    );
     let module = wasm.load(&compiled.wasm, &format!("docker-policy-g{generation}"))?;
     Ok(PolicyBuild {
         generation,

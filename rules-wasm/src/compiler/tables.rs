@@ -1,6 +1,6 @@
-//! The data the compiled module searches: rule records, "shapes", one hash table, candidate
-//! lists, and the class tables and programs of [`super::classes`]. Built here in Rust;
-//! searched by the fixed code in [`super::emit`].
+//! The data the compiled module searches: shape records, key entries, hash slots, candidate
+//! lists, rule records, and the class tables and programs of [`super::classes`]. Built here
+//! in Rust; searched by the code of [`super::emit`].
 //!
 //! # Why shapes
 //! A rule's *shape* says which fields it pins to one value (after masking by its prefix
@@ -16,9 +16,14 @@
 //! lists, in order of the lowest relevant rule id, and stops as soon as that id is not below
 //! the best match found: first-match order is exact.
 //!
-//! Candidate lists are merged by 64-bit hash value, not by key: a hash collision only adds
-//! candidates that the full check of each rule then rejects (or that really match, in which
-//! case they are legitimate candidates anyway), so collisions cost time, never correctness.
+//! # Entries and slots
+//! Each distinct (shape, key) is an *entry* holding the key itself, so a probe compares keys,
+//! not just hashes: a rule whose conditions are all in its key (most rules) matches as soon
+//! as its key does, without reading the rule. Rules with conditions beyond their key hang off
+//! the entry as a candidate list and get the full check. Entries are found through 8-byte
+//! slots (a 32-bit tag of the hash and the entry's index) in an open-addressing table at most
+//! a quarter full, so a miss usually ends at its first slot; hash collisions only cost a
+//! longer probe, never a wrong answer.
 use std::collections::{BTreeMap, HashMap};
 
 use super::classes::{self, Classify, Groups, Plan, Program, field};
