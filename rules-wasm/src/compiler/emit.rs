@@ -19,8 +19,8 @@ use wasm_encoder::{
 
 use super::classes::Program;
 use super::tables::{
-    ENTRY_SIZE, IO_BASE, K_MIX, MASKS, RULE_SIZE, SHAPE_SIZE, SHAPES, SLOT_SIZE, ShapeInfo, Tables,
-    entry, neg, rec, shape,
+    BUCKET_SIZE, BUCKET_SLOTS, ENTRY_SIZE, IO_BASE, K_MIX, MASKS, RULE_SIZE, SHAPE_SIZE, SHAPES,
+    ShapeInfo, Tables, entry, neg, rec, shape,
 };
 use crate::abi::{
     ABI_VERSION, EXPORT_ABI_VERSION, EXPORT_EVALUATE, EXPORT_INIT, EXPORT_MEMORY, MAX_BATCH,
@@ -326,8 +326,8 @@ fn dispatch(s: &mut InstructionSink<'_>, t: &Tables, programs: &[Program]) {
 }
 
 /// One step with shape `shape` as constants: skip unless its lowest id is below BEST; hash
-/// the masked key words, check the home slot inline, and leave anything else (another key in
-/// the home slot, a probe chain) to `lookup`.
+/// the masked key words, check the home bucket inline, and leave anything else (a tag that
+/// matches another key, a full home bucket) to `lookup`.
 fn inline_step(s: &mut InstructionSink<'_>, t: &Tables, shape: u32, min_id: u32) {
     let Some(info) = t.shapes.get(shape as usize) else {
         return;
@@ -345,27 +345,30 @@ fn inline_step(s: &mut InstructionSink<'_>, t: &Tables, shape: u32, min_id: u32)
         return;
     }
     inline_hash(s, info, &t.k_words);
+    // SA = the home bucket; T = which of its four tags equal the key's (one SIMD compare).
     s.local_get(ev::H)
         .i32_wrap_i64()
         .i32_const(t.hash_mask as i32)
         .i32_and()
-        .i32_const(SLOT_SIZE as i32)
+        .i32_const(BUCKET_SIZE as i32)
         .i32_mul()
         .i32_const(t.hash_base as i32)
         .i32_add()
         .local_tee(ev::SA)
-        .i32_load(mem(0, 2))
-        .local_tee(ev::T)
-        .i32_eqz()
-        .br_if(0);
-    // E = the home slot's entry if it is this key, else lookup(H, shape, REC).
-    s.local_get(ev::T);
+        .v128_load(mem(0, 4));
     push_tag(s, ev::H);
-    s.i32_eq();
+    s.i32x4_splat().i32x4_eq().i32x4_bitmask().local_tee(ev::T);
+    // E = the first matching slot's entry if it holds this key; else, if the bucket has a
+    // free slot, no entry (the key would be here); else lookup(H, shape, REC).
     s.if_(BlockType::Result(ValType::I32));
     {
         s.local_get(ev::SA)
-            .i32_load(mem(4, 2))
+            .local_get(ev::T)
+            .i32_ctz()
+            .i32_const(2)
+            .i32_shl()
+            .i32_add()
+            .i32_load(mem(16, 2))
             .i32_const(ENTRY_SIZE as i32)
             .i32_mul()
             .i32_const(t.entries_base as i32)
@@ -379,7 +382,18 @@ fn inline_step(s: &mut InstructionSink<'_>, t: &Tables, shape: u32, min_id: u32)
         s.end();
     }
     s.else_();
-    call_lookup(s, shape_addr);
+    {
+        s.local_get(ev::SA)
+            .v128_load(mem(0, 4))
+            .v128_const(0)
+            .i32x4_eq()
+            .i32x4_bitmask()
+            .if_(BlockType::Result(ValType::I32));
+        s.i32_const(0);
+        s.else_();
+        call_lookup(s, shape_addr);
+        s.end();
+    }
     s.end();
     s.local_tee(ev::E).i32_eqz().br_if(0);
     found(s, t);
@@ -570,10 +584,10 @@ fn interpret(s: &mut InstructionSink<'_>, t: &Tables) {
     s.end().end();
 }
 
-/// `lookup(h, sh, rec) -> entry address or 0`: linear probing from h's home slot; a slot
-/// whose tag matches is the key only if its entry holds the record's words masked by shape
-/// `sh`, and `sh`'s index. The table is at most a quarter full, so the loop ends at an
-/// empty slot.
+/// `lookup(h, sh, rec) -> entry address or 0`: the slots of h's home bucket, then of the
+/// buckets after it, until the first free slot; a slot whose tag matches is the key only if
+/// its entry holds the record's words masked by shape `sh`, and `sh`'s index. The table is
+/// at most a quarter full, so the loop ends.
 fn lookup_body(s: &mut InstructionSink<'_>, t: &Tables) {
     push_tag(s, lk::H);
     s.local_set(lk::TAG);
@@ -585,50 +599,53 @@ fn lookup_body(s: &mut InstructionSink<'_>, t: &Tables) {
     s.loop_(BlockType::Empty);
     {
         s.local_get(lk::SLOT)
-            .i32_const(SLOT_SIZE as i32)
+            .i32_const(BUCKET_SIZE as i32)
             .i32_mul()
             .i32_const(t.hash_base as i32)
             .i32_add()
-            .local_tee(lk::SA)
-            .i32_load(mem(0, 2))
-            .local_tee(lk::E)
-            .i32_eqz()
-            .if_(BlockType::Empty);
-        s.i32_const(0).return_();
-        s.end();
-        s.local_get(lk::E)
-            .local_get(lk::TAG)
-            .i32_eq()
-            .if_(BlockType::Empty);
-        {
+            .local_set(lk::SA);
+        for j in 0..u64::from(BUCKET_SLOTS) {
             s.local_get(lk::SA)
-                .i32_load(mem(4, 2))
-                .i32_const(ENTRY_SIZE as i32)
-                .i32_mul()
-                .i32_const(t.entries_base as i32)
-                .i32_add()
-                .local_set(lk::E);
-            s.i64_const(0);
-            for i in 0..6 {
-                key_word(s, lk::REC, i, None);
-                s.local_get(lk::SH).i64_load(mem(i as u64 * 8, 3)).i64_and();
-                if i == 5 {
-                    s.local_get(lk::SH)
-                        .i64_load32_u(mem(shape::INDEX, 2))
-                        .i64_const(32)
-                        .i64_shl()
+                .i32_load(mem(4 * j, 2))
+                .local_tee(lk::E)
+                .i32_eqz()
+                .if_(BlockType::Empty);
+            s.i32_const(0).return_();
+            s.end();
+            s.local_get(lk::E)
+                .local_get(lk::TAG)
+                .i32_eq()
+                .if_(BlockType::Empty);
+            {
+                s.local_get(lk::SA)
+                    .i32_load(mem(16 + 4 * j, 2))
+                    .i32_const(ENTRY_SIZE as i32)
+                    .i32_mul()
+                    .i32_const(t.entries_base as i32)
+                    .i32_add()
+                    .local_set(lk::E);
+                s.i64_const(0);
+                for i in 0..6 {
+                    key_word(s, lk::REC, i, None);
+                    s.local_get(lk::SH).i64_load(mem(i as u64 * 8, 3)).i64_and();
+                    if i == 5 {
+                        s.local_get(lk::SH)
+                            .i64_load32_u(mem(shape::INDEX, 2))
+                            .i64_const(32)
+                            .i64_shl()
+                            .i64_or();
+                    }
+                    s.local_get(lk::E)
+                        .i64_load(mem(entry::KEY + i as u64 * 8, 3))
+                        .i64_xor()
                         .i64_or();
                 }
-                s.local_get(lk::E)
-                    .i64_load(mem(entry::KEY + i as u64 * 8, 3))
-                    .i64_xor()
-                    .i64_or();
+                s.i64_eqz().if_(BlockType::Empty);
+                s.local_get(lk::E).return_();
+                s.end();
             }
-            s.i64_eqz().if_(BlockType::Empty);
-            s.local_get(lk::E).return_();
             s.end();
         }
-        s.end();
         s.local_get(lk::SLOT)
             .i32_const(1)
             .i32_add()

@@ -145,7 +145,7 @@ pub fn compile_with(
             classes: t.n_classes as usize,
             programs: t.n_programs as usize,
             inlined: t.inline.is_some(),
-            hash_slots: t.hash_mask as usize + 1,
+            hash_slots: (t.hash_mask as usize + 1) * tables::BUCKET_SLOTS as usize,
             memory_bytes: t.total.div_ceil(65536) * 65536,
         },
     })
