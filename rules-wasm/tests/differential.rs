@@ -307,26 +307,21 @@ fn every_compile_form_equals_reference() {
         (Classify::NoPorts, false),
         (Classify::None, true),
         (Classify::None, false),
-    ];
+    ]
+    .map(|(classify, inline_programs)| CompileOptions {
+        classify,
+        inline_programs,
+        ..CompileOptions::default()
+    });
     for seed in 0..60u64 {
         let n = (seed as usize * 7919) % 120;
-        for (classify, inline_programs) in forms {
-            let options = CompileOptions {
-                classify,
-                inline_programs,
-                ..CompileOptions::default()
-            };
-            run_case_with(&engine, 5000 + seed, n, 128, &options);
+        for options in &forms {
+            run_case_with(&engine, 5000 + seed, n, 128, options);
         }
     }
     for (i, n) in [2500usize, 20_000].into_iter().enumerate() {
-        for (classify, inline_programs) in forms {
-            let options = CompileOptions {
-                classify,
-                inline_programs,
-                ..CompileOptions::default()
-            };
-            run_case_with(&engine, 90_000 + i as u64, n, 512, &options);
+        for options in &forms {
+            run_case_with(&engine, 90_000 + i as u64, n, 512, options);
         }
     }
 }
