@@ -309,7 +309,10 @@ impl DockerEngine {
             fs::create_dir_all(root.join(d)).unwrap();
         }
         fs::copy(x.join("bin/busybox"), root.join("bin/busybox")).unwrap();
-        let applets = run_ok(Command::new(root.join("bin/busybox")).arg("--list"));
+        // Ask the extracted binary (written by dpkg-deb, another process), not the copy this
+        // process just wrote: a test thread forking meanwhile can hold the copy's write
+        // descriptor until its exec, and executing the copy then fails with ETXTBSY.
+        let applets = run_ok(Command::new(x.join("bin/busybox")).arg("--list"));
         for a in applets.lines().filter(|a| *a != "busybox") {
             let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(a));
         }
