@@ -530,12 +530,8 @@ fn entries(order: &[ShapeBuild]) -> (Vec<EntryBuild>, Vec<Option<u32>>) {
                 e.others.push(id);
             }
         }
-        keyless.push(
-            b.spec
-                .is_keyless()
-                .then(|| index.get(&(shape, [0; 6])).map(|&i| i as u32))
-                .flatten(),
-        );
+        let entry = index.get(&(shape, [0; 6])).map(|&i| i as u32);
+        keyless.push(entry.filter(|_| b.spec.is_keyless()));
     }
     for e in &mut out {
         // Rules are entered in ascending id order; those at or past the exact rule can never
@@ -618,7 +614,7 @@ fn build_with(
     let keyed: Vec<(usize, u64)> = entry_builds
         .iter()
         .enumerate()
-        .filter(|(_, e)| keyless.get(e.shape as usize).copied().flatten().is_none())
+        .filter(|(_, e)| !order[e.shape as usize].spec.is_keyless())
         .map(|(i, e)| {
             (
                 i,
