@@ -55,6 +55,15 @@ struct DataplaneArgs {
     /// Docker policy; repeat for a chain, in order.
     #[arg(long = "module", value_name = "FILE.wasm")]
     modules: Vec<PathBuf>,
+    /// Most containers the dataplane holds at once; a container beyond it stays cut off
+    /// with an error naming this flag. Memory grows with the containers present, not with
+    /// this limit (UMEM segments of 16 ports are added as needed).
+    #[arg(long, default_value_t = crate::state::DEFAULT_MAX_PORTS - 1)]
+    max_containers: usize,
+    /// UMEM frames (2 KiB each) each port keeps ready to receive into: more absorbs longer
+    /// bursts to one container, fewer costs less memory per container.
+    #[arg(long, default_value_t = dataplane::afxdp::port::DEFAULT_FILL_SHARE)]
+    fill_frames: u32,
 }
 
 #[derive(clap::Args, Debug)]
@@ -278,6 +287,21 @@ fn runtime_options(
     o.takeover.state_dir = args.state_dir.clone();
     o.user_rules = rules;
     o.user_modules = UserModules::from_files(&args.modules)?;
+    if args.max_containers == 0 || args.max_containers > usize::from(u16::MAX) {
+        bail!(
+            "--max-containers {} is out of range (1..=65535)",
+            args.max_containers
+        );
+    }
+    if !(8..=4096).contains(&args.fill_frames) {
+        bail!(
+            "--fill-frames {} is out of range (8..=4096)",
+            args.fill_frames
+        );
+    }
+    o.frames.max_ports = args.max_containers + 1;
+    o.frames.fill_share = args.fill_frames;
+    o.xdp.rings = o.xdp.rings.at_least(args.fill_frames.next_power_of_two());
     Ok(o)
 }
 
@@ -313,6 +337,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let netns = open_netns(args.engine.netns.as_deref())?;
     let options = runtime_options(&args.engine.bridge, &args.dataplane, rules)?;
+    let cfg = TrackerConfig {
+        max_ports: options.frames.max_ports,
+        ..cfg
+    };
     let stop = Arc::new(AtomicBool::new(false));
     watch_ctrl_c(stop.clone())?;
     crate::commands::run::follow(cfg, &netns, options, stop)

@@ -92,18 +92,23 @@ pub type SnapshotReceiver = tokio::sync::watch::Receiver<Option<Arc<Snapshot>>>;
 /// Gives each host interface a stable dataplane port id: the same name keeps its id while it
 /// exists, and a released id is not handed out again until all others are used, so a policy
 /// still in force never confuses a dead container's port with a new one.
+///
+/// Ids stay below a limit (the dataplane's port table, [`DEFAULT_MAX_PORTS`] by default) and
+/// wrap around within it, so containers coming and going for ever never push an id out of
+/// the table.
 #[derive(Clone, Debug)]
 pub struct PortAllocator {
     by_name: BTreeMap<String, PortId>,
     next: PortId,
+    limit: u32,
 }
+
+/// Port ids the dataplane's tables hold by default (the gateway and 1,023 containers).
+pub const DEFAULT_MAX_PORTS: usize = 1024;
 
 impl Default for PortAllocator {
     fn default() -> Self {
-        PortAllocator {
-            by_name: BTreeMap::new(),
-            next: GATEWAY_PORT + 1,
-        }
+        Self::with_limit(DEFAULT_MAX_PORTS)
     }
 }
 
@@ -113,20 +118,30 @@ impl PortAllocator {
         Self::default()
     }
 
+    /// An allocator handing out ids below `limit` (at most 65,536).
+    pub fn with_limit(limit: usize) -> Self {
+        PortAllocator {
+            by_name: BTreeMap::new(),
+            next: GATEWAY_PORT + 1,
+            limit: limit.clamp(2, PortId::MAX as usize + 1) as u32,
+        }
+    }
+
     /// The id of `ifname`, allocating one if it has none; `None` when all ids are in use.
     pub fn port_for(&mut self, ifname: &str) -> Option<PortId> {
         if let Some(&id) = self.by_name.get(ifname) {
             return Some(id);
         }
         let in_use = |id: PortId, m: &BTreeMap<String, PortId>| m.values().any(|&v| v == id);
-        let mut candidate = self.next;
-        for _ in 0..=PortId::MAX as u32 {
-            if candidate != GATEWAY_PORT && !in_use(candidate, &self.by_name) {
-                self.by_name.insert(ifname.to_string(), candidate);
-                self.next = candidate.wrapping_add(1);
-                return Some(candidate);
+        let mut candidate = u32::from(self.next) % self.limit;
+        for _ in 0..self.limit {
+            let id = candidate as PortId;
+            if id != GATEWAY_PORT && !in_use(id, &self.by_name) {
+                self.by_name.insert(ifname.to_string(), id);
+                self.next = ((candidate + 1) % self.limit) as PortId;
+                return Some(id);
             }
-            candidate = candidate.wrapping_add(1);
+            candidate = (candidate + 1) % self.limit;
         }
         None
     }
@@ -145,6 +160,27 @@ impl PortAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_wrap_within_the_limit_and_skip_live_ones() {
+        let mut alloc = PortAllocator::with_limit(4);
+        let ids: Vec<_> = ["a", "b", "c"].map(|n| alloc.port_for(n).unwrap()).into();
+        assert_eq!(ids, vec![1, 2, 3]);
+        assert_eq!(
+            alloc.port_for("d"),
+            None,
+            "every id below the limit is live"
+        );
+        alloc.release("b");
+        assert_eq!(alloc.port_for("d"), Some(2), "wraps to the released id");
+        alloc.release("d");
+        for round in 0..1000 {
+            let name = format!("churn-{round}");
+            let id = alloc.port_for(&name);
+            assert!(id.is_some_and(|id| id < 4 && id != GATEWAY_PORT));
+            alloc.release(&name);
+        }
+    }
 
     #[test]
     fn ports_are_stable_and_not_reused_at_once() {

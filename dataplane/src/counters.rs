@@ -35,7 +35,8 @@ pub enum DropReason {
     NonIpBlocked,
     /// The egress port's transmit queue was full.
     TxFull,
-    /// A flood copy found no free frame to copy into.
+    /// A flood copy, or the copy into the egress port's memory segment, found no free frame
+    /// of that segment to copy into.
     NoFreeFrame,
 }
 
@@ -155,6 +156,9 @@ pub struct PortCounters {
     pub tx_packets: Counter,
     /// Bytes queued for transmit.
     pub tx_bytes: Counter,
+    /// Times the port's receive side was short of its frame share and no free frame was
+    /// left to give it: the port was starved (the kernel then drops what arrives).
+    pub fill_starved: Counter,
 }
 
 /// Flow-table activity.
@@ -206,6 +210,11 @@ pub struct Counters {
     pub switched_without_policy: Counter,
     /// Flood copies made.
     pub flood_copies: Counter,
+    /// Frames copied into the egress port's memory segment (ports of different UMEM
+    /// segments cannot pass descriptors).
+    pub segment_copies: Counter,
+    /// ARP requests sent to the port owning the target address instead of flooded.
+    pub arp_directed: Counter,
 }
 
 impl Counters {
@@ -221,6 +230,8 @@ impl Counters {
             policy: PolicyCounters::default(),
             switched_without_policy: Counter::default(),
             flood_copies: Counter::default(),
+            segment_copies: Counter::default(),
+            arp_directed: Counter::default(),
         }
     }
 
@@ -280,8 +291,9 @@ impl Counters {
                         rx_bytes: p.rx_bytes.get(),
                         tx_packets: p.tx_packets.get(),
                         tx_bytes: p.tx_bytes.get(),
+                        fill_starved: p.fill_starved.get(),
                     };
-                    (s.rx_packets | s.tx_packets != 0).then_some(s)
+                    (s.rx_packets | s.tx_packets | s.fill_starved != 0).then_some(s)
                 })
                 .collect(),
             drops: DropReason::all()
@@ -312,6 +324,8 @@ impl Counters {
             policy_defaulted: self.policy.defaulted.get(),
             switched_without_policy: self.switched_without_policy.get(),
             flood_copies: self.flood_copies.get(),
+            segment_copies: self.segment_copies.get(),
+            arp_directed: self.arp_directed.get(),
         }
     }
 }
@@ -329,6 +343,8 @@ pub struct PortSnapshot {
     pub tx_packets: u64,
     /// Bytes queued for transmit.
     pub tx_bytes: u64,
+    /// Times the port was starved of receive frames.
+    pub fill_starved: u64,
 }
 
 /// Flow-table activity at snapshot time.
@@ -377,6 +393,10 @@ pub struct Snapshot {
     pub switched_without_policy: u64,
     /// Flood copies made.
     pub flood_copies: u64,
+    /// Frames copied between memory segments.
+    pub segment_copies: u64,
+    /// ARP requests sent to their target's port alone.
+    pub arp_directed: u64,
 }
 
 impl Snapshot {

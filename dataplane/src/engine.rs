@@ -15,7 +15,9 @@ use crate::counters::{Counters, DropReason};
 use crate::flow::{
     Decision, Dir, FirstPacket, FlowTable, HashedKey, Timeouts, Tracking, Verdict, tracking,
 };
-use crate::phy::{DescBatch, FrameDesc, FrameMemory, FreeList, Port, PortId};
+use crate::phy::{
+    DescBatch, FrameDesc, FrameMemory, FreeList, Port, PortId, SegmentId, segment_of,
+};
 use crate::policy::{Action, FlowState, MAX_BATCH, PacketRecord, Policy, VerdictRecord};
 use crate::switch::{Egress, Switch, SwitchError};
 use crate::wire::{self, L3, Parsed, Tuple};
@@ -218,10 +220,19 @@ pub struct Engine<M: FrameMemory> {
     is_dirty: Box<[bool]>,
     /// Position of each port in the slice `drive` was given (`NOT_DRIVEN` otherwise).
     slot_of: Box<[u16]>,
+    /// The memory segment each port sends from (frames of other segments are copied in).
+    segment: Box<[SegmentId]>,
+    /// Which port owns each registered IP address, so an ARP request is sent to its owner
+    /// alone. Changed only when ports are added or removed.
+    arp_owner: std::collections::HashMap<[u8; 16], PortId>,
     _memory: PhantomData<fn(&mut M)>,
 }
 
 const NOT_DRIVEN: u16 = u16::MAX;
+
+/// The segment of a port this engine does not transmit on (another worker's): frames for it
+/// are queued as they are and copied into its segment by the worker that owns it.
+pub const ANY_SEGMENT: SegmentId = SegmentId::MAX;
 
 #[inline(always)]
 fn out_port(e: Egress) -> PortId {
@@ -249,13 +260,26 @@ impl<M: FrameMemory> Engine<M> {
             dirty: Vec::with_capacity(max),
             is_dirty: vec![false; max].into_boxed_slice(),
             slot_of: vec![NOT_DRIVEN; max].into_boxed_slice(),
+            segment: vec![0; max].into_boxed_slice(),
+            arp_owner: std::collections::HashMap::new(),
             config,
             _memory: PhantomData,
         }
     }
 
-    /// Registers a port (a container's veth or the gateway).
+    /// Registers a port (a container's veth or the gateway) whose frames live in memory
+    /// segment 0.
     pub fn add_port(&mut self, cfg: PortConfig) -> Result<(), EngineError> {
+        self.add_port_in_segment(cfg, 0)
+    }
+
+    /// Registers a port that sends and receives frames of memory segment `seg` (its
+    /// [`Port::segment`]): frames forwarded to it from another segment are copied in.
+    pub fn add_port_in_segment(
+        &mut self,
+        cfg: PortConfig,
+        seg: SegmentId,
+    ) -> Result<(), EngineError> {
         let idx = usize::from(cfg.id);
         if idx >= self.config.max_ports {
             return Err(EngineError::PortOutOfRange {
@@ -264,6 +288,12 @@ impl<M: FrameMemory> Engine<M> {
             });
         }
         self.switch.add_port(cfg.id, &cfg.macs, cfg.is_gateway)?;
+        self.segment[idx] = seg;
+        for ip in &cfg.ips {
+            if ip.is_ipv4() {
+                self.arp_owner.insert(addr_bytes(*ip), cfg.id);
+            }
+        }
         self.ports[idx] = Some(PortState {
             complete_checksums: cfg.complete_checksums,
             guard_source: !cfg.is_gateway && !cfg.ips.is_empty(),
@@ -279,6 +309,7 @@ impl<M: FrameMemory> Engine<M> {
         self.switch.remove_port(id)?;
         let idx = usize::from(id);
         self.ports[idx] = None;
+        self.arp_owner.retain(|_, owner| *owner != id);
         self.flows.remove_port(id);
         let q = &mut self.tx[idx];
         for d in q.as_slice() {
@@ -392,6 +423,7 @@ impl<M: FrameMemory> Engine<M> {
             };
             if switched {
                 self.counters.switched_without_policy.add(1);
+                let egress = self.direct_arp(&parsed, in_port, egress);
                 self.forward(mem, in_port, d, &parsed, egress, false);
                 continue;
             }
@@ -474,6 +506,25 @@ impl<M: FrameMemory> Engine<M> {
         self.counters.flows.misses.add(misses);
         self.flows.sweep(now, self.config.sweep_budget);
         self.publish_flow_stats();
+    }
+
+    /// An ARP request for an address a known port owns goes to that port alone instead of
+    /// every port: only the owner answers anyway, and on a host with hundreds of containers a
+    /// flood per request would cost hundreds of frame copies (each container asks for the
+    /// gateway when it starts). Gratuitous ARP and unknown targets are flooded as a bridge
+    /// does.
+    #[inline]
+    fn direct_arp(&self, p: &Parsed, in_port: PortId, egress: Egress) -> Egress {
+        if p.l3 != L3::Arp || p.arp_op != 1 || p.src == p.dst || egress != Egress::Flood {
+            return egress;
+        }
+        match self.arp_owner.get(&p.dst) {
+            Some(&port) if port != in_port => {
+                self.counters.arp_directed.add(1);
+                Egress::Unicast(port)
+            }
+            _ => egress,
+        }
     }
 
     fn publish_flow_stats(&self) {
@@ -677,7 +728,7 @@ impl<M: FrameMemory> Engine<M> {
             wire::complete_l4_checksum(mem.bytes_mut(d.addr, len), p);
         }
         match egress {
-            Egress::Unicast(port) => self.enqueue(port, d),
+            Egress::Unicast(port) => self.enqueue(mem, port, d),
             Egress::Flood => self.flood(mem, in_port, d),
             Egress::Drop(r) => self.drop_frame(d, r),
         }
@@ -711,11 +762,18 @@ impl<M: FrameMemory> Engine<M> {
             }
             left -= 1;
             if left == 0 {
-                // The last recipient gets the original frame: one copy fewer.
-                self.enqueue(port, d);
+                // The last recipient gets the original frame (copied into its segment if
+                // need be): one copy fewer.
+                self.enqueue(mem, port, d);
                 break;
             }
-            let Some(addr) = self.free.pop() else {
+            let seg = match self.segment[usize::from(port)] {
+                // Another worker's port: copy within the frame's own segment, that worker
+                // moves it into the port's segment.
+                ANY_SEGMENT => segment_of(d.addr),
+                seg => seg,
+            };
+            let Some(addr) = self.free.pop_in(seg) else {
                 self.counters.count_drop(DropReason::NoFreeFrame);
                 continue;
             };
@@ -726,12 +784,21 @@ impl<M: FrameMemory> Engine<M> {
             }
             dst.copy_from_slice(&self.scratch[..len]);
             self.counters.flood_copies.add(1);
-            self.enqueue(port, FrameDesc { addr, len: d.len });
+            self.enqueue(mem, port, FrameDesc { addr, len: d.len });
         }
     }
 
     #[inline(always)]
-    fn enqueue(&mut self, port: PortId, d: FrameDesc) {
+    fn enqueue(&mut self, mem: &mut M, port: PortId, d: FrameDesc) {
+        let seg = self.segment.get(usize::from(port)).copied().unwrap_or(0);
+        let d = if segment_of(d.addr) == seg || seg == ANY_SEGMENT {
+            d
+        } else {
+            match self.copy_to_segment(mem, seg, d) {
+                Some(copy) => copy,
+                None => return,
+            }
+        };
         if self.queue_for_transmit(port, d)
             && let Some(pc) = self.counters.port(port)
         {
@@ -740,11 +807,112 @@ impl<M: FrameMemory> Engine<M> {
         }
     }
 
+    /// Copies `d` into a free frame of segment `seg` and frees `d`: ports of different UMEM
+    /// segments cannot hand each other descriptors. `None` (counted) when the segment has
+    /// no free frame.
+    fn copy_to_segment(&mut self, mem: &mut M, seg: SegmentId, d: FrameDesc) -> Option<FrameDesc> {
+        let Some(addr) = self.free.pop_in(seg) else {
+            self.drop_frame(d, DropReason::NoFreeFrame);
+            return None;
+        };
+        let len = d.len as usize;
+        if !mem.copy_frame(d.addr, addr, len) {
+            if self.scratch.len() < len {
+                self.scratch.resize(len, 0);
+            }
+            let src = mem.bytes(d.addr, len);
+            let n = src.len();
+            self.scratch[..n].copy_from_slice(src);
+            let dst = mem.bytes_mut(addr, len);
+            if n != len || dst.len() != len {
+                self.free.push(addr);
+                self.drop_frame(d, DropReason::NoFreeFrame);
+                return None;
+            }
+            dst.copy_from_slice(&self.scratch[..len]);
+        }
+        self.free.push(d.addr);
+        self.counters.segment_copies.add(1);
+        Some(FrameDesc { addr, len: d.len })
+    }
+
     /// Queues a frame that another worker's engine already switched (and counted) for
-    /// `port`, which this engine drives: the receiving half of a cross-worker hand-off.
-    /// A full queue or an unknown port drops the frame back into the free list, counted.
-    pub fn enqueue_handed_over(&mut self, port: PortId, d: FrameDesc) {
+    /// `port`, which this engine drives: the receiving half of a cross-worker hand-off. A
+    /// frame of another memory segment is copied into the port's segment here, on the
+    /// worker that owns the port (and so stocks that segment's frames). A full queue, an
+    /// unknown port or no free frame drops the frame back into the free list, counted.
+    pub fn enqueue_handed_over(&mut self, mem: &mut M, port: PortId, d: FrameDesc) {
+        let seg = self.segment.get(usize::from(port)).copied().unwrap_or(0);
+        let d = if segment_of(d.addr) == seg || seg == ANY_SEGMENT {
+            d
+        } else {
+            match self.copy_to_segment(mem, seg, d) {
+                Some(copy) => copy,
+                None => return,
+            }
+        };
         self.queue_for_transmit(port, d);
+    }
+
+    /// Ports with frames in their transmit queue (a worker hands those of other workers'
+    /// ports over).
+    pub fn dirty_ports(&self) -> &[PortId] {
+        &self.dirty
+    }
+
+    /// Tells the engine where each port sits in the slice later given to
+    /// [`Engine::drive_active`] (control path: after ports are added or removed).
+    pub fn bind_slots(&mut self, ids: impl Iterator<Item = PortId>) {
+        self.slot_of.fill(NOT_DRIVEN);
+        for (i, id) in ids.enumerate() {
+            if let Some(s) = self.slot_of.get_mut(usize::from(id)) {
+                *s = i as u16;
+            }
+        }
+    }
+
+    /// One iteration over the ports at positions `active` of `ports` (a slice bound with
+    /// [`Engine::bind_slots`]): reclaim, refill, receive and process a batch from each, and
+    /// hand every bound port — active or not — the frames queued for it. `transmitted` is
+    /// called with the position of every port handed frames (possibly more than once), so
+    /// the caller revisits them for their completions. Its cost follows the active ports, not the bound ones: this is how
+    /// a worker with a thousand idle ports and one busy pair stays as fast as with two.
+    pub fn drive_active<P: Port<M>>(
+        &mut self,
+        now: u64,
+        mem: &mut M,
+        ports: &mut [(PortId, P)],
+        active: &[usize],
+        transmitted: &mut impl FnMut(usize),
+    ) -> DriveReport {
+        let mut report = DriveReport::default();
+        for &i in active {
+            if let Some((_, p)) = ports.get_mut(i) {
+                p.complete(&mut self.free);
+                p.fill(mem, &mut self.free);
+            }
+        }
+        let mut rx = DescBatch::default();
+        for &i in active {
+            let Some((id, p)) = ports.get_mut(i) else {
+                continue;
+            };
+            let id = *id;
+            p.receive(mem, &mut rx);
+            report.received += rx.len();
+            if !rx.is_empty() {
+                self.process(now, id, mem, &mut rx);
+                report.transmitted += self.transmit_queued(mem, ports, transmitted);
+            }
+        }
+        report.transmitted += self.transmit_queued(mem, ports, transmitted);
+        for &i in active {
+            if let Some((_, p)) = ports.get_mut(i) {
+                p.complete(&mut self.free);
+                p.fill(mem, &mut self.free);
+            }
+        }
+        report
     }
 
     /// Puts `d` on `port`'s transmit queue and marks the queue for the next transmit pass.
@@ -794,10 +962,10 @@ impl<M: FrameMemory> Engine<M> {
             report.received += rx.len();
             if !rx.is_empty() {
                 self.process(now, id, mem, &mut rx);
-                report.transmitted += self.transmit_queued(mem, ports);
+                report.transmitted += self.transmit_queued(mem, ports, &mut |_| {});
             }
         }
-        report.transmitted += self.transmit_queued(mem, ports);
+        report.transmitted += self.transmit_queued(mem, ports, &mut |_| {});
         for (id, p) in ports.iter_mut() {
             p.complete(&mut self.free);
             if let Some(s) = self.slot_of.get_mut(usize::from(*id)) {
@@ -808,7 +976,12 @@ impl<M: FrameMemory> Engine<M> {
     }
 
     /// Hands each driven port its queued frames; returns how many the ports took.
-    fn transmit_queued<P: Port<M>>(&mut self, mem: &mut M, ports: &mut [(PortId, P)]) -> usize {
+    fn transmit_queued<P: Port<M>>(
+        &mut self,
+        mem: &mut M,
+        ports: &mut [(PortId, P)],
+        on_transmit: &mut impl FnMut(usize),
+    ) -> usize {
         let mut sent = 0;
         let mut i = 0;
         while i < self.dirty.len() {
@@ -819,6 +992,7 @@ impl<M: FrameMemory> Engine<M> {
                 let before = q.len();
                 p.transmit(mem, q);
                 sent += before - q.len();
+                on_transmit(slot);
             }
             if self.tx[idx].is_empty() {
                 self.is_dirty[idx] = false;

@@ -66,6 +66,8 @@ fn steady_state_forwarding_allocates_nothing() {
         Engine::new(config, policy, FreeList::full(frames, FRAME_SIZE));
     let port_config = MemoryPortConfig {
         capture: false,
+        // Each round injects 65 frames into one port before the engine runs.
+        fill_share: 256,
         ..Default::default()
     };
     let mut ports: Vec<MemoryPort> = Vec::new();

@@ -58,6 +58,15 @@ impl WorkerPort<Umem> for SharedPort {
     fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
         None
     }
+    fn needs_visit(&self) -> bool {
+        true
+    }
+    fn starved(&self) -> u64 {
+        self.0.lock().unwrap().stats().fill_starved
+    }
+    fn close(self) -> Vec<u64> {
+        self.0.lock().unwrap().drain_frames()
+    }
 }
 
 fn port_config(h: Host) -> PortConfig {
@@ -233,12 +242,21 @@ fn a_policy_swap_reaches_every_worker_and_redecides_flows() {
 #[test]
 fn removing_a_port_hands_it_back_and_keeps_switching_the_rest() {
     let (mut dp, ports) = start(accept_all);
-    let removed = dp.remove_port(OTHER.port).unwrap();
-    drop(removed);
+    wait_until("every port to take its fill share", || {
+        ports.iter().all(|p| {
+            let held = Port::<Umem>::frames_held(&*p.0.lock().unwrap());
+            held.fill + held.rx == 64
+        })
+    });
+    let returned = dp.remove_port(OTHER.port).unwrap();
+    assert_eq!(returned, 64, "the removed port's fill share comes back");
     assert!(dp.remove_port(OTHER.port).is_err());
     assert!(ports[PARENT.port as usize].inject(&tcp_frame(PARENT, CHILD, 5000, 80, 0x02, &[])));
     wait_until("the SYN to pass after a removal", || {
         !ports[CHILD.port as usize].take_sent().is_empty()
+    });
+    wait_until("frame accounting to balance after the removal", || {
+        dp.frames().unwrap().balanced()
     });
     drop(dp.stop());
 }

@@ -50,7 +50,18 @@ pub fn follow(
     );
     let mut last: Arc<Snapshot> = first;
     let mut status_seen = tracker.status();
+    let mut starvation_checked = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        if starvation_checked.elapsed() >= Duration::from_secs(5) {
+            starvation_checked = std::time::Instant::now();
+            for (port, times) in rt.newly_starved() {
+                tracing::warn!(
+                    port,
+                    times,
+                    "port short of receive frames: the kernel drops what arrives for it (raise --fill-frames, or look for a port that keeps frames parked)"
+                );
+            }
+        }
         let gen_seen = last.generation;
         if let Some(snap) =
             tracker.wait_for(Duration::from_millis(200), |s| s.generation > gen_seen)

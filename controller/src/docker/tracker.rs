@@ -35,6 +35,8 @@ pub struct TrackerConfig {
     pub backoff_initial: Duration,
     /// Longest reconnection delay.
     pub backoff_max: Duration,
+    /// Dataplane port ids are handed out below this (the dataplane's port table size).
+    pub max_ports: usize,
 }
 
 impl TrackerConfig {
@@ -47,6 +49,7 @@ impl TrackerConfig {
             icc_override: None,
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            max_ports: crate::state::DEFAULT_MAX_PORTS,
         }
     }
 }
@@ -116,6 +119,7 @@ pub struct Tracker {
 impl Tracker {
     /// A tracker and the channels it will publish on.
     pub fn new(cfg: TrackerConfig) -> (Tracker, TrackerChannels) {
+        let max_ports = cfg.max_ports;
         let (snap_tx, snapshots) = watch::channel(None);
         let (status_tx, status) = watch::channel(TrackerStatus::Starting);
         let metrics = Arc::new(TrackerMetrics::default());
@@ -129,7 +133,7 @@ impl Tracker {
             snap_tx,
             status_tx,
             metrics,
-            ports: PortAllocator::new(),
+            ports: PortAllocator::with_limit(max_ports),
             net: None,
             containers: BTreeMap::new(),
             generation: 0,
@@ -591,7 +595,7 @@ pub async fn read_state(cfg: &TrackerConfig) -> Result<(Engine, BridgeState), Do
         None => Netns::current()?,
     };
     let rtnl = ns.rtnl().await?;
-    let mut ports = PortAllocator::new();
+    let mut ports = PortAllocator::with_limit(cfg.max_ports);
     let (net, containers) = read_all(&engine, cfg, &rtnl, &mut ports).await?;
     let state = build_state(&net, cfg.icc_override, containers.values());
     Ok((engine, state))

@@ -15,6 +15,7 @@
 //! Everything that touches interfaces runs in the bridge's namespace: the takeover has its
 //! own netlink socket there, and AF_XDP sockets and bpf links are created on a thread that
 //! entered it ([`Netns::run_scoped`]).
+pub mod frames;
 pub mod policy;
 pub mod report;
 
@@ -25,15 +26,17 @@ use dataplane::afxdp::{
     AfXdpError, PollConfig, RingSizes, Umem, UmemConfig, UmemShare, XdpPort, XdpPortConfig,
 };
 use dataplane::engine::{EngineConfig, PortConfig};
+use dataplane::phy::SegmentId;
 use dataplane::policy::{Action, ConstPolicy, Policy};
 use dataplane::wasm::{WasmConfig, WasmRuntime};
-use dataplane::worker::{Dataplane, DataplaneConfig, WorkerError};
+use dataplane::worker::{Dataplane, DataplaneConfig, FrameAccount, WorkerError};
 
 use crate::docker::LatencySummary;
 use crate::netlink::{NetlinkError, Netns, ip_forward_enabled};
 use crate::state::{Attachment, BridgeState, GATEWAY_PORT, Snapshot};
 use crate::takeover::{RestoreReport, Takeover, TakeoverError, TakeoverOptions};
 
+use frames::{FrameBudget, PlaceError, Placement, SegmentTable};
 use policy::{PacketSpec, PolicyBuild, PolicyError, TraceAnswer, UserModules, UserRules};
 use report::{CounterTotals, EnforceLatency};
 
@@ -74,6 +77,9 @@ pub enum RuntimeError {
         /// The bridge.
         bridge: String,
     },
+    /// A port found no place in the frame budget.
+    #[error(transparent)]
+    Frames(#[from] PlaceError),
 }
 
 /// How to run the dataplane on a bridge.
@@ -87,8 +93,8 @@ pub struct RuntimeOptions {
     pub user_modules: UserModules,
     /// Gateway pair names and the state directory of the takeover.
     pub takeover: TakeoverOptions,
-    /// The frame memory shared by every port.
-    pub umem: UmemConfig,
+    /// How UMEM frames are budgeted per port and grouped into segments.
+    pub frames: FrameBudget,
     /// How each AF_XDP port is opened.
     pub xdp: XdpPortConfig,
     /// Busy-poll vs. sleep of idle workers.
@@ -96,21 +102,22 @@ pub struct RuntimeOptions {
 }
 
 impl RuntimeOptions {
-    /// One worker, no user rules, the takeover's defaults for `bridge`, 16 Ki frames, and
-    /// 1024-entry rings (so a few dozen ports fit the frame memory).
+    /// One worker, no user rules, the takeover's defaults for `bridge`, the default frame
+    /// budget (64 frames per port, segments of 16 ports, up to 1,023 containers) and
+    /// 512-entry rings.
     pub fn for_bridge(bridge: &str) -> RuntimeOptions {
         RuntimeOptions {
             workers: 1,
             user_rules: UserRules::default(),
             user_modules: UserModules::default(),
             takeover: TakeoverOptions::for_bridge(bridge),
-            umem: UmemConfig::default(),
+            frames: FrameBudget::default(),
             xdp: XdpPortConfig {
                 rings: RingSizes {
-                    fill: 1024,
-                    completion: 1024,
-                    rx: 1024,
-                    tx: 1024,
+                    fill: 512,
+                    completion: 512,
+                    rx: 512,
+                    tx: 512,
                 },
                 ..XdpPortConfig::default()
             },
@@ -150,8 +157,13 @@ pub struct BridgeRuntime {
     netns: Netns,
     /// Running while `Some`; taken by stop.
     dataplane: Option<Dataplane<Umem, XdpPort>>,
-    /// A handle on the gateway's socket (which registered the UMEM) for ports opened later.
-    share: Option<UmemShare>,
+    /// Per UMEM segment: a handle on the socket that registered it, for the ports opened
+    /// in it later.
+    shares: Vec<Option<UmemShare>>,
+    /// Which port is in which segment.
+    segments: SegmentTable,
+    /// Per port: starvation count already reported by [`BridgeRuntime::newly_starved`].
+    starved_seen: BTreeMap<u16, u64>,
     umem: Umem,
     takeover: Option<Takeover>,
     gateway_ifname: String,
@@ -221,33 +233,28 @@ impl BridgeRuntime {
             }
         }
         let bridge_mac = bridge_mac(&netns, &bridge)?;
-        let umem = Umem::new(opts.umem).map_err(|error| RuntimeError::AfXdp {
+        let umem = Umem::new(UmemConfig {
+            frame_count: opts.frames.segment_frames(),
+            frame_size: 2048,
+        })
+        .map_err(|error| RuntimeError::AfXdp {
             ifname: bridge.clone(),
             error,
         })?;
         let gateway_ifname = takeover.gateway().name;
-        let xdp = opts.xdp;
-        let (gateway, share, containers) = {
+        let xdp = port_config(&opts);
+        let (gateway, share) = {
             let umem = &umem;
             let gw_name = gateway_ifname.as_str();
-            let attachments = &state.attachments;
             netns
                 .run_scoped(move || -> Result<_, RuntimeError> {
-                    let gateway = XdpPort::open(umem, gw_name, &xdp, None).map_err(|error| {
-                        RuntimeError::AfXdp {
-                            ifname: gw_name.to_string(),
-                            error,
-                        }
-                    })?;
-                    let share = gateway.umem_share().map_err(|error| RuntimeError::AfXdp {
+                    let afxdp = |error| RuntimeError::AfXdp {
                         ifname: gw_name.to_string(),
                         error,
-                    })?;
-                    let mut ports = Vec::new();
-                    for a in attachments {
-                        ports.push((a.clone(), open_shared(umem, &xdp, &share, &a.host_ifname)?));
-                    }
-                    Ok((gateway, share, ports))
+                    };
+                    let gateway = XdpPort::open(umem, gw_name, &xdp, None).map_err(afxdp)?;
+                    let share = gateway.umem_share().map_err(afxdp)?;
+                    Ok((gateway, share))
                 })
                 .map_err(|error| RuntimeError::Netlink {
                     what: "entering the bridge's namespace".into(),
@@ -257,15 +264,22 @@ impl BridgeRuntime {
         let workers = opts.workers.max(1);
         let config = DataplaneConfig {
             workers,
-            engine: EngineConfig::default(),
+            engine: EngineConfig {
+                max_ports: opts.frames.max_ports,
+                ..EngineConfig::default()
+            },
             poll: opts.poll,
             ..DataplaneConfig::default()
         };
         let mut dp = Dataplane::start(config, umem.clone(), |_| fail_closed())?;
+        let mut segments = SegmentTable::default();
+        segments.joined(GATEWAY_PORT, 0);
         let mut rt = BridgeRuntime {
             netns,
             dataplane: None,
-            share: Some(share),
+            shares: vec![Some(share)],
+            segments,
+            starved_seen: BTreeMap::new(),
             umem,
             takeover: Some(takeover),
             gateway_ifname,
@@ -290,8 +304,9 @@ impl BridgeRuntime {
         let added = dp.add_port(gw_config, gateway, 0);
         rt.dataplane = Some(dp);
         added?;
-        for (a, port) in containers {
-            rt.add_container(&state, &a, port)?;
+        for a in &state.attachments {
+            let port = rt.open_port(&a.host_ifname)?;
+            rt.add_container(&state, a, port)?;
         }
         rt.install_policy()?;
         rt.state = state;
@@ -392,7 +407,7 @@ impl BridgeRuntime {
                 // Cut off (off the bridge) but not attached until a policy covers it.
                 continue;
             }
-            let opened = self.open_in_netns(&a.host_ifname);
+            let opened = self.open_port(&a.host_ifname);
             match opened.and_then(|port| self.add_container(new, &a, port)) {
                 Ok(()) => report.attached.push(a.container.clone()),
                 Err(e) => tracing::error!(container = a.container, "{e}"),
@@ -450,31 +465,106 @@ impl BridgeRuntime {
 
     fn stop_dataplane(&mut self) {
         if let Some(dp) = self.dataplane.take() {
-            let ports = dp.stop();
-            // The gateway's socket registered the UMEM: close the sharers first.
-            let (gateway, others): (Vec<_>, Vec<_>) = ports
-                .into_iter()
-                .partition(|p| p.ifname() == self.gateway_ifname);
-            drop(others);
-            self.share = None;
-            drop(gateway);
+            // The sockets that registered segments are kept open by `shares` until every
+            // port sharing them is closed.
+            drop(dp.stop());
         }
-        self.share = None;
+        self.shares.clear();
     }
 
-    fn open_in_netns(&self, ifname: &str) -> Result<XdpPort, RuntimeError> {
-        let share = self.share.as_ref().ok_or_else(|| RuntimeError::AfXdp {
+    /// Opens the AF_XDP port of `ifname` in the bridge's namespace, in a UMEM segment with
+    /// room (adding a segment when every other is full).
+    fn open_port(&mut self, ifname: &str) -> Result<XdpPort, RuntimeError> {
+        let afxdp = |error| RuntimeError::AfXdp {
             ifname: ifname.to_string(),
-            error: AfXdpError::Config("the dataplane is stopped".into()),
-        })?;
+            error,
+        };
+        let budget = self.opts.frames;
+        let seg = match self.segments.place(&budget)? {
+            Placement::Existing(seg) => seg,
+            Placement::New => {
+                let dp = self.dataplane.as_mut().ok_or(WorkerError::WorkerGone(0))?;
+                let seg = self
+                    .umem
+                    .add_segment(budget.segment_frames())
+                    .map_err(afxdp)?;
+                dp.add_segment(seg, budget.segment_frames() as usize)?;
+                self.segments.segment_added(seg);
+                tracing::info!(
+                    segment = seg,
+                    frames = budget.segment_frames(),
+                    ports = self.segments.ports(),
+                    "UMEM segment added"
+                );
+                seg
+            }
+        };
         let umem = &self.umem;
-        let xdp = self.opts.xdp;
-        self.netns
-            .run_scoped(move || open_shared(umem, &xdp, share, ifname))
+        let xdp = port_config(&self.opts);
+        let share = self.shares.get(usize::from(seg)).and_then(Option::as_ref);
+        let opened = self
+            .netns
+            .run_scoped(move || match share {
+                Some(share) => match XdpPort::open_shared(umem, ifname, &xdp, share) {
+                    // The socket that registered the segment lost its device (its container
+                    // left): the kernel shares nothing through it, so register again.
+                    Err(e) if e.errno() == Some(libc::EBADF) => {
+                        XdpPort::open_reregistering(umem, seg, ifname, &xdp).map(|p| (p, true))
+                    }
+                    other => other.map(|p| (p, false)),
+                },
+                None => XdpPort::open_in_segment(umem, seg, ifname, &xdp).map(|p| (p, true)),
+            })
             .map_err(|error| RuntimeError::Netlink {
                 what: "entering the bridge's namespace".into(),
                 error,
             })?
+            .map_err(afxdp)?;
+        let (opened, registered) = opened;
+        if registered {
+            let share = opened.umem_share().map_err(afxdp)?;
+            let i = usize::from(seg);
+            if self.shares.len() <= i {
+                self.shares.resize_with(i + 1, || None);
+            }
+            self.shares[i] = Some(share);
+        }
+        Ok(opened)
+    }
+
+    /// Ports starved of receive frames since the last call, by container name (the gateway
+    /// port is named by its interface), with how often. The caller warns: a port that cannot
+    /// receive must never be silent.
+    pub fn newly_starved(&mut self) -> Vec<(String, u64)> {
+        let mut now: BTreeMap<u16, u64> = BTreeMap::new();
+        for c in self.dataplane.iter().flat_map(|dp| dp.counters()) {
+            for p in c.snapshot().ports {
+                *now.entry(p.port).or_default() += p.fill_starved;
+            }
+        }
+        let mut out = Vec::new();
+        for (&port, &n) in &now {
+            let seen = self.starved_seen.insert(port, n).unwrap_or(0);
+            if n > seen {
+                let name = self
+                    .attached
+                    .values()
+                    .find(|a| a.port == port)
+                    .map(|a| format!("{} ({})", a.container, a.host_ifname))
+                    .unwrap_or_else(|| format!("gateway ({})", self.gateway_ifname));
+                out.push((name, n - seen));
+            }
+        }
+        out
+    }
+
+    /// Where every frame of the dataplane is, and whether that adds up (no frame lost).
+    pub fn frame_balance(&self) -> Result<FrameBalance, RuntimeError> {
+        let dp = self.dataplane.as_ref().ok_or(WorkerError::WorkerGone(0))?;
+        Ok(FrameBalance {
+            account: dp.frames()?,
+            segments: self.segments.segments(),
+        })
     }
 
     fn add_container(
@@ -496,8 +586,11 @@ impl BridgeRuntime {
             complete_checksums: true,
         };
         let dp = self.dataplane.as_mut().ok_or(WorkerError::WorkerGone(0))?;
-        let owner = usize::from(a.port) % dp.workers();
+        // A segment's ports share one worker, so most frames between them stay descriptors.
+        let seg: SegmentId = dataplane::phy::Port::segment(&port);
+        let owner = usize::from(seg) % dp.workers();
         dp.add_port(config, port, owner)?;
+        self.segments.joined(a.port, seg);
         self.attached.insert(a.container.clone(), a.clone());
         Ok(())
     }
@@ -505,10 +598,13 @@ impl BridgeRuntime {
     fn remove_container(&mut self, a: &Attachment) {
         if let Some(dp) = self.dataplane.as_mut() {
             match dp.remove_port(a.port) {
-                Ok(port) => drop(port),
+                Ok(frames) => {
+                    tracing::debug!(container = a.container, frames, "port closed, frames back")
+                }
                 Err(e) => tracing::warn!(container = a.container, "{e}"),
             }
         }
+        self.segments.left(a.port);
         if let Some(t) = self.takeover.as_mut()
             && let Err(e) = t.release(&a.host_ifname)
         {
@@ -554,16 +650,28 @@ fn fail_closed() -> Box<dyn Policy> {
     })
 }
 
-fn open_shared(
-    umem: &Umem,
-    xdp: &XdpPortConfig,
-    share: &UmemShare,
-    ifname: &str,
-) -> Result<XdpPort, RuntimeError> {
-    XdpPort::open_shared(umem, ifname, xdp, share).map_err(|error| RuntimeError::AfXdp {
-        ifname: ifname.to_string(),
-        error,
-    })
+/// How each port is opened: the configured rings with the budget's fill share.
+fn port_config(opts: &RuntimeOptions) -> XdpPortConfig {
+    XdpPortConfig {
+        fill_share: opts.frames.fill_share,
+        ..opts.xdp
+    }
+}
+
+/// Where the dataplane's frames are, for the frame-accounting invariant.
+#[derive(Clone, Debug)]
+pub struct FrameBalance {
+    /// Per worker, the shared pools and the inboxes.
+    pub account: FrameAccount,
+    /// UMEM segments in use.
+    pub segments: usize,
+}
+
+impl FrameBalance {
+    /// True when every frame of every segment is in exactly one place.
+    pub fn is_balanced(&self) -> bool {
+        self.account.balanced()
+    }
 }
 
 /// The bridge's MAC, read over netlink in its namespace (the takeover pinned it).

@@ -5,10 +5,18 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use super::bpf::{RedirectProgram, XdpLink, XdpMode, XskMap};
 use super::error::{AfXdpError, VETH_NATIVE_XDP_MAX_MTU};
 use super::iface::{if_index, interface_mtu};
-use super::socket::{BindRetry, RingSizes, XdpStatistics, XskSocket};
+use super::socket::{BindRetry, BindTarget, RingSizes, UmemBinding, XdpStatistics, XskSocket};
 use super::sys::XdpDesc;
 use super::umem::Umem;
-use crate::phy::{DescBatch, FrameDesc, FrameMemory, FreeList, Port, PortFrames};
+use crate::phy::{
+    DescBatch, FrameDesc, FrameMemory, FreeList, Port, PortFrames, SEGMENT_SHIFT, SegmentId,
+    segment_base,
+};
+
+/// Frames a port keeps on its receive side by default: enough for a burst of a few batches
+/// between two visits of a busy worker, small enough that a thousand idle ports park
+/// 64 × 2 KiB = 128 KiB each rather than a whole ring's worth.
+pub const DEFAULT_FILL_SHARE: u32 = 64;
 
 /// How to open a port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +34,10 @@ pub struct XdpPortConfig {
     pub max_kicks: u32,
     /// EBUSY retry on bind.
     pub bind_retry: BindRetry,
+    /// Frames the port keeps posted on its receive side (fill ring, kernel, RX ring): its
+    /// share of the UMEM. `fill` tops up to this, never to the ring's size, so frames are
+    /// budgeted per port instead of parked in proportion to ring sizes.
+    pub fill_share: u32,
 }
 
 impl Default for XdpPortConfig {
@@ -37,6 +49,7 @@ impl Default for XdpPortConfig {
             tx_budget: Some(256),
             max_kicks: 16,
             bind_retry: BindRetry::default(),
+            fill_share: DEFAULT_FILL_SHARE,
         }
     }
 }
@@ -63,6 +76,9 @@ pub struct XdpPortCounters {
     pub rx_wakeups: u64,
     /// errno of the last failed kick, 0 if none.
     pub last_errno: i32,
+    /// `fill` calls that found no free frame of the port's segment while the port held less
+    /// than its share: the port was short of frames to receive into (starvation).
+    pub fill_starved: u64,
 }
 
 /// A duplicate descriptor of the socket that registered a UMEM: what a port opened later
@@ -71,6 +87,14 @@ pub struct XdpPortCounters {
 #[derive(Debug)]
 pub struct UmemShare {
     fd: OwnedFd,
+    segment: SegmentId,
+}
+
+impl UmemShare {
+    /// The UMEM segment ports opened through this handle use.
+    pub fn segment(&self) -> SegmentId {
+        self.segment
+    }
 }
 
 /// An AF_XDP port on one interface queue.
@@ -83,7 +107,14 @@ pub struct XdpPort {
     socket: XskSocket,
     ifname: String,
     frame_mask: u64,
+    frame_shift: u32,
     max_kicks: u32,
+    segment: SegmentId,
+    base: u64,
+    fill_share: u32,
+    /// One bit per frame of the segment: set while the frame is on this port's rings (fill,
+    /// kernel, RX, TX, completion), so closing the port returns exactly those frames.
+    held: Box<[u64]>,
     /// Frames refused in `transmit`, returned by the next `complete`.
     rejected: Vec<u64>,
     fill_posted: u64,
@@ -106,7 +137,33 @@ impl XdpPort {
         config: &XdpPortConfig,
         share_with: Option<&XdpPort>,
     ) -> Result<Self, AfXdpError> {
-        Self::open_inner(umem, ifname, config, share_with.map(|p| p.socket.fd()))
+        let seg = share_with.map_or(0, |p| p.segment);
+        let how = share_with.map_or(UmemBinding::Register, |p| UmemBinding::Share(p.socket.fd()));
+        Self::open_inner(umem, seg, ifname, config, how)
+    }
+
+    /// Opens the first port of UMEM segment `seg` (from [`Umem::add_segment`]): its socket
+    /// registers the segment, and later ports of the segment share it through
+    /// [`XdpPort::umem_share`].
+    pub fn open_in_segment(
+        umem: &Umem,
+        seg: SegmentId,
+        ifname: &str,
+        config: &XdpPortConfig,
+    ) -> Result<Self, AfXdpError> {
+        Self::open_inner(umem, seg, ifname, config, UmemBinding::Register)
+    }
+
+    /// Opens a port of segment `seg` that registers the segment again: for when the socket
+    /// that registered it lost its device (the kernel then refuses to share through it,
+    /// EBADF), e.g. after that container was removed.
+    pub fn open_reregistering(
+        umem: &Umem,
+        seg: SegmentId,
+        ifname: &str,
+        config: &XdpPortConfig,
+    ) -> Result<Self, AfXdpError> {
+        Self::open_inner(umem, seg, ifname, config, UmemBinding::Reregister)
     }
 
     /// A handle on this port's socket that lets more ports share its UMEM later
@@ -119,7 +176,10 @@ impl XdpPort {
             .fd()
             .try_clone_to_owned()
             .map_err(|e| AfXdpError::from_errno("dup(xsk)", e.raw_os_error().unwrap_or(0)))?;
-        Ok(UmemShare { fd })
+        Ok(UmemShare {
+            fd,
+            segment: self.segment,
+        })
     }
 
     /// Opens a port sharing the UMEM registered by the socket behind `share` (see
@@ -130,14 +190,21 @@ impl XdpPort {
         config: &XdpPortConfig,
         share: &UmemShare,
     ) -> Result<Self, AfXdpError> {
-        Self::open_inner(umem, ifname, config, Some(share.fd.as_fd()))
+        Self::open_inner(
+            umem,
+            share.segment,
+            ifname,
+            config,
+            UmemBinding::Share(share.fd.as_fd()),
+        )
     }
 
     fn open_inner(
         umem: &Umem,
+        seg: SegmentId,
         ifname: &str,
         config: &XdpPortConfig,
-        share_with: Option<BorrowedFd<'_>>,
+        how: UmemBinding<'_>,
     ) -> Result<Self, AfXdpError> {
         let ifindex = if_index(ifname)?;
         if config.mode == XdpMode::Native {
@@ -158,15 +225,14 @@ impl XdpPort {
                 );
             }
         }
-        let socket = XskSocket::bind_sharing(
-            umem,
+        let target = BindTarget {
+            segment: seg,
             ifname,
             ifindex,
-            config.queue,
-            config.rings,
-            share_with,
-            config.bind_retry,
-        )?;
+            queue: config.queue,
+        };
+        let socket =
+            XskSocket::bind_sharing(umem, target, config.rings, how, config.bind_retry)?;
         if let Some(budget) = config.tx_budget
             && !socket.set_tx_budget(budget)?
         {
@@ -188,7 +254,12 @@ impl XdpPort {
             socket,
             ifname: ifname.to_owned(),
             frame_mask: !(umem.frame_size() as u64 - 1),
+            frame_shift: umem.frame_size().trailing_zeros(),
             max_kicks: config.max_kicks.max(1),
+            segment: seg,
+            base: segment_base(seg),
+            fill_share: config.fill_share.max(1),
+            held: vec![0; umem.segment_frames(seg).div_ceil(64)].into_boxed_slice(),
             fill_posted: 0,
             rx_taken: 0,
             tx_posted: 0,
@@ -254,22 +325,98 @@ impl XdpPort {
     }
 }
 
+impl XdpPort {
+    /// The frame's index in the segment's `held` bitmap.
+    #[inline(always)]
+    fn bit(&self, addr: u64) -> (usize, u64) {
+        let i = ((addr & ((1 << SEGMENT_SHIFT) - 1)) >> self.frame_shift) as usize;
+        (i / 64, 1 << (i % 64))
+    }
+
+    #[inline(always)]
+    fn mark_held(&mut self, addr: u64) {
+        let (w, b) = self.bit(addr);
+        if let Some(word) = self.held.get_mut(w) {
+            *word |= b;
+        }
+    }
+
+    #[inline(always)]
+    fn mark_returned(&mut self, addr: u64) {
+        let (w, b) = self.bit(addr);
+        if let Some(word) = self.held.get_mut(w) {
+            *word &= !b;
+        }
+    }
+
+    /// Frames on the receive side (fill ring, kernel, RX ring).
+    fn rx_side(&self) -> u32 {
+        (self.fill_posted - self.rx_taken) as u32
+    }
+
+    /// True when the receive side holds less than the port's share: the next `fill` has
+    /// work to do (a worker revisits such ports even when they are idle).
+    pub fn fill_short(&self) -> bool {
+        self.rx_side() < self.fill_share
+    }
+
+    /// The UMEM segment this port's socket is bound to.
+    pub fn umem_segment(&self) -> SegmentId {
+        self.segment
+    }
+
+    /// Closes the port — the XDP link first, then the program, map and socket — and returns
+    /// every frame it still held, which nothing (kernel included) touches any more: what a
+    /// removed container gives back to the pool.
+    pub fn close(self) -> Vec<u64> {
+        let XdpPort {
+            _link,
+            _prog,
+            _map,
+            socket,
+            held,
+            rejected,
+            base,
+            frame_shift,
+            ..
+        } = self;
+        drop(_link);
+        drop(_prog);
+        drop(_map);
+        drop(socket);
+        let mut frames = rejected;
+        for (w, &word) in held.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let b = bits.trailing_zeros() as u64;
+                bits &= bits - 1;
+                frames.push(base + ((w as u64 * 64 + b) << frame_shift));
+            }
+        }
+        frames
+    }
+}
+
 impl Port<Umem> for XdpPort {
     fn fill(&mut self, _mem: &mut Umem, free: &mut FreeList) {
-        let want = free.len().min(u32::MAX as usize) as u32;
-        let n = self.socket.rings.fill.free(want).min(want);
-        let mut written = 0;
-        while written < n {
-            let Some(addr) = free.pop() else { break };
-            self.socket
-                .rings
-                .fill
-                .write(written, addr & self.frame_mask);
-            written += 1;
-        }
-        if written > 0 {
-            self.socket.rings.fill.submit(written);
-            self.fill_posted += u64::from(written);
+        let want = self.fill_share.saturating_sub(self.rx_side());
+        if want > 0 {
+            let n = self.socket.rings.fill.free(want).min(want);
+            let mut written = 0;
+            while written < n {
+                let Some(addr) = free.pop_in(self.segment) else {
+                    self.counters.fill_starved += 1;
+                    break;
+                };
+                let addr = addr & self.frame_mask;
+                self.mark_held(addr);
+                self.socket.rings.fill.write(written, addr - self.base);
+                written += 1;
+            }
+            if written > 0 {
+                self.socket.rings.fill.submit(written);
+                self.fill_posted += u64::from(written);
+            }
         }
         if self.socket.rings.fill.needs_wakeup() {
             self.counters.rx_wakeups += 1;
@@ -280,17 +427,15 @@ impl Port<Umem> for XdpPort {
     }
 
     fn receive(&mut self, _mem: &mut Umem, out: &mut DescBatch) {
-        let rx = &mut self.socket.rings.rx;
-        let n = rx.available(out.spare() as u32);
+        let n = self.socket.rings.rx.available(out.spare() as u32);
         for i in 0..n {
-            let d = rx.read(i);
+            let d = self.socket.rings.rx.read(i);
+            let addr = self.base | d.addr;
+            self.mark_returned(addr);
             // Cannot fail: n <= spare.
-            let _ = out.push(FrameDesc {
-                addr: d.addr,
-                len: d.len,
-            });
+            let _ = out.push(FrameDesc { addr, len: d.len });
         }
-        rx.release(n);
+        self.socket.rings.rx.release(n);
         self.rx_taken += u64::from(n);
         self.counters.rx_frames += u64::from(n);
     }
@@ -299,17 +444,19 @@ impl Port<Umem> for XdpPort {
         let want = batch.len() as u32;
         let room = self.socket.rings.tx.free(want).min(want);
         let mut written = 0;
-        for d in &batch.as_slice()[..room as usize] {
-            if d.len == 0 || !mem.desc_in_bounds(d.addr, d.len) {
+        for i in 0..room as usize {
+            let d = batch.as_slice()[i];
+            if d.len == 0 || !mem.desc_in_bounds(self.segment, d.addr, d.len) {
                 // The kernel would skip it without completing it, losing the frame.
                 self.rejected.push(d.addr & self.frame_mask);
                 self.counters.tx_rejected += 1;
                 continue;
             }
+            self.mark_held(d.addr & self.frame_mask);
             self.socket.rings.tx.write(
                 written,
                 XdpDesc {
-                    addr: d.addr,
+                    addr: d.addr - self.base,
                     len: d.len,
                     options: 0,
                 },
@@ -329,12 +476,13 @@ impl Port<Umem> for XdpPort {
         while let Some(addr) = self.rejected.pop() {
             free.push(addr);
         }
-        let comp = &mut self.socket.rings.completion;
-        let n = comp.available(u32::MAX);
+        let n = self.socket.rings.completion.available(u32::MAX);
         for i in 0..n {
-            free.push(comp.read(i) & self.frame_mask);
+            let addr = self.base | (self.socket.rings.completion.read(i) & self.frame_mask);
+            self.mark_returned(addr);
+            free.push(addr);
         }
-        comp.release(n);
+        self.socket.rings.completion.release(n);
         self.comp_taken += u64::from(n);
         self.counters.tx_completed += u64::from(n);
         if self.socket.rings.tx.outstanding() > 0 {
@@ -353,6 +501,10 @@ impl Port<Umem> for XdpPort {
             tx: tx_ring.min(tx_side) as usize,
             completion: (tx_side - tx_ring.min(tx_side)) as usize + self.rejected.len(),
         }
+    }
+
+    fn segment(&self) -> SegmentId {
+        self.segment
     }
 }
 

@@ -8,6 +8,7 @@ use super::error::AfXdpError;
 use super::ring::{ConsumerRing, ProducerRing, RingMap};
 use super::sys::*;
 use super::umem::{Umem, UmemRegion};
+use crate::phy::SegmentId;
 
 /// Ring sizes of one socket (each a power of two).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +31,18 @@ impl Default for RingSizes {
             completion: 2048,
             rx: 2048,
             tx: 2048,
+        }
+    }
+}
+
+impl RingSizes {
+    /// These sizes with the fill and RX rings grown to at least `n` entries (a power of
+    /// two), so a fill share of `n` frames fits.
+    pub fn at_least(self, n: u32) -> Self {
+        Self {
+            fill: self.fill.max(n),
+            rx: self.rx.max(n),
+            ..self
         }
     }
 }
@@ -81,6 +94,31 @@ pub(crate) struct Rings {
     pub(crate) tx: ProducerRing<XdpDesc>,
 }
 
+/// Where a socket binds: an interface queue, with the frames of one UMEM segment.
+#[derive(Clone, Copy, Debug)]
+pub struct BindTarget<'a> {
+    /// The UMEM segment.
+    pub segment: SegmentId,
+    /// Interface name (for messages).
+    pub ifname: &'a str,
+    /// Interface index.
+    pub ifindex: u32,
+    /// Receive queue.
+    pub queue: u32,
+}
+
+/// How a socket gets its UMEM.
+#[derive(Clone, Copy, Debug)]
+pub enum UmemBinding<'a> {
+    /// Registers the segment (the first socket of a segment).
+    Register,
+    /// Registers the segment again although a socket registered it before: that socket
+    /// lost its device, and the kernel shares no UMEM through an unbound socket.
+    Reregister,
+    /// Shares the registration of the socket behind this descriptor (`XDP_SHARED_UMEM`).
+    Share(BorrowedFd<'a>),
+}
+
 /// A bound AF_XDP socket with its rings.
 pub struct XskSocket {
     // Field order matters: rings are unmapped before the fd closes, and the UMEM region is
@@ -108,29 +146,40 @@ impl XskSocket {
         share_with: Option<&XskSocket>,
         retry: BindRetry,
     ) -> Result<Self, AfXdpError> {
-        Self::bind_sharing(
-            umem,
+        let how = match share_with {
+            Some(s) => UmemBinding::Share(s.fd.as_fd()),
+            None => UmemBinding::Register,
+        };
+        let target = BindTarget {
+            segment: 0,
             ifname,
             ifindex,
             queue,
-            sizes,
-            share_with.map(|s| s.fd.as_fd()),
-            retry,
-        )
+        };
+        Self::bind_sharing(umem, target, sizes, how, retry)
     }
 
-    /// [`XskSocket::bind`] with the UMEM owner given by its descriptor (any descriptor of
-    /// the owner socket, e.g. a duplicate kept by the control thread after the owner's port
-    /// moved to a worker): `None` registers `umem` here.
+    /// [`XskSocket::bind`] with the UMEM given as `umem`'s segment `target.segment` and
+    /// `how` saying whether this socket registers it or shares another socket's
+    /// registration (given by any descriptor of that socket, e.g. a duplicate kept by the
+    /// control thread after the owner's port moved to a worker).
     pub fn bind_sharing(
         umem: &Umem,
-        ifname: &str,
-        ifindex: u32,
-        queue: u32,
+        target: BindTarget<'_>,
         sizes: RingSizes,
-        share_with: Option<BorrowedFd<'_>>,
+        how: UmemBinding<'_>,
         retry: BindRetry,
     ) -> Result<Self, AfXdpError> {
+        let BindTarget {
+            segment: seg,
+            ifname,
+            ifindex,
+            queue,
+        } = target;
+        let share_with = match how {
+            UmemBinding::Share(fd) => Some(fd),
+            UmemBinding::Register | UmemBinding::Reregister => None,
+        };
         for (what, n) in [
             ("fill", sizes.fill),
             ("completion", sizes.completion),
@@ -150,10 +199,16 @@ impl XskSocket {
         }
         // SAFETY: `raw` is a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let region = umem.region().clone();
+        let region = umem
+            .segment(seg)
+            .ok_or_else(|| AfXdpError::Config(format!("the UMEM has no segment {seg}")))?
+            .clone();
 
         if share_with.is_none() {
-            if !region.mark_registered() {
+            // A re-registration is for a segment whose registering socket lost its device
+            // (its container went away): the kernel refuses to share through an unbound
+            // socket, so the memory is registered again, which is allowed.
+            if !region.mark_registered() && !matches!(how, UmemBinding::Reregister) {
                 return Err(AfXdpError::Config(
                     "this UMEM is already registered by another socket: open the port with share_with set to that port"
                         .into(),

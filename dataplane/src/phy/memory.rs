@@ -7,7 +7,7 @@
 //! are captured (or only counted, for benchmarks) and their frames come back through the
 //! completion queue. All four queues are fixed-capacity rings allocated at construction, so
 //! the steady state allocates nothing (captures aside, which only tests turn on).
-use super::{DescBatch, FrameDesc, FrameMemory, FreeList, Port, PortFrames};
+use super::{DescBatch, FrameDesc, FrameMemory, FreeList, Port, PortFrames, SegmentId};
 
 /// A fixed-capacity FIFO ring.
 #[derive(Clone, Debug)]
@@ -66,6 +66,11 @@ pub struct MemoryPortConfig {
     /// Frames the wire sends per `complete` call (`None`: all); a small value simulates a
     /// slow link so tests can fill the TX ring.
     pub wire_budget: Option<usize>,
+    /// Frames the port keeps on its receive side (fill + RX rings), as an AF_XDP port's
+    /// fill share: at most this many of the shared memory's frames are parked per port.
+    pub fill_share: usize,
+    /// The memory segment the port takes its fill frames from.
+    pub segment: SegmentId,
 }
 
 impl Default for MemoryPortConfig {
@@ -76,6 +81,8 @@ impl Default for MemoryPortConfig {
             max_frame: 2048,
             capture: true,
             wire_budget: None,
+            fill_share: 64,
+            segment: 0,
         }
     }
 }
@@ -93,6 +100,8 @@ pub struct MemoryPortStats {
     pub sent_packets: u64,
     /// Bytes sent on the wire.
     pub sent_bytes: u64,
+    /// `fill` calls that found no free frame while the port held less than its share.
+    pub fill_starved: u64,
 }
 
 /// An in-memory port.
@@ -190,8 +199,13 @@ impl MemoryPort {
 
 impl<M: FrameMemory> Port<M> for MemoryPort {
     fn fill(&mut self, _mem: &mut M, free: &mut FreeList) {
-        while self.fill.room() > 0 {
-            let Some(addr) = free.pop() else { break };
+        let held = self.fill.len + self.rx.len;
+        let want = self.config.fill_share.saturating_sub(held);
+        for _ in 0..want.min(self.fill.room()) {
+            let Some(addr) = free.pop_in(self.config.segment) else {
+                self.stats.fill_starved += 1;
+                break;
+            };
             self.fill.push(addr);
         }
     }
@@ -241,6 +255,29 @@ impl<M: FrameMemory> Port<M> for MemoryPort {
             tx: self.tx.len,
             completion: self.completion.len,
         }
+    }
+
+    fn segment(&self) -> SegmentId {
+        self.config.segment
+    }
+}
+
+impl MemoryPort {
+    /// Closes the port and hands back every frame it held (fill, RX, TX and completion
+    /// queues): what a removed port returns to the pool.
+    pub fn close(mut self) -> Vec<u64> {
+        self.drain_frames()
+    }
+
+    /// Takes every frame out of the port's queues (for a port shared with a test thread,
+    /// which cannot be consumed by [`MemoryPort::close`]).
+    pub fn drain_frames(&mut self) -> Vec<u64> {
+        let mut frames = Vec::with_capacity(Port::<super::HeapFrames>::frames_held(&self).total());
+        frames.extend(std::iter::from_fn(|| self.fill.pop()));
+        frames.extend(std::iter::from_fn(|| self.rx.pop().map(|d| d.addr)));
+        frames.extend(std::iter::from_fn(|| self.tx.pop().map(|d| d.addr)));
+        frames.extend(std::iter::from_fn(|| self.completion.pop()));
+        frames
     }
 }
 

@@ -91,7 +91,12 @@ impl Lab {
     pub fn new(policy: Box<dyn Policy>) -> Self {
         Self::with(
             EngineConfig::default(),
-            MemoryPortConfig::default(),
+            // Scenarios inject up to a few hundred frames before the engine runs: each port
+            // keeps a whole ring of fill frames (4 ports × 256 of the 4,096).
+            MemoryPortConfig {
+                fill_share: 256,
+                ..MemoryPortConfig::default()
+            },
             4096,
             policy,
         )
