@@ -28,7 +28,10 @@ const PORTS_PER_SEGMENT: usize = 16;
 const SEGMENT_FRAMES: u32 = 16 * 64 + 1024;
 
 fn env_or<T: std::str::FromStr>(k: &str, d: T) -> T {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
 }
 
 fn meminfo_kb(key: &str) -> u64 {

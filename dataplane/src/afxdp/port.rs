@@ -231,8 +231,7 @@ impl XdpPort {
             ifindex,
             queue: config.queue,
         };
-        let socket =
-            XskSocket::bind_sharing(umem, target, config.rings, how, config.bind_retry)?;
+        let socket = XskSocket::bind_sharing(umem, target, config.rings, how, config.bind_retry)?;
         if let Some(budget) = config.tx_budget
             && !socket.set_tx_budget(budget)?
         {
