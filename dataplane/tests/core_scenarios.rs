@@ -53,23 +53,32 @@ fn flow_state(
 }
 
 #[test]
-fn arp_between_two_containers_is_flooded_then_unicast_without_policy() {
+fn arp_goes_to_the_owner_or_floods_and_replies_are_unicast_without_policy() {
     // A policy that drops everything: ARP must not depend on it.
     let mut lab = Lab::new(Box::new(ConstPolicy {
         action: Action::Drop,
         generation: 1,
     }));
+    // A request for a known container's address goes to that container alone.
     let req = arp(PARENT, BROADCAST, CHILD, false);
     let got = lab.send(PARENT, &req);
-    assert_eq!(receivers(&got), vec![GW.port, CHILD.port, OTHER.port]);
+    assert_eq!(receivers(&got), vec![CHILD.port]);
     assert_eq!(got[usize::from(CHILD.port)], vec![req]);
     let rep = arp(CHILD, PARENT.mac, PARENT, true);
     let got = lab.send(CHILD, &rep);
     assert_eq!(receivers(&got), vec![PARENT.port]);
+    // A request for an address no port owns is flooded, as a bridge does.
+    let stranger = Host {
+        port: 9,
+        mac: [2, 0x42, 172, 17, 0, 99],
+        ip: [172, 17, 0, 99],
+    };
+    let got = lab.send(PARENT, &arp(PARENT, BROADCAST, stranger, false));
+    assert_eq!(receivers(&got), vec![GW.port, CHILD.port, OTHER.port]);
     let s = lab.engine.counters().snapshot();
     assert_eq!(s.policy_batches, 0);
-    assert_eq!(s.switched_without_policy, 2);
-    assert_eq!(s.flood_copies, 2);
+    assert_eq!(s.switched_without_policy, 3);
+    assert_eq!((s.arp_directed, s.flood_copies), (1, 2));
     assert_eq!(lab.frames_accounted(), lab.total_frames);
 }
 

@@ -75,7 +75,7 @@ struct Rounds {
     /// Per position: already in `active` (or `carry`) this round.
     marked: Vec<bool>,
     /// Port id → position in `ports`.
-    slot: HashMap<PortId, usize>,
+    slot: Slots,
     /// Per position: the port's starvation count already published.
     starved_seen: Vec<u64>,
     /// Positions of ports without a wait fd: visited every round.
@@ -84,6 +84,32 @@ struct Rounds {
     dirty: Vec<PortId>,
     /// Rounds without progress.
     idle: u32,
+}
+
+/// Port id → position in the worker's `ports`, as a flat table: looked up per ready socket
+/// and per handed-over frame, so no hashing.
+#[derive(Default)]
+struct Slots(Vec<u32>);
+
+impl Slots {
+    const NONE: u32 = u32::MAX;
+
+    fn new(max_ports: usize, ids: impl Iterator<Item = PortId>) -> Self {
+        let mut v = vec![Self::NONE; max_ports];
+        for (i, id) in ids.enumerate() {
+            if let Some(s) = v.get_mut(usize::from(id)) {
+                *s = i as u32;
+            }
+        }
+        Self(v)
+    }
+
+    /// The position of port `id` (a port id or an epoll token), if this worker drives it.
+    #[inline]
+    fn get(&self, id: u64) -> Option<usize> {
+        let s = *self.0.get(usize::try_from(id).ok()?)?;
+        (s != Self::NONE).then_some(s as usize)
+    }
 }
 
 enum ControlOutcome {
@@ -197,12 +223,10 @@ impl<M: FrameMemory, P: WorkerPort<M>> Worker<M, P> {
         r.sent_marked = vec![false; n];
         r.carry = (0..n).collect();
         r.marked = vec![false; n];
-        r.slot = self
-            .ports
-            .iter()
-            .enumerate()
-            .map(|(i, (id, _))| (*id, i))
-            .collect();
+        r.slot = Slots::new(
+            self.engine.config().max_ports,
+            self.ports.iter().map(|(id, _)| *id),
+        );
         r.starved_seen = self.ports.iter().map(|(_, p)| p.starved()).collect();
         r.always = self
             .ports
@@ -232,7 +256,7 @@ impl<M: FrameMemory, P: WorkerPort<M>> Worker<M, P> {
             if token == WAKE_TOKEN {
                 return;
             }
-            if let Some(&i) = r.slot.get(&(token as PortId))
+            if let Some(i) = r.slot.get(token)
                 && !r.marked[i]
             {
                 r.marked[i] = true;
@@ -293,7 +317,7 @@ impl<M: FrameMemory, P: WorkerPort<M>> Worker<M, P> {
             let r = &mut self.rounds;
             let res = ready.wait(self.poll.sleep_timeout, |token| {
                 if token != WAKE_TOKEN
-                    && let Some(&i) = r.slot.get(&(token as PortId))
+                    && let Some(i) = r.slot.get(token)
                     && !r.marked[i]
                 {
                     r.marked[i] = true;
@@ -420,7 +444,7 @@ impl<M: FrameMemory, P: WorkerPort<M>> Worker<M, P> {
         let mut any = false;
         while let Some(h) = self.stash.take().or_else(|| self.shared.inbox.pop()) {
             any = true;
-            let Some(&slot) = self.rounds.slot.get(&h.port) else {
+            let Some(slot) = self.rounds.slot.get(u64::from(h.port)) else {
                 // The port moved or went away while the frame was in flight.
                 self.engine.counters().count_drop(DropReason::UnknownPort);
                 self.engine.free_list_mut().push(h.desc.addr);
