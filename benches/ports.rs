@@ -161,9 +161,9 @@ fn run_count(ports: usize, secs: u64) -> Result<Sample> {
     };
     // Idle: every port attached, nothing moving.
     let c0 = cpu_sample()?;
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(4));
     let c1 = cpu_sample()?;
-    s.idle_cpu_pct = (c1.process - c0.process) as f64 / 2.0; // jiffies/s at USER_HZ 100 = %
+    s.idle_cpu_pct = (c1.process - c0.process) as f64 / 4.0; // jiffies/s at USER_HZ 100 = %
     // Busy pair: A → B, 64-byte UDP.
     let frame = udp_frame(60, mac_a, mac_b, ipv4(&trio.ip_a)?, ipv4(&trio.ip_b)?);
     let mut sender = Sender::start(&trio.a.name, "va", frame)?;
@@ -225,8 +225,20 @@ fn main() -> Result<()> {
         let sl = col(|s| s.slab_kb_per_port);
         let u = col(|s| s.umem_kb_per_port);
         println!(
-            "| {count} | {:.0} ({:.0}–{:.0}) | {:.0} ({:.0}–{:.0}) | {:.2} ({:.2}–{:.2}) | {:.0} | {:.0} | {:.0} |",
-            k.0, k.1, k.2, c.0, c.1, c.2, i.0, i.1, i.2, r.0, sl.0, u.0
+            "| {} | {:.0} ({:.0}–{:.0}) | {:.0} ({:.0}–{:.0}) | {:.2} ({:.2}–{:.2}) | {:.0} | {:.0} | {:.0} |",
+            (*count).max(2),
+            k.0,
+            k.1,
+            k.2,
+            c.0,
+            c.1,
+            c.2,
+            i.0,
+            i.1,
+            i.2,
+            r.0,
+            sl.0,
+            u.0
         );
     }
     Ok(())

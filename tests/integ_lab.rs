@@ -4,6 +4,8 @@
 //! 20 MB TCP transfer, and `kill -9` of the `bridgewall` binary followed by
 //! `bridgewall restore`. Needs root; everything lives in namespaces the tests create and is
 //! removed on drop, also when a test fails.
+mod support;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -12,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
+use support::netns::{ip_out, ping, xdp_links};
 
 use controller::lab::{Lab, LabSpec, Outcome, Proto, WALKTHROUGH_TOML};
 use controller::runtime::policy::{PacketSpec, UserRules};
@@ -57,12 +60,6 @@ fn options(lab: &Lab, state_dir: &TempDir, workers: usize) -> RuntimeOptions {
     o
 }
 
-fn ip_out(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("ip runs");
-    assert!(out.status.success(), "ip {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Names of the links enslaved to `bridge` in `netns`.
 fn bridge_ports(netns: &str, bridge: &str) -> BTreeSet<String> {
     ip_out(&["-n", netns, "-o", "link", "show", "master", bridge])
@@ -70,31 +67,6 @@ fn bridge_ports(netns: &str, bridge: &str) -> BTreeSet<String> {
         .filter_map(|l| l.split(": ").nth(1))
         .map(|n| n.split('@').next().unwrap_or(n).to_string())
         .collect()
-}
-
-/// Links of `netns` with an XDP program attached.
-fn xdp_links(netns: &str) -> Vec<String> {
-    ip_out(&["-n", netns, "-o", "link", "show"])
-        .lines()
-        .filter(|l| l.contains(" xdp") || l.contains("prog/xdp"))
-        .map(str::to_string)
-        .collect()
-}
-
-/// One ICMP echo from `netns` (busybox's ping: `.ci/run` installs busybox-static).
-fn ping(netns: &str, ip: &str) -> bool {
-    let out = Command::new("ip")
-        .args([
-            "netns", "exec", netns, "busybox", "ping", "-c", "1", "-W", "1", ip,
-        ])
-        .output()
-        .expect("ip runs");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !err.contains("exec of") && !err.contains("applet not found"),
-        "ping could not run (install busybox-static): {err}"
-    );
-    out.status.success()
 }
 
 fn body(o: &Outcome) -> &str {
@@ -295,7 +267,7 @@ fn root_netns_lab_dataplane_enforces_walkthrough() {
         false,
     );
     assert!(
-        !ping(&container_ns("client3"), "172.17.0.3"),
+        !ping(&container_ns("client3"), "172.17.0.3", 1),
         "ping over the link must be dropped"
     );
 
@@ -409,7 +381,7 @@ fn root_netns_lab_dataplane_enforces_walkthrough() {
     );
     assert!(body(&o).starts_with("GET / HTTP/1.0"), "{o:?}");
     assert!(
-        ping(&container_ns("client3"), "172.17.0.1"),
+        ping(&container_ns("client3"), "172.17.0.1", 1),
         "a container reaches the gateway"
     );
 
@@ -699,7 +671,7 @@ fn root_netns_kill_9_leaves_no_xdp_and_restore_gives_ports_back() {
         BTreeSet::from(["bwg0-docker0".to_string()])
     );
     assert!(
-        !ping(&c0, "172.17.0.3"),
+        !ping(&c0, "172.17.0.3", 1),
         "containers are cut off after the crash"
     );
     assert_eq!(std::fs::read_dir(&held.state_dir.0).unwrap().count(), 1);
@@ -728,7 +700,7 @@ fn root_netns_kill_9_leaves_no_xdp_and_restore_gives_ports_back() {
     assert!(ports.iter().all(|p| p.starts_with("veth")), "{ports:?}");
     assert_eq!(std::fs::read_dir(&held.state_dir.0).unwrap().count(), 0);
     // The kernel bridge carries their traffic again.
-    assert!(ping(&c0, "172.17.0.3"));
+    assert!(ping(&c0, "172.17.0.3", 1));
     // A second restore has nothing left to do.
     let out = Command::new(env!("CARGO_BIN_EXE_bridgewall"))
         .args([

@@ -16,13 +16,15 @@
 //! Needs root and busybox (`.ci/run` installs busybox-static). Everything lives in namespaces
 //! the lab creates (the bridge is a `docker0` of the lab's own host namespace) and is removed
 //! on drop, also when the test fails; all traffic starts inside those namespaces.
+mod support;
+
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use support::netns::{ping, xdp_links};
 
 use controller::lab::{Lab, LabSpec, Outcome, Proto};
 use controller::runtime::policy::PacketSpec;
@@ -99,40 +101,6 @@ fn lab_toml() -> String {
     s
 }
 
-fn ip_out(args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("ip (iproute2) runs");
-    assert!(out.status.success(), "ip {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Links of `netns` with an XDP program attached.
-fn xdp_links(netns: &str) -> Vec<String> {
-    ip_out(&["-n", netns, "-o", "link", "show"])
-        .lines()
-        .filter(|l| l.contains(" xdp") || l.contains("prog/xdp"))
-        .map(str::to_string)
-        .collect()
-}
-
-/// One ICMP echo from `netns` to `ip` (busybox's ping), waiting up to 2 s for the answer.
-fn ping(netns: &str, ip: &str) -> bool {
-    let out = Command::new("ip")
-        .args([
-            "netns", "exec", netns, "busybox", "ping", "-c", "1", "-W", "2", ip,
-        ])
-        .output()
-        .expect("ip netns exec runs");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !err.contains("exec of") && !err.contains("applet not found"),
-        "ping could not run (install busybox-static): {err}"
-    );
-    out.status.success()
-}
-
 /// Pings the gateway from every container, `PING_THREADS` at a time; returns the names of
 /// the containers that got no answer, in lab order.
 fn containers_not_reaching_gateway(lab: &Lab) -> Vec<String> {
@@ -151,7 +119,7 @@ fn containers_not_reaching_gateway(lab: &Lab) -> Vec<String> {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     targets.get(i).map(|t| (i, t))
                 } {
-                    if !ping(ns, &gateway) {
+                    if !ping(ns, &gateway, 2) {
                         failed
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())

@@ -790,14 +790,8 @@ impl<M: FrameMemory> Engine<M> {
 
     #[inline(always)]
     fn enqueue(&mut self, mem: &mut M, port: PortId, d: FrameDesc) {
-        let seg = self.segment.get(usize::from(port)).copied().unwrap_or(0);
-        let d = if segment_of(d.addr) == seg || seg == ANY_SEGMENT {
-            d
-        } else {
-            match self.copy_to_segment(mem, seg, d) {
-                Some(copy) => copy,
-                None => return,
-            }
+        let Some(d) = self.in_segment_of(mem, port, d) else {
+            return;
         };
         if self.queue_for_transmit(port, d)
             && let Some(pc) = self.counters.port(port)
@@ -842,16 +836,22 @@ impl<M: FrameMemory> Engine<M> {
     /// worker that owns the port (and so stocks that segment's frames). A full queue, an
     /// unknown port or no free frame drops the frame back into the free list, counted.
     pub fn enqueue_handed_over(&mut self, mem: &mut M, port: PortId, d: FrameDesc) {
+        if let Some(d) = self.in_segment_of(mem, port, d) {
+            self.queue_for_transmit(port, d);
+        }
+    }
+
+    /// `d` as `port` can send it: itself when it lives in the port's memory segment (or the
+    /// port is another worker's, which copies it), else a copy in that segment. `None`
+    /// (counted) when the segment has no free frame.
+    #[inline(always)]
+    fn in_segment_of(&mut self, mem: &mut M, port: PortId, d: FrameDesc) -> Option<FrameDesc> {
         let seg = self.segment.get(usize::from(port)).copied().unwrap_or(0);
-        let d = if segment_of(d.addr) == seg || seg == ANY_SEGMENT {
-            d
+        if segment_of(d.addr) == seg || seg == ANY_SEGMENT {
+            Some(d)
         } else {
-            match self.copy_to_segment(mem, seg, d) {
-                Some(copy) => copy,
-                None => return,
-            }
-        };
-        self.queue_for_transmit(port, d);
+            self.copy_to_segment(mem, seg, d)
+        }
     }
 
     /// Ports with frames in their transmit queue (a worker hands those of other workers'

@@ -1,0 +1,39 @@
+//! Looking into the namespaces the lab tests build: links, XDP programs, pings.
+use std::process::Command;
+
+/// Runs `ip args…` and returns its stdout; panics (naming the call) when it fails.
+pub fn ip_out(args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip (iproute2) runs");
+    assert!(out.status.success(), "ip {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Links of `netns` with an XDP program attached.
+pub fn xdp_links(netns: &str) -> Vec<String> {
+    ip_out(&["-n", netns, "-o", "link", "show"])
+        .lines()
+        .filter(|l| l.contains(" xdp") || l.contains("prog/xdp"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// One ICMP echo from `netns` to `ip` (busybox's ping: `.ci/run` installs busybox-static),
+/// waiting up to `wait_secs` for the answer.
+pub fn ping(netns: &str, ip: &str, wait_secs: u32) -> bool {
+    let wait = wait_secs.to_string();
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", netns, "busybox", "ping", "-c", "1", "-W", &wait, ip,
+        ])
+        .output()
+        .expect("ip netns exec runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("exec of") && !err.contains("applet not found"),
+        "ping could not run (install busybox-static): {err}"
+    );
+    out.status.success()
+}
