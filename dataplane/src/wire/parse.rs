@@ -253,7 +253,10 @@ fn parse_l4(seg: &[u8], p: &mut Parsed) -> Result<(), Malformed> {
                 return Err(Malformed::Truncated);
             }
             let len = usize::from(be16(seg, 4));
-            if len < UDP_HEADER || len > seg.len() {
+            // The first fragment of a datagram carries the whole datagram's UDP length, longer
+            // than the fragment: only a whole datagram must fit its length.
+            let whole = p.fragment == Fragment::None;
+            if len < UDP_HEADER || (whole && len > seg.len()) {
                 return Err(Malformed::BadUdpLength);
             }
             p.src_port = be16(seg, 0);
@@ -397,6 +400,27 @@ mod tests {
             f.extend_from_slice(&[60, 0, 0, 0, 0, 0, 0, 0]);
         }
         assert_eq!(parse(&f), Err(Malformed::ExtHeaderChainTooLong));
+    }
+
+    #[test]
+    fn ipv4_first_fragment_of_a_large_udp_datagram_keeps_its_ports() {
+        // The first 1,480-byte fragment of a 3,000-byte datagram: its UDP length (3,008)
+        // exceeds the fragment, which must not make it malformed.
+        let mut f = eth(ETHERTYPE_IPV4);
+        let mut ip = vec![0u8; 1500];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&1500u16.to_be_bytes());
+        ip[6..8].copy_from_slice(&0x2000u16.to_be_bytes()); // more fragments, offset 0
+        ip[9] = proto::UDP;
+        ip[20..28].copy_from_slice(&[0x9c, 0x40, 0x00, 0x35, 0x0b, 0xc0, 0, 0]);
+        f.extend_from_slice(&ip);
+        let p = parse(&f).unwrap();
+        assert_eq!(p.fragment, Fragment::First);
+        assert_eq!((p.src_port, p.dst_port), (40000, 53));
+        // A whole datagram with the same lie about its length is still malformed.
+        let mut whole = f.clone();
+        whole[14 + 6..14 + 8].copy_from_slice(&[0, 0]);
+        assert_eq!(parse(&whole), Err(Malformed::BadUdpLength));
     }
 
     #[test]
