@@ -20,11 +20,10 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use support::netns::{ping, xdp_links};
+use support::netns::{TempDir, ping, xdp_links};
 
 use controller::lab::{Lab, LabSpec, Outcome, Proto};
 use controller::runtime::policy::PacketSpec;
@@ -35,7 +34,6 @@ use rules_wasm::model::Chain;
 /// Lab tests run one at a time to keep the 2-core machine's probes out of each other's
 /// timeouts (within this binary; other test binaries have their own lock).
 static SERIAL: Mutex<()> = Mutex::new(());
-static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// Containers in the lab.
 const CONTAINERS: usize = 300;
@@ -48,28 +46,6 @@ const BRIDGE: &str = "docker0";
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 1);
 /// The exposed port of the linked container, and the service port of the icc=false pair.
 const PORT: u16 = 80;
-
-/// A state directory for the takeover, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!(
-            "bw-scale-{what}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p)
-            .unwrap_or_else(|e| panic!("creating the state directory {}: {e}", p.display()));
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn name(i: usize) -> String {
     format!("c{i}")
@@ -175,7 +151,7 @@ fn check_frame_balance(rt: &BridgeRuntime) {
 fn root_netns_lab_300_containers_default_frame_budget() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let started = Instant::now();
-    let state_dir = TempDir::new("300");
+    let state_dir = TempDir::new("scale-300");
     let spec = LabSpec::from_toml(&lab_toml(), "lab_scale (generated)")
         .expect("the generated lab file is valid");
     let lab = Lab::build(spec).expect("the 300-container lab builds (root needed)");

@@ -38,11 +38,20 @@ pub enum DropReason {
     /// A flood copy, or the copy into the egress port's memory segment, found no free frame
     /// of that segment to copy into.
     NoFreeFrame,
+    /// A later fragment of a datagram whose first fragment was denied.
+    FragmentDenied,
+    /// A later fragment whose first fragment never came (held until the datagram timed out).
+    FragmentOrphan,
+    /// A fragment overlapping one already seen, or of a datagram with too many fragments:
+    /// the whole datagram is dropped.
+    FragmentOverlap,
+    /// No room to track the fragment's datagram, or to hold it until its first fragment.
+    FragmentTableFull,
 }
 
 impl DropReason {
     /// Number of distinct reasons (the size of the counter array).
-    pub const COUNT: usize = Malformed::ALL.len() + 11;
+    pub const COUNT: usize = Malformed::ALL.len() + 15;
 
     /// Every reason, in counter order.
     pub fn all() -> impl Iterator<Item = DropReason> {
@@ -61,6 +70,10 @@ impl DropReason {
                 DropReason::NonIpBlocked,
                 DropReason::TxFull,
                 DropReason::NoFreeFrame,
+                DropReason::FragmentDenied,
+                DropReason::FragmentOrphan,
+                DropReason::FragmentOverlap,
+                DropReason::FragmentTableFull,
             ])
     }
 
@@ -81,6 +94,10 @@ impl DropReason {
             DropReason::NonIpBlocked => m + 8,
             DropReason::TxFull => m + 9,
             DropReason::NoFreeFrame => m + 10,
+            DropReason::FragmentDenied => m + 11,
+            DropReason::FragmentOrphan => m + 12,
+            DropReason::FragmentOverlap => m + 13,
+            DropReason::FragmentTableFull => m + 14,
         }
     }
 
@@ -107,6 +124,10 @@ impl DropReason {
             DropReason::NonIpBlocked => "non_ip_blocked",
             DropReason::TxFull => "tx_full",
             DropReason::NoFreeFrame => "no_free_frame",
+            DropReason::FragmentDenied => "fragment_denied",
+            DropReason::FragmentOrphan => "fragment_orphan",
+            DropReason::FragmentOverlap => "fragment_overlap",
+            DropReason::FragmentTableFull => "fragment_table_full",
         }
     }
 }
@@ -215,6 +236,10 @@ pub struct Counters {
     pub segment_copies: Counter,
     /// ARP requests sent to the port owning the target address instead of flooded.
     pub arp_directed: Counter,
+    /// Later fragments forwarded after their datagram's first fragment.
+    pub fragments_forwarded: Counter,
+    /// Later fragments held until their first fragment arrived.
+    pub fragments_held: Counter,
 }
 
 impl Counters {
@@ -232,6 +257,8 @@ impl Counters {
             flood_copies: Counter::default(),
             segment_copies: Counter::default(),
             arp_directed: Counter::default(),
+            fragments_forwarded: Counter::default(),
+            fragments_held: Counter::default(),
         }
     }
 
@@ -326,6 +353,8 @@ impl Counters {
             flood_copies: self.flood_copies.get(),
             segment_copies: self.segment_copies.get(),
             arp_directed: self.arp_directed.get(),
+            fragments_forwarded: self.fragments_forwarded.get(),
+            fragments_held: self.fragments_held.get(),
         }
     }
 }
@@ -397,6 +426,10 @@ pub struct Snapshot {
     pub segment_copies: u64,
     /// ARP requests sent to their target's port alone.
     pub arp_directed: u64,
+    /// Later fragments forwarded after their first fragment.
+    pub fragments_forwarded: u64,
+    /// Later fragments held for their first fragment.
+    pub fragments_held: u64,
 }
 
 impl Snapshot {

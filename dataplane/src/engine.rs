@@ -15,12 +15,13 @@ use crate::counters::{Counters, DropReason};
 use crate::flow::{
     Decision, Dir, FirstPacket, FlowTable, HashedKey, Timeouts, Tracking, Verdict, tracking,
 };
+use crate::frag::{FragConfig, FragDrop, FragKey, FragTable, FragVerdict, LaterOutcome, Piece};
 use crate::phy::{
     DescBatch, FrameDesc, FrameMemory, FreeList, Port, PortId, SegmentId, segment_of,
 };
 use crate::policy::{Action, FlowState, MAX_BATCH, PacketRecord, Policy, VerdictRecord};
 use crate::switch::{Egress, Switch, SwitchError};
-use crate::wire::{self, L3, Parsed, Tuple};
+use crate::wire::{self, Fragment, L3, Parsed, Tuple};
 use rules_wasm::abi::{PORT_FLOOD, addr_bytes, proto};
 use std::marker::PhantomData;
 use std::net::IpAddr;
@@ -65,6 +66,8 @@ pub struct EngineConfig {
     /// Largest frame a flood copies (the frame size of the memory); a bigger memory frame
     /// size grows the copy buffer once, at the first flood.
     pub frame_size: usize,
+    /// Fragment tracking: datagrams tracked, fragments held, timeout.
+    pub fragments: FragConfig,
 }
 
 impl Default for EngineConfig {
@@ -78,6 +81,7 @@ impl Default for EngineConfig {
             learn_gateway_mac: true,
             sweep_budget: 64,
             frame_size: 2048,
+            fragments: FragConfig::default(),
         }
     }
 }
@@ -167,6 +171,9 @@ const NO_PENDING: Pending = Pending {
         icmp_id: 0,
         arp_op: 0,
         fragment: wire::Fragment::None,
+        frag_id: 0,
+        frag_offset: 0,
+        frag_more: false,
         inner: None,
     },
     egress: Egress::Flood,
@@ -225,6 +232,11 @@ pub struct Engine<M: FrameMemory> {
     /// Which port owns each registered IP address, so an ARP request is sent to its owner
     /// alone. Changed only when ports are added or removed.
     arp_owner: std::collections::HashMap<[u8; 16], PortId>,
+    /// Datagrams whose first fragment was decided, and later fragments awaiting theirs.
+    frags: FragTable,
+    /// Held fragments released by a first fragment, handled after the table lets go
+    /// (capacity: every frame the table can hold, so releasing never allocates).
+    released: Vec<(FrameDesc, LaterOutcome)>,
     _memory: PhantomData<fn(&mut M)>,
 }
 
@@ -233,6 +245,26 @@ const NOT_DRIVEN: u16 = u16::MAX;
 /// The segment of a port this engine does not transmit on (another worker's): frames for it
 /// are queued as they are and copied into its segment by the worker that owns it.
 pub const ANY_SEGMENT: SegmentId = SegmentId::MAX;
+
+/// The key tying a fragment to its datagram.
+#[inline]
+fn frag_key(p: &Parsed, in_port: PortId) -> FragKey {
+    FragKey {
+        src: p.src,
+        dst: p.dst,
+        id: p.frag_id,
+        proto: p.proto,
+        in_port,
+    }
+}
+
+fn frag_drop_reason(why: FragDrop) -> DropReason {
+    match why {
+        FragDrop::Denied => DropReason::FragmentDenied,
+        FragDrop::Overlap => DropReason::FragmentOverlap,
+        FragDrop::Full => DropReason::FragmentTableFull,
+    }
+}
 
 #[inline(always)]
 fn out_port(e: Egress) -> PortId {
@@ -262,6 +294,8 @@ impl<M: FrameMemory> Engine<M> {
             slot_of: vec![NOT_DRIVEN; max].into_boxed_slice(),
             segment: vec![0; max].into_boxed_slice(),
             arp_owner: std::collections::HashMap::new(),
+            frags: FragTable::new(config.fragments),
+            released: Vec::with_capacity(config.fragments.held),
             config,
             _memory: PhantomData,
         }
@@ -310,6 +344,11 @@ impl<M: FrameMemory> Engine<M> {
         let idx = usize::from(id);
         self.ports[idx] = None;
         self.arp_owner.retain(|_, owner| *owner != id);
+        let (frags, free, counters) = (&mut self.frags, &mut self.free, &self.counters);
+        frags.remove_port(id, |d| {
+            counters.count_drop(DropReason::FragmentOrphan);
+            free.push(d.addr);
+        });
         self.flows.remove_port(id);
         let q = &mut self.tx[idx];
         for d in q.as_slice() {
@@ -365,9 +404,16 @@ impl<M: FrameMemory> Engine<M> {
         self.tx.get_mut(usize::from(port))
     }
 
-    /// Frames the engine holds in transmit queues (for the frame-accounting invariant).
+    /// Fragments held until their datagram's first fragment arrives (part of
+    /// [`Engine::frames_queued`]).
+    pub fn fragments_held(&self) -> usize {
+        self.frags.held()
+    }
+
+    /// Frames the engine holds in transmit queues and the fragment hold (for the
+    /// frame-accounting invariant).
     pub fn frames_queued(&self) -> usize {
-        self.tx.iter().map(DescBatch::len).sum()
+        self.tx.iter().map(DescBatch::len).sum::<usize>() + self.frags.held()
     }
 
     #[inline(always)]
@@ -431,6 +477,10 @@ impl<M: FrameMemory> Engine<M> {
                 self.drop_frame(d, DropReason::SpoofedSource);
                 continue;
             }
+            if parsed.fragment == Fragment::Later {
+                self.later_fragment(mem, in_port, d, &parsed, now);
+                continue;
+            }
             if parsed.is_icmp_error()
                 && let Some(inner) = parsed.inner
                 && let Some(kind) = self.related(&parsed, &inner, generation, now)
@@ -490,11 +540,15 @@ impl<M: FrameMemory> Engine<M> {
                 continue;
             }
             self.flows.on_packet(slot, dir, parsed.tcp_flags, now);
-            if accept {
+            let tracked = self.first_fragment(in_port, &parsed, egress, accept, now);
+            if accept && tracked {
                 self.forward(mem, in_port, d, &parsed, egress, complete);
+            } else if accept {
+                self.drop_frame(d, DropReason::FragmentTableFull);
             } else {
                 self.drop_frame(d, DropReason::FlowDenied);
             }
+            self.send_released(mem, in_port);
         }
         if let Some(pc) = self.counters.port(in_port) {
             pc.rx_packets.add(rx.len() as u64);
@@ -505,7 +559,93 @@ impl<M: FrameMemory> Engine<M> {
         self.counters.flows.hits.add(hits);
         self.counters.flows.misses.add(misses);
         self.flows.sweep(now, self.config.sweep_budget);
+        let (frags, free, counters) = (&mut self.frags, &mut self.free, &self.counters);
+        frags.sweep(now, self.config.sweep_budget, |d| {
+            counters.count_drop(DropReason::FragmentOrphan);
+            free.push(d.addr);
+        });
         self.publish_flow_stats();
+    }
+
+    /// A non-first fragment: it follows its datagram's first fragment (see [`crate::frag`]).
+    fn later_fragment(&mut self, mem: &mut M, in_port: PortId, d: FrameDesc, p: &Parsed, now: u64) {
+        let piece = Piece {
+            offset: p.frag_offset,
+            len: u32::from(p.l4_len),
+            more: p.frag_more,
+        };
+        match self.frags.later(&frag_key(p, in_port), piece, d, now) {
+            LaterOutcome::Forward(egress) => {
+                self.counters.fragments_forwarded.add(1);
+                self.send(mem, in_port, d, egress);
+            }
+            LaterOutcome::Held => self.counters.fragments_held.add(1),
+            LaterOutcome::Drop(why) => self.drop_frame(d, frag_drop_reason(why)),
+        }
+    }
+
+    /// Records a first fragment's verdict so the rest of its datagram follows it, and
+    /// queues the fragments that came before it for [`Engine::send_released`]. Returns false
+    /// when an admitted first fragment must be dropped after all: its datagram cannot be
+    /// tracked (no room, or it overlaps), so its later fragments could never follow.
+    #[inline]
+    fn first_fragment(
+        &mut self,
+        in_port: PortId,
+        p: &Parsed,
+        egress: Egress,
+        accept: bool,
+        now: u64,
+    ) -> bool {
+        if p.fragment != Fragment::First {
+            return true;
+        }
+        let verdict = if accept {
+            FragVerdict::Admitted(egress)
+        } else {
+            FragVerdict::Denied
+        };
+        let piece = Piece {
+            offset: 0,
+            len: u32::from(p.l4_len),
+            more: true,
+        };
+        let released = &mut self.released;
+        let tracked = self
+            .frags
+            .first(&frag_key(p, in_port), piece, verdict, now, |d, o| {
+                released.push((d, o))
+            });
+        tracked || !accept
+    }
+
+    /// Sends on (or drops) the fragments a first fragment released, after the first itself
+    /// went, so a datagram's fragments leave in the order they make sense to the receiver.
+    fn send_released(&mut self, mem: &mut M, in_port: PortId) {
+        if self.released.is_empty() {
+            return;
+        }
+        let mut released = std::mem::take(&mut self.released);
+        for (d, outcome) in released.drain(..) {
+            match outcome {
+                LaterOutcome::Forward(e) => {
+                    self.counters.fragments_forwarded.add(1);
+                    self.send(mem, in_port, d, e);
+                }
+                LaterOutcome::Drop(why) => self.drop_frame(d, frag_drop_reason(why)),
+                LaterOutcome::Held => self.drop_frame(d, DropReason::FragmentOrphan),
+            }
+        }
+        self.released = released;
+    }
+
+    /// Sends `d` to `egress` as it is (no checksum work: fragments carry none to complete).
+    fn send(&mut self, mem: &mut M, in_port: PortId, d: FrameDesc, egress: Egress) {
+        match egress {
+            Egress::Unicast(port) => self.enqueue(mem, port, d),
+            Egress::Flood => self.flood(mem, in_port, d),
+            Egress::Drop(r) => self.drop_frame(d, r),
+        }
     }
 
     /// An ARP request for an address a known port owns goes to that port alone instead of
@@ -697,16 +837,19 @@ impl<M: FrameMemory> Engine<M> {
             } else if accept {
                 self.counters.flows.related.add(1);
             }
-            if accept {
+            let tracked = self.first_fragment(in_port, &p.parsed, p.egress, accept, now);
+            if accept && tracked {
                 self.forward(mem, in_port, p.desc, &p.parsed, p.egress, complete);
             } else {
                 let reason = match (v.action, action) {
+                    _ if accept => DropReason::FragmentTableFull,
                     (Action::Continue, _) => DropReason::DefaultDrop,
                     (Action::Reject, _) => DropReason::PolicyReject,
                     _ => DropReason::PolicyDrop,
                 };
                 self.drop_frame(p.desc, reason);
             }
+            self.send_released(mem, in_port);
         }
         self.batch.len = 0;
     }
@@ -727,11 +870,7 @@ impl<M: FrameMemory> Engine<M> {
         if complete && p.has_l4_checksum() {
             wire::complete_l4_checksum(mem.bytes_mut(d.addr, len), p);
         }
-        match egress {
-            Egress::Unicast(port) => self.enqueue(mem, port, d),
-            Egress::Flood => self.flood(mem, in_port, d),
-            Egress::Drop(r) => self.drop_frame(d, r),
-        }
+        self.send(mem, in_port, d, egress);
     }
 
     fn flood(&mut self, mem: &mut M, in_port: PortId, d: FrameDesc) {

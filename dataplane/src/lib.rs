@@ -9,6 +9,7 @@ pub mod afxdp;
 pub mod counters;
 pub mod engine;
 pub mod flow;
+pub mod frag;
 pub mod phy;
 pub mod policy;
 pub mod switch;

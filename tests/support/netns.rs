@@ -37,3 +37,29 @@ pub fn ping(netns: &str, ip: &str, wait_secs: u32) -> bool {
     );
     out.status.success()
 }
+
+/// A state directory for a takeover (or anything a test writes), named uniquely and removed
+/// on drop, also when the test fails.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// Creates `$TMPDIR/bw-<what>-<pid>-<n>`.
+    pub fn new(what: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "bw-{what}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p)
+            .unwrap_or_else(|e| panic!("creating the directory {}: {e}", p.display()));
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -403,6 +403,24 @@ impl Lab {
             .map_err(LabError::setup(format!("probing from {from}")))
     }
 
+    /// Sends one UDP datagram of `size` bytes from `from` to the echo responder of `to` on
+    /// `port` and waits for it to come back whole: how large datagrams (IP fragments) are
+    /// probed.
+    pub fn udp_round_trip(
+        &self,
+        from: &str,
+        to: &str,
+        port: u16,
+        size: usize,
+        timeout: Duration,
+    ) -> Result<Outcome, LabError> {
+        let ns = self.netns_of(from)?;
+        let ip = self.resolve(from, to)?;
+        let addr = SocketAddr::from((ip, port));
+        ns.run(move || super::probe::udp_round_trip(addr, size, timeout))
+            .map_err(LabError::setup(format!("probing from {from}")))
+    }
+
     fn netns_of(&self, name: &str) -> Result<&Netns, LabError> {
         if name == "host" {
             return self.host.as_ref().ok_or(LabError::Unknown {

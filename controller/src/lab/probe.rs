@@ -120,6 +120,30 @@ fn probe_udp(addr: SocketAddr, timeout: Duration, label: &str) -> Outcome {
     }
 }
 
+/// Sends one UDP datagram of `size` bytes (a counting pattern) to an echo responder and
+/// waits for it back: `Connected("N bytes")` when the exact datagram returns. Datagrams
+/// larger than the path MTU travel as IP fragments both ways.
+pub(crate) fn udp_round_trip(addr: SocketAddr, size: usize, timeout: Duration) -> Outcome {
+    let socket = match UdpSocket::bind(("0.0.0.0", 0)) {
+        Ok(s) => s,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    if let Err(e) = socket.connect(addr) {
+        return from_error(&e);
+    }
+    let _ = socket.set_read_timeout(Some(timeout));
+    let msg: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    if let Err(e) = socket.send(&msg) {
+        return from_error(&e);
+    }
+    let mut buf = vec![0u8; 65536];
+    match socket.recv(&mut buf) {
+        Ok(n) if buf[..n] == msg[..] => Outcome::Connected(format!("{n} bytes")),
+        Ok(n) => Outcome::Failed(format!("{n} bytes came back, not the {size} sent")),
+        Err(e) => from_error(&e),
+    }
+}
+
 fn from_error(e: &std::io::Error) -> Outcome {
     match e.kind() {
         ErrorKind::ConnectionRefused => Outcome::Refused,

@@ -116,7 +116,8 @@ fn answer_tcp(mut stream: TcpStream, kind: ResponderKind, name: &str) {
 }
 
 fn udp_echo(socket: &UdpSocket, stop: &AtomicBool) {
-    let mut buf = [0u8; 2048];
+    // Room for the largest datagram: large ones (sent as IP fragments) are echoed whole.
+    let mut buf = vec![0u8; 65536];
     while !stop.load(Ordering::Relaxed) {
         match socket.recv_from(&mut buf) {
             Ok((n, peer)) => {

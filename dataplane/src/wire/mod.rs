@@ -169,6 +169,13 @@ pub struct Parsed {
     pub arp_op: u16,
     /// Fragment position of an IP packet.
     pub fragment: Fragment,
+    /// For fragments: the datagram's identification (IPv4's 16-bit ID, or the IPv6 fragment
+    /// header's 32-bit one), which ties the fragments of one datagram together.
+    pub frag_id: u32,
+    /// For fragments: where this fragment's data starts in the datagram, in bytes.
+    pub frag_offset: u32,
+    /// For fragments: more fragments follow this one (false on the last).
+    pub frag_more: bool,
     /// For ICMP/ICMPv6 errors: the 5-tuple of the packet the error is about, as that packet
     /// was sent (needed to admit the error as RELATED to its flow). `None` when the embedded
     /// header is missing or unreadable.

@@ -142,6 +142,11 @@ fn parse_ipv4(frame: &[u8], l3: usize, p: &mut Parsed) -> Result<(), Malformed> 
     let l4 = l3 + ihl;
     p.l4_offset = l4 as u16;
     p.l4_len = (total - ihl) as u16;
+    if offset != 0 || more {
+        p.frag_id = u32::from(be16(ip, 4));
+        p.frag_offset = u32::from(offset) * 8;
+        p.frag_more = more;
+    }
     if offset != 0 {
         p.fragment = Fragment::Later;
         return Ok(());
@@ -172,7 +177,7 @@ fn parse_ipv6(frame: &[u8], l3: usize, p: &mut Parsed) -> Result<(), Malformed> 
     p.src = v6_addr(&ip[8..24]);
     p.dst = v6_addr(&ip[24..40]);
     let end = IPV6_HEADER + payload;
-    let (nh, l4, fragment) = walk_ipv6_ext(&ip[..end], IPV6_HEADER, ip[6])?;
+    let (nh, l4, fragment) = walk_ipv6_ext(&ip[..end], IPV6_HEADER, ip[6], p)?;
     p.proto = nh;
     p.fragment = fragment;
     p.l4_offset = (l3 + l4) as u16;
@@ -191,6 +196,7 @@ fn walk_ipv6_ext(
     ip: &[u8],
     mut off: usize,
     mut nh: u8,
+    p: &mut Parsed,
 ) -> Result<(u8, usize, Fragment), Malformed> {
     let mut fragment = Fragment::None;
     let mut seen = 0;
@@ -205,6 +211,9 @@ fn walk_ipv6_ext(
                 return Err(Malformed::Truncated);
             };
             let fo = be16(h, 2);
+            p.frag_id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+            p.frag_offset = u32::from(fo & 0xfff8);
+            p.frag_more = fo & 1 != 0;
             if fo & 0xfff8 != 0 {
                 return Ok((h[0], off + 8, Fragment::Later));
             }
@@ -305,7 +314,7 @@ fn inner_tuple(b: &[u8], version: u8) -> Option<Tuple> {
         t.src = v6_addr(&b[8..24]);
         t.dst = v6_addr(&b[24..40]);
         // The quoted packet is cut short by design; walk what is there.
-        let (nh, off, frag) = walk_ipv6_ext(b, IPV6_HEADER, b[6]).ok()?;
+        let (nh, off, frag) = walk_ipv6_ext(b, IPV6_HEADER, b[6], &mut Parsed::default()).ok()?;
         t.proto = nh;
         if frag == Fragment::Later {
             return Some(t);
@@ -435,6 +444,7 @@ mod tests {
         f.extend_from_slice(&ip);
         let p = parse(&f).unwrap();
         assert_eq!(p.fragment, Fragment::Later);
+        assert_eq!((p.frag_offset, p.frag_more), (8, false));
         assert_eq!((p.src_port, p.dst_port), (0, 0));
         assert!(!p.has_l4_checksum());
     }

@@ -117,7 +117,7 @@ impl Lab {
                 .add_port(PortConfig {
                     id: h.port,
                     macs: vec![h.mac],
-                    ips: vec![IpAddr::V4(Ipv4Addr::from(h.ip))],
+                    ips: vec![IpAddr::V4(Ipv4Addr::from(h.ip)), IpAddr::V6(v6(h).into())],
                     is_gateway: h == GW,
                     complete_checksums: false,
                 })
@@ -155,7 +155,7 @@ impl Lab {
                 .collect();
             let r = self.engine.drive(self.now, &mut self.mem, &mut set);
             let inbox: usize = self.ports.iter().map(MemoryPort::inbox_len).sum();
-            let queued = self.engine.frames_queued();
+            let queued = self.engine.frames_queued() - self.engine.fragments_held();
             let in_tx: usize = self
                 .ports
                 .iter()
@@ -189,6 +189,85 @@ impl Lab {
                 .sum::<usize>()
             + self.engine.frames_queued()
     }
+}
+
+/// Splits a whole IPv4 frame's payload into fragments of at most `mtu` bytes of IP packet,
+/// as the sender's kernel does for a datagram bigger than the MTU.
+pub fn fragments(frame: &[u8], mtu: usize) -> Vec<Vec<u8>> {
+    let (eth, ip) = frame.split_at(14);
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let (header, payload) = ip.split_at(ihl);
+    let step = (mtu - ihl) / 8 * 8;
+    let chunks: Vec<&[u8]> = payload.chunks(step).collect();
+    let n = chunks.len();
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut h = header.to_vec();
+            h[2..4].copy_from_slice(&((ihl + chunk.len()) as u16).to_be_bytes());
+            let off = (i * step / 8) as u16 | if i + 1 < n { 0x2000 } else { 0 };
+            h[6..8].copy_from_slice(&off.to_be_bytes());
+            h[10..12].copy_from_slice(&[0, 0]);
+            let sum = ones_complement(&h);
+            h[10..12].copy_from_slice(&sum.to_be_bytes());
+            [eth, &h, chunk].concat()
+        })
+        .collect()
+}
+
+/// Splits a whole IPv6 frame (no extension headers) into fragments of at most `mtu` bytes
+/// of IP packet, inserting a fragment header with identification `id`.
+pub fn fragments_v6(frame: &[u8], mtu: usize, id: u32) -> Vec<Vec<u8>> {
+    let (eth, ip) = frame.split_at(14);
+    let (header, payload) = ip.split_at(40);
+    let step = (mtu - 48) / 8 * 8;
+    let chunks: Vec<&[u8]> = payload.chunks(step).collect();
+    let n = chunks.len();
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut h = header.to_vec();
+            let next = h[6];
+            h[6] = 44;
+            h[4..6].copy_from_slice(&((8 + chunk.len()) as u16).to_be_bytes());
+            let off = (i * step) as u16 | u16::from(i + 1 < n);
+            let mut fh = vec![next, 0];
+            fh.extend_from_slice(&off.to_be_bytes());
+            fh.extend_from_slice(&id.to_be_bytes());
+            [eth, &h, &fh, chunk].concat()
+        })
+        .collect()
+}
+
+fn ones_complement(b: &[u8]) -> u16 {
+    let mut sum: u32 = b
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A UDP/IPv6 frame between two hosts' link-local-free addresses (`fd00::<last ip byte>`).
+pub fn udp6_frame(from: Host, to: Host, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(from.mac, to.mac)
+        .ipv6(v6(from), v6(to), 64)
+        .udp(sport, dport);
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut out, payload).unwrap();
+    out
+}
+
+/// The IPv6 address tests give a host: `fd00::` plus its IPv4 address.
+pub fn v6(h: Host) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[0] = 0xfd;
+    a[12..16].copy_from_slice(&h.ip);
+    a
 }
 
 /// Who got a frame, as port numbers.
