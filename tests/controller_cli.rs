@@ -136,3 +136,49 @@ fn a_module_with_a_wasi_import_is_refused_naming_the_file_and_the_import() {
     );
     std::fs::remove_dir_all(module.parent().unwrap()).unwrap();
 }
+
+#[test]
+fn trace_explains_how_a_later_fragment_follows_its_first() {
+    let lab = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/lab/walkthrough.toml");
+    // Over the link (client3 -> nginx_server2:80): the datagram's later fragments pass.
+    let (ok, text) = bridgewall(&[
+        "trace",
+        "--lab",
+        lab,
+        "--fragment",
+        "client3",
+        "nginx_server2",
+        "udp",
+        "80",
+    ]);
+    assert!(ok, "{text}");
+    assert!(text.contains("later fragment"), "{text}");
+    // The link opens TCP 80 only: a UDP datagram to 80 is dropped, fragments included.
+    assert!(text.contains("dropped too (fragment_denied)"), "{text}");
+    let (ok, text) = bridgewall(&[
+        "trace",
+        "--lab",
+        lab,
+        "--fragment",
+        "client3",
+        "nginx_server2",
+        "tcp",
+        "80",
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("it passes, sent where the first fragment went"),
+        "{text}"
+    );
+    // Without --fragment there is no such row.
+    let (ok, text) = bridgewall(&[
+        "trace",
+        "--lab",
+        lab,
+        "client3",
+        "nginx_server2",
+        "tcp",
+        "80",
+    ]);
+    assert!(ok && !text.contains("later fragment"), "{text}");
+}

@@ -100,6 +100,10 @@ struct TraceArgs {
     proto: String,
     /// Destination port (0 for ICMP).
     dport: u16,
+    /// Explain a later IP fragment of such a datagram (it has no ports; it follows the
+    /// first fragment's verdict).
+    #[arg(long)]
+    fragment: bool,
 }
 
 /// How icc is decided.
@@ -397,15 +401,14 @@ fn trace(args: TraceArgs) -> anyhow::Result<()> {
         rules = read_rules(args.rules.as_ref())?;
     }
     let modules = UserModules::from_files(&args.modules)?;
-    let agree = crate::commands::trace::trace(
-        &state,
-        &rules,
-        &modules,
-        &args.src,
-        &args.dst,
-        &args.proto,
-        args.dport,
-    )?;
+    let query = crate::commands::trace::TraceQuery {
+        src: args.src.clone(),
+        dst: args.dst.clone(),
+        proto: args.proto.clone(),
+        dport: args.dport,
+        later_fragment: args.fragment,
+    };
+    let agree = crate::commands::trace::trace(&state, &rules, &modules, &query)?;
     if !agree {
         bail!("the compiled module and the reference interpreter disagree: please report this");
     }

@@ -30,6 +30,8 @@ pub struct DockerEngine {
     daemon: Option<Child>,
     icc: bool,
     live_restore: bool,
+    /// `fixed-cidr-v6` when the engine gives containers IPv6 addresses on the default bridge.
+    ipv6_cidr: Option<String>,
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -112,6 +114,17 @@ impl DockerEngine {
     /// Like [`DockerEngine::start`]; with `live_restore` the engine leaves its containers
     /// running when it stops and takes them back when it starts again.
     pub fn start_with(icc: bool, live_restore: bool) -> DockerEngine {
+        Self::start_full(icc, live_restore, None)
+    }
+
+    /// Like [`DockerEngine::start`], with IPv6 on the default bridge: the daemon config adds
+    /// `"ipv6": true, "fixed-cidr-v6": CIDR`, so every container also gets an address of
+    /// `fixed_cidr_v6` (docker0 takes its first address as the gateway).
+    pub fn start_ipv6(icc: bool, fixed_cidr_v6: &str) -> DockerEngine {
+        Self::start_full(icc, false, Some(fixed_cidr_v6.to_string()))
+    }
+
+    fn start_full(icc: bool, live_restore: bool, ipv6_cidr: Option<String>) -> DockerEngine {
         ensure_docker_installed();
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
@@ -125,6 +138,7 @@ impl DockerEngine {
             daemon: None,
             icc,
             live_restore,
+            ipv6_cidr,
         };
         // From here on, a panic drops `engine`, which cleans up whatever exists.
         fs::create_dir_all(engine.dir.join("data")).unwrap();
@@ -187,10 +201,14 @@ impl DockerEngine {
     /// Starts dockerd in the namespace and waits until it answers.
     pub fn start_daemon(&mut self) {
         assert!(self.daemon.is_none(), "dockerd already running");
+        let ipv6 = match &self.ipv6_cidr {
+            Some(cidr) => format!(", \"ipv6\": true, \"fixed-cidr-v6\": \"{cidr}\""),
+            None => String::new(),
+        };
         fs::write(
             self.dir.join("daemon.json"),
             format!(
-                "{{\"icc\": {}, \"live-restore\": {}}}\n",
+                "{{\"icc\": {}, \"live-restore\": {}{ipv6}}}\n",
                 self.icc, self.live_restore
             ),
         )

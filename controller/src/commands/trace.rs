@@ -84,17 +84,31 @@ fn protocol(p: &str) -> anyhow::Result<u8> {
     })
 }
 
+/// The packet `trace` asks about, as the command line names it.
+#[derive(Clone, Debug)]
+pub struct TraceQuery {
+    /// Source: a container name, `host`, or an address.
+    pub src: String,
+    /// Destination: a container name, `host`, or an address.
+    pub dst: String,
+    /// Protocol name or number.
+    pub proto: String,
+    /// Destination port.
+    pub dport: u16,
+    /// The packet is a later IP fragment of a datagram to that port (it has no ports of its
+    /// own): the answer explains how it follows its first fragment.
+    pub later_fragment: bool,
+}
+
 /// Traces one packet through the policy built from `state` and `user`; prints the answer
 /// and returns whether both evaluators agree.
 pub fn trace(
     state: &BridgeState,
     user: &UserRules,
     modules: &UserModules,
-    src: &str,
-    dst: &str,
-    proto_name: &str,
-    dport: u16,
+    q: &TraceQuery,
 ) -> anyhow::Result<bool> {
+    let (src, dst, proto_name, dport) = (q.src.as_str(), q.dst.as_str(), q.proto.as_str(), q.dport);
     let wasm = WasmRuntime::new(WasmConfig::default()).context("starting the Wasm host")?;
     let user_modules = modules.load(&wasm)?;
     let build = policy::build(&wasm, state, user, &user_modules, 1)?;
@@ -123,6 +137,20 @@ pub fn trace(
         ),
     ]);
     table.add_row(vec!["verdict".to_string(), t.verdict().to_string()]);
+    if q.later_fragment {
+        let follows = if t.verdict() == "accept" {
+            "it passes, sent where the first fragment went"
+        } else {
+            "it is dropped too (fragment_denied)"
+        };
+        table.add_row(vec![
+            "later fragment".to_string(),
+            format!(
+                "no ports of its own: follows the first fragment (the packet above), so {follows}; \
+                 before its first it is held up to 30 s, then dropped (fragment_orphan)"
+            ),
+        ]);
+    }
     table.add_row(vec![
         "module".to_string(),
         t.compiled

@@ -25,6 +25,10 @@ pub struct CounterTotals {
     pub drops: Vec<(DropReason, u64)>,
     /// Flows re-decided after a policy swap.
     pub redecisions: u64,
+    /// Later IP fragments that followed their first fragment.
+    pub fragments_forwarded: u64,
+    /// Later IP fragments held until their first fragment came.
+    pub fragments_held: u64,
 }
 
 impl CounterTotals {
@@ -55,6 +59,8 @@ impl CounterTotals {
             }
             t.rule_default += s.rule_default;
             t.redecisions += s.flows.redecisions;
+            t.fragments_forwarded += s.fragments_forwarded;
+            t.fragments_held += s.fragments_held;
         }
         t.ports.sort_unstable();
         t.rules.sort_unstable();
@@ -175,6 +181,12 @@ impl CounterTotals {
             t.add_row(vec!["(none)".to_string(), "0".to_string()]);
         }
         out.push_str(&format!("drops:\n{t}"));
+        if self.fragments_forwarded + self.fragments_held > 0 {
+            out.push_str(&format!(
+                "\nIP fragments: {} later fragments followed their first ({} of them held until it came)",
+                self.fragments_forwarded, self.fragments_held
+            ));
+        }
         out
     }
 }

@@ -8,6 +8,7 @@
 //! fill/RX/TX/completion queues, or a batch in flight; [`Port::frames_held`] lets tests and
 //! metrics prove that none is lost.
 pub mod memory;
+pub mod reorder;
 
 /// Index of a dataplane port. The wire ABI carries it as a u16.
 pub type PortId = u16;
@@ -141,6 +142,11 @@ impl DescBatch {
     /// The held descriptors.
     pub fn as_slice(&self) -> &[FrameDesc] {
         &self.descs[..self.len]
+    }
+
+    /// The held descriptors, to reorder them (decorators, tests).
+    pub fn as_mut_slice(&mut self) -> &mut [FrameDesc] {
+        &mut self.descs[..self.len]
     }
 
     /// Removes the first `n` descriptors (those a port accepted), keeping the rest in order.
