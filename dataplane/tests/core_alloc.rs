@@ -3,14 +3,13 @@
 mod core_common;
 
 use core_common::*;
-use dataplane::engine::{Engine, EngineConfig, PortConfig};
+use dataplane::engine::{Engine, EngineConfig};
 use dataplane::phy::memory::{MemoryPort, MemoryPortConfig};
 use dataplane::phy::{FreeList, HeapFrames, PortId};
 use dataplane::policy::{Action, ConstPolicy};
 use rules_wasm::abi::tcp_flags::ACK;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Counts allocations made by the thread that switched counting on.
@@ -72,15 +71,7 @@ fn steady_state_forwarding_allocates_nothing() {
     };
     let mut ports: Vec<MemoryPort> = Vec::new();
     for h in HOSTS {
-        engine
-            .add_port(PortConfig {
-                id: h.port,
-                macs: vec![h.mac],
-                ips: vec![IpAddr::V4(Ipv4Addr::from(h.ip))],
-                is_gateway: h == GW,
-                complete_checksums: true,
-            })
-            .unwrap();
+        engine.add_port(host_port(h, true)).unwrap();
         ports.push(MemoryPort::new(port_config));
     }
     // Frames built up front: 64 established flows (hits), and a stream of new flows (misses

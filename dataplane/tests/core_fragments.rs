@@ -252,11 +252,10 @@ proptest! {
 /// reach the engine in random orders and still all pass, for many seeds.
 #[test]
 fn fragments_shuffled_by_a_reordering_port_still_make_up_their_datagram() {
-    use dataplane::engine::{Engine, PortConfig};
+    use dataplane::engine::Engine;
     use dataplane::phy::memory::MemoryPort;
     use dataplane::phy::reorder::Reorder;
     use dataplane::phy::{FreeList, HeapFrames, PortId};
-    use std::net::{IpAddr, Ipv4Addr};
 
     let whole = udp_frame(PARENT, CHILD.mac, CHILD.ip, 40000, 5000, &[6; 30000]);
     let frags = fragments(&whole, 1500);
@@ -269,15 +268,7 @@ fn fragments_shuffled_by_a_reordering_port_still_make_up_their_datagram() {
         );
         let mut ports: Vec<(PortId, Reorder<MemoryPort>)> = Vec::new();
         for h in HOSTS {
-            engine
-                .add_port(PortConfig {
-                    id: h.port,
-                    macs: vec![h.mac],
-                    ips: vec![IpAddr::V4(Ipv4Addr::from(h.ip))],
-                    is_gateway: h == GW,
-                    complete_checksums: false,
-                })
-                .unwrap();
+            engine.add_port(host_port(h, false)).unwrap();
             let port = MemoryPort::new(MemoryPortConfig {
                 fill_share: 256,
                 ..MemoryPortConfig::default()

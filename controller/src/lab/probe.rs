@@ -100,15 +100,19 @@ fn probe_tcp(addr: SocketAddr, timeout: Duration, label: &str) -> Outcome {
     Outcome::Connected(http_body(&String::from_utf8_lossy(&reply)))
 }
 
-fn probe_udp(addr: SocketAddr, timeout: Duration, label: &str) -> Outcome {
-    let socket = match UdpSocket::bind(("0.0.0.0", 0)) {
-        Ok(s) => s,
-        Err(e) => return Outcome::Failed(e.to_string()),
-    };
-    if let Err(e) = socket.connect(addr) {
-        return from_error(&e);
-    }
+/// A UDP socket connected to `addr` with a read timeout, or the outcome that stopped it.
+fn udp_socket(addr: SocketAddr, timeout: Duration) -> Result<UdpSocket, Outcome> {
+    let socket = UdpSocket::bind(("0.0.0.0", 0)).map_err(|e| Outcome::Failed(e.to_string()))?;
+    socket.connect(addr).map_err(|e| from_error(&e))?;
     let _ = socket.set_read_timeout(Some(timeout));
+    Ok(socket)
+}
+
+fn probe_udp(addr: SocketAddr, timeout: Duration, label: &str) -> Outcome {
+    let socket = match udp_socket(addr, timeout) {
+        Ok(s) => s,
+        Err(o) => return o,
+    };
     let msg = format!("probe from {label}");
     if let Err(e) = socket.send(msg.as_bytes()) {
         return from_error(&e);
@@ -124,14 +128,10 @@ fn probe_udp(addr: SocketAddr, timeout: Duration, label: &str) -> Outcome {
 /// waits for it back: `Connected("N bytes")` when the exact datagram returns. Datagrams
 /// larger than the path MTU travel as IP fragments both ways.
 pub(crate) fn udp_round_trip(addr: SocketAddr, size: usize, timeout: Duration) -> Outcome {
-    let socket = match UdpSocket::bind(("0.0.0.0", 0)) {
+    let socket = match udp_socket(addr, timeout) {
         Ok(s) => s,
-        Err(e) => return Outcome::Failed(e.to_string()),
+        Err(o) => return o,
     };
-    if let Err(e) = socket.connect(addr) {
-        return from_error(&e);
-    }
-    let _ = socket.set_read_timeout(Some(timeout));
     let msg: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
     if let Err(e) = socket.send(&msg) {
         return from_error(&e);

@@ -78,6 +78,18 @@ pub fn icc_false_link(r: &PacketRecord) -> VerdictRecord {
     }
 }
 
+/// The port configuration of host `h`: its MAC, its IPv4 and IPv6 (`v6`) addresses, the
+/// gateway flag.
+pub fn host_port(h: Host, complete_checksums: bool) -> PortConfig {
+    PortConfig {
+        id: h.port,
+        macs: vec![h.mac],
+        ips: vec![IpAddr::V4(Ipv4Addr::from(h.ip)), IpAddr::V6(v6(h).into())],
+        is_gateway: h == GW,
+        complete_checksums,
+    }
+}
+
 /// The simulated bridge: one engine, one in-memory port per host, a shared frame memory.
 pub struct Lab {
     pub mem: HeapFrames,
@@ -113,15 +125,7 @@ impl Lab {
         let mut engine = Engine::new(config, policy, free);
         let mut ports = Vec::new();
         for h in HOSTS {
-            engine
-                .add_port(PortConfig {
-                    id: h.port,
-                    macs: vec![h.mac],
-                    ips: vec![IpAddr::V4(Ipv4Addr::from(h.ip)), IpAddr::V6(v6(h).into())],
-                    is_gateway: h == GW,
-                    complete_checksums: false,
-                })
-                .unwrap();
+            engine.add_port(host_port(h, false)).unwrap();
             ports.push(MemoryPort::new(port_config));
         }
         Self {
