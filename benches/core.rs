@@ -139,6 +139,7 @@ fn bench_flow_hits(c: &mut Criterion) {
                 },
                 tcp_flags: 0x10,
                 ports: [1, 2],
+                via_host: false,
             };
             ft.decide(&ft.hash_tuple(&t), &first, accept, true, 0);
         }

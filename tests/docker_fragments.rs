@@ -13,7 +13,7 @@
 //! - **icc=false, no link** (`other` → srv:5000): nothing comes back for any size, srv
 //!   receives nothing and its kernel sees not one fragment (`ReasmReqds` unchanged), and
 //!   bridgewall counts the later fragments as `fragment_denied`;
-//! - **icc=true**: any pair, both ways, every size;
+//! - **icc=true**: any pair (`east`, `west`, no link), both ways, every size;
 //! - **a published UDP port** (`-p 5353:5000/udp`) from an outside host, at 100, 3,000 and
 //!   8,000 bytes (the engine's kernel reassembles and DNATs them, then fragments again on
 //!   docker0; the test prints whether srv saw the outside host — kernel DNAT — or the
@@ -29,7 +29,8 @@
 //! glibc that any Rust toolchain on Linux links with), and bind-mounts it into the
 //! containers; the outside host runs the same binary in its namespace. Every probe runs
 //! inside a container or the outside host's namespace; the engines, namespaces and
-//! bridgewall are removed by guards, also when the test fails. Needs root; ~1 min in all.
+//! bridgewall are removed by guards, also when the test fails. Needs root; ~20 s in all
+//! (four engines, two at a time).
 mod support;
 
 use std::collections::HashMap;
@@ -738,17 +739,17 @@ fn root_docker_fragments_icc_true_any_pair_both_ways() {
     let udpx = build_udpx(&engine);
     let mut bw = Bridgewall::start(&engine);
     let m = mount(&udpx);
-    for name in ["a", "b"] {
+    for name in ["east", "west"] {
         engine.run_container(name, &["-v", &m], &["/udpx", "serve", PORT]);
     }
-    bw.wait_attached(&engine, &["a", "b"]);
-    println!("{} a and b attached", at(t0));
-    let (a, b) = (
-        address(&engine, "a", Family::V4),
-        address(&engine, "b", Family::V4),
+    bw.wait_attached(&engine, &["east", "west"]);
+    println!("{} east and west attached", at(t0));
+    let (east, west) = (
+        address(&engine, "east", Family::V4),
+        address(&engine, "west", Family::V4),
     );
     let mut failures = Vec::new();
-    for (from, to, to_addr) in [("a", "b", &b), ("b", "a", &a)] {
+    for (from, to, to_addr) in [("east", "west", &west), ("west", "east", &east)] {
         let (_, oks0) = reassembly(&engine, to, Family::V4);
         if let Err(e) = expect_echoes(&engine, Client::Container(from), to_addr, PORT, &SIZES) {
             failures.push(e);

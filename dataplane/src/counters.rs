@@ -240,6 +240,9 @@ pub struct Counters {
     pub fragments_forwarded: Counter,
     /// Later fragments held until their first fragment arrived.
     pub fragments_held: Counter,
+    /// Replies sent back through the host because their flow came through it (a container
+    /// reaching another by a published port).
+    pub via_host: Counter,
 }
 
 impl Counters {
@@ -259,6 +262,7 @@ impl Counters {
             arp_directed: Counter::default(),
             fragments_forwarded: Counter::default(),
             fragments_held: Counter::default(),
+            via_host: Counter::default(),
         }
     }
 
@@ -355,6 +359,7 @@ impl Counters {
             arp_directed: self.arp_directed.get(),
             fragments_forwarded: self.fragments_forwarded.get(),
             fragments_held: self.fragments_held.get(),
+            via_host: self.via_host.get(),
         }
     }
 }
@@ -430,6 +435,8 @@ pub struct Snapshot {
     pub fragments_forwarded: u64,
     /// Later fragments held for their first fragment.
     pub fragments_held: u64,
+    /// Replies sent back through the host.
+    pub via_host: u64,
 }
 
 impl Snapshot {

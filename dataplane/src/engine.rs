@@ -141,6 +141,9 @@ enum Related {
 #[derive(Clone, Copy, Debug)]
 struct Pending {
     desc: FrameDesc,
+    /// The port the policy and the flow table see the packet enter by: the ingress port,
+    /// or for a frame the host sent back onto the bridge, its source container's port.
+    from: PortId,
     parsed: Parsed,
     egress: Egress,
     kind: PendingKind,
@@ -150,6 +153,7 @@ struct Pending {
 
 const NO_PENDING: Pending = Pending {
     desc: FrameDesc { addr: 0, len: 0 },
+    from: 0,
     parsed: Parsed {
         dst_mac: [0; 6],
         src_mac: [0; 6],
@@ -229,9 +233,13 @@ pub struct Engine<M: FrameMemory> {
     slot_of: Box<[u16]>,
     /// The memory segment each port sends from (frames of other segments are copied in).
     segment: Box<[SegmentId]>,
-    /// Which port owns each registered IP address, so an ARP request is sent to its owner
-    /// alone. Changed only when ports are added or removed.
-    arp_owner: std::collections::HashMap<[u8; 16], PortId>,
+    /// Which port owns each registered IP address: an ARP request is sent to its owner
+    /// alone, and a frame the host sends back onto the bridge with a container's source is
+    /// judged as that container's. Changed only when ports are added or removed.
+    ip_owner: std::collections::HashMap<[u8; 16], PortId>,
+    /// The gateway port and the bridge's MAC: where replies of flows that came through the
+    /// host go back to.
+    gateway: Option<(PortId, [u8; 6])>,
     /// Datagrams whose first fragment was decided, and later fragments awaiting theirs.
     frags: FragTable,
     /// Held fragments released by a first fragment, handled after the table lets go
@@ -293,7 +301,8 @@ impl<M: FrameMemory> Engine<M> {
             is_dirty: vec![false; max].into_boxed_slice(),
             slot_of: vec![NOT_DRIVEN; max].into_boxed_slice(),
             segment: vec![0; max].into_boxed_slice(),
-            arp_owner: std::collections::HashMap::new(),
+            ip_owner: std::collections::HashMap::new(),
+            gateway: None,
             frags: FragTable::new(config.fragments),
             released: Vec::with_capacity(config.fragments.held),
             config,
@@ -324,9 +333,10 @@ impl<M: FrameMemory> Engine<M> {
         self.switch.add_port(cfg.id, &cfg.macs, cfg.is_gateway)?;
         self.segment[idx] = seg;
         for ip in &cfg.ips {
-            if ip.is_ipv4() {
-                self.arp_owner.insert(addr_bytes(*ip), cfg.id);
-            }
+            self.ip_owner.insert(addr_bytes(*ip), cfg.id);
+        }
+        if cfg.is_gateway {
+            self.gateway = cfg.macs.first().map(|mac| (cfg.id, *mac));
         }
         self.ports[idx] = Some(PortState {
             complete_checksums: cfg.complete_checksums,
@@ -343,7 +353,10 @@ impl<M: FrameMemory> Engine<M> {
         self.switch.remove_port(id)?;
         let idx = usize::from(id);
         self.ports[idx] = None;
-        self.arp_owner.retain(|_, owner| *owner != id);
+        self.ip_owner.retain(|_, owner| *owner != id);
+        if self.gateway.is_some_and(|(g, _)| g == id) {
+            self.gateway = None;
+        }
         let (frags, free, counters) = (&mut self.frags, &mut self.free, &self.counters);
         frags.remove_port(id, |d| {
             counters.count_drop(DropReason::FragmentOrphan);
@@ -481,6 +494,7 @@ impl<M: FrameMemory> Engine<M> {
                 self.later_fragment(mem, in_port, d, &parsed, now);
                 continue;
             }
+            let from = self.hairpin_source(in_port, &parsed.src).unwrap_or(in_port);
             if parsed.is_icmp_error()
                 && let Some(inner) = parsed.inner
                 && let Some(kind) = self.related(&parsed, &inner, generation, now)
@@ -489,7 +503,7 @@ impl<M: FrameMemory> Engine<M> {
                     Related::AskPolicy => self.enqueue_pending(
                         now,
                         mem,
-                        in_port,
+                        (in_port, from),
                         d,
                         parsed,
                         egress,
@@ -516,7 +530,7 @@ impl<M: FrameMemory> Engine<M> {
                 self.enqueue_pending(
                     now,
                     mem,
-                    in_port,
+                    (in_port, from),
                     d,
                     parsed,
                     egress,
@@ -528,6 +542,11 @@ impl<M: FrameMemory> Engine<M> {
             let e = self.flows.entry(slot);
             let dir = e.dir(hk.src_is_a);
             let (accept, stale) = (e.verdict.accept, e.generation != generation);
+            let egress = if e.via_host && dir == Dir::Reply {
+                self.back_through_host(mem, d, egress)
+            } else {
+                egress
+            };
             hits += 1;
             if stale {
                 // A stale denial is no admitted flow: its packets are simply new again.
@@ -536,7 +555,8 @@ impl<M: FrameMemory> Engine<M> {
                 } else {
                     PendingKind::New
                 };
-                self.enqueue_pending(now, mem, in_port, d, parsed, egress, kind, Some((hk, tr)));
+                let ports = (in_port, from);
+                self.enqueue_pending(now, mem, ports, d, parsed, egress, kind, Some((hk, tr)));
                 continue;
             }
             self.flows.on_packet(slot, dir, parsed.tcp_flags, now);
@@ -658,13 +678,42 @@ impl<M: FrameMemory> Engine<M> {
         if p.l3 != L3::Arp || p.arp_op != 1 || p.src == p.dst || egress != Egress::Flood {
             return egress;
         }
-        match self.arp_owner.get(&p.dst) {
+        match self.ip_owner.get(&p.dst) {
             Some(&port) if port != in_port => {
                 self.counters.arp_directed.add(1);
                 Egress::Unicast(port)
             }
             _ => egress,
         }
+    }
+
+    /// The container a frame from the gateway port really comes from, when its source is a
+    /// container of this bridge: the host sent it back onto the bridge (a container reaching
+    /// another through a published port, DNATed by the host's kernel with the source kept).
+    /// Docker judges such traffic by its FORWARD rules for `-i docker0 -o docker0`, i.e. as
+    /// container-to-container traffic (icc, links), and so does the policy here.
+    #[inline]
+    fn hairpin_source(&self, in_port: PortId, src: &[u8; 16]) -> Option<PortId> {
+        let (gw, _) = self.gateway?;
+        if in_port != gw {
+            return None;
+        }
+        self.ip_owner.get(src).copied().filter(|&p| p != gw)
+    }
+
+    /// Sends a reply of a flow that came through the host back to the host (the gateway
+    /// port, addressed to the bridge's MAC), whose conntrack un-NATs it and routes it on to
+    /// the container that opened the flow — as a kernel bridge with br_netfilter does.
+    fn back_through_host(&mut self, mem: &mut M, d: FrameDesc, egress: Egress) -> Egress {
+        let Some((gw, mac)) = self.gateway else {
+            return egress;
+        };
+        let dst = mem.bytes_mut(d.addr, 6);
+        if dst.len() == 6 {
+            dst.copy_from_slice(&mac);
+        }
+        self.counters.via_host.add(1);
+        Egress::Unicast(gw)
     }
 
     fn publish_flow_stats(&self) {
@@ -712,7 +761,7 @@ impl<M: FrameMemory> Engine<M> {
         &mut self,
         now: u64,
         mem: &mut M,
-        in_port: PortId,
+        (in_port, from): (PortId, PortId),
         desc: FrameDesc,
         parsed: Parsed,
         egress: Egress,
@@ -722,11 +771,11 @@ impl<M: FrameMemory> Engine<M> {
         let i = self.batch.len;
         let out = out_port(egress);
         let record = match (kind, key) {
-            (PendingKind::Related, _) => parsed.record(in_port, out, FlowState::Related),
+            (PendingKind::Related, _) => parsed.record(from, out, FlowState::Related),
             (PendingKind::Redecide, Some((hk, _))) => {
-                self.redecide_record(&hk, &parsed, in_port, out, now)
+                self.redecide_record(&hk, &parsed, from, out, now)
             }
-            _ => parsed.record(in_port, out, FlowState::New),
+            _ => parsed.record(from, out, FlowState::New),
         };
         let (key, tracking) = match key {
             Some((k, t)) => (Some(k), t),
@@ -735,6 +784,7 @@ impl<M: FrameMemory> Engine<M> {
         self.batch.records[i] = record;
         self.batch.pending[i] = Pending {
             desc,
+            from,
             parsed,
             egress,
             kind,
@@ -820,7 +870,8 @@ impl<M: FrameMemory> Engine<M> {
                 let first = FirstPacket {
                     tracking: p.tracking,
                     tcp_flags: p.parsed.tcp_flags,
-                    ports: [in_port, out_port(p.egress)],
+                    ports: [p.from, out_port(p.egress)],
+                    via_host: p.from != in_port,
                 };
                 let d = Decision {
                     verdict: Verdict {

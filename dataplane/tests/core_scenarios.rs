@@ -669,3 +669,54 @@ fn process_handles_batches_larger_than_the_policy_batch() {
     assert!(s.policy_records == 400);
     assert_eq!(lab.frames_accounted(), lab.total_frames);
 }
+
+/// A frame as the host sends it back onto the bridge after DNAT (userland proxy off): from
+/// the gateway port and the bridge's MAC, with `src`'s address and `to`'s MAC and address.
+fn hairpinned(src: Host, to: Host, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut f = tcp_frame(src, to, sport, dport, flags, &[]);
+    f[6..12].copy_from_slice(&GW.mac);
+    f
+}
+
+#[test]
+fn a_container_reaching_another_through_the_host_is_judged_as_that_container() {
+    // icc=false with PARENT linked to CHILD:80. OTHER is not linked: its connection through
+    // a published port of CHILD (the host DNATs 172.17.0.1:8080 to CHILD:80 and sends it
+    // back with OTHER's address) is container-to-container traffic, dropped as Docker's
+    // `-i docker0 -o docker0` rule drops it — not "outside to a published port".
+    let (policy, seen) = recording(1, icc_false_link);
+    let mut lab = Lab::new(policy);
+    let got = lab.send(GW, &hairpinned(OTHER, CHILD, 40000, 80, SYN));
+    assert!(receivers(&got).is_empty(), "dropped: {got:?}");
+    let r = seen.lock().unwrap()[0];
+    assert_eq!(
+        (r.in_port, r.src),
+        (OTHER.port, mapped(OTHER.ip)),
+        "the policy sees the source container's port"
+    );
+    assert_eq!(lab.frames_accounted(), lab.total_frames);
+}
+
+#[test]
+fn replies_of_a_flow_that_came_through_the_host_go_back_through_it() {
+    // PARENT reaches CHILD:80 through the host (linked, so admitted). CHILD answers PARENT
+    // directly (same subnet, PARENT's MAC); that answer must go back to the host, addressed
+    // to the bridge's MAC, so the host's conntrack un-NATs it (the source becomes
+    // 172.17.0.1:8080 again) before PARENT sees it.
+    let mut lab = Lab::new(link_policy(1));
+    let syn = hairpinned(PARENT, CHILD, 40000, 80, SYN);
+    assert_eq!(receivers(&lab.send(GW, &syn)), vec![CHILD.port]);
+    let synack = tcp_frame(CHILD, PARENT, 80, 40000, SYN | ACK, &[]);
+    let got = lab.send(CHILD, &synack);
+    assert_eq!(receivers(&got), vec![GW.port], "not straight to PARENT");
+    let back = &got[usize::from(GW.port)][0];
+    assert_eq!(&back[0..6], &GW.mac, "addressed to the host");
+    assert_eq!(&back[6..], &synack[6..], "otherwise unchanged");
+    // A direct connection between the same two containers is switched as before.
+    let direct = tcp_frame(PARENT, CHILD, 40001, 80, SYN, &[]);
+    assert_eq!(receivers(&lab.send(PARENT, &direct)), vec![CHILD.port]);
+    let reply = tcp_frame(CHILD, PARENT, 80, 40001, SYN | ACK, &[]);
+    assert_eq!(receivers(&lab.send(CHILD, &reply)), vec![PARENT.port]);
+    assert_eq!(lab.engine.counters().snapshot().via_host, 1);
+    assert_eq!(lab.frames_accounted(), lab.total_frames);
+}

@@ -152,6 +152,10 @@ pub struct FlowEntry {
     /// Dataplane ports of the originator's packets: `[ingress, egress]` (egress may be
     /// `PORT_FLOOD`), so removing a port can remove its flows.
     pub ports: [PortId; 2],
+    /// The originator's packets came back from the host (a container reaching another one
+    /// through a published port, DNATed by the host's kernel): replies must go back through
+    /// the host too, whose conntrack un-NATs them.
+    pub via_host: bool,
 }
 
 impl FlowEntry {
@@ -212,6 +216,7 @@ const EMPTY_ENTRY: FlowEntry = FlowEntry {
     last_seen: 0,
     expires_at: 0,
     ports: [0; 2],
+    via_host: false,
 };
 
 /// What the table needs to create or re-decide a flow.
@@ -232,6 +237,8 @@ pub struct FirstPacket {
     pub tcp_flags: u8,
     /// `[ingress, egress]` ports.
     pub ports: [PortId; 2],
+    /// It came back from the host with a container's source (see [`FlowEntry::via_host`]).
+    pub via_host: bool,
 }
 
 /// Cumulative table activity (plain numbers; the engine publishes them as counters).
@@ -495,6 +502,7 @@ impl FlowTable {
             last_seen: now,
             expires_at: now.saturating_add(ttl),
             ports: pkt.ports,
+            via_host: pkt.via_host,
         }
     }
 
@@ -628,6 +636,7 @@ mod tests {
             },
             tcp_flags: flags,
             ports: [1, 2],
+            via_host: false,
         }
     }
 
