@@ -491,6 +491,11 @@ impl<M: FrameMemory> Engine<M> {
                 continue;
             }
             if parsed.fragment == Fragment::Later {
+                // Its first fragment is usually right before it in this batch, waiting for
+                // the policy: decide the batch now rather than hold the rest of the datagram.
+                if self.batch.len > 0 && !self.frags.contains(&frag_key(&parsed, in_port)) {
+                    self.flush(now, mem, in_port);
+                }
                 self.later_fragment(mem, in_port, d, &parsed, now);
                 continue;
             }

@@ -192,6 +192,15 @@ impl FragTable {
         self.live == 0
     }
 
+    /// True when the datagram of `key` is tracked (its first fragment decided, or later
+    /// fragments awaiting it).
+    pub fn contains(&self, key: &FragKey) -> bool {
+        let b = self.bucket(key);
+        self.entries[b..b + BUCKET]
+            .iter()
+            .any(|e| e.state != State::Free && e.key == *key)
+    }
+
     /// Frames held now (part of the frame-accounting invariant).
     pub fn held(&self) -> usize {
         self.held_len

@@ -81,6 +81,10 @@ fn fragments_through_a_link_follow_the_first_fragments_ports() {
         let s = lab.engine.counters().snapshot();
         assert_eq!(s.fragments_forwarded as usize, frags.len() - 1);
         assert_eq!(
+            s.fragments_held, 0,
+            "in order, none waits: the first fragment's batch is decided before the rest"
+        );
+        assert_eq!(
             s.drops(DropReason::FragmentDenied) as usize,
             frags.len() - 1,
             "the denied datagram's later fragments, counted"
