@@ -47,11 +47,14 @@ pub enum DropReason {
     FragmentOverlap,
     /// No room to track the fragment's datagram, or to hold it until its first fragment.
     FragmentTableFull,
+    /// A container's broadcast or flood that the host's bridge echoed back through the
+    /// gateway port (hairpin mode): already delivered once.
+    EchoedFlood,
 }
 
 impl DropReason {
     /// Number of distinct reasons (the size of the counter array).
-    pub const COUNT: usize = Malformed::ALL.len() + 15;
+    pub const COUNT: usize = Malformed::ALL.len() + 16;
 
     /// Every reason, in counter order.
     pub fn all() -> impl Iterator<Item = DropReason> {
@@ -74,6 +77,7 @@ impl DropReason {
                 DropReason::FragmentOrphan,
                 DropReason::FragmentOverlap,
                 DropReason::FragmentTableFull,
+                DropReason::EchoedFlood,
             ])
     }
 
@@ -98,6 +102,7 @@ impl DropReason {
             DropReason::FragmentOrphan => m + 12,
             DropReason::FragmentOverlap => m + 13,
             DropReason::FragmentTableFull => m + 14,
+            DropReason::EchoedFlood => m + 15,
         }
     }
 
@@ -128,6 +133,7 @@ impl DropReason {
             DropReason::FragmentOrphan => "fragment_orphan",
             DropReason::FragmentOverlap => "fragment_overlap",
             DropReason::FragmentTableFull => "fragment_table_full",
+            DropReason::EchoedFlood => "echoed_flood",
         }
     }
 }

@@ -270,14 +270,24 @@ impl Switch {
         if self.learn_gateway && Some(in_port) == self.gateway {
             self.learn(in_port, src_mac);
         }
-        if dst_mac[0] & 1 != 0 {
-            return Egress::Flood;
+        let egress = if dst_mac[0] & 1 != 0 {
+            Egress::Flood
+        } else {
+            match self.table.get(dst_mac) {
+                Some(p) if p == in_port => Egress::Drop(DropReason::Hairpin),
+                Some(p) => Egress::Unicast(p),
+                None => Egress::Flood,
+            }
+        };
+        if egress == Egress::Flood
+            && Some(in_port) == self.gateway
+            && self.table.get(src_mac).is_some_and(|p| p != in_port)
+        {
+            // A container's own flood, echoed back by the host's bridge (its port to the
+            // dataplane is in hairpin mode): flooding it again would deliver it twice.
+            return Egress::Drop(DropReason::EchoedFlood);
         }
-        match self.table.get(dst_mac) {
-            Some(p) if p == in_port => Egress::Drop(DropReason::Hairpin),
-            Some(p) => Egress::Unicast(p),
-            None => Egress::Flood,
-        }
+        egress
     }
 
     #[inline]
@@ -317,6 +327,23 @@ mod tests {
         assert_eq!(s.egress(1, &A, &BCAST), Egress::Flood);
         assert_eq!(s.egress(1, &A, &A), Egress::Drop(DropReason::Hairpin));
         assert_eq!(s.egress(1, &A, &[2, 9, 9, 9, 9, 9]), Egress::Flood);
+    }
+
+    #[test]
+    fn a_containers_flood_echoed_back_by_the_host_bridge_is_dropped() {
+        let mut s = switch();
+        // The host's bridge (hairpin mode on its port to us) sends A's broadcast back.
+        assert_eq!(
+            s.egress(0, &A, &BCAST),
+            Egress::Drop(DropReason::EchoedFlood)
+        );
+        // The host's own broadcasts, and frames of outside hosts, still flood.
+        assert_eq!(s.egress(0, &GW, &BCAST), Egress::Flood);
+        assert_eq!(s.egress(0, &[2, 0xee, 0, 0, 0, 2], &BCAST), Egress::Flood);
+        // A frame the host bridged back after DNAT (A's MAC, to B) is unicast as usual.
+        assert_eq!(s.egress(0, &A, &B), Egress::Unicast(2));
+        // From a container port nothing changes.
+        assert_eq!(s.egress(1, &A, &BCAST), Egress::Flood);
     }
 
     #[test]

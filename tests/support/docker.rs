@@ -32,6 +32,8 @@ pub struct DockerEngine {
     live_restore: bool,
     /// `fixed-cidr-v6` when the engine gives containers IPv6 addresses on the default bridge.
     ipv6_cidr: Option<String>,
+    /// `"userland-proxy"` in the daemon config (written only when false: the default is on).
+    userland_proxy: bool,
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -124,7 +126,25 @@ impl DockerEngine {
         Self::start_full(icc, false, Some(fixed_cidr_v6.to_string()))
     }
 
+    /// Like [`DockerEngine::start`], with `"userland-proxy": false` in the daemon config:
+    /// published ports are served by the kernel's DNAT alone (no docker-proxy), including
+    /// from the host's loopback (`route_localnet`) and from the containers themselves
+    /// (hairpin mode on their bridge ports, and a MASQUERADE rule for a container reaching
+    /// its own published port).
+    pub fn start_without_userland_proxy(icc: bool) -> DockerEngine {
+        Self::start_engine(icc, false, None, false)
+    }
+
     fn start_full(icc: bool, live_restore: bool, ipv6_cidr: Option<String>) -> DockerEngine {
+        Self::start_engine(icc, live_restore, ipv6_cidr, true)
+    }
+
+    fn start_engine(
+        icc: bool,
+        live_restore: bool,
+        ipv6_cidr: Option<String>,
+        userland_proxy: bool,
+    ) -> DockerEngine {
         ensure_docker_installed();
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
@@ -139,6 +159,7 @@ impl DockerEngine {
             icc,
             live_restore,
             ipv6_cidr,
+            userland_proxy,
         };
         // From here on, a panic drops `engine`, which cleans up whatever exists.
         fs::create_dir_all(engine.dir.join("data")).unwrap();
@@ -205,10 +226,15 @@ impl DockerEngine {
             Some(cidr) => format!(", \"ipv6\": true, \"fixed-cidr-v6\": \"{cidr}\""),
             None => String::new(),
         };
+        let proxy = if self.userland_proxy {
+            ""
+        } else {
+            ", \"userland-proxy\": false"
+        };
         fs::write(
             self.dir.join("daemon.json"),
             format!(
-                "{{\"icc\": {}, \"live-restore\": {}{ipv6}}}\n",
+                "{{\"icc\": {}, \"live-restore\": {}{ipv6}{proxy}}}\n",
                 self.icc, self.live_restore
             ),
         )

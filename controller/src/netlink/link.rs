@@ -3,9 +3,12 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
 };
-use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{
+    LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
 
 use super::{NetlinkError, Netns};
 
@@ -38,6 +41,9 @@ pub struct LinkFacts {
     pub kind: Option<String>,
     /// Administratively up.
     pub up: bool,
+    /// For a bridge port: whether hairpin mode is on (frames may leave by the port they
+    /// came in on). Docker turns it on for its veths when its userland proxy is off.
+    pub hairpin: bool,
 }
 
 impl LinkFacts {
@@ -52,6 +58,7 @@ impl LinkFacts {
             link_netnsid: None,
             kind: None,
             up: msg.header.flags.contains(LinkFlags::Up),
+            hairpin: false,
         };
         for attr in &msg.attributes {
             match attr {
@@ -63,8 +70,14 @@ impl LinkFacts {
                 LinkAttribute::LinkNetNsId(id) => facts.link_netnsid = Some(*id),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
-                        if let LinkInfo::Kind(kind) = info {
-                            facts.kind = Some(kind.to_string());
+                        match info {
+                            LinkInfo::Kind(kind) => facts.kind = Some(kind.to_string()),
+                            LinkInfo::PortData(InfoPortData::BridgePort(port)) => {
+                                facts.hairpin |= port
+                                    .iter()
+                                    .any(|p| matches!(p, InfoBridgePort::HairpinMode(true)));
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -262,6 +275,21 @@ impl Rtnl {
             .controller(bridge_index)
             .build();
         self.set(msg, "master", index).await
+    }
+
+    /// Turns hairpin mode of a bridge port on or off (`ip link set DEV type bridge_slave
+    /// hairpin on|off`).
+    pub async fn set_hairpin(&self, index: u32, on: bool) -> Result<(), NetlinkError> {
+        let msg = LinkBridgePort::new(index).hairpin(on).build();
+        // Port (slave) settings go in RTM_NEWLINK without NLM_F_CREATE: RTM_SETLINK ignores
+        // IFLA_INFO_SLAVE_DATA.
+        let op = format!("setting link {index} hairpin in {}", self.netns);
+        self.handle
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::rtnl(op, e))
     }
 
     /// Takes a link off its bridge (`ip link set DEV nomaster`).

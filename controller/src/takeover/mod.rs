@@ -180,6 +180,7 @@ impl Takeover {
         TakenPort {
             name: self.record.gateway.inner.clone(),
             index: self.record.gateway.inner_index.unwrap_or(0),
+            hairpin: false,
         }
     }
 
@@ -433,12 +434,17 @@ async fn install(
     record.gateway.inner_index = Some(inner);
     state::write(path, record)?;
     rtnl.set_master(outer, br).await?;
+    // Hairpin on the bridge's port to the dataplane: with Docker's userland proxy off, the
+    // host DNATs a container's connection to a published port and bridges it back out the
+    // port it came in by (the dataplane echoes nothing twice: see the switch).
+    rtnl.set_hairpin(outer, true).await?;
     rtnl.set_up(outer).await?;
     rtnl.set_up(inner).await?;
     for port in &survey.containers {
         let taken = TakenPort {
             name: port.name.clone(),
             index: port.index,
+            hairpin: port.hairpin,
         };
         take_port(nl, record, path, taken, true).await?;
     }
@@ -525,6 +531,7 @@ async fn adopt_port(
     let port = TakenPort {
         name: facts.name.clone(),
         index: facts.index,
+        hairpin: facts.hairpin,
     };
     let on_bridge = facts.controller == Some(bridge.index);
     if take_port(nl, record, path, port.clone(), on_bridge).await? {
@@ -593,7 +600,14 @@ async fn undo(
                 .left
                 .push(format!("{} (now enslaved to index {m})", port.name)),
             None => match rtnl.set_master(port.index, br).await {
-                Ok(()) => report.returned.push(port.name.clone()),
+                Ok(()) => {
+                    if port.hairpin
+                        && let Err(e) = rtnl.set_hairpin(port.index, true).await
+                    {
+                        failures.push(format!("{} (hairpin mode): {e}", port.name));
+                    }
+                    report.returned.push(port.name.clone());
+                }
                 Err(e) if is_gone(&e) => report.vanished.push(port.name.clone()),
                 Err(e) => failures.push(format!("{}: {e}", port.name)),
             },

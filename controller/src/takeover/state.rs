@@ -24,6 +24,10 @@ pub struct TakenPort {
     pub name: String,
     /// Interface index in the bridge's namespace.
     pub index: u32,
+    /// Its hairpin mode on the bridge when taken, given back with it (Docker turns it on
+    /// when its userland proxy is off; published ports reached from containers need it).
+    #[serde(default)]
+    pub hairpin: bool,
 }
 
 /// The gateway veth pair as recorded: the names are written before the pair exists (so a
@@ -171,6 +175,7 @@ mod tests {
             ports: vec![TakenPort {
                 name: "veth1".into(),
                 index: 7,
+                hairpin: true,
             }],
         };
         assert!(read(&path).unwrap().is_none());
