@@ -499,7 +499,6 @@ impl<M: FrameMemory> Engine<M> {
                 self.later_fragment(mem, in_port, d, &parsed, now);
                 continue;
             }
-            let from = self.hairpin_source(in_port, &parsed.src).unwrap_or(in_port);
             if parsed.is_icmp_error()
                 && let Some(inner) = parsed.inner
                 && let Some(kind) = self.related(&parsed, &inner, generation, now)
@@ -508,7 +507,7 @@ impl<M: FrameMemory> Engine<M> {
                     Related::AskPolicy => self.enqueue_pending(
                         now,
                         mem,
-                        (in_port, from),
+                        (in_port, self.policy_ingress(in_port, &parsed.src)),
                         d,
                         parsed,
                         egress,
@@ -535,7 +534,7 @@ impl<M: FrameMemory> Engine<M> {
                 self.enqueue_pending(
                     now,
                     mem,
-                    (in_port, from),
+                    (in_port, self.policy_ingress(in_port, &parsed.src)),
                     d,
                     parsed,
                     egress,
@@ -560,7 +559,7 @@ impl<M: FrameMemory> Engine<M> {
                 } else {
                     PendingKind::New
                 };
-                let ports = (in_port, from);
+                let ports = (in_port, self.policy_ingress(in_port, &parsed.src));
                 self.enqueue_pending(now, mem, ports, d, parsed, egress, kind, Some((hk, tr)));
                 continue;
             }
@@ -692,18 +691,24 @@ impl<M: FrameMemory> Engine<M> {
         }
     }
 
-    /// The container a frame from the gateway port really comes from, when its source is a
-    /// container of this bridge: the host sent it back onto the bridge (a container reaching
-    /// another through a published port, DNATed by the host's kernel with the source kept).
-    /// Docker judges such traffic by its FORWARD rules for `-i docker0 -o docker0`, i.e. as
-    /// container-to-container traffic (icc, links), and so does the policy here.
+    /// The ingress port the policy and the flow table see: `in_port`, except for a frame
+    /// from the gateway port whose source is a container of this bridge — the host sent it
+    /// back onto the bridge (a container reaching another through a published port, DNATed
+    /// by the host's kernel with the source kept) — which is that container's. Docker judges
+    /// such traffic by its FORWARD rules for `-i docker0 -o docker0`, i.e. as
+    /// container-to-container traffic (icc, links), and so does the policy here. Looked up
+    /// only for packets the policy decides (misses), never for flow-table hits.
     #[inline]
-    fn hairpin_source(&self, in_port: PortId, src: &[u8; 16]) -> Option<PortId> {
-        let (gw, _) = self.gateway?;
-        if in_port != gw {
-            return None;
+    fn policy_ingress(&self, in_port: PortId, src: &[u8; 16]) -> PortId {
+        match self.gateway {
+            Some((gw, _)) if gw == in_port => self
+                .ip_owner
+                .get(src)
+                .copied()
+                .filter(|&p| p != gw)
+                .unwrap_or(in_port),
+            _ => in_port,
         }
-        self.ip_owner.get(src).copied().filter(|&p| p != gw)
     }
 
     /// Sends a reply of a flow that came through the host back to the host (the gateway
