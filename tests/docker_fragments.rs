@@ -25,23 +25,21 @@
 //! `fragment_orphan`, `fragment_overlap`, `fragment_table_full` or malformed-packet drops.
 //!
 //! busybox (Debian's busybox-static, in the `lab/busybox` image) has no UDP mode in its `nc`,
-//! so the test compiles a small static helper, `udpx` (C, below, `cc -static` against the
-//! glibc that any Rust toolchain on Linux links with), and bind-mounts it into the
-//! containers; the outside host runs the same binary in its namespace. Every probe runs
-//! inside a container or the outside host's namespace; the engines, namespaces and
-//! bridgewall are removed by guards, also when the test fails. Needs root; ~20 s in all
-//! (four engines, two at a time).
+//! so the test compiles a small static helper, `udpx` (C, in `support::udp_helper`, `cc
+//! -static` against the glibc that any Rust toolchain on Linux links with), and bind-mounts
+//! it into the containers; the outside host runs the same binary in its namespace. Every
+//! probe runs inside a container or the outside host's namespace; the engines, namespaces and
+//! bridgewall are removed by guards, also when the test fails. Needs root; ~20 s in all (four
+//! engines, two at a time).
 mod support;
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use support::bridgewall::{Bridgewall, at};
 use support::docker::{DockerEngine, OutsideHost};
+use support::udp_helper::{self, IN_CONTAINER as UDPX};
 
 /// Datagram sizes between containers: one unfragmented below the MTU, one just below it,
 /// and three that take 3, 6 and 21 fragments at a 1,500-byte MTU.
@@ -74,128 +72,6 @@ const FORBIDDEN_DROPS: [&str; 9] = [
     "ext_header_chain_too_long",
 ];
 
-/// The helper: `udpx serve PORT` echoes every datagram whole (IPv4 and IPv6) and logs
-/// "from ADDR LEN echoed LEN"; `udpx probe ADDR PORT WAIT_MS SIZE...` sends, per size, one
-/// datagram of SIZE pseudo-random bytes with a single `send` on a fresh socket (a UDP send
-/// is one datagram; the return value is checked to be SIZE) and prints "SIZE ok" when the
-/// echo is one datagram with the same bytes, else "SIZE timeout|refused|short N|mismatch|
-/// error …".
-const UDPX_C: &str = r#"
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
-
-static unsigned char buf[65536], want[65536];
-
-static int serve(int port) {
-    struct sockaddr_in6 a6;
-    memset(&a6, 0, sizeof a6);
-    a6.sin6_family = AF_INET6; a6.sin6_port = htons(port); a6.sin6_addr = in6addr_any;
-    int off = 0, s = socket(AF_INET6, SOCK_DGRAM, 0);
-    if (s < 0 || setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off) < 0 ||
-        bind(s, (struct sockaddr *)&a6, sizeof a6) < 0) {
-        perror("udpx serve: bind"); return 1;
-    }
-    printf("listening on %d\n", port);
-    for (;;) {
-        struct sockaddr_in6 from; socklen_t fl = sizeof from;
-        ssize_t n = recvfrom(s, buf, sizeof buf, MSG_TRUNC, (struct sockaddr *)&from, &fl);
-        if (n < 0) { perror("udpx serve: recvfrom"); continue; }
-        char ip[INET6_ADDRSTRLEN] = "?";
-        inet_ntop(AF_INET6, &from.sin6_addr, ip, sizeof ip);
-        const char *shown = strncmp(ip, "::ffff:", 7) == 0 && strchr(ip, '.') ? ip + 7 : ip;
-        ssize_t m = n > (ssize_t)sizeof buf ? -1 : sendto(s, buf, n, 0, (struct sockaddr *)&from, fl);
-        printf("from %s %zd echoed %zd\n", shown, n, m);
-    }
-}
-
-static long now_ms(void) {
-    struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1000L + t.tv_nsec / 1000000L;
-}
-
-static void probe(const char *addr, int port, int wait_ms, long size) {
-    struct sockaddr_storage ss; socklen_t sl;
-    memset(&ss, 0, sizeof ss);
-    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
-    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
-    if (inet_pton(AF_INET, addr, &a4->sin_addr) == 1) {
-        a4->sin_family = AF_INET; a4->sin_port = htons(port); sl = sizeof *a4;
-    } else if (inet_pton(AF_INET6, addr, &a6->sin6_addr) == 1) {
-        a6->sin6_family = AF_INET6; a6->sin6_port = htons(port); sl = sizeof *a6;
-    } else { printf("%ld error bad-address\n", size); return; }
-    if (size < 1 || size > 65000) { printf("%ld error bad-size\n", size); return; }
-    int s = socket(ss.ss_family, SOCK_DGRAM, 0);
-    if (s < 0 || connect(s, (struct sockaddr *)&ss, sl) < 0) {
-        printf("%ld error connect:%s\n", size, strerror(errno)); if (s >= 0) close(s); return;
-    }
-    unsigned seed = (unsigned)now_ms() ^ (unsigned)getpid() ^ (unsigned)size;
-    for (long i = 0; i < size; i++) { seed = seed * 1103515245u + 12345u; want[i] = seed >> 16; }
-    ssize_t sent = send(s, want, size, 0);
-    if (sent != size) {
-        printf("%ld error sent:%zd:%s\n", size, sent, strerror(errno)); close(s); return;
-    }
-    long deadline = now_ms() + wait_ms;
-    long left = deadline - now_ms();
-    struct pollfd p = {s, POLLIN, 0};
-    if (left <= 0 || poll(&p, 1, (int)left) <= 0) { printf("%ld timeout\n", size); close(s); return; }
-    ssize_t n = recv(s, buf, sizeof buf, MSG_TRUNC);
-    if (n < 0 && errno == ECONNREFUSED) printf("%ld refused\n", size);
-    else if (n < 0) printf("%ld error recv:%s\n", size, strerror(errno));
-    else if (n != size) printf("%ld short %zd\n", size, n);
-    else if (memcmp(buf, want, size) != 0) printf("%ld mismatch\n", size);
-    else printf("%ld ok\n", size);
-    close(s);
-}
-
-int main(int argc, char **argv) {
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    if (argc == 3 && strcmp(argv[1], "serve") == 0) return serve(atoi(argv[2]));
-    if (argc >= 6 && strcmp(argv[1], "probe") == 0) {
-        for (int i = 5; i < argc; i++) probe(argv[2], atoi(argv[3]), atoi(argv[4]), atol(argv[i]));
-        return 0;
-    }
-    fprintf(stderr, "usage: udpx serve PORT | udpx probe ADDR PORT WAIT_MS SIZE...\n");
-    return 2;
-}
-"#;
-
-/// Compiles `udpx` (static, so it runs in the busybox image) into the engine's directory.
-fn build_udpx(engine: &DockerEngine) -> PathBuf {
-    let src = engine.dir.join("udpx.c");
-    let bin = engine.dir.join("udpx");
-    std::fs::write(&src, UDPX_C).expect("writing udpx.c");
-    let out = Command::new("cc")
-        .args(["-static", "-Os", "-Wall", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .output()
-        .expect("running cc (a C compiler: the Rust toolchain's linker)");
-    assert!(
-        out.status.success(),
-        "cc -static udpx.c failed (needs libc6-dev's libc.a):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    bin
-}
-
-/// `docker run` options that put `udpx` at `/udpx` in a container.
-fn mount(udpx: &Path) -> String {
-    format!("{}:/udpx:ro", udpx.display())
-}
-
-/// Seconds since `t0`, for the progress lines.
-fn at(t0: Instant) -> String {
-    format!("[{:6.1}s]", t0.elapsed().as_secs_f64())
-}
-
 /// Where a probe runs.
 #[derive(Clone, Copy)]
 enum Client<'a> {
@@ -217,14 +93,16 @@ impl Client<'_> {
 /// Outcome per size, as `udpx probe` printed it ("ok", "timeout", "short N", …).
 type Outcomes = Vec<(usize, String)>;
 
-/// One `udpx probe` run: each size sent once, each echo awaited [`REPLY_WAIT_MS`].
+/// One `udpx probe` run: each size sent once, each echo awaited [`REPLY_WAIT_MS`]. The probe's
+/// socket is connected, so a refusal (ICMP port unreachable) reads "refused", never a drop's
+/// "timeout".
 fn probe(engine: &DockerEngine, from: Client, addr: &str, port: &str, sizes: &[usize]) -> Outcomes {
     let sizes_s: Vec<String> = sizes.iter().map(usize::to_string).collect();
     let mut tail = vec!["probe", addr, port, REPLY_WAIT_MS];
     tail.extend(sizes_s.iter().map(String::as_str));
     let out: Output = match from {
         Client::Container(c) => {
-            let mut args = vec!["exec", c, "/udpx"];
+            let mut args = vec!["exec", c, UDPX];
             args.extend(&tail);
             engine.docker(&args)
         }
@@ -376,183 +254,6 @@ fn address(engine: &DockerEngine, container: &str, family: Family) -> String {
     a
 }
 
-/// `bridgewall run` on the engine's docker0 as a child process, its stdout and stderr
-/// collected line by line. SIGINT on drop (SIGKILL if it does not stop), so a failing test
-/// never leaves it running.
-struct Bridgewall {
-    child: Option<Child>,
-    log: Arc<Mutex<Vec<String>>>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl Bridgewall {
-    /// Starts `bridgewall run` with default options (its state file under the engine's
-    /// directory) and waits until it enforces the bridge.
-    fn start(engine: &DockerEngine) -> Bridgewall {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bridgewall"))
-            .args(["run", "--docker-host", &engine.host()])
-            .args(["--netns", &engine.netns, "--state-dir"])
-            .arg(engine.dir.join("bridgewall-state"))
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting bridgewall run");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().expect("bridgewall's stdout");
-        let stderr = child.stderr.take().expect("bridgewall's stderr");
-        let readers = vec![
-            Self::collect(stdout, "", &log),
-            Self::collect(stderr, "stderr: ", &log),
-        ];
-        let mut bw = Bridgewall {
-            child: Some(child),
-            log,
-            readers,
-        };
-        bw.wait_until(
-            "bridgewall enforcing docker0",
-            Duration::from_secs(30),
-            |b| {
-                b.lines()
-                    .iter()
-                    .any(|l| l.contains("bridgewall is enforcing"))
-            },
-        );
-        bw
-    }
-
-    fn collect(
-        stream: impl Read + Send + 'static,
-        prefix: &'static str,
-        log: &Arc<Mutex<Vec<String>>>,
-    ) -> JoinHandle<()> {
-        let log = Arc::clone(log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                log.lock()
-                    .expect("bridgewall log lock")
-                    .push(format!("{prefix}{line}"));
-            }
-        })
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.log.lock().expect("bridgewall log lock").clone()
-    }
-
-    /// The last `n` lines it printed, for failure messages.
-    fn tail(&self, n: usize) -> String {
-        let lines = self.lines();
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    }
-
-    /// How many times each container was reported attached ("… (attached: [a, b], …)").
-    fn attach_counts(&self) -> HashMap<String, usize> {
-        let mut counts = HashMap::new();
-        for line in self.lines() {
-            let Some(rest) = line.split("(attached: [").nth(1) else {
-                continue;
-            };
-            let list = rest.split(']').next().unwrap_or("");
-            for n in list.split(", ").filter(|n| !n.is_empty()) {
-                *counts.entry(n.to_string()).or_insert(0) += 1;
-            }
-        }
-        counts
-    }
-
-    /// Polls `done` until it holds; panics with the log's tail after `timeout` or if
-    /// bridgewall exits.
-    fn wait_until(&mut self, what: &str, timeout: Duration, done: impl Fn(&Self) -> bool) {
-        let deadline = Instant::now() + timeout;
-        while !done(self) {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().expect("polling bridgewall"))
-            {
-                self.child = None;
-                std::thread::sleep(Duration::from_millis(200));
-                panic!(
-                    "bridgewall exited ({status}) while waiting for {what}:\n{}",
-                    self.tail(40)
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: not after {timeout:?}; bridgewall's last lines:\n{}",
-                self.tail(40)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Waits until every container in `names` has been reported attached and docker0 keeps
-    /// only the gateway pair.
-    fn wait_attached(&mut self, engine: &DockerEngine, names: &[&str]) {
-        let what = format!("{names:?} attached");
-        self.wait_until(&what, Duration::from_secs(30), |b| {
-            let counts = b.attach_counts();
-            names.iter().all(|n| counts.contains_key(*n))
-                && engine
-                    .bridge_ports("docker0")
-                    .iter()
-                    .all(|p| !p.starts_with("veth"))
-        });
-    }
-
-    /// SIGINT, wait (SIGKILL after 30 s), and return what it printed from "stopping" on
-    /// (the counters per port, rule and drop reason); panics if it does not exit cleanly.
-    fn stop(mut self) -> String {
-        let child = self.child.take().expect("bridgewall is running");
-        Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .expect("sending SIGINT to bridgewall");
-        let status = wait_or_kill(child, Duration::from_secs(30));
-        for r in self.readers.drain(..) {
-            r.join().expect("bridgewall log reader");
-        }
-        let lines = self.lines();
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "bridgewall run did not stop cleanly ({status:?}):\n{}",
-            lines.join("\n")
-        );
-        let from = lines
-            .iter()
-            .position(|l| l.starts_with("stopping"))
-            .unwrap_or(lines.len());
-        lines[from..].join("\n")
-    }
-}
-
-/// Waits up to `timeout` for `child` to exit, then kills it; its status if it exited.
-fn wait_or_kill(mut child: Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
-impl Drop for Bridgewall {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status();
-            let _ = wait_or_kill(child, Duration::from_secs(30));
-        }
-    }
-}
-
 /// Frames dropped for `reason` in bridgewall's summary (its drops table: "│ reason ┆ n │").
 fn drops(summary: &str, reason: &str) -> u64 {
     summary
@@ -616,15 +317,15 @@ fn finish(case: &str, bw: Bridgewall, mut failures: Vec<String>, expect_denied: 
 /// all started after bridgewall. Over the link every size comes back whole; from `other`
 /// nothing does and not one fragment reaches srv.
 fn link_and_unlinked(engine: &DockerEngine, family: Family, t0: Instant) {
-    let udpx = build_udpx(engine);
+    let udpx = udp_helper::build(engine);
     let mut bw = Bridgewall::start(engine);
     println!("{} bridgewall run enforcing an empty docker0", at(t0));
-    let m = mount(&udpx);
+    let m = udp_helper::mount(&udpx);
     let expose = format!("{PORT}/udp");
     engine.run_container(
         "srv",
         &["-v", &m, "--expose", &expose],
-        &["/udpx", "serve", PORT],
+        &[UDPX, "serve", PORT],
     );
     engine.run_container("cli", &["-v", &m, "--link", "srv:peer"], &["sleep", "3600"]);
     engine.run_container("other", &["-v", &m], &["sleep", "3600"]);
@@ -736,11 +437,11 @@ fn root_docker_fragments_icc_true_any_pair_both_ways() {
     let t0 = Instant::now();
     let engine = DockerEngine::start(true);
     println!("{} engine up (icc=true), lab/busybox imported", at(t0));
-    let udpx = build_udpx(&engine);
+    let udpx = udp_helper::build(&engine);
     let mut bw = Bridgewall::start(&engine);
-    let m = mount(&udpx);
+    let m = udp_helper::mount(&udpx);
     for name in ["east", "west"] {
-        engine.run_container(name, &["-v", &m], &["/udpx", "serve", PORT]);
+        engine.run_container(name, &["-v", &m], &[UDPX, "serve", PORT]);
     }
     bw.wait_attached(&engine, &["east", "west"]);
     println!("{} east and west attached", at(t0));
@@ -771,15 +472,11 @@ fn root_docker_fragments_published_udp_port_from_an_outside_host() {
     let engine = DockerEngine::start(false);
     println!("{} engine up (icc=false), lab/busybox imported", at(t0));
     let outside = OutsideHost::add(&engine, 1);
-    let udpx = build_udpx(&engine);
+    let udpx = udp_helper::build(&engine);
     let mut bw = Bridgewall::start(&engine);
-    let m = mount(&udpx);
+    let m = udp_helper::mount(&udpx);
     let publish = format!("{PUBLISHED}:{PORT}/udp");
-    engine.run_container(
-        "srv",
-        &["-v", &m, "-p", &publish],
-        &["/udpx", "serve", PORT],
-    );
+    engine.run_container("srv", &["-v", &m, "-p", &publish], &[UDPX, "serve", PORT]);
     bw.wait_attached(&engine, &["srv"]);
     println!("{} srv (-p {publish}) attached", at(t0));
     let mut failures = Vec::new();

@@ -26,21 +26,23 @@
 //! published ports (when `conntrack` is installed) and bridgewall's final counters.
 //!
 //! busybox (Debian's busybox-static, the `lab/busybox` image) cannot listen on UDP (its `nc`
-//! has no `-u`, and it has no `udpsvd`), so the test compiles a small static helper, `udpecho`
-//! (C, below, `cc -static`), bind-mounted into the containers and run as is in the engine's
-//! namespace for the host's probe. Every probe runs inside a container or the engine's
-//! namespace ("the host"); the engines, namespaces and bridgewall are removed by guards, also
-//! when the test fails. Needs root; ~1 min per engine (two engines, in parallel).
+//! has no `-u`, and it has no `udpsvd`), so the test compiles a small static helper, `udpx`
+//! (C, in `support::udp_helper`, `cc -static`), bind-mounted into the containers and run as
+//! is in the engine's namespace for the host's probe. Its UDP probe here is `udpx
+//! probe-unconnected`: a reply from an address other than the one the client sent to (one the
+//! host did not un-NAT) is reported as such, where a connected socket would never see it.
+//! Every probe runs inside a container or the engine's namespace ("the host"); the engines,
+//! namespaces and bridgewall are removed by guards, also when the test fails. Needs root; ~1
+//! min per engine (two engines, in parallel).
 mod support;
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::path::PathBuf;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use support::bridgewall::{Bridgewall, at};
 use support::docker::DockerEngine;
+use support::udp_helper::{self, IN_CONTAINER as UDPX};
 
 /// The page busybox httpd serves.
 const PAGE: &str = "hello from busybox httpd";
@@ -52,95 +54,12 @@ const UDP_HOST_PORT: &str = "5353";
 const UDP_PORT: &str = "5000";
 /// How long a UDP probe waits for its echo, in milliseconds (busybox wget gets `timeout 3`).
 const REPLY_WAIT_MS: &str = "3000";
+/// A UDP probe's datagram, in bytes: one, well below the MTU (unfragmented).
+const UDP_SIZE: &str = "100";
 /// A TCP attempt that fails faster than this was refused or reset, not dropped.
 const DROPPED_AFTER: Duration = Duration::from_millis(2500);
 /// How long a case that must be answered may retry (the policy can trail the takeover).
 const SETTLE: Duration = Duration::from_secs(10);
-
-/// The UDP helper: `udpecho serve PORT` echoes every datagram and logs "from IP:PORT LEN
-/// echoed LEN"; `udpecho probe ADDR PORT WAIT_MS` sends one datagram from an unconnected
-/// socket and prints "ok IP:PORT" when the echo comes back from ADDR:PORT, "wrong-source
-/// IP:PORT" when it comes back from elsewhere (a reply the host did not un-NAT), "mismatch
-/// IP:PORT", "timeout" or "error …".
-const UDPECHO_C: &str = r#"
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
-int main(int argc, char **argv) {
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    char buf[2048], ip[INET_ADDRSTRLEN];
-    struct sockaddr_in a, from;
-    socklen_t fl;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    int s = socket(AF_INET, SOCK_DGRAM, 0);
-    if (s < 0) { perror("udpecho: socket"); return 1; }
-    if (argc == 3 && strcmp(argv[1], "serve") == 0) {
-        a.sin_port = htons(atoi(argv[2]));
-        if (bind(s, (struct sockaddr *)&a, sizeof a) < 0) { perror("udpecho: bind"); return 1; }
-        printf("listening on %s\n", argv[2]);
-        for (;;) {
-            fl = sizeof from;
-            ssize_t n = recvfrom(s, buf, sizeof buf, 0, (struct sockaddr *)&from, &fl);
-            if (n < 0) { perror("udpecho: recvfrom"); continue; }
-            inet_ntop(AF_INET, &from.sin_addr, ip, sizeof ip);
-            ssize_t m = sendto(s, buf, n, 0, (struct sockaddr *)&from, fl);
-            printf("from %s:%d %zd echoed %zd\n", ip, ntohs(from.sin_port), n, m);
-        }
-    }
-    if (argc == 5 && strcmp(argv[1], "probe") == 0) {
-        if (inet_pton(AF_INET, argv[2], &a.sin_addr) != 1) { printf("error bad-address\n"); return 0; }
-        a.sin_port = htons(atoi(argv[3]));
-        const char msg[] = "hairpin probe";
-        if (sendto(s, msg, sizeof msg, 0, (struct sockaddr *)&a, sizeof a) != sizeof msg) {
-            printf("error send:%s\n", strerror(errno)); return 0;
-        }
-        struct pollfd p = {s, POLLIN, 0};
-        if (poll(&p, 1, atoi(argv[4])) <= 0) { printf("timeout\n"); return 0; }
-        fl = sizeof from;
-        ssize_t n = recvfrom(s, buf, sizeof buf, 0, (struct sockaddr *)&from, &fl);
-        if (n < 0) { printf("error recv:%s\n", strerror(errno)); return 0; }
-        inet_ntop(AF_INET, &from.sin_addr, ip, sizeof ip);
-        int same = from.sin_addr.s_addr == a.sin_addr.s_addr && from.sin_port == a.sin_port;
-        int whole = n == sizeof msg && memcmp(buf, msg, n) == 0;
-        printf("%s %s:%d\n", !whole ? "mismatch" : same ? "ok" : "wrong-source", ip, ntohs(from.sin_port));
-        return 0;
-    }
-    fprintf(stderr, "usage: udpecho serve PORT | udpecho probe ADDR PORT WAIT_MS\n");
-    return 2;
-}
-"#;
-
-/// Compiles `udpecho` (static, so it runs in the busybox image) into the engine's directory.
-fn build_udpecho(engine: &DockerEngine) -> PathBuf {
-    let src = engine.dir.join("udpecho.c");
-    let bin = engine.dir.join("udpecho");
-    std::fs::write(&src, UDPECHO_C).expect("writing udpecho.c");
-    let out = Command::new("cc")
-        .args(["-static", "-Os", "-Wall", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .output()
-        .expect("running cc (a C compiler: the Rust toolchain's linker)");
-    assert!(
-        out.status.success(),
-        "cc -static udpecho.c failed (needs libc6-dev's libc.a):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    bin
-}
-
-/// Seconds since `t0`, for the progress lines.
-fn at(t0: Instant) -> String {
-    format!("[{:6.1}s]", t0.elapsed().as_secs_f64())
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Proto {
@@ -236,7 +155,7 @@ fn cases(icc: bool) -> Vec<Case> {
 /// The test's engine and what the probes need to know about it.
 struct Setup {
     engine: DockerEngine,
-    udpecho: PathBuf,
+    udpx: PathBuf,
     gateway: String,
     cl: String,
 }
@@ -261,8 +180,8 @@ struct Attempt {
 }
 
 /// Sources of the requests web logged for `proto`, oldest first: httpd's `-v` lines on its
-/// stderr ("[::ffff:172.17.0.3]:42334: response:200"), udpecho's on its stdout ("from
-/// 172.17.0.3:42334 14 echoed 14").
+/// stderr ("[::ffff:172.17.0.3]:42334: response:200"), `udpx serve`'s on its stdout ("from
+/// 172.17.0.3 100 echoed 100").
 fn web_sources(engine: &DockerEngine, proto: Proto) -> Vec<String> {
     let out = engine.docker(&["logs", "web"]);
     assert!(out.status.success(), "docker logs web: {out:?}");
@@ -278,7 +197,7 @@ fn web_sources(engine: &DockerEngine, proto: Proto) -> Vec<String> {
                 Some(addr.trim_start_matches("::ffff:").to_string())
             }
             Proto::Udp => {
-                let (addr, _) = l.strip_prefix("from ")?.split_once(':')?;
+                let addr = l.strip_prefix("from ")?.split_whitespace().next()?;
                 Some(addr.to_string())
             }
         })
@@ -339,15 +258,21 @@ fn attempt(s: &Setup, case: &Case) -> Attempt {
             }
         }
         Proto::Udp => {
-            let args = ["probe", target, UDP_HOST_PORT, REPLY_WAIT_MS];
+            let args = [
+                "probe-unconnected",
+                target,
+                UDP_HOST_PORT,
+                REPLY_WAIT_MS,
+                UDP_SIZE,
+            ];
             let out = match case.client {
                 Client::Container(c) => {
-                    let mut a = vec!["exec", c, "/udpecho"];
+                    let mut a = vec!["exec", c, UDPX];
                     a.extend(args);
                     s.engine.docker(&a)
                 }
                 Client::Host => {
-                    let bin = s.udpecho.to_string_lossy().into_owned();
+                    let bin = s.udpx.to_string_lossy().into_owned();
                     let mut a = vec![bin.as_str()];
                     a.extend(args);
                     in_engine_ns(&s.engine, &a)
@@ -356,12 +281,16 @@ fn attempt(s: &Setup, case: &Case) -> Attempt {
             let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
             assert!(
                 out.status.success(),
-                "udpecho probe for {}: {out:?}",
+                "udpx probe-unconnected for {}: {out:?}",
                 case.label()
             );
-            if said.starts_with("ok ") {
+            // "SIZE ok IP:PORT": the echo came back from the address it was sent to.
+            let verdict = said
+                .strip_prefix(UDP_SIZE)
+                .and_then(|r| r.strip_prefix(' '));
+            if verdict.is_some_and(|v| v.starts_with("ok ")) {
                 Reply::Answered
-            } else if said == "timeout" {
+            } else if verdict == Some("timeout") {
                 Reply::Timeout
             } else {
                 Reply::Other(said)
@@ -503,165 +432,6 @@ fn conntrack(engine: &DockerEngine) -> String {
         .join("\n")
 }
 
-/// `bridgewall run` on the engine's docker0 as a child process, its stdout and stderr
-/// collected line by line. SIGINT on drop (SIGKILL if it does not stop), so a failing test
-/// never leaves it running.
-struct Bridgewall {
-    child: Option<Child>,
-    log: Arc<Mutex<Vec<String>>>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl Bridgewall {
-    /// Starts `bridgewall run` with default options (its state file under the engine's
-    /// directory) and waits until it enforces the bridge with every container's veth taken
-    /// off docker0.
-    fn start(engine: &DockerEngine, containers: usize) -> Bridgewall {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bridgewall"))
-            .args(["run", "--docker-host", &engine.host()])
-            .args(["--netns", &engine.netns, "--state-dir"])
-            .arg(engine.dir.join("bridgewall-state"))
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting bridgewall run");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().expect("bridgewall's stdout");
-        let stderr = child.stderr.take().expect("bridgewall's stderr");
-        let readers = vec![
-            Self::collect(stdout, "", &log),
-            Self::collect(stderr, "stderr: ", &log),
-        ];
-        let mut bw = Bridgewall {
-            child: Some(child),
-            log,
-            readers,
-        };
-        let enforcing = format!("({containers} containers");
-        bw.wait_until(
-            "bridgewall enforcing docker0 with the containers taken over",
-            Duration::from_secs(30),
-            |b| {
-                b.lines()
-                    .iter()
-                    .any(|l| l.contains("bridgewall is enforcing") && l.contains(&enforcing))
-                    && engine
-                        .bridge_ports("docker0")
-                        .iter()
-                        .all(|p| !p.starts_with("veth"))
-            },
-        );
-        bw
-    }
-
-    fn collect(
-        stream: impl Read + Send + 'static,
-        prefix: &'static str,
-        log: &Arc<Mutex<Vec<String>>>,
-    ) -> JoinHandle<()> {
-        let log = Arc::clone(log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                log.lock()
-                    .expect("bridgewall log lock")
-                    .push(format!("{prefix}{line}"));
-            }
-        })
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.log.lock().expect("bridgewall log lock").clone()
-    }
-
-    /// The last `n` lines it printed, for failure messages.
-    fn tail(&self, n: usize) -> String {
-        let lines = self.lines();
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    }
-
-    /// Polls `done` until it holds; panics with the log's tail after `timeout` or if
-    /// bridgewall exits.
-    fn wait_until(&mut self, what: &str, timeout: Duration, done: impl Fn(&Self) -> bool) {
-        let deadline = Instant::now() + timeout;
-        while !done(self) {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().expect("polling bridgewall"))
-            {
-                self.child = None;
-                std::thread::sleep(Duration::from_millis(200));
-                panic!(
-                    "bridgewall exited ({status}) while waiting for {what}:\n{}",
-                    self.tail(40)
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: not after {timeout:?}; bridgewall's last lines:\n{}",
-                self.tail(40)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// SIGINT, wait (SIGKILL after 30 s), and return what it printed from "stopping" on
-    /// (the counters per port, rule and drop reason); panics if it does not exit cleanly.
-    fn stop(mut self) -> String {
-        let child = self.child.take().expect("bridgewall is running");
-        Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .expect("sending SIGINT to bridgewall");
-        let status = wait_or_kill(child, Duration::from_secs(30));
-        for r in self.readers.drain(..) {
-            r.join().expect("bridgewall log reader");
-        }
-        let lines = self.lines();
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "bridgewall run did not stop cleanly ({status:?}):\n{}",
-            lines.join("\n")
-        );
-        let from = lines
-            .iter()
-            .position(|l| l.starts_with("stopping"))
-            .unwrap_or(lines.len());
-        lines[from..].join("\n")
-    }
-}
-
-/// Waits up to `timeout` for `child` to exit, then kills it; its status if it exited.
-fn wait_or_kill(mut child: Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
-impl Drop for Bridgewall {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status();
-            let _ = wait_or_kill(child, Duration::from_secs(30));
-        }
-    }
-}
-
-/// `docker run` options that put `udpecho` at `/udpecho` in a container.
-fn mount(udpecho: &Path) -> String {
-    format!("{}:/udpecho:ro", udpecho.display())
-}
-
 /// Starts an engine with `icc` and `"userland-proxy": false`, `web` (`-p 8080:80 -p
 /// 5353:5000/udp`: httpd and the UDP echo) and `cl`.
 fn setup(icc: bool, t0: Instant) -> Setup {
@@ -678,11 +448,11 @@ fn setup(icc: bool, t0: Instant) -> Setup {
         "{} engine up (icc={icc}, userland-proxy false), lab/busybox imported",
         at(t0)
     );
-    let udpecho = build_udpecho(&engine);
-    let m = mount(&udpecho);
+    let udpx = udp_helper::build(&engine);
+    let m = udp_helper::mount(&udpx);
     let tcp = format!("{TCP_HOST_PORT}:80");
     let udp = format!("{UDP_HOST_PORT}:{UDP_PORT}/udp");
-    let serve = format!("httpd -f -v -p 80 -h /www & exec /udpecho serve {UDP_PORT}");
+    let serve = format!("httpd -f -v -p 80 -h /www & exec {UDPX} serve {UDP_PORT}");
     engine.run_container(
         "web",
         &["-p", &tcp, "-p", &udp, "-v", &m],
@@ -707,7 +477,7 @@ fn setup(icc: bool, t0: Instant) -> Setup {
     );
     Setup {
         engine,
-        udpecho,
+        udpx,
         gateway,
         cl,
     }
@@ -737,7 +507,7 @@ fn hairpin(icc: bool) {
     );
 
     // 2. bridgewall takes docker0 over: it must give the same results.
-    let bw = Bridgewall::start(&s.engine, 2);
+    let bw = Bridgewall::start_taking_over(&s.engine, 2);
     let ports = docker0_hairpin(&s.engine);
     println!(
         "{} {tag} bridgewall enforcing; docker0's ports: {ports}",

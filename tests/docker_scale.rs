@@ -21,13 +21,12 @@
 mod support;
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use support::bridgewall::{Bridgewall, at};
 use support::docker::DockerEngine;
 
 /// Containers started while bridgewall runs.
@@ -218,204 +217,6 @@ fn curl_in(netns: &str, url: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Seconds since `t0`, for the progress lines.
-fn at(t0: Instant) -> String {
-    format!("[{:6.1}s]", t0.elapsed().as_secs_f64())
-}
-
-/// `bridgewall run` on the engine's docker0 as a child process, its stdout and stderr
-/// collected line by line. SIGINT on drop (SIGKILL if it does not stop), so a failing test
-/// never leaves it running.
-struct Bridgewall {
-    child: Option<Child>,
-    log: Arc<Mutex<Vec<String>>>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl Bridgewall {
-    /// Starts `bridgewall run` with default options (its state file under the engine's
-    /// directory) and waits until it enforces the bridge.
-    fn start(engine: &DockerEngine) -> Bridgewall {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bridgewall"))
-            .args(["run", "--docker-host", &engine.host()])
-            .args(["--netns", &engine.netns, "--state-dir"])
-            .arg(engine.dir.join("bridgewall-state"))
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting bridgewall run");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().expect("bridgewall's stdout");
-        let stderr = child.stderr.take().expect("bridgewall's stderr");
-        let readers = vec![
-            Self::collect(stdout, "", &log),
-            Self::collect(stderr, "stderr: ", &log),
-        ];
-        let mut bw = Bridgewall {
-            child: Some(child),
-            log,
-            readers,
-        };
-        bw.wait_until(
-            "bridgewall enforcing docker0",
-            Duration::from_secs(30),
-            |b| {
-                b.lines()
-                    .iter()
-                    .any(|l| l.contains("bridgewall is enforcing"))
-            },
-        );
-        bw
-    }
-
-    fn collect(
-        stream: impl Read + Send + 'static,
-        prefix: &'static str,
-        log: &Arc<Mutex<Vec<String>>>,
-    ) -> JoinHandle<()> {
-        let log = Arc::clone(log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                log.lock()
-                    .expect("bridgewall log lock")
-                    .push(format!("{prefix}{line}"));
-            }
-        })
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.log.lock().expect("bridgewall log lock").clone()
-    }
-
-    /// The last `n` lines it printed, for failure messages.
-    fn tail(&self, n: usize) -> String {
-        let lines = self.lines();
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    }
-
-    /// How many times each container was reported attached ("… (attached: [a, b], …)").
-    fn attach_counts(&self) -> HashMap<String, usize> {
-        let mut counts = HashMap::new();
-        for line in self.lines() {
-            let Some(rest) = line.split("(attached: [").nth(1) else {
-                continue;
-            };
-            let list = rest.split(']').next().unwrap_or("");
-            for n in list.split(", ").filter(|n| !n.is_empty()) {
-                *counts.entry(n.to_string()).or_insert(0) += 1;
-            }
-        }
-        counts
-    }
-
-    /// Polls `done` until it holds; panics with the log's tail after `timeout` or if
-    /// bridgewall exits.
-    fn wait_until(&mut self, what: &str, timeout: Duration, done: impl Fn(&Self) -> bool) {
-        let deadline = Instant::now() + timeout;
-        while !done(self) {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().expect("polling bridgewall"))
-            {
-                self.child = None;
-                std::thread::sleep(Duration::from_millis(200));
-                panic!(
-                    "bridgewall exited ({status}) while waiting for {what}:\n{}",
-                    self.tail(40)
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: not after {timeout:?}; bridgewall's last lines:\n{}",
-                self.tail(40)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Waits until every container in `names` has been reported attached more often than
-    /// in `before` and docker0 keeps only the gateway pair.
-    fn wait_attached(
-        &mut self,
-        engine: &DockerEngine,
-        names: &[String],
-        before: &HashMap<String, usize>,
-    ) {
-        let what = format!("{} containers attached", names.len());
-        let seen = |counts: &HashMap<String, usize>, n: &str| counts.get(n).copied().unwrap_or(0);
-        self.wait_until(&what, Duration::from_secs(30), |b| {
-            let counts = b.attach_counts();
-            names.iter().all(|n| seen(&counts, n) > seen(before, n))
-                && engine
-                    .bridge_ports("docker0")
-                    .iter()
-                    .all(|p| !p.starts_with("veth"))
-        });
-    }
-
-    /// SIGINT and wait (SIGKILL after 30 s); its exit status, if it exited by itself.
-    fn interrupt(&mut self) -> Option<std::process::ExitStatus> {
-        let child = self.child.take()?;
-        Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .expect("sending SIGINT to bridgewall");
-        let status = wait_or_kill(child, Duration::from_secs(30));
-        for r in self.readers.drain(..) {
-            r.join().expect("bridgewall log reader");
-        }
-        status
-    }
-
-    /// What it printed from "stopping" on: the counters per port, rule and drop reason.
-    fn summary(&self) -> String {
-        let lines = self.lines();
-        let from = lines
-            .iter()
-            .position(|l| l.starts_with("stopping"))
-            .unwrap_or(lines.len());
-        lines[from..].join("\n")
-    }
-
-    /// SIGINT, wait, and return its summary; panics if it does not exit cleanly.
-    fn stop(mut self) -> String {
-        let status = self.interrupt();
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "bridgewall run did not stop cleanly ({status:?}):\n{}",
-            self.lines().join("\n")
-        );
-        self.summary()
-    }
-}
-
-/// Waits up to `timeout` for `child` to exit, then kills it; its status if it exited.
-fn wait_or_kill(mut child: Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
-impl Drop for Bridgewall {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status();
-            let _ = wait_or_kill(child, Duration::from_secs(30));
-        }
-    }
-}
-
 /// Container name → address, from one `docker inspect` (addresses can change on restart).
 fn addresses(engine: &DockerEngine) -> HashMap<String, String> {
     let names: Vec<String> = (0..COUNT).map(name).collect();
@@ -558,7 +359,7 @@ fn root_docker_scale_sixty_containers_links_icc_and_restarts() {
     );
     assert!(errors.is_empty(), "docker run failed: {errors:#?}");
     println!("{} {COUNT} containers started", at(t0));
-    bw.wait_attached(&engine, &names, &HashMap::new());
+    bw.wait_attached(&engine, &names);
     println!("{} all {COUNT} attached by bridgewall", at(t0));
     let failures = check_everything(&engine, "after the starts");
     assert_all_passed("after the starts", &failures, &mut bw);
@@ -579,7 +380,7 @@ fn root_docker_scale_sixty_containers_links_icc_and_restarts() {
     assert!(errors.is_empty(), "docker restart failed: {errors:#?}");
     let restarted: Vec<String> = restart.iter().map(|&i| name(i)).collect();
     println!("{} {} containers restarted", at(t0), restarted.len());
-    bw.wait_attached(&engine, &restarted, &before);
+    bw.wait_reattached(&engine, &restarted, &before);
     println!("{} the restarted containers attached again", at(t0));
     let failures = check_everything(&engine, "after the restarts");
     assert_all_passed("after the restarts", &failures, &mut bw);
