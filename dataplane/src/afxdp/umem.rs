@@ -113,6 +113,8 @@ impl Drop for UmemRegion {
 #[derive(Clone)]
 pub struct Umem {
     segments: Arc<Segments>,
+    /// Segment 0's shape, which every segment's frame size follows.
+    first: UmemConfig,
 }
 
 /// The regions of a UMEM: written once each (by [`Umem::add_segment`]), read lock-free.
@@ -134,6 +136,7 @@ impl Umem {
                 regions,
                 count: AtomicUsize::new(1),
             }),
+            first: config,
         })
     }
 
@@ -149,7 +152,7 @@ impl Umem {
         }
         let config = UmemConfig {
             frame_count,
-            frame_size: self.region(0).config.frame_size,
+            frame_size: self.first.frame_size,
         };
         let region = map_region(config)?;
         if self.segments.regions[n].set(Arc::new(region)).is_err() {
@@ -182,18 +185,6 @@ impl Umem {
     /// The region of segment `seg`, if it exists.
     pub fn segment(&self, seg: SegmentId) -> Option<&Arc<UmemRegion>> {
         self.segments.regions.get(usize::from(seg))?.get()
-    }
-
-    /// The region of segment `seg`, or segment 0's for an id that does not exist (sockets
-    /// keep their segment's region alive while the kernel may still touch it).
-    pub fn region(&self, seg: SegmentId) -> &Arc<UmemRegion> {
-        match self.segment(seg) {
-            Some(r) => r,
-            // Segment 0 always exists; other ids come from `add_segment`.
-            None => self.segments.regions[0]
-                .get()
-                .unwrap_or_else(|| unreachable!()),
-        }
     }
 
     /// True when `addr..addr+len` lies inside one frame of segment `seg`, i.e. a descriptor
@@ -256,12 +247,12 @@ fn map_region(config: UmemConfig) -> Result<UmemRegion, AfXdpError> {
 
 impl FrameMemory for Umem {
     fn frame_size(&self) -> usize {
-        self.region(0).config.frame_size as usize
+        self.first.frame_size as usize
     }
 
     /// Frames of segment 0: what a one-segment caller hands out as its free list.
     fn frame_count(&self) -> usize {
-        self.region(0).config.frame_count as usize
+        self.first.frame_count as usize
     }
 
     #[inline]

@@ -351,9 +351,8 @@ where
         }
         let peers: Vec<Arc<Shared>> = workers.iter().map(|(_, h)| Arc::clone(&h.shared)).collect();
         let mut handles = Vec::with_capacity(n);
-        for (mut worker, mut handle) in workers {
+        for (index, (mut worker, mut handle)) in workers.into_iter().enumerate() {
             worker.set_peers(peers.clone());
-            let index = handle_index(&handles);
             handle.thread = Some(
                 std::thread::Builder::new()
                     .name(format!("bw-worker-{index}"))
@@ -543,10 +542,6 @@ where
     pub fn stop(mut self) -> Vec<P> {
         self.stop_workers()
     }
-}
-
-fn handle_index<P>(handles: &[WorkerHandle<P>]) -> usize {
-    handles.len()
 }
 
 impl<M: FrameMemory, P: WorkerPort<M>> Dataplane<M, P> {
