@@ -127,6 +127,7 @@ fn bench_flow_hits(c: &mut Criterion) {
             verdict: Verdict {
                 accept: true,
                 rule: 1,
+                reject: None,
             },
             generation: 1,
         };

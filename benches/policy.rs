@@ -16,6 +16,16 @@
 //!   bytes → loaded module (`WasmRuntime::load`: cranelift, validation, probe), and both,
 //!   for 10k (target ≤ 50 ms total) and 100k rules.
 //!
+//! - `blocklist/{10,1M}`: a batch of 64 outside records (half in the set) through the Docker
+//!   policy plus one DOCKER-USER rule `-m set --match-set blocklist src -j DROP`, with a
+//!   `hash:net` set of 10 or 1,000,000 entries (/32, /24, /16); the 1M set's parse, compile
+//!   and load times and module size are printed once (`BW_BLOCKLIST` changes its size).
+//!   Target (issue 14): per packet what 10 entries cost.
+//! - `every_match/10k` and `compile/every_match/10k`: 10k DOCKER-USER rules using every match
+//!   and target bridgewall reads (multiport, iprange, icmp types, --syn, --tcp-flags, states,
+//!   comments, user chains with RETURN, REJECT kinds, `-i eth0`), per packet (≤ 20 ns) and
+//!   compiled and loaded (≤ 50 ms).
+//!
 //! Run briefly on shared machines:
 //! `cargo bench --bench policy -- --warm-up-time 1 --measurement-time 3`.
 use std::hint::black_box;
@@ -137,7 +147,9 @@ criterion_group!(
     call_overhead,
     swap_stall,
     rule_count_scaling,
-    compile_time
+    compile_time,
+    blocklists,
+    every_match
 );
 criterion_main!(benches);
 
@@ -549,4 +561,295 @@ fn compile_time(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 14: ipset blocklists and rule sets using every match.
+// ---------------------------------------------------------------------------------------
+
+/// A deterministic LCG, so the sets are the same on every run.
+fn lcg(state: &mut u64) -> u32 {
+    *state = state
+        .wrapping_mul(6_364_136_223_846_793_005)
+        .wrapping_add(1_442_695_040_888_963_407);
+    (*state >> 33) as u32
+}
+
+/// `ipset save` text of a `hash:net` set of `n` outside prefixes (70% /32, 20% /24, 10% /16,
+/// none in 172.16/12), and the first few as addresses that are in it.
+fn blocklist_text(n: usize) -> (String, Vec<Ipv4Addr>) {
+    let mut s = 0x5eed_u64;
+    let mut text = String::with_capacity(n * 24 + 64);
+    text.push_str("create blocklist hash:net family inet hashsize 65536 maxelem 2000000\n");
+    let mut members = Vec::new();
+    for i in 0..n {
+        let mut a = lcg(&mut s);
+        // Keep 1.0.0.0-223.255.255.255 and out of 172.16/12 (the bridge) and 10/8 (the
+        // bench's own user-rule sources).
+        a = 0x0100_0000 + a % 0xde00_0000;
+        if (a >> 20) == 0xac1 || (a >> 24) == 10 {
+            a ^= 0x4000_0000;
+        }
+        let len = match i % 10 {
+            0 => 16,
+            1 | 2 => 24,
+            _ => 32,
+        };
+        let ip = Ipv4Addr::from(a & (u32::MAX << (32 - len)));
+        if members.len() < MAX_BATCH {
+            members.push(Ipv4Addr::from(a));
+        }
+        text.push_str(&format!("add blocklist {ip}/{len}\n"));
+    }
+    (text, members)
+}
+
+/// The Docker policy of [`bench_network`] with one DOCKER-USER rule dropping the set.
+fn blocklist_policy(sets: &str) -> RuleSet {
+    let net = bench_network();
+    let parsed = iptables::parse_full(
+        "-I DOCKER-USER -i docker0 -m set --match-set blocklist src -j DROP",
+        Some(sets),
+        &net,
+    )
+    .expect("blocklist rule parses");
+    docker_ruleset(&net, parsed.rules, 1)
+}
+
+/// Half the batch from addresses in the set, half from 10.x sources that are not.
+fn blocklist_batch(members: &[Ipv4Addr]) -> Vec<PacketRecord> {
+    (0..MAX_BATCH)
+        .map(|k| {
+            let src = if k % 2 == 0 {
+                IpAddr::V4(members[k % members.len()])
+            } else {
+                v4(10, 9, (k >> 8) as u8, k as u8)
+            };
+            let d = (k % usize::from(CONTAINERS)) as u8;
+            record(
+                src,
+                container_ip(d),
+                proto::TCP,
+                40_000,
+                80,
+                GW_PORT,
+                container_port(d),
+            )
+        })
+        .collect()
+}
+
+fn blocklists(c: &mut Criterion) {
+    let rt = runtime();
+    let big: usize = std::env::var("BW_BLOCKLIST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let mut group = c.benchmark_group("blocklist");
+    group.throughput(Throughput::Elements(MAX_BATCH as u64));
+    for (label, n) in [("10".to_string(), 10usize), (format!("{}", big), big)] {
+        let (text, members) = blocklist_text(n);
+        let t0 = Instant::now();
+        let set = blocklist_policy(&text);
+        let parse = t0.elapsed();
+        let t1 = Instant::now();
+        let compiled = compiler::compile(&set).expect("compile blocklist policy");
+        let compile = t1.elapsed();
+        let t2 = Instant::now();
+        let module = rt
+            .load_with_caps(
+                &compiled.wasm,
+                "blocklist",
+                dataplane::wasm::Caps {
+                    max_module_bytes: 1 << 30,
+                    max_memory_bytes: 1 << 30,
+                },
+            )
+            .expect("load");
+        let load = t2.elapsed();
+        eprintln!(
+            "blocklist/{label}: {} rules; read+flatten {:.0} ms, compile {:.0} ms, wasmtime load {:.0} ms; \
+             module {:.1} MiB, memory {:.1} MiB, {} shapes",
+            set.rules.len(),
+            parse.as_secs_f64() * 1e3,
+            compile.as_secs_f64() * 1e3,
+            load.as_secs_f64() * 1e3,
+            compiled.wasm.len() as f64 / 1048576.0,
+            compiled.stats.memory_bytes as f64 / 1048576.0,
+            compiled.stats.shapes
+        );
+        let mut chain = PolicyChain::instantiate(1, &[module]).expect("instantiate");
+        let batch = blocklist_batch(&members);
+        check_against_reference(&set, &mut chain, &batch, &format!("blocklist/{label}"));
+        let user = set
+            .rules
+            .iter()
+            .filter(|r| r.chain == rules_wasm::model::Chain::User)
+            .count() as u32;
+        let dropped = batch
+            .iter()
+            .filter(|r| reference::evaluate(&set, r).rule < user)
+            .count();
+        assert!(
+            dropped >= MAX_BATCH / 2 - 4,
+            "blocklist/{label}: {dropped} records hit the set"
+        );
+        let mut verdicts = vec![VerdictRecord::CONTINUE; MAX_BATCH];
+        group.bench_function(label, |b| {
+            b.iter(|| chain.decide(black_box(&batch), &mut verdicts))
+        });
+    }
+    group.finish();
+}
+
+/// `n` DOCKER-USER lines using every match and target the reader supports, in a rotation,
+/// with a user chain (RETURN inside) every 500 lines; and the host routes that give
+/// `-i eth0` its meaning.
+fn every_match_text(n: usize) -> String {
+    let mut text = String::from("create small hash:ip family inet\nadd small 203.0.113.7\n");
+    let mut s = 0xfeed_u64;
+    let chains = n / 500;
+    for k in 0..chains {
+        text.push_str(&format!("-N ch{k}\n-A ch{k} -s 10.{k}.0.0/16 -j RETURN\n"));
+        text.push_str(&format!("-A ch{k} -p tcp --dport {} -j DROP\n", 1000 + k));
+    }
+    for i in 0..n {
+        let a = lcg(&mut s);
+        let ip = Ipv4Addr::new(
+            11 + (a >> 24) as u8 % 100,
+            (a >> 16) as u8,
+            (a >> 8) as u8,
+            a as u8,
+        );
+        let d = container_ip((i % usize::from(CONTAINERS)) as u8);
+        let p = 1024 + (a % 60_000) as u16;
+        let line = match i % 10 {
+            0 => format!(
+                "-A DOCKER-USER -s {ip} -p tcp -m multiport --dports {p},{},{}:{} -j DROP",
+                p + 1,
+                p + 10,
+                p + 20
+            ),
+            1 => format!(
+                "-A DOCKER-USER -m iprange --src-range {ip}-{} -p udp --dport {p} -j REJECT",
+                Ipv4Addr::from(u32::from(ip) + 3)
+            ),
+            2 => format!("-A DOCKER-USER -s {ip} -p icmp --icmp-type echo-request -j DROP"),
+            3 => format!(
+                "-A DOCKER-USER -s {ip} -d {d} -p tcp --syn --dport {p} -m comment --comment \"rule {i}\" -j ACCEPT"
+            ),
+            4 => format!(
+                "-A DOCKER-USER -s {ip}/24 -p tcp --tcp-flags SYN,ACK SYN --dport {p} -j REJECT --reject-with tcp-reset"
+            ),
+            5 => format!(
+                "-A DOCKER-USER -s {ip} -m conntrack --ctstate INVALID,NEW -p tcp --dport {p} -j DROP"
+            ),
+            6 => format!("-A DOCKER-USER -i eth0 -s {ip} -p tcp --dport {p} -j DROP"),
+            7 => format!(
+                "-A DOCKER-USER -s {ip} -m state --state NEW -p udp -m udp --sport 53 --dport {p} -j ACCEPT"
+            ),
+            8 if i % 500 == 8 && i / 500 < chains => {
+                format!("-A DOCKER-USER -d {d} -j ch{}", i / 500)
+            }
+            8 => format!(
+                "-A DOCKER-USER -s {ip} -d {d} -p tcp --dport {p} -j REJECT --reject-with icmp-admin-prohibited"
+            ),
+            _ => format!(
+                "-A DOCKER-USER -m set --match-set small src -s {ip}/8 -p tcp --dport {p} -j DROP"
+            ),
+        };
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text
+}
+
+fn every_match_policy(n: usize) -> (RuleSet, Vec<(String, Vec<rules_wasm::model::Cidr>)>) {
+    let net = bench_network();
+    let all = rules_wasm::model::Cidr::new(v4(0, 0, 0, 0), 0).expect("cidr");
+    let bridge = rules_wasm::model::Cidr::new(v4(172, 17, 0, 0), 16).expect("cidr");
+    let routes = vec![(
+        "eth0".to_string(),
+        rules_wasm::algebra::complement_cidrs(&[bridge], all),
+    )];
+    let names = iptables::WithHostRoutes {
+        inner: &net,
+        routes: &routes,
+        host_addrs: &[],
+    };
+    let parsed =
+        iptables::parse_full(&every_match_text(n), None, &names).expect("every-match rules parse");
+    (docker_ruleset(&net, parsed.rules, 1), routes)
+}
+
+/// Records that hit the rotation's rules and miss them, as a batch.
+fn every_match_batch(set: &RuleSet) -> Vec<PacketRecord> {
+    let mut s = 0xba7c_u64;
+    let users: Vec<&rules_wasm::model::Rule> = set
+        .rules
+        .iter()
+        .filter(|r| r.chain == rules_wasm::model::Chain::User)
+        .collect();
+    (0..MAX_BATCH)
+        .map(|k| {
+            let r = users[lcg(&mut s) as usize % users.len()];
+            let src =
+                r.m.src
+                    .filter(|c| !c.negated)
+                    .map_or([0u8; 16], |c| c.value.addr.to_be_bytes());
+            let d = (k % usize::from(CONTAINERS)) as u8;
+            let mut rec = record(
+                rules_wasm::abi::bytes_addr(src),
+                container_ip(d),
+                r.m.proto.map_or(proto::TCP, |p| p.value),
+                53,
+                r.m.dport.map_or(80, |p| p.value.lo),
+                GW_PORT,
+                container_port(d),
+            );
+            if k % 3 == 0 {
+                rec.dst_port = rec.dst_port.wrapping_add(7);
+            }
+            if rec.protocol == proto::ICMP {
+                rec.icmp_type = 8;
+                rec.src_port = 0;
+                rec.dst_port = 0;
+            }
+            rec
+        })
+        .collect()
+}
+
+fn every_match(c: &mut Criterion) {
+    let rt = runtime();
+    let n = 10_000;
+    let t0 = Instant::now();
+    let (set, _) = every_match_policy(n);
+    eprintln!(
+        "every_match/{n}: {} flat rules, read+flatten {:.0} ms",
+        set.rules.len(),
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    let compiled = compiler::compile(&set).expect("compile every-match set");
+    eprintln!("every_match/{n}: {:?}", compiled.stats);
+    let module = rt.load(&compiled.wasm, "every-match").expect("load");
+    let mut chain = PolicyChain::instantiate(1, &[module]).expect("instantiate");
+    let batch = every_match_batch(&set);
+    check_against_reference(&set, &mut chain, &batch, "every_match");
+    let mut group = c.benchmark_group("every_match");
+    group.throughput(Throughput::Elements(MAX_BATCH as u64));
+    let mut verdicts = vec![VerdictRecord::CONTINUE; MAX_BATCH];
+    group.bench_function(format!("{n}"), |b| {
+        b.iter(|| chain.decide(black_box(&batch), &mut verdicts))
+    });
+    group.finish();
+    let mut compile = c.benchmark_group("compile");
+    compile.sample_size(10);
+    compile.bench_function(format!("every_match/{n}"), |b| {
+        b.iter(|| {
+            let compiled = compiler::compile(black_box(&set)).expect("compile");
+            rt.load(&compiled.wasm, "rules").expect("load")
+        })
+    });
+    compile.finish();
 }

@@ -80,6 +80,7 @@ fn options(state_dir: &std::path::Path, rules: &str) -> RuntimeOptions {
     o.user_rules = UserRules {
         text: rules.to_string(),
         origin: "test rules".into(),
+        ipsets: None,
     };
     o
 }

@@ -41,6 +41,34 @@ enum Command {
     Restore(RestoreArgs),
     /// Which module, chain and rule decide one packet (e.g. `trace web db tcp 5432`).
     Trace(TraceArgs),
+    /// User rules: `import` reads `iptables-save` output from standard input.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum RulesCommand {
+    /// Read `iptables-save` output (or rule lines) from standard input, check that every
+    /// rule loads with iptables' meaning here, and write the rules file `run --rules` reads.
+    /// DOCKER-USER and the chains it jumps to are taken; Docker's own chains and other tables
+    /// are skipped with a warning each.
+    Import(ImportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ImportArgs {
+    /// `ipset save` output defining the sets the rules name (`-m set --match-set`).
+    #[arg(long, value_name = "FILE")]
+    ipsets: Option<PathBuf>,
+    /// Where to write the rules file (mode 0600); default: only check and report.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// The namespace whose routes give `-i eth0` its meaning (default: ours).
+    #[arg(long)]
+    netns: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -89,6 +117,9 @@ struct TraceArgs {
     /// User rules in iptables syntax (default with --lab: the lab file's own).
     #[arg(long)]
     rules: Option<PathBuf>,
+    /// `ipset save` output defining the sets the rules name.
+    #[arg(long, value_name = "FILE")]
+    ipsets: Option<PathBuf>,
     /// Policy modules of your own, run before the compiled policy, as with `run --module`.
     #[arg(long = "module", value_name = "FILE.wasm")]
     modules: Vec<PathBuf>,
@@ -141,9 +172,13 @@ struct EngineArgs {
 struct RunArgs {
     #[command(flatten)]
     engine: EngineArgs,
-    /// User rules in iptables syntax, one per line (`-I -s A -d B -p tcp --dport 80 -j DROP`).
+    /// User rules in iptables syntax, one per line (`-I -s A -d B -p tcp --dport 80 -j DROP`),
+    /// or `iptables-save` output (see `bridgewall rules import`).
     #[arg(long)]
     rules: Option<PathBuf>,
+    /// `ipset save` output defining the sets the rules name (`-m set --match-set`).
+    #[arg(long, value_name = "FILE")]
+    ipsets: Option<PathBuf>,
     #[command(flatten)]
     dataplane: DataplaneArgs,
 }
@@ -178,7 +213,36 @@ pub fn main() -> anyhow::Result<()> {
         Command::DockerState(args) => runtime()?.block_on(docker_state(args)),
         Command::Restore(args) => restore(args),
         Command::Trace(args) => trace(args),
+        Command::Rules(RulesCommand::Import(args)) => import(args),
     }
+}
+
+fn import(args: ImportArgs) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("reading the rules from standard input")?;
+    let ipsets = read_optional(args.ipsets.as_ref(), "the ipset file")?;
+    let netns = open_netns(args.netns.as_deref())?;
+    let host = crate::runtime::host::HostView::read_blocking(&netns)
+        .map_err(permission_hint)
+        .context("reading the host's routes (for -i/-o with host interfaces)")?;
+    crate::commands::rules::import(&crate::commands::rules::ImportInput {
+        text: &text,
+        ipsets: ipsets.as_deref(),
+        host: &host,
+        output: args.output.as_deref(),
+        json: args.json,
+    })
+}
+
+/// The contents of an optional file named by a flag.
+fn read_optional(path: Option<&PathBuf>, what: &str) -> anyhow::Result<Option<String>> {
+    path.map(|p| {
+        std::fs::read_to_string(p).with_context(|| format!("reading {what} {}", p.display()))
+    })
+    .transpose()
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -269,15 +333,20 @@ async fn docker_state(args: EngineArgs) -> anyhow::Result<()> {
 
 /// Reads a user rules file (the rules are parsed, against the containers they name, each
 /// time the policy is built).
-fn read_rules(path: Option<&PathBuf>) -> anyhow::Result<UserRules> {
+fn read_rules(path: Option<&PathBuf>, ipsets: Option<&PathBuf>) -> anyhow::Result<UserRules> {
+    let ipsets = read_optional(ipsets, "the ipset file")?;
     let Some(path) = path else {
-        return Ok(UserRules::default());
+        return Ok(UserRules {
+            ipsets,
+            ..UserRules::default()
+        });
     };
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the rules file {}", path.display()))?;
     Ok(UserRules {
         text,
         origin: path.display().to_string(),
+        ipsets,
     })
 }
 
@@ -323,7 +392,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             "bridgewall run needs root: it moves the bridge's ports and opens AF_XDP sockets (run it with sudo)"
         );
     }
-    let rules = read_rules(args.rules.as_ref())?;
+    let rules = read_rules(args.rules.as_ref(), args.ipsets.as_ref())?;
     {
         let rt = runtime()?;
         rt.block_on(async {
@@ -337,7 +406,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         })?;
     }
     if rules.count() > 0 {
-        println!("{} user rules from {}", rules.count(), rules.origin);
+        println!("{} rule lines in {}", rules.count(), rules.origin);
     }
     let netns = open_netns(args.engine.netns.as_deref())?;
     let options = runtime_options(&args.engine.bridge, &args.dataplane, rules)?;
@@ -397,9 +466,22 @@ fn trace(args: TraceArgs) -> anyhow::Result<()> {
             (state, UserRules::default())
         }
     };
-    if args.rules.is_some() {
-        rules = read_rules(args.rules.as_ref())?;
+    if args.rules.is_some() || args.ipsets.is_some() {
+        let mut read = read_rules(args.rules.as_ref(), args.ipsets.as_ref())?;
+        if args.rules.is_none() {
+            read.text = std::mem::take(&mut rules.text);
+            read.origin = std::mem::take(&mut rules.origin);
+        }
+        rules = read;
     }
+    let host = match &args.lab {
+        // The lab's host namespace exists only while the lab runs: no host interfaces.
+        Some(_) => crate::runtime::host::HostView::default(),
+        None => crate::runtime::host::HostView::read_blocking(&open_netns(
+            args.engine.netns.as_deref(),
+        )?)
+        .map_err(permission_hint)?,
+    };
     let modules = UserModules::from_files(&args.modules)?;
     let query = crate::commands::trace::TraceQuery {
         src: args.src.clone(),
@@ -408,7 +490,7 @@ fn trace(args: TraceArgs) -> anyhow::Result<()> {
         dport: args.dport,
         later_fragment: args.fragment,
     };
-    let agree = crate::commands::trace::trace(&state, &rules, &modules, &query)?;
+    let agree = crate::commands::trace::trace(&state, &host, &rules, &modules, &query)?;
     if !agree {
         bail!("the compiled module and the reference interpreter disagree: please report this");
     }

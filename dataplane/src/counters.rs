@@ -23,11 +23,13 @@ pub enum DropReason {
     NoEgress,
     /// The policy decided Drop for this packet.
     PolicyDrop,
-    /// The policy decided Reject (sent as a drop: the core does not forge replies).
+    /// The policy decided Reject: the frame is dropped and, where allowed and within the
+    /// rate limit, answered with a TCP RST or an ICMP error (see the `reject_*` counters).
     PolicyReject,
     /// The policy said Continue and the configured default action is Drop (fail-closed).
     DefaultDrop,
-    /// A cached denied flow: the policy said Drop for this flow recently.
+    /// A cached denied flow: the policy said Drop or Reject for this flow recently (a
+    /// rejected flow's packets are answered as its first was).
     FlowDenied,
     /// An IP packet from a container port with a source address not registered for it.
     SpoofedSource,
@@ -249,6 +251,17 @@ pub struct Counters {
     /// Replies sent back through the host because their flow came through it (a container
     /// reaching another by a published port).
     pub via_host: Counter,
+    /// Rejected packets answered with a TCP RST.
+    pub reject_tcp_reset: Counter,
+    /// Rejected packets answered with an ICMP or ICMPv6 destination unreachable.
+    pub reject_icmp: Counter,
+    /// Rejected packets not answered because answers were over their rate limit.
+    pub reject_rate_limited: Counter,
+    /// Rejected packets that must not be answered: ICMP errors, RSTs, non-first fragments,
+    /// broadcast/multicast/unspecified addresses, non-IP frames.
+    pub reject_not_answerable: Counter,
+    /// Rejected packets not answered because no free frame was left to build the answer in.
+    pub reject_no_free_frame: Counter,
 }
 
 impl Counters {
@@ -269,6 +282,11 @@ impl Counters {
             fragments_forwarded: Counter::default(),
             fragments_held: Counter::default(),
             via_host: Counter::default(),
+            reject_tcp_reset: Counter::default(),
+            reject_icmp: Counter::default(),
+            reject_rate_limited: Counter::default(),
+            reject_not_answerable: Counter::default(),
+            reject_no_free_frame: Counter::default(),
         }
     }
 
@@ -366,6 +384,11 @@ impl Counters {
             fragments_forwarded: self.fragments_forwarded.get(),
             fragments_held: self.fragments_held.get(),
             via_host: self.via_host.get(),
+            reject_tcp_reset: self.reject_tcp_reset.get(),
+            reject_icmp: self.reject_icmp.get(),
+            reject_rate_limited: self.reject_rate_limited.get(),
+            reject_not_answerable: self.reject_not_answerable.get(),
+            reject_no_free_frame: self.reject_no_free_frame.get(),
         }
     }
 }
@@ -443,6 +466,16 @@ pub struct Snapshot {
     pub fragments_held: u64,
     /// Replies sent back through the host.
     pub via_host: u64,
+    /// Rejects answered with a TCP RST.
+    pub reject_tcp_reset: u64,
+    /// Rejects answered with an ICMP/ICMPv6 error.
+    pub reject_icmp: u64,
+    /// Reject answers suppressed by the rate limit.
+    pub reject_rate_limited: u64,
+    /// Rejects of packets that must not be answered.
+    pub reject_not_answerable: u64,
+    /// Reject answers not sent for want of a free frame.
+    pub reject_no_free_frame: u64,
 }
 
 impl Snapshot {
@@ -469,6 +502,19 @@ impl Snapshot {
     /// Total frames dropped for any reason.
     pub fn total_drops(&self) -> u64 {
         self.drops.iter().map(|(_, n)| n).sum()
+    }
+
+    /// The reject-answer counters by their stable snake_case names, for metrics and tables
+    /// (a reject is counted once as a `policy_reject` or `flow_denied` drop, and once here by
+    /// what became of its answer).
+    pub fn reject_answers(&self) -> [(&'static str, u64); 5] {
+        [
+            ("reject_tcp_reset", self.reject_tcp_reset),
+            ("reject_icmp", self.reject_icmp),
+            ("reject_rate_limited", self.reject_rate_limited),
+            ("reject_not_answerable", self.reject_not_answerable),
+            ("reject_no_free_frame", self.reject_no_free_frame),
+        ]
     }
 }
 

@@ -3,8 +3,9 @@
 //! Per frame: parse ([`crate::wire`]) → pick the egress ([`crate::switch`]) → look the flow up
 //! ([`crate::flow`]) → forward on a hit; collect misses and ask the [`Policy`] about them in
 //! one call per batch (≤ [`MAX_BATCH`]), cache the verdicts in the flow table, then forward or
-//! drop. ARP, IPv6 neighbour discovery and other non-IP frames are switched without a policy
-//! decision, like a bridge (Docker's iptables never sees them).
+//! drop — and answer a rejected packet ([`crate::reject`]) out of the port it came in by,
+//! within a rate limit. ARP, IPv6 neighbour discovery and other non-IP frames are switched
+//! without a policy decision, like a bridge (Docker's iptables never sees them).
 //!
 //! The engine performs no I/O and reads no clock: frames come in as descriptors into a
 //! [`FrameMemory`] and leave through per-port transmit queues; time is the `now` argument
@@ -20,6 +21,7 @@ use crate::phy::{
     DescBatch, FrameDesc, FrameMemory, FreeList, Port, PortId, SegmentId, segment_of,
 };
 use crate::policy::{Action, FlowState, MAX_BATCH, PacketRecord, Policy, VerdictRecord};
+use crate::reject::{self, AnswerKind, MAX_ANSWER_LEN, RateLimit, RejectWith, TokenBucket};
 use crate::switch::{Egress, Switch, SwitchError};
 use crate::wire::{self, Fragment, L3, Parsed, Tuple};
 use rules_wasm::abi::{PORT_FLOOD, addr_bytes, proto};
@@ -68,6 +70,9 @@ pub struct EngineConfig {
     pub frame_size: usize,
     /// Fragment tracking: datagrams tracked, fragments held, timeout.
     pub fragments: FragConfig,
+    /// How many rejected packets are answered (TCP RST / ICMP error), per engine: Linux's
+    /// ICMP limit by default (1000/s, burst 50). Beyond it a reject is a silent drop.
+    pub reject_limit: RateLimit,
 }
 
 impl Default for EngineConfig {
@@ -82,6 +87,7 @@ impl Default for EngineConfig {
             sweep_budget: 64,
             frame_size: 2048,
             fragments: FragConfig::default(),
+            reject_limit: RateLimit::default(),
         }
     }
 }
@@ -245,6 +251,11 @@ pub struct Engine<M: FrameMemory> {
     /// Held fragments released by a first fragment, handled after the table lets go
     /// (capacity: every frame the table can hold, so releasing never allocates).
     released: Vec<(FrameDesc, LaterOutcome)>,
+    /// How many answers to rejected packets may still be sent.
+    reject_bucket: TokenBucket,
+    /// Where an answer is built before it is copied into its frame (the offending frame and
+    /// the answer's frame cannot be borrowed from the memory at once).
+    reject_buf: Box<[u8]>,
     _memory: PhantomData<fn(&mut M)>,
 }
 
@@ -305,6 +316,8 @@ impl<M: FrameMemory> Engine<M> {
             gateway: None,
             frags: FragTable::new(config.fragments),
             released: Vec::with_capacity(config.fragments.held),
+            reject_bucket: TokenBucket::new(config.reject_limit),
+            reject_buf: vec![0; MAX_ANSWER_LEN].into_boxed_slice(),
             config,
             _memory: PhantomData,
         }
@@ -546,6 +559,7 @@ impl<M: FrameMemory> Engine<M> {
             let e = self.flows.entry(slot);
             let dir = e.dir(hk.src_is_a);
             let (accept, stale) = (e.verdict.accept, e.generation != generation);
+            let rejected = e.verdict.reject;
             let egress = if e.via_host && dir == Dir::Reply {
                 self.back_through_host(mem, d, egress)
             } else {
@@ -570,6 +584,9 @@ impl<M: FrameMemory> Engine<M> {
             } else if accept {
                 self.drop_frame(d, DropReason::FragmentTableFull);
             } else {
+                if let Some(with) = rejected {
+                    self.answer_reject(mem, in_port, d, &parsed, with, now);
+                }
                 self.drop_frame(d, DropReason::FlowDenied);
             }
             self.send_released(mem, in_port);
@@ -666,7 +683,9 @@ impl<M: FrameMemory> Engine<M> {
     /// Sends `d` to `egress` as it is (no checksum work: fragments carry none to complete).
     fn send(&mut self, mem: &mut M, in_port: PortId, d: FrameDesc, egress: Egress) {
         match egress {
-            Egress::Unicast(port) => self.enqueue(mem, port, d),
+            Egress::Unicast(port) => {
+                self.enqueue(mem, port, d);
+            }
             Egress::Flood => self.flood(mem, in_port, d),
             Egress::Drop(r) => self.drop_frame(d, r),
         }
@@ -876,6 +895,7 @@ impl<M: FrameMemory> Engine<M> {
                 a => a,
             };
             let accept = action == Action::Accept;
+            let rejected = (action == Action::Reject).then_some(v.reject);
             if let Some(hk) = p.key {
                 let first = FirstPacket {
                     tracking: p.tracking,
@@ -887,6 +907,7 @@ impl<M: FrameMemory> Engine<M> {
                     verdict: Verdict {
                         accept,
                         rule: v.rule,
+                        reject: rejected,
                     },
                     generation,
                 };
@@ -908,6 +929,9 @@ impl<M: FrameMemory> Engine<M> {
                     (Action::Reject, _) => DropReason::PolicyReject,
                     _ => DropReason::PolicyDrop,
                 };
+                if let Some(with) = rejected {
+                    self.answer_reject(mem, in_port, p.desc, &p.parsed, with, now);
+                }
                 self.drop_frame(p.desc, reason);
             }
             self.send_released(mem, in_port);
@@ -988,17 +1012,82 @@ impl<M: FrameMemory> Engine<M> {
         }
     }
 
+    /// Queues `d` for `port` (copied into the port's segment if need be) and counts it;
+    /// false (the frame dropped and counted) when it could not be queued.
     #[inline(always)]
-    fn enqueue(&mut self, mem: &mut M, port: PortId, d: FrameDesc) {
+    fn enqueue(&mut self, mem: &mut M, port: PortId, d: FrameDesc) -> bool {
         let Some(d) = self.in_segment_of(mem, port, d) else {
-            return;
+            return false;
         };
-        if self.queue_for_transmit(port, d)
-            && let Some(pc) = self.counters.port(port)
-        {
+        let queued = self.queue_for_transmit(port, d);
+        if queued && let Some(pc) = self.counters.port(port) {
             pc.tx_packets.add(1);
             pc.tx_bytes.add(u64::from(d.len));
         }
+        queued
+    }
+
+    /// Answers a rejected packet (`d`, described by `p`, received on `in_port`) as `with`
+    /// says, before the caller drops it: unless it must not be answered or answers are over
+    /// their rate limit, the answer is built in a free frame of the port's memory segment and
+    /// queued back out of `in_port` — for a frame the host sent onto the bridge, back to the
+    /// host, which routes it on. Every outcome is counted; nothing is allocated.
+    fn answer_reject(
+        &mut self,
+        mem: &mut M,
+        in_port: PortId,
+        d: FrameDesc,
+        p: &Parsed,
+        with: RejectWith,
+        now: u64,
+    ) {
+        let c = &self.counters;
+        let Some(kind) = reject::kind(p, with) else {
+            c.reject_not_answerable.add(1);
+            return;
+        };
+        if !self.reject_bucket.allow(now) {
+            c.reject_rate_limited.add(1);
+            return;
+        }
+        let room = self.reject_buf.len().min(mem.frame_size());
+        let frame = mem.bytes(d.addr, d.len as usize);
+        let Some(len) = reject::answer(frame, p, with, &mut self.reject_buf[..room]) else {
+            c.reject_not_answerable.add(1);
+            return;
+        };
+        let Some(addr) = self.answer_frame(mem, in_port, d, len) else {
+            self.counters.reject_no_free_frame.add(1);
+            return;
+        };
+        let answer = FrameDesc {
+            addr,
+            len: len as u32,
+        };
+        if self.enqueue(mem, in_port, answer) {
+            match kind {
+                AnswerKind::TcpReset => self.counters.reject_tcp_reset.add(1),
+                AnswerKind::Icmp => self.counters.reject_icmp.add(1),
+            }
+        }
+    }
+
+    /// Takes a free frame of `port`'s memory segment (of the offending frame `d`'s when the
+    /// port is another worker's) and copies the built answer (`len` bytes of `reject_buf`)
+    /// into it. `None` when the segment has no free frame.
+    fn answer_frame(&mut self, mem: &mut M, port: PortId, d: FrameDesc, len: usize) -> Option<u64> {
+        let seg = match self.segment.get(usize::from(port)).copied() {
+            Some(ANY_SEGMENT) | None => segment_of(d.addr),
+            Some(seg) => seg,
+        };
+        let addr = self.free.pop_in(seg)?;
+        let dst = mem.bytes_mut(addr, len);
+        if dst.len() != len {
+            self.free.push(addr);
+            return None;
+        }
+        dst.copy_from_slice(&self.reject_buf[..len]);
+        Some(addr)
     }
 
     /// Copies `d` into a free frame of segment `seg` and frees `d`: ports of different UMEM

@@ -1,8 +1,8 @@
 //! bridgewall's dataplane.
 //!
 //! A sans-IO core — [`wire`] parsing, the L2 [`switch`], the [`flow`] table, the [`policy`]
-//! stage and the [`engine`] that drives them — which performs no I/O and is tested with
-//! in-memory ports, plus the I/O backends behind one [`phy::Port`] trait: AF_XDP
+//! stage, the [`reject`] answers and the [`engine`] that drives them — which performs no I/O
+//! and is tested with in-memory ports, plus the I/O backends behind one [`phy::Port`] trait: AF_XDP
 //! ([`afxdp`]) and the in-memory port ([`phy::memory`]). The Wasm policy host lives in
 //! [`wasm`]; [`worker`] runs engines on threads.
 pub mod afxdp;
@@ -12,6 +12,7 @@ pub mod flow;
 pub mod frag;
 pub mod phy;
 pub mod policy;
+pub mod reject;
 pub mod switch;
 pub mod wasm;
 pub mod wire;

@@ -69,10 +69,7 @@ impl Policy for ConstPolicy {
 
     fn decide(&mut self, records: &[PacketRecord], verdicts: &mut [VerdictRecord]) {
         for v in verdicts.iter_mut().take(records.len()) {
-            *v = VerdictRecord {
-                action: self.action,
-                rule: RULE_NONE,
-            };
+            *v = VerdictRecord::new(self.action, RULE_NONE);
         }
     }
 }

@@ -49,8 +49,12 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// The tests share `ALLOCATIONS`: they take turns so one's reset cannot hide the other's count.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn steady_state_forwarding_allocates_nothing() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let frames = 4096;
     let mut mem = HeapFrames::new(frames, FRAME_SIZE);
     let config = EngineConfig {
@@ -138,5 +142,93 @@ fn steady_state_forwarding_allocates_nothing() {
         ALLOCATIONS.load(Ordering::Relaxed),
         0,
         "allocations on the forwarding path"
+    );
+}
+
+#[test]
+fn answering_rejected_packets_allocates_nothing() {
+    use dataplane::policy::{FnPolicy, PacketRecord, VerdictRecord};
+    use dataplane::reject::{RateLimit, RejectWith};
+    use rules_wasm::abi::tcp_flags::SYN;
+
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    let frames = 4096;
+    let mut mem = HeapFrames::new(frames, FRAME_SIZE);
+    let config = EngineConfig {
+        flow_capacity: 1 << 14,
+        // Every reject answered, so the measured stretch builds an answer per packet.
+        reject_limit: RateLimit {
+            per_sec: 1_000_000,
+            burst: 1_000,
+        },
+        ..Default::default()
+    };
+    // TCP is reset, UDP gets a port unreachable.
+    let policy = Box::new(FnPolicy::new(1, |r: &PacketRecord| VerdictRecord {
+        action: Action::Reject,
+        rule: 9,
+        reject: if r.protocol == 6 {
+            RejectWith::TcpReset
+        } else {
+            RejectWith::PortUnreachable
+        },
+    }));
+    let mut engine: Engine<HeapFrames> =
+        Engine::new(config, policy, FreeList::full(frames, FRAME_SIZE));
+    let port_config = MemoryPortConfig {
+        capture: false,
+        fill_share: 256,
+        ..Default::default()
+    };
+    let mut ports: Vec<MemoryPort> = Vec::new();
+    for h in HOSTS {
+        engine.add_port(host_port(h, true)).unwrap();
+        ports.push(MemoryPort::new(port_config));
+    }
+    // New flows (decided and answered) and retransmissions of the first ones (answered
+    // from the flow table).
+    let syns: Vec<Vec<u8>> = (0..4096)
+        .map(|i| tcp_frame(OTHER, CHILD, i, 80, SYN, &[]))
+        .collect();
+    let dgrams: Vec<Vec<u8>> = (0..4096)
+        .map(|i| udp_frame(OTHER, CHILD.mac, CHILD.ip, i, 53, &[0; 100]))
+        .collect();
+    let mut set: Vec<(PortId, &mut MemoryPort)> = ports
+        .iter_mut()
+        .enumerate()
+        .map(|(i, p)| (i as PortId, p))
+        .collect();
+    let counters = engine.counters();
+    let mut now = 0u64;
+    let mut round = |set: &mut Vec<(PortId, &mut MemoryPort)>, r: usize, now: &mut u64| {
+        let at = (r * 16) % 4096;
+        for f in syns[at..at + 16].iter().chain(&dgrams[at..at + 16]) {
+            set[usize::from(OTHER.port)].1.inject(f);
+        }
+        for f in syns[..16].iter() {
+            set[usize::from(OTHER.port)].1.inject(f);
+        }
+        *now += 1_000_000;
+        for _ in 0..4 {
+            engine.drive(*now, &mut mem, set);
+        }
+    };
+    for r in 0..8 {
+        round(&mut set, r, &mut now);
+    }
+    let before = counters.snapshot();
+    COUNTING.with(|c| c.set(true));
+    for r in 8..108 {
+        round(&mut set, r, &mut now);
+    }
+    COUNTING.with(|c| c.set(false));
+    let after = counters.snapshot();
+    assert_eq!(after.reject_tcp_reset - before.reject_tcp_reset, 100 * 32);
+    assert_eq!(after.reject_icmp - before.reject_icmp, 100 * 16);
+    assert_eq!(
+        ALLOCATIONS.load(Ordering::Relaxed),
+        0,
+        "allocations on the reject path"
     );
 }

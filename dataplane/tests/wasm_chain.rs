@@ -42,7 +42,7 @@ fn reference(port: u16) -> VerdictRecord {
         80 => (Action::Accept, 1),
         _ => (Action::Drop, 2),
     };
-    VerdictRecord { action, rule }
+    VerdictRecord::new(action, rule)
 }
 
 fn batch(ports: impl IntoIterator<Item = u16>) -> Vec<PacketRecord> {
@@ -64,7 +64,7 @@ fn wasm_single_module_accepts_and_drops_by_port() {
         (Action::Drop, 2),
     ]
     .into_iter()
-    .map(|(action, rule)| VerdictRecord { action, rule })
+    .map(|(action, rule)| VerdictRecord::new(action, rule))
     .collect();
     assert_eq!(verdicts, expected);
 }
@@ -106,13 +106,7 @@ fn wasm_a_chain_where_nobody_decides_leaves_continue_for_the_engine() {
         .load(&constant(Action::Continue, RULE_NONE), "pass")
         .unwrap();
     let mut chain = PolicyChain::instantiate(1, &[pass]).unwrap();
-    let mut verdicts = vec![
-        VerdictRecord {
-            action: Action::Drop,
-            rule: 0
-        };
-        2
-    ];
+    let mut verdicts = vec![VerdictRecord::new(Action::Drop, 0); 2];
     chain.decide(&batch([80, 22]), &mut verdicts);
     assert_eq!(verdicts, vec![VerdictRecord::CONTINUE; 2]);
     let empty = &mut PolicyChain::new(9, Vec::new());
@@ -290,13 +284,7 @@ fn wasm_a_rejected_policy_sends_nothing_and_the_old_one_keeps_answering() {
     let v = h.judge(&[tcp(80)]);
     assert_eq!(
         (h.current.generation(), v[0]),
-        (
-            g,
-            VerdictRecord {
-                action: Action::Drop,
-                rule: 9
-            }
-        )
+        (g, VerdictRecord::new(Action::Drop, 9))
     );
     assert_eq!(h.tx.installed_generation(), Some(g));
 }
@@ -308,4 +296,91 @@ fn wasm_several_pending_policies_install_the_newest() {
     let g3 = h.try_install(&constant(Action::Drop, 3), "g3").unwrap();
     let v = h.judge(&[tcp(80)]);
     assert_eq!((h.current.generation(), v[0].rule), (g3, 3));
+}
+
+/// A LOG rule beside the policy: its module's Accepts are counted and logged within the
+/// rate limit, and the verdicts are the deciding chain's alone.
+#[test]
+fn wasm_observer_counts_and_logs_without_deciding() {
+    let rt = runtime();
+    // The observer "reaches" records to port 80 only.
+    let log_rule = per_record(
+        "",
+        &format!("(select (i32.const 1) (i32.const 2) (i32.eq {DST_PORT} (i32.const 80)))"),
+        "(i32.const 0)",
+        "",
+    );
+    let observer = rt.load(&log_rule, "log-0").unwrap();
+    let prefix: Arc<str> = Arc::from("WEB: ");
+    let mut chain = PolicyChain::instantiate_observed(
+        1,
+        &[docker_like(&rt)],
+        &[dataplane::wasm::LogSpec {
+            module: observer.clone(),
+            prefix: Arc::clone(&prefix),
+            limit: None,
+            decided_before: 0,
+        }],
+    )
+    .unwrap();
+    assert_eq!(chain.observers().len(), 1);
+    let ports: Vec<u16> = (0..200).map(|i| if i % 2 == 0 { 80 } else { 443 }).collect();
+    let records = batch(ports.iter().copied());
+    let mut verdicts = vec![VerdictRecord::CONTINUE; records.len()];
+    chain.decide(&records, &mut verdicts);
+    for (p, v) in ports.iter().zip(&verdicts) {
+        assert_eq!(*v, reference_docker(*p), "the observer never decides");
+    }
+    let c = observer.counters().snapshot();
+    assert_eq!(c.accepted, 100, "every record to port 80 reached the LOG rule");
+    let burst = u64::from(rt.config().log_burst);
+    assert!(c.logs <= burst + 1, "logged within the burst: {}", c.logs);
+    assert_eq!(c.logs + c.logs_suppressed, 100);
+}
+
+fn reference_docker(port: u16) -> VerdictRecord {
+    if port == 80 {
+        VerdictRecord::new(Action::Accept, 1)
+    } else {
+        VerdictRecord::new(Action::Drop, 2)
+    }
+}
+
+/// A rate-limited rule before the policy: within its burst it decides, over it the policy
+/// decides as if the rule had not matched; the bucket is shared by every instance.
+#[test]
+fn wasm_rate_limited_rule_decides_within_its_rate_only() {
+    let rt = runtime();
+    let reach = per_record(
+        "",
+        &format!("(select (i32.const 1) (i32.const 2) (i32.eq {DST_PORT} (i32.const 8080)))"),
+        "(i32.const 0)",
+        "",
+    );
+    let limit = dataplane::wasm::RateLimit {
+        per_second: 0.0,
+        burst: 3,
+        verdict: VerdictRecord::new(Action::Accept, 42),
+    };
+    let caps = dataplane::wasm::Caps {
+        max_module_bytes: 1 << 20,
+        max_memory_bytes: 1 << 24,
+    };
+    let limited = rt.load_limited(&reach, "limit-0", caps, limit).unwrap();
+    let modules = [limited.clone(), docker_like(&rt)];
+    let mut a = PolicyChain::instantiate(1, &modules).unwrap();
+    let mut b = PolicyChain::instantiate(1, &modules).unwrap();
+    let records = batch([8080, 80, 8080, 8080]);
+    let mut va = vec![VerdictRecord::CONTINUE; 4];
+    a.decide(&records, &mut va);
+    assert_eq!(va[0], limit.verdict);
+    assert_eq!(va[1], VerdictRecord::new(Action::Accept, 1), "not reached: the policy");
+    assert_eq!(va[2], limit.verdict);
+    assert_eq!(va[3], limit.verdict);
+    // Another worker's instance shares the bucket, now empty: the policy decides.
+    let mut vb = vec![VerdictRecord::CONTINUE; 2];
+    b.decide(&records[..2], &mut vb);
+    assert_eq!(vb[0], VerdictRecord::new(Action::Drop, 2));
+    let c = limited.counters().snapshot();
+    assert_eq!((c.accepted, c.over_limit), (4, 1));
 }

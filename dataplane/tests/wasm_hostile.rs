@@ -7,14 +7,8 @@ use dataplane::policy::{Action, Policy, VerdictRecord};
 use dataplane::wasm::{LoadError, PolicyChain, RULE_FAIL_CLOSED};
 use wasm_support::*;
 
-const FAIL_CLOSED: VerdictRecord = VerdictRecord {
-    action: Action::Drop,
-    rule: RULE_FAIL_CLOSED,
-};
-const ACCEPT_1: VerdictRecord = VerdictRecord {
-    action: Action::Accept,
-    rule: 1,
-};
+const FAIL_CLOSED: VerdictRecord = VerdictRecord::new(Action::Drop, RULE_FAIL_CLOSED);
+const ACCEPT_1: VerdictRecord = VerdictRecord::new(Action::Accept, 1);
 
 /// Loads `bytes` into a harness whose policy in force is accept-all, expects the load to
 /// fail, and checks the old policy still answers. Returns the error for closer checks.
@@ -119,13 +113,7 @@ fn wasm_memory_growth_stops_at_the_cap_and_the_guest_sees_minus_one() {
     );
     let (mut chain, _module) = contained_chain(&grower);
     let verdicts = decide(&mut chain, &[80]);
-    assert_eq!(
-        verdicts,
-        vec![VerdictRecord {
-            action: Action::Accept,
-            rule: 16
-        }]
-    );
+    assert_eq!(verdicts, vec![VerdictRecord::new(Action::Accept, 16)]);
     assert_eq!(chain.stages()[0].memory_bytes(), 1 << 20);
     // A single huge request fails the same way rather than trapping.
     let huge = per_record(
@@ -137,10 +125,7 @@ fn wasm_memory_growth_stops_at_the_cap_and_the_guest_sees_minus_one() {
     let (mut chain, _module) = contained_chain(&huge);
     assert_eq!(
         decide(&mut chain, &[80]),
-        vec![VerdictRecord {
-            action: Action::Accept,
-            rule: 3
-        }]
+        vec![VerdictRecord::new(Action::Accept, 3)]
     );
 }
 
@@ -395,10 +380,7 @@ fn wasm_fail_closed_verdict_is_configurable() {
     let mut chain = PolicyChain::instantiate(1, &[module]).unwrap();
     assert_eq!(
         decide(&mut chain, &[666]),
-        vec![VerdictRecord {
-            action: Action::Reject,
-            rule: RULE_FAIL_CLOSED
-        }]
+        vec![VerdictRecord::new(Action::Reject, RULE_FAIL_CLOSED)]
     );
 }
 

@@ -200,9 +200,8 @@ fn a_policy_swap_reaches_every_worker_and_redecides_flows() {
     });
 
     let deny = |_: usize| -> Box<dyn Policy> {
-        Box::new(FnPolicy::new(2, |_: &PacketRecord| VerdictRecord {
-            action: Action::Drop,
-            rule: 42,
+        Box::new(FnPolicy::new(2, |_: &PacketRecord| {
+            VerdictRecord::new(Action::Drop, 42)
         }))
     };
     dp.set_policy(deny).unwrap();

@@ -94,6 +94,9 @@ pub enum FlowState {
     Established = 1,
     /// An ICMP error about a known flow.
     Related = 2,
+    /// A packet conntrack cannot place: an ICMP error about no known flow, or a TCP segment
+    /// that can neither start nor continue a connection (iptables' `INVALID`).
+    Invalid = 3,
 }
 
 impl FlowState {
@@ -102,6 +105,7 @@ impl FlowState {
         match v {
             1 => Self::Established,
             2 => Self::Related,
+            3 => Self::Invalid,
             _ => Self::New,
         }
     }
@@ -123,9 +127,116 @@ pub enum Action {
     Reject = 3,
 }
 
+/// How a [`Action::Reject`] answers, as iptables' `REJECT --reject-with`: carried in bits
+/// 8..16 of a verdict's action word ([`VerdictRecord::encode`]), so a module that writes a
+/// plain `3` rejects with the default, ICMP port unreachable. One kind names the IPv4 and the
+/// IPv6 form of the same answer, since one rule set covers both families.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub enum RejectWith {
+    /// `icmp-port-unreachable` / `icmp6-port-unreachable` (iptables' default).
+    #[default]
+    PortUnreachable = 0,
+    /// `icmp-net-unreachable` / `icmp6-no-route`.
+    NetUnreachable = 1,
+    /// `icmp-host-unreachable` / `icmp6-addr-unreachable`.
+    HostUnreachable = 2,
+    /// `icmp-proto-unreachable` (IPv6 answers port unreachable, as ip6tables has no such kind).
+    ProtoUnreachable = 3,
+    /// `icmp-net-prohibited` (IPv6: administratively prohibited).
+    NetProhibited = 4,
+    /// `icmp-host-prohibited` (IPv6: administratively prohibited).
+    HostProhibited = 5,
+    /// `icmp-admin-prohibited` / `icmp6-adm-prohibited`.
+    AdminProhibited = 6,
+    /// `tcp-reset`: a TCP RST (only for TCP, as iptables requires).
+    TcpReset = 7,
+    /// `icmp6-policy-fail` (IPv4, which has no such code: administratively prohibited).
+    PolicyFail = 8,
+    /// `icmp6-reject-route` (IPv4: administratively prohibited).
+    RejectRoute = 9,
+}
+
+impl RejectWith {
+    /// Every kind, in code order.
+    pub const ALL: [Self; 10] = [
+        Self::PortUnreachable,
+        Self::NetUnreachable,
+        Self::HostUnreachable,
+        Self::ProtoUnreachable,
+        Self::NetProhibited,
+        Self::HostProhibited,
+        Self::AdminProhibited,
+        Self::TcpReset,
+        Self::PolicyFail,
+        Self::RejectRoute,
+    ];
+
+    /// Decodes bits 8..16 of an action word; unknown codes are `None` (fail-closed).
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        if (v as usize) < Self::ALL.len() {
+            Some(Self::ALL[v as usize])
+        } else {
+            None
+        }
+    }
+
+    /// ICMPv4 (type, code) of this answer; `None` for [`RejectWith::TcpReset`].
+    pub const fn icmpv4(self) -> Option<(u8, u8)> {
+        Some(match self {
+            Self::PortUnreachable => (3, 3),
+            Self::NetUnreachable => (3, 0),
+            Self::HostUnreachable => (3, 1),
+            Self::ProtoUnreachable => (3, 2),
+            Self::NetProhibited => (3, 9),
+            Self::HostProhibited => (3, 10),
+            Self::AdminProhibited | Self::PolicyFail | Self::RejectRoute => (3, 13),
+            Self::TcpReset => return None,
+        })
+    }
+
+    /// ICMPv6 (type, code) of this answer; `None` for [`RejectWith::TcpReset`].
+    pub const fn icmpv6(self) -> Option<(u8, u8)> {
+        Some(match self {
+            Self::PortUnreachable | Self::ProtoUnreachable => (1, 4),
+            Self::NetUnreachable => (1, 0),
+            Self::HostUnreachable => (1, 3),
+            Self::NetProhibited | Self::HostProhibited | Self::AdminProhibited => (1, 1),
+            Self::PolicyFail => (1, 5),
+            Self::RejectRoute => (1, 6),
+            Self::TcpReset => return None,
+        })
+    }
+}
+
 impl Action {
-    /// Decodes a guest-written action code; anything unknown is `None` so the host can apply
-    /// its fail-closed verdict instead of guessing.
+    /// The action word a module writes: the action code, and for [`Action::Reject`] the
+    /// answer in bits 8..16.
+    pub const fn word(self, with: RejectWith) -> u32 {
+        match self {
+            Self::Reject => Self::Reject as u32 | (with as u32) << 8,
+            a => a as u32,
+        }
+    }
+
+    /// Decodes an action word: the action and, for a reject, how it answers. Anything
+    /// unknown (an unknown code, an answer on a non-reject, bits above 16) is `None`.
+    pub const fn from_word(v: u32) -> Option<(Self, RejectWith)> {
+        let Some(action) = Self::from_u32(v & 0xff) else {
+            return None;
+        };
+        let with = ((v >> 8) & 0xff) as u8;
+        if v >> 16 != 0 || (with != 0 && !matches!(action, Self::Reject)) {
+            return None;
+        }
+        match RejectWith::from_u8(with) {
+            Some(w) => Some((action, w)),
+            None => None,
+        }
+    }
+
+    /// Decodes a plain action code (no reject answer); anything unknown is `None` so the host
+    /// can apply its fail-closed verdict instead of guessing.
     pub const fn from_u32(v: u32) -> Option<Self> {
         match v {
             0 => Some(Self::Continue),
@@ -279,37 +390,47 @@ impl PacketRecord {
     }
 }
 
-/// One decision: what to do and which rule said so.
+/// One decision: what to do, which rule said so, and how a reject answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct VerdictRecord {
     /// The action.
     pub action: Action,
     /// The deciding rule's id, or [`RULE_NONE`].
     pub rule: u32,
+    /// How a [`Action::Reject`] answers; the default for every other action.
+    pub reject: RejectWith,
 }
 
 impl VerdictRecord {
     /// A verdict with no deciding rule.
-    pub const CONTINUE: Self = Self {
-        action: Action::Continue,
-        rule: RULE_NONE,
-    };
+    pub const CONTINUE: Self = Self::new(Action::Continue, RULE_NONE);
+
+    /// A verdict of `action` by `rule`, rejecting (if it does) with the default answer.
+    pub const fn new(action: Action, rule: u32) -> Self {
+        Self {
+            action,
+            rule,
+            reject: RejectWith::PortUnreachable,
+        }
+    }
 
     /// Writes the verdict in ABI layout.
     #[inline]
     pub fn encode(&self, out: &mut [u8; VERDICT_SIZE]) {
-        out[..4].copy_from_slice(&(self.action as u32).to_le_bytes());
+        out[..4].copy_from_slice(&self.action.word(self.reject).to_le_bytes());
         out[4..].copy_from_slice(&self.rule.to_le_bytes());
     }
 
-    /// Reads a guest-written verdict; `None` when the action code is not one of [`Action`]'s,
-    /// which the host treats as a misbehaving module (fail-closed).
+    /// Reads a guest-written verdict; `None` when the action word is not one
+    /// [`Action::from_word`] knows, which the host treats as a misbehaving module
+    /// (fail-closed).
     #[inline]
     pub fn decode(b: &[u8; VERDICT_SIZE]) -> Option<Self> {
-        let action = Action::from_u32(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))?;
+        let (action, reject) = Action::from_word(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))?;
         Some(Self {
             action,
             rule: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+            reject,
         })
     }
 }
@@ -346,17 +467,10 @@ mod tests {
         let mut b = [0u8; VERDICT_SIZE];
         b[0] = 9;
         assert_eq!(VerdictRecord::decode(&b), None);
-        VerdictRecord {
-            action: Action::Drop,
-            rule: 7,
-        }
-        .encode(&mut b);
+        VerdictRecord::new(Action::Drop, 7).encode(&mut b);
         assert_eq!(
             VerdictRecord::decode(&b),
-            Some(VerdictRecord {
-                action: Action::Drop,
-                rule: 7
-            })
+            Some(VerdictRecord::new(Action::Drop, 7))
         );
     }
 }

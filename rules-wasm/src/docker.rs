@@ -326,4 +326,31 @@ impl Names for BridgeNetwork {
             None => None,
         }
     }
+
+    fn gateway_port(&self) -> Option<u16> {
+        Some(self.gateway_port)
+    }
+
+    fn host_addrs(&self) -> Vec<IpAddr> {
+        self.gateway_ips.clone()
+    }
+
+    fn published(&self) -> Vec<(u8, u16, IpAddr, u16)> {
+        let mut out = Vec::new();
+        for c in &self.containers {
+            for p in &c.published {
+                for ip in &c.ips {
+                    out.push((p.proto, p.host_port, *ip, p.container_port));
+                }
+            }
+        }
+        out
+    }
+
+    fn port_of_mac(&self, mac: [u8; 6]) -> Option<u16> {
+        self.containers
+            .iter()
+            .find(|c| c.mac == mac)
+            .map(|c| c.port)
+    }
 }

@@ -10,6 +10,8 @@ pub mod abi;
 pub mod sdk;
 
 #[cfg(feature = "std")]
+pub mod algebra;
+#[cfg(feature = "std")]
 pub mod compiler;
 #[cfg(feature = "std")]
 pub mod docker;

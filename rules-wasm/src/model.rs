@@ -10,7 +10,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
-use crate::abi::{Action, FlowState, PacketRecord, addr_bytes};
+use crate::abi::{Action, FlowState, PacketRecord, RejectWith, addr_bytes};
 
 /// The chains, in evaluation order. First match over `User`, then `Docker`, then `Icc` wins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -173,7 +173,7 @@ pub struct StateSet(pub u8);
 
 impl StateSet {
     /// Every state.
-    pub const ALL: Self = Self(0b111);
+    pub const ALL: Self = Self(0b1111);
 
     /// The set holding one state.
     pub const fn of(s: FlowState) -> Self {
@@ -194,6 +194,51 @@ impl StateSet {
     #[inline]
     pub const fn contains(self, s: FlowState) -> bool {
         self.0 & (1 << s as u8) != 0
+    }
+}
+
+/// A TCP flags condition, as iptables' `--tcp-flags MASK COMP`: the flags in `mask` are
+/// examined and exactly those in `set` must be on (`--syn` is `SYN,RST,ACK,FIN SYN`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TcpFlags {
+    /// The flags examined.
+    pub mask: u8,
+    /// Which of them must be set (a subset of `mask`).
+    pub set: u8,
+}
+
+impl TcpFlags {
+    /// `--syn`: SYN on, RST, ACK and FIN off (the first packet of a connection).
+    pub const SYN: Self = Self {
+        mask: crate::abi::tcp_flags::SYN
+            | crate::abi::tcp_flags::RST
+            | crate::abi::tcp_flags::ACK
+            | crate::abi::tcp_flags::FIN,
+        set: crate::abi::tcp_flags::SYN,
+    };
+
+    /// Whether the record's flags byte satisfies the condition.
+    #[inline]
+    pub const fn holds(&self, flags: u8) -> bool {
+        flags & self.mask == self.set
+    }
+}
+
+/// An ICMP or ICMPv6 type condition (`--icmp-type`, `--icmpv6-type`): a type, and a code or
+/// any code. Which family is the rule's protocol's business (`-p icmp` / `-p icmpv6`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IcmpType {
+    /// The ICMP type.
+    pub ty: u8,
+    /// The code, or `None` for every code of the type.
+    pub code: Option<u8>,
+}
+
+impl IcmpType {
+    /// Whether a packet's (type, code) satisfies the condition.
+    #[inline]
+    pub fn holds(&self, ty: u8, code: u8) -> bool {
+        ty == self.ty && self.code.is_none_or(|c| c == code)
     }
 }
 
@@ -220,6 +265,10 @@ pub struct Match {
     pub ip_version: Option<Neg<u8>>,
     /// Connection-tracking states (`-m conntrack --ctstate`).
     pub state: Option<StateSet>,
+    /// TCP flags (`--syn`, `--tcp-flags`).
+    pub tcp_flags: Option<Neg<TcpFlags>>,
+    /// ICMP / ICMPv6 type and code (`--icmp-type`, `--icmpv6-type`).
+    pub icmp: Option<Neg<IcmpType>>,
 }
 
 impl Match {
@@ -240,6 +289,8 @@ impl Match {
             && check(&self.out_port, |p| r.out_port == p)
             && check(&self.ip_version, |v| r.ip_version == v)
             && self.state.is_none_or(|s| s.contains(r.flow_state))
+            && check(&self.tcp_flags, |f| f.holds(r.tcp_flags))
+            && check(&self.icmp, |t| t.holds(r.icmp_type, r.icmp_code))
     }
 }
 
@@ -279,6 +330,7 @@ impl fmt::Display for Match {
                 (FlowState::New, "NEW"),
                 (FlowState::Established, "ESTABLISHED"),
                 (FlowState::Related, "RELATED"),
+                (FlowState::Invalid, "INVALID"),
             ]
             .iter()
             .filter(|(st, _)| s.contains(*st))
@@ -286,11 +338,51 @@ impl fmt::Display for Match {
             .collect();
             push(format!("--ctstate {}", names.join(",")));
         }
+        if let Some(t) = self.tcp_flags {
+            push(format!(
+                "{}--tcp-flags {} {}",
+                neg(t.negated),
+                flag_names(t.value.mask),
+                flag_names(t.value.set)
+            ));
+        }
+        if let Some(t) = self.icmp {
+            let code = t.value.code.map_or(String::new(), |c| format!("/{c}"));
+            push(format!(
+                "{}--icmp-type {}{code}",
+                neg(t.negated),
+                t.value.ty
+            ));
+        }
         if parts.is_empty() {
             f.write_str("(any)")
         } else {
             f.write_str(&parts.join(" "))
         }
+    }
+}
+
+/// TCP flag names as iptables lists them (`SYN,ACK`), or `NONE`.
+pub fn flag_names(bits: u8) -> String {
+    const NAMES: [(u8, &str); 8] = [
+        (0x01, "FIN"),
+        (0x02, "SYN"),
+        (0x04, "RST"),
+        (0x08, "PSH"),
+        (0x10, "ACK"),
+        (0x20, "URG"),
+        (0x40, "ECE"),
+        (0x80, "CWR"),
+    ];
+    let names: Vec<&str> = NAMES
+        .iter()
+        .filter(|(b, _)| bits & b != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    if names.is_empty() {
+        "NONE".into()
+    } else {
+        names.join(",")
     }
 }
 
@@ -312,8 +404,8 @@ pub enum Target {
     Accept,
     /// `-j DROP`.
     Drop,
-    /// `-j REJECT`.
-    Reject,
+    /// `-j REJECT --reject-with …`: drop and answer.
+    Reject(RejectWith),
 }
 
 impl Target {
@@ -322,18 +414,43 @@ impl Target {
         match self {
             Target::Accept => Action::Accept,
             Target::Drop => Action::Drop,
-            Target::Reject => Action::Reject,
+            Target::Reject(_) => Action::Reject,
+        }
+    }
+
+    /// The action word a module writes for this target (see [`Action::word`]).
+    pub const fn word(self) -> u32 {
+        match self {
+            Target::Reject(with) => Action::Reject.word(with),
+            t => t.action() as u32,
         }
     }
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Target::Accept => "ACCEPT",
-            Target::Drop => "DROP",
-            Target::Reject => "REJECT",
-        })
+        match self {
+            Target::Accept => f.write_str("ACCEPT"),
+            Target::Drop => f.write_str("DROP"),
+            Target::Reject(RejectWith::PortUnreachable) => f.write_str("REJECT"),
+            Target::Reject(w) => write!(f, "REJECT --reject-with {}", reject_name(*w)),
+        }
+    }
+}
+
+/// iptables' name of a reject answer (the IPv4 spelling; ip6tables' is accepted on input).
+pub const fn reject_name(w: RejectWith) -> &'static str {
+    match w {
+        RejectWith::PortUnreachable => "icmp-port-unreachable",
+        RejectWith::NetUnreachable => "icmp-net-unreachable",
+        RejectWith::HostUnreachable => "icmp-host-unreachable",
+        RejectWith::ProtoUnreachable => "icmp-proto-unreachable",
+        RejectWith::NetProhibited => "icmp-net-prohibited",
+        RejectWith::HostProhibited => "icmp-host-prohibited",
+        RejectWith::AdminProhibited => "icmp-admin-prohibited",
+        RejectWith::TcpReset => "tcp-reset",
+        RejectWith::PolicyFail => "icmp6-policy-fail",
+        RejectWith::RejectRoute => "icmp6-reject-route",
     }
 }
 

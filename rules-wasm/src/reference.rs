@@ -3,8 +3,8 @@
 //! It is the meaning of a rule set. The compiled Wasm module is checked against it by the
 //! differential test, and `trace` can use it to explain a verdict. It scans linearly, so it is
 //! not for the hot path.
-use crate::abi::{PacketRecord, RULE_NONE, VerdictRecord};
-use crate::model::RuleSet;
+use crate::abi::{PacketRecord, RULE_NONE, RejectWith, VerdictRecord};
+use crate::model::{RuleSet, Target};
 
 /// The verdict `set` gives `r`: the action and id of the first rule (in chain order) that
 /// matches, or the set's default with [`RULE_NONE`] when none does.
@@ -13,13 +13,13 @@ pub fn evaluate(set: &RuleSet, r: &PacketRecord) -> VerdictRecord {
         .iter()
         .find(|rule| rule.m.matches(r))
         .map(|rule| VerdictRecord {
-            action: rule.target.action(),
-            rule: rule.id,
+            reject: match rule.target {
+                Target::Reject(w) => w,
+                _ => RejectWith::PortUnreachable,
+            },
+            ..VerdictRecord::new(rule.target.action(), rule.id)
         })
-        .unwrap_or(VerdictRecord {
-            action: set.default,
-            rule: RULE_NONE,
-        })
+        .unwrap_or(VerdictRecord::new(set.default, RULE_NONE))
 }
 
 #[cfg(test)]
@@ -48,28 +48,13 @@ mod tests {
             dst_port: 80,
             ..Default::default()
         };
-        assert_eq!(
-            evaluate(&set, &r),
-            VerdictRecord {
-                action: Action::Drop,
-                rule: 0
-            }
-        );
+        assert_eq!(evaluate(&set, &r), VerdictRecord::new(Action::Drop, 0));
         r.dst_port = 81;
-        assert_eq!(
-            evaluate(&set, &r),
-            VerdictRecord {
-                action: Action::Accept,
-                rule: 1
-            }
-        );
+        assert_eq!(evaluate(&set, &r), VerdictRecord::new(Action::Accept, 1));
         let empty = RuleSet::new(vec![], 1, Action::Reject);
         assert_eq!(
             evaluate(&empty, &r),
-            VerdictRecord {
-                action: Action::Reject,
-                rule: RULE_NONE
-            }
+            VerdictRecord::new(Action::Reject, RULE_NONE)
         );
     }
 }

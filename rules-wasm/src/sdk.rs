@@ -6,7 +6,7 @@
 //!
 //! fn decide(r: &PacketRecord) -> VerdictRecord {
 //!     if r.protocol == rules_wasm::abi::proto::ICMP {
-//!         return VerdictRecord { action: Action::Drop, rule: 1 };
+//!         return VerdictRecord::new(Action::Drop, 1);
 //!     }
 //!     VerdictRecord::CONTINUE
 //! }
@@ -81,7 +81,7 @@ impl IoArea {
 
     /// Writes verdict `i` (one 8-byte word: action, then rule id, little-endian).
     pub fn set_verdict(&self, i: usize, v: VerdictRecord) {
-        let word = u64::from(v.action as u32) | u64::from(v.rule) << 32;
+        let word = u64::from(v.action.word(v.reject)) | u64::from(v.rule) << 32;
         self.words[VERDICTS_OFFSET / 8 + i].store(word, Ordering::Relaxed);
     }
 
@@ -178,10 +178,7 @@ mod tests {
         }
         let decide = |r: &PacketRecord| {
             if r.protocol == proto::UDP {
-                VerdictRecord {
-                    action: Action::Drop,
-                    rule: u32::from(r.dst_port),
-                }
+                VerdictRecord::new(Action::Drop, u32::from(r.dst_port))
             } else {
                 VerdictRecord::CONTINUE
             }
@@ -189,33 +186,15 @@ mod tests {
         io.run(1000, decide);
         for i in 0..MAX_BATCH {
             let want = if i % 2 == 1 {
-                VerdictRecord {
-                    action: Action::Drop,
-                    rule: i as u32,
-                }
+                VerdictRecord::new(Action::Drop, i as u32)
             } else {
-                VerdictRecord {
-                    action: Action::Continue,
-                    rule: RULE_NONE,
-                }
+                VerdictRecord::new(Action::Continue, RULE_NONE)
             };
             assert_eq!(io.verdict(i), Some(want));
         }
         // A negative n judges nothing.
-        io.set_verdict(
-            0,
-            VerdictRecord {
-                action: Action::Reject,
-                rule: 9,
-            },
-        );
+        io.set_verdict(0, VerdictRecord::new(Action::Reject, 9));
         io.run(-1, decide);
-        assert_eq!(
-            io.verdict(0),
-            Some(VerdictRecord {
-                action: Action::Reject,
-                rule: 9
-            })
-        );
+        assert_eq!(io.verdict(0), Some(VerdictRecord::new(Action::Reject, 9)));
     }
 }

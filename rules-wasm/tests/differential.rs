@@ -7,9 +7,11 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use common::{Host, Rng};
-use rules_wasm::abi::{Action, FlowState, PacketRecord, addr_bytes, proto};
+use rules_wasm::abi::{Action, FlowState, PacketRecord, RejectWith, addr_bytes, proto};
 use rules_wasm::compiler::{Classify, CompileOptions, compile, compile_with};
-use rules_wasm::model::{Chain, Cidr, Match, Neg, PortRange, Rule, RuleSet, StateSet, Target};
+use rules_wasm::model::{
+    Chain, Cidr, IcmpType, Match, Neg, PortRange, Rule, RuleSet, StateSet, Target, TcpFlags,
+};
 use rules_wasm::reference::evaluate;
 
 /// Small pools so random rules and packets collide often.
@@ -135,10 +137,35 @@ fn random_rule(rng: &mut Rng, p: &Pools, n_ports: u16) -> Rule {
         m.ip_version = Some(neg(*rng.pick(&[0u8, 4, 6]), rng));
     }
     if rng.chance(12) {
-        m.state = Some(StateSet((rng.below(7) + 1) as u8));
+        m.state = Some(StateSet((rng.below(15) + 1) as u8));
+    }
+    if rng.chance(10) {
+        let mask = rng.below(256) as u8;
+        m.tcp_flags = Some(neg(
+            TcpFlags {
+                mask,
+                set: rng.below(256) as u8 & mask,
+            },
+            rng,
+        ));
+    }
+    if rng.chance(10) {
+        m.icmp = Some(neg(
+            IcmpType {
+                ty: *rng.pick(&[0u8, 3, 8, 128, 129]),
+                code: rng.chance(50).then(|| rng.below(4) as u8),
+            },
+            rng,
+        ));
     }
     let chain = *rng.pick(&[Chain::User, Chain::Docker, Chain::Icc]);
-    let target = *rng.pick(&[Target::Accept, Target::Drop, Target::Reject]);
+    let target = *rng.pick(&[
+        Target::Accept,
+        Target::Drop,
+        Target::Reject(RejectWith::PortUnreachable),
+        Target::Reject(RejectWith::TcpReset),
+        Target::Reject(RejectWith::AdminProhibited),
+    ]);
     Rule::new(chain, m, target, "random")
 }
 
@@ -177,6 +204,15 @@ fn packet_near(rng: &mut Rng, p: &Pools, r: &Rule, n_ports: u16) -> PacketRecord
     if let Some(c) = m.ip_version.filter(|c| !c.negated) {
         pkt.ip_version = c.value;
     }
+    if let Some(c) = m.tcp_flags.filter(|c| !c.negated) {
+        pkt.tcp_flags = (pkt.tcp_flags & !c.value.mask) | c.value.set;
+    }
+    if let Some(c) = m.icmp.filter(|c| !c.negated) {
+        pkt.icmp_type = c.value.ty;
+        if let Some(code) = c.value.code {
+            pkt.icmp_code = code;
+        }
+    }
     // Perturb one field now and then, to land just outside the rule.
     match rng.below(10) {
         0 => pkt.dst_port = pkt.dst_port.wrapping_add(1),
@@ -211,17 +247,31 @@ fn random_packet(rng: &mut Rng, p: &Pools, n_ports: u16) -> PacketRecord {
             6
         },
         protocol,
-        tcp_flags: 0,
+        tcp_flags: if protocol == proto::TCP {
+            let any = rng.below(256) as u8;
+            *rng.pick(&[0x02, 0x12, 0x10, 0x11, 0x04, any])
+        } else {
+            0
+        },
         flow_state: *rng.pick(&[
             FlowState::New,
             FlowState::New,
             FlowState::Established,
             FlowState::Related,
+            FlowState::Invalid,
         ]),
         in_port: rng.below(u64::from(n_ports)) as u16,
         out_port: rng.below(u64::from(n_ports)) as u16,
-        icmp_type: 0,
-        icmp_code: 0,
+        icmp_type: if matches!(protocol, proto::ICMP | proto::ICMPV6) {
+            *rng.pick(&[0u8, 3, 8, 128, 129, 11])
+        } else {
+            0
+        },
+        icmp_code: if matches!(protocol, proto::ICMP | proto::ICMPV6) {
+            rng.below(4) as u8
+        } else {
+            0
+        },
     }
 }
 
@@ -411,10 +461,7 @@ fn empty_rule_set_gives_the_default() {
     let v = host.run(&[PacketRecord::default()]);
     assert_eq!(
         v[0],
-        rules_wasm::abi::VerdictRecord {
-            action: Action::Reject,
-            rule: rules_wasm::abi::RULE_NONE
-        }
+        rules_wasm::abi::VerdictRecord::new(Action::Reject, rules_wasm::abi::RULE_NONE)
     );
 }
 

@@ -38,14 +38,8 @@ fn wat_example_drops_echo_requests_to_port_3_only() {
         echo(proto::ICMP, 8, 4),
         echo(proto::TCP, 8, 3),
     ]);
-    let drop = VerdictRecord {
-        action: Action::Drop,
-        rule: 1,
-    };
-    let cont = VerdictRecord {
-        action: Action::Continue,
-        rule: RULE_NONE,
-    };
+    let drop = VerdictRecord::new(Action::Drop, 1);
+    let cont = VerdictRecord::new(Action::Continue, RULE_NONE);
     assert_eq!(got, [drop, drop, cont, cont, cont]);
 }
 
@@ -119,10 +113,7 @@ fn rust_examples_load_and_decide() {
         got[..20].iter().all(|v| v.action == Action::Continue),
         "the burst passes"
     );
-    assert!(got[300..].contains(&VerdictRecord {
-        action: Action::Drop,
-        rule: 1
-    }));
+    assert!(got[300..].contains(&VerdictRecord::new(Action::Drop, 1)));
     let logs = rl.logs.lock().unwrap().clone();
     assert_eq!(logs.len(), 1, "one report per storm: {logs:?}");
     assert!(logs[0].contains("ran out"));

@@ -2,9 +2,12 @@
 //! its line, token position and token, and atomicity of `apply`.
 use std::net::IpAddr;
 
+use rules_wasm::abi::RejectWith;
 use rules_wasm::abi::{FlowState, proto};
 use rules_wasm::docker::{BridgeNetwork, ContainerInfo};
-use rules_wasm::iptables::{NoNames, ParseError, ParseErrorKind as K, apply, parse};
+use rules_wasm::iptables::{
+    NoNames, ParseError, ParseErrorKind as K, UserRules, parse, parse_full,
+};
 use rules_wasm::model::{Chain, Cidr, Neg, PortRange, StateSet, Target};
 
 fn net() -> BridgeNetwork {
@@ -30,7 +33,7 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn err(text: &str) -> ParseError {
-    parse(text, &net()).unwrap_err()
+    parse(text, &net()).expect_err(text)
 }
 
 #[test]
@@ -73,7 +76,7 @@ fn cidrs_ranges_negation_interfaces_and_states() {
         m.state,
         Some(StateSet::of(FlowState::New).with(FlowState::Related))
     );
-    assert_eq!(rules[0].target, Target::Reject);
+    assert_eq!(rules[0].target, Target::Reject(RejectWith::PortUnreachable));
     assert_eq!(rules[1].m.proto, None);
     assert_eq!(rules[1].m.in_port, Some(Neg::is(7)));
     assert_eq!(rules[2].m.proto, Some(Neg::is(132)));
@@ -95,7 +98,11 @@ fn cidrs_ranges_negation_interfaces_and_states() {
     );
     assert_eq!(
         rules[4].m.state,
-        Some(StateSet::of(FlowState::Established).with(FlowState::Related))
+        Some(
+            StateSet::of(FlowState::Established)
+                .with(FlowState::Related)
+                .with(FlowState::Invalid)
+        )
     );
 }
 
@@ -120,9 +127,10 @@ fn names_expand_and_pair_by_family() {
 
 #[test]
 fn insert_positions_and_append() {
-    let mut rules = Vec::new();
-    apply(&mut rules, "-A -s 10.0.0.1 -j DROP\n-A -s 10.0.0.2 -j DROP\n-I 2 -s 10.0.0.3 -j ACCEPT\n-I -s 10.0.0.4 -j ACCEPT\n-s 10.0.0.5 -j REJECT", &NoNames)
+    let mut u = UserRules::default();
+    u.apply("-A -s 10.0.0.1 -j DROP\n-A -s 10.0.0.2 -j DROP\n-I 2 -s 10.0.0.3 -j ACCEPT\n-I -s 10.0.0.4 -j ACCEPT\n-s 10.0.0.5 -j REJECT", &NoNames)
         .unwrap();
+    let rules = u.rules().unwrap().rules;
     let order: Vec<String> = rules
         .iter()
         .map(|r| r.m.src.unwrap().value.to_string())
@@ -171,16 +179,21 @@ fn each_error_kind_names_line_position_and_token() {
         ),
         ("-A -s nosuch -j DROP", 1, 3, "nosuch", K::UnknownName),
         ("-A -i nosuch -j DROP", 1, 3, "nosuch", K::UnknownName),
-        ("-A -s 1.2.3.4", 1, 4, "<end of line>", K::MissingTarget),
         ("-A -s 1.2.3.4 -s 1.2.3.5 -j DROP", 1, 4, "-s", K::Duplicate),
         ("-A -j DROP -j ACCEPT", 1, 4, "-j", K::Duplicate),
         ("-A -p foo -j DROP", 1, 3, "foo", K::BadProtocol),
-        ("-A -j LOG", 1, 3, "LOG", K::BadTarget),
+        ("-A -j NOSUCH", 1, 3, "NOSUCH", K::BadTarget),
         ("-I INPUT -j DROP", 1, 2, "INPUT", K::UnknownChain),
         ("-A DOCKER 3 -j DROP", 1, 3, "3", K::PositionWithAppend),
         ("-A ! -j DROP", 1, 3, "-j", K::BadNegation),
         ("-A ! ! -s 1.2.3.4 -j DROP", 1, 3, "!", K::BadNegation),
-        ("-A ! -s web -j DROP", 1, 4, "web", K::NegatedMany),
+        (
+            "-A ! -s 10.0.0.1,web -j DROP",
+            1,
+            4,
+            "10.0.0.1,web",
+            K::NegatedMany,
+        ),
         (
             "-A -s 1.2.3.4 -d ::1 -j DROP",
             1,
@@ -188,14 +201,68 @@ fn each_error_kind_names_line_position_and_token() {
             "::1",
             K::FamilyMismatch,
         ),
-        ("-t nat -A -j DROP", 1, 2, "nat", K::Unsupported),
-        ("-A -m multiport -j DROP", 1, 3, "multiport", K::Unsupported),
         (
-            "-A -m conntrack --ctstate INVALID -j DROP",
+            "-t nat -A -j DROP",
+            1,
+            2,
+            "nat",
+            K::Unsupported("tables other than filter"),
+        ),
+        (
+            "-A -m hashlimit -j DROP",
+            1,
+            3,
+            "hashlimit",
+            K::Unsupported("this match module"),
+        ),
+        (
+            "-A -m multiport -j DROP",
+            1,
+            3,
+            "multiport",
+            K::MissingValue,
+        ),
+        (
+            "-A -m conntrack --ctstate BOGUS -j DROP",
             1,
             5,
-            "INVALID",
+            "BOGUS",
             K::BadState,
+        ),
+        (
+            "-A -p tcp --dport 80 -j reject",
+            1,
+            7,
+            "reject",
+            K::BadTarget,
+        ),
+        (
+            "-A -p udp -j REJECT --reject-with tcp-reset",
+            1,
+            7,
+            "tcp-reset",
+            K::BadRejectWith,
+        ),
+        (
+            "-A -p icmp --icmp-type bogus -j DROP",
+            1,
+            5,
+            "bogus",
+            K::BadIcmpType,
+        ),
+        (
+            "-A -m mac --mac-source 02:00:00:00:00:99 -j DROP",
+            1,
+            5,
+            "02:00:00:00:00:99",
+            K::ForeignMac,
+        ),
+        (
+            "-A -m set --match-set nosuch src -j DROP",
+            1,
+            5,
+            "nosuch",
+            K::UnknownSet,
         ),
         (
             "# first line is fine\n-A -j DROP\n-I 9 -j DROP",
@@ -221,16 +288,29 @@ fn each_error_kind_names_line_position_and_token() {
 
 #[test]
 fn apply_is_atomic() {
-    let mut rules = parse("-A -s 10.0.0.1 -j DROP", &NoNames).unwrap();
-    let before = rules.clone();
-    let e = apply(
-        &mut rules,
-        "-I -s 10.0.0.2 -j DROP\n-A -s 10.0.0.3 -j DROP\n-A -s bogus!name -j DROP",
-        &NoNames,
-    )
-    .unwrap_err();
+    let mut u = UserRules::default();
+    u.apply("-A -s 10.0.0.1 -j DROP", &NoNames).unwrap();
+    let before = u.rules().unwrap().rules;
+    let e = u
+        .apply(
+            "-I -s 10.0.0.2 -j DROP\n-A -s 10.0.0.3 -j DROP\n-A -s bogus!name -j DROP",
+            &NoNames,
+        )
+        .unwrap_err();
     assert_eq!(e.line, 3);
-    assert_eq!(rules, before, "a rejected line leaves the rules untouched");
-    apply(&mut rules, "-I -s 10.0.0.2 -j DROP", &NoNames).unwrap();
-    assert_eq!(rules.len(), 2);
+    assert_eq!(
+        u.rules().unwrap().rules,
+        before,
+        "a rejected line leaves the rules untouched"
+    );
+    u.apply("-I -s 10.0.0.2 -j DROP", &NoNames).unwrap();
+    assert_eq!(u.rules().unwrap().rules.len(), 2);
+}
+
+#[test]
+fn a_rule_without_target_only_warns() {
+    let p = parse_full("-A -s 1.2.3.4", None, &NoNames).unwrap();
+    assert!(p.rules.is_empty());
+    assert_eq!(p.warnings.len(), 1);
+    assert_eq!(p.warnings[0].line, 1);
 }

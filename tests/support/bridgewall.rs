@@ -63,14 +63,44 @@ impl Bridgewall {
         bw
     }
 
+    /// Like [`Bridgewall::start_taking_over`], with further arguments for `bridgewall run`
+    /// after the default ones (e.g. `--rules FILE`).
+    pub fn start_taking_over_with(
+        engine: &DockerEngine,
+        containers: usize,
+        extra: &[&std::ffi::OsStr],
+    ) -> Bridgewall {
+        let mut bw = Self::spawn_with(engine, extra);
+        let enforcing = format!("({containers} containers");
+        bw.wait_until(
+            "bridgewall enforcing docker0 with the containers taken over",
+            Duration::from_secs(30),
+            |b| {
+                b.lines()
+                    .iter()
+                    .any(|l| l.contains("bridgewall is enforcing") && l.contains(&enforcing))
+                    && no_veth_on_docker0(engine)
+            },
+        );
+        bw
+    }
+
     /// The child process, with a thread per stream collecting its lines (stderr's prefixed
     /// "stderr: ").
     fn spawn(engine: &DockerEngine) -> Bridgewall {
+        Self::spawn_with(engine, &[])
+    }
+
+    /// [`Bridgewall::spawn`] with further arguments for `bridgewall run`.
+    fn spawn_with(engine: &DockerEngine, extra: &[&std::ffi::OsStr]) -> Bridgewall {
         let mut child = Command::new(env!("CARGO_BIN_EXE_bridgewall"))
             .args(["run", "--docker-host", &engine.host()])
             .args(["--netns", &engine.netns, "--state-dir"])
             .arg(engine.dir.join("bridgewall-state"))
+            .args(extra)
             .env("NO_COLOR", "1")
+            // An error's cause, not a backtrace, should end the log tail a failure prints.
+            .env("RUST_LIB_BACKTRACE", "0")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -92,6 +92,21 @@ fn apt_install_without_daemons(pkg: &str) {
     }
 }
 
+/// Installs Debian's `package` (with no service started: policy-rc.d) if `command` is not
+/// on PATH, e.g. `ensure_command("ipset", "ipset")`.
+pub fn ensure_command(command: &str, package: &str) {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _held = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if have(command) {
+        return;
+    }
+    apt_install_without_daemons(package);
+    assert!(
+        have(command),
+        "{package} installed but {command} is not on PATH"
+    );
+}
+
 /// Installs Debian's docker.io if dockerd is missing, without starting a daemon.
 pub fn ensure_docker_installed() {
     INSTALL.call_once(|| {

@@ -9,6 +9,7 @@ use anyhow::Context;
 
 use crate::docker::{TrackerConfig, TrackerHandle, TrackerStatus};
 use crate::netlink::Netns;
+use crate::runtime::host::HostWatch;
 use crate::runtime::{BridgeRuntime, RuntimeOptions};
 use crate::state::Snapshot;
 
@@ -48,6 +49,33 @@ pub fn follow(
         rt.policy().generation,
         rt.policy().ruleset.rules.len()
     );
+    let user = rt
+        .policy()
+        .ruleset
+        .rules
+        .iter()
+        .filter(|r| r.chain == rules_wasm::model::Chain::User)
+        .count();
+    if user + rt.policy().logs.len() + rt.policy().limits.len() > 0 {
+        println!(
+            "user rules: {user} flat rules, {} LOG rules, {} rate-limited rules",
+            rt.policy().logs.len(),
+            rt.policy().limits.len()
+        );
+    }
+    for w in &rt.policy().warnings {
+        println!("note: user rules: {w}");
+    }
+    // `-i eth0` in a user rule means "routed through eth0": follow the routing table.
+    let host_watch = match HostWatch::spawn(netns) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            println!(
+                "WARNING: not following the host's routes ({e}): rules on host interfaces keep the routes read at start"
+            );
+            None
+        }
+    };
     let mut last: Arc<Snapshot> = first;
     let mut status_seen = tracker.status();
     let mut starvation_checked = std::time::Instant::now();
@@ -60,6 +88,15 @@ pub fn follow(
                     times,
                     "port short of receive frames: the kernel drops what arrives for it (raise --fill-frames, or look for a port that keeps frames parked)"
                 );
+            }
+        }
+        if let Some(view) = host_watch.as_ref().and_then(HostWatch::latest) {
+            match rt.set_host(view) {
+                Ok(g) => println!("host routes changed: policy generation {g} in force"),
+                Err(e) => println!(
+                    "ERROR: the policy for the new routes was not built; generation {} stays in force: {e}",
+                    rt.policy().generation
+                ),
             }
         }
         let gen_seen = last.generation;

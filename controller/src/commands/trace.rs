@@ -104,6 +104,7 @@ pub struct TraceQuery {
 /// and returns whether both evaluators agree.
 pub fn trace(
     state: &BridgeState,
+    host: &crate::runtime::host::HostView,
     user: &UserRules,
     modules: &UserModules,
     q: &TraceQuery,
@@ -111,7 +112,10 @@ pub fn trace(
     let (src, dst, proto_name, dport) = (q.src.as_str(), q.dst.as_str(), q.proto.as_str(), q.dport);
     let wasm = WasmRuntime::new(WasmConfig::default()).context("starting the Wasm host")?;
     let user_modules = modules.load(&wasm)?;
-    let build = policy::build(&wasm, state, user, &user_modules, 1)?;
+    let build = policy::build(&wasm, state, host, user, &user_modules, 1)?;
+    for w in &build.warnings {
+        println!("note: {}: {w}", user.origin);
+    }
     let (src_ip, in_port) = endpoint(state, src)?;
     let (dst_ip, out_port) = endpoint(state, dst)?;
     if in_port == out_port {
@@ -178,6 +182,9 @@ pub fn trace(
             t.origin
         ),
     ]);
+    for line in build.logged(&t.record) {
+        table.add_row(vec!["logged by (LOG)".to_string(), line.to_string()]);
+    }
     table.add_row(vec![
         "reference interpreter".to_string(),
         if t.by_user_module {

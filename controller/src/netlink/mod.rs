@@ -8,9 +8,13 @@
 mod error;
 mod link;
 mod netns;
+mod routes;
 mod sysctl;
 
 pub use error::NetlinkError;
 pub use link::{LinkFacts, Rtnl, VethPeer};
 pub use netns::{Netns, NsThread, is_root};
+pub use routes::{
+    MAIN_TABLE, RouteEntry, RouteEvent, RouteKind, RouteReader, RouteWatch, reverse_path_prefixes,
+};
 pub use sysctl::{ip_forward_enabled, set_ip_forward};

@@ -16,6 +16,7 @@
 //! own netlink socket there, and AF_XDP sockets and bpf links are created on a thread that
 //! entered it ([`Netns::run_scoped`]).
 pub mod frames;
+pub mod host;
 pub mod policy;
 pub mod report;
 
@@ -37,6 +38,7 @@ use crate::state::{Attachment, BridgeState, GATEWAY_PORT, Snapshot};
 use crate::takeover::{RestoreReport, Takeover, TakeoverError, TakeoverOptions};
 
 use frames::{FrameBudget, PlaceError, Placement, SegmentTable};
+use host::HostView;
 use policy::{PacketSpec, PolicyBuild, PolicyError, TraceAnswer, UserModules, UserRules};
 use report::{CounterTotals, EnforceLatency};
 
@@ -177,6 +179,8 @@ pub struct BridgeRuntime {
     next_generation: u64,
     latency: EnforceLatency,
     ip_forward: bool,
+    /// The host's routes and addresses the user rules were read with.
+    host: HostView,
 }
 
 impl std::fmt::Debug for BridgeRuntime {
@@ -219,7 +223,11 @@ impl BridgeRuntime {
         }
         let wasm = WasmRuntime::new(WasmConfig::default())?;
         let user_modules = opts.user_modules.load(&wasm)?;
-        let policy = policy::build(&wasm, &state, &opts.user_rules, &user_modules, 1)?;
+        let host = HostView::read_blocking(&netns).map_err(|error| RuntimeError::Netlink {
+            what: "reading the host's routes and addresses".into(),
+            error,
+        })?;
+        let policy = policy::build(&wasm, &state, &host, &opts.user_rules, &user_modules, 1)?;
         let mut takeover = Takeover::take(&netns, &bridge, opts.takeover.clone())?;
         for a in &state.attachments {
             takeover.adopt(&a.host_ifname)?;
@@ -292,6 +300,7 @@ impl BridgeRuntime {
             next_generation: 2,
             latency: EnforceLatency::default(),
             ip_forward,
+            host,
         };
         // From here on `rt`'s drop undoes everything, the dataplane included.
         let gw_config = PortConfig {
@@ -386,6 +395,7 @@ impl BridgeRuntime {
         let built = policy::build(
             &self.wasm,
             new,
+            &self.host,
             &self.opts.user_rules,
             &self.policy.user_modules,
             generation,
@@ -611,6 +621,37 @@ impl BridgeRuntime {
             tracing::warn!(container = a.container, "{e}");
         }
         self.attached.remove(&a.container);
+    }
+
+    /// Takes a new view of the host's routes and addresses (they changed) and swaps in the
+    /// policy built with it; a policy that does not build leaves the one in force. Returns
+    /// the generation in force.
+    pub fn set_host(&mut self, host: HostView) -> Result<u64, RuntimeError> {
+        if host == self.host {
+            return Ok(self.policy.generation);
+        }
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let built = policy::build(
+            &self.wasm,
+            &self.state,
+            &host,
+            &self.opts.user_rules,
+            &self.policy.user_modules,
+            generation,
+        )?;
+        let previous = std::mem::replace(&mut self.policy, built);
+        if let Err(e) = self.install_policy() {
+            self.policy = previous;
+            return Err(e);
+        }
+        self.host = host;
+        Ok(generation)
+    }
+
+    /// The host's routes and addresses the rules in force were read with.
+    pub fn host(&self) -> &HostView {
+        &self.host
     }
 
     /// Instantiates the current build once per worker (here, on the control thread) and

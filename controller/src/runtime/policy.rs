@@ -7,17 +7,21 @@
 //! interpreter and through a fresh instance of the very module the workers run, so a trace
 //! can say both which rule decides and that the dataplane's module agrees.
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use dataplane::wasm::{
-    LoadError, PolicyChain, PolicyModule, TraceResult, WasmRuntime, trace_fresh,
+    Caps, LogSpec, RateLimit, LoadError, PolicyChain, PolicyModule, TraceResult, WasmRuntime, trace_fresh,
 };
-use rules_wasm::abi::{Action, FlowState, PacketRecord, RULE_NONE, addr_bytes, proto, tcp_flags};
+use rules_wasm::abi::{
+    Action, FlowState, PacketRecord, RULE_NONE, RejectWith, addr_bytes, proto, tcp_flags,
+};
 use rules_wasm::compiler::{CompileError, CompiledPolicy, compile};
 use rules_wasm::docker::{PortId, docker_ruleset};
-use rules_wasm::iptables::{ParseError, parse};
-use rules_wasm::model::{Chain, RuleSet};
+use rules_wasm::iptables::{LimitRule, LogRule, ParseError, Warning, parse_full};
+use rules_wasm::model::{Chain, RuleSet, Target};
 use rules_wasm::reference;
 
+use crate::runtime::host::HostView;
 use crate::state::BridgeState;
 
 /// Why a policy could not be built. The policy in force stays in force.
@@ -100,10 +104,13 @@ impl UserModules {
 /// The user's rules as text, with where they came from (for error messages).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UserRules {
-    /// iptables-syntax lines; blank lines and `#` comments are ignored by the parser.
+    /// iptables-syntax lines or `iptables-save` output; blank lines and `#` comments are
+    /// ignored by the parser.
     pub text: String,
     /// A file name, or e.g. "the lab file".
     pub origin: String,
+    /// `ipset save` output defining the sets `-m set` names (sets may also be in `text`).
+    pub ipsets: Option<String>,
 }
 
 impl UserRules {
@@ -112,15 +119,27 @@ impl UserRules {
         UserRules {
             text: lines.join("\n"),
             origin: origin.to_string(),
+            ipsets: None,
         }
     }
 
-    /// Number of rule lines (not blank, not comments).
+    /// Number of lines that add a rule (`-A`, `-I`, or a bare rule line), whatever chain they
+    /// name: what a person counts in the file. How many of them apply (Docker's own chains are
+    /// skipped on import) and what they expand to, the built policy says.
     pub fn count(&self) -> usize {
         self.text
             .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| {
+                let t = l.trim_start();
+                let t = if t.starts_with('[') { t.split_once(' ').map_or("", |x| x.1) } else { t };
+                t.strip_prefix("ip6tables ")
+                    .or_else(|| t.strip_prefix("iptables "))
+                    .unwrap_or(t)
+                    .trim_start()
+            })
+            .filter(|t| {
+                t.starts_with('-') && !t.starts_with("-N") && !t.starts_with("--new-chain")
+            })
             .count()
     }
 }
@@ -138,22 +157,87 @@ pub struct PolicyBuild {
     pub module: PolicyModule,
     /// The user's own modules, run before `module` (loaded once, shared by every build).
     pub user_modules: Vec<PolicyModule>,
+    /// What the rules were accepted with a caveat for (Docker's chains skipped on import, a
+    /// chain nothing jumps to), for the person running bridgewall.
+    pub warnings: Vec<Warning>,
+    /// The user's `-j LOG` rules, each a module run beside the policy (see
+    /// [`dataplane::wasm::PolicyChain::instantiate_observed`]).
+    pub logs: Vec<LogModule>,
+    /// The user's rate-limited deciding rules, each a module run before `module` (see
+    /// [`dataplane::wasm::RateLimit`]).
+    pub limits: Vec<LimitModule>,
 }
 
+/// One rate-limited deciding rule as the workers run it.
+#[derive(Clone, Debug)]
+pub struct LimitModule {
+    /// The rule's line.
+    pub origin: String,
+    /// First match `Accept` = the packet reached the rule and matched it.
+    pub ruleset: RuleSet,
+    /// The compiled rule set, loaded with its shared token bucket.
+    pub module: PolicyModule,
+    /// What it decides within the rate.
+    pub limit: RateLimit,
+}
+
+/// One `-j LOG` rule as the workers run it.
+#[derive(Clone, Debug)]
+pub struct LogModule {
+    /// `--log-prefix`.
+    pub prefix: Arc<str>,
+    /// The rule's line.
+    pub origin: String,
+    /// First match `Accept` = the packet reached the LOG rule.
+    pub ruleset: RuleSet,
+    /// The compiled rule set, loaded.
+    pub module: PolicyModule,
+    /// `-m limit`: (lines a second, burst).
+    pub limit: Option<(f64, u32)>,
+    /// Rate-limited rules before it (their decisions mean the LOG rule was not reached).
+    pub limits_before: usize,
+}
+
+/// Size caps of the compiled policy module: its data grows with the rules and sets (about
+/// 170 bytes per flat rule), so room for a few million.
+pub const COMPILED_POLICY_CAPS: Caps = Caps {
+    max_module_bytes: 1 << 30,
+    max_memory_bytes: 1 << 30,
+};
+
 /// Compiles `state` plus `user` into a loaded module of generation `generation`. User rules
-/// are re-parsed against the current containers, since they may name containers.
+/// are re-parsed against the current containers and the host's routes (`host`), since they
+/// may name containers and host interfaces.
 pub fn build(
     wasm: &WasmRuntime,
     state: &BridgeState,
+    host: &HostView,
     user: &UserRules,
     user_modules: &[PolicyModule],
     generation: u64,
 ) -> Result<PolicyBuild, PolicyError> {
-    let user_rules = parse(&user.text, &state.network).map_err(|error| PolicyError::Rules {
+    let parsed = parse_full(
+        &user.text,
+        user.ipsets.as_deref(),
+        &host.names(&state.network),
+    )
+    .map_err(|error| PolicyError::Rules {
         origin: user.origin.clone(),
         error,
     })?;
-    let ruleset = docker_ruleset(&state.network, user_rules, generation);
+    let ruleset = docker_ruleset(&state.network, parsed.rules, generation);
+    let logs = parsed
+        .logs
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| log_module(wasm, l, generation, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let limits = parsed
+        .limits
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| limit_module(wasm, l, generation, i))
+        .collect::<Result<Vec<_>, _>>()?;
     let compiled = compile(&ruleset)?;
     let st = &compiled.stats;
     // Once per policy build (container events), never per packet. `inlined = false` or a
@@ -169,13 +253,79 @@ pub fn build(
         module_bytes = compiled.wasm.len(),
         "policy compiled"
     );
-    let module = wasm.load(&compiled.wasm, &format!("docker-policy-g{generation}"))?;
+    // The compiled policy is ours and grows with the user's sets (a million-entry ipset is
+    // ~170 MB): it gets room for that, while users' own modules keep the runtime's caps.
+    let module = wasm.load_with_caps(
+        &compiled.wasm,
+        &format!("docker-policy-g{generation}"),
+        COMPILED_POLICY_CAPS,
+    )?;
     Ok(PolicyBuild {
         generation,
         ruleset,
         compiled,
         module,
         user_modules: user_modules.to_vec(),
+        warnings: parsed.warnings,
+        logs,
+        limits,
+    })
+}
+
+/// Compiles and loads one rate-limited rule's rule set. The user rules come first in the
+/// policy's rule set, so the rule's flat index is its id there.
+fn limit_module(
+    wasm: &WasmRuntime,
+    rule: LimitRule,
+    generation: u64,
+    index: usize,
+) -> Result<LimitModule, PolicyError> {
+    let ruleset = RuleSet::new(rule.rules, generation, Action::Continue);
+    let compiled = compile(&ruleset)?;
+    let (action, reject) = match rule.target {
+        Target::Reject(w) => (Action::Reject, w),
+        t => (t.action(), RejectWith::default()),
+    };
+    let limit = RateLimit {
+        per_second: rule.per_second,
+        burst: rule.burst,
+        verdict: dataplane::wasm::limit::limited_verdict(action, rule.first as u32, reject),
+    };
+    let module = wasm.load_limited(
+        &compiled.wasm,
+        &format!("limit-{index}-g{generation}"),
+        COMPILED_POLICY_CAPS,
+        limit,
+    )?;
+    Ok(LimitModule {
+        origin: rule.origin,
+        ruleset,
+        module,
+        limit,
+    })
+}
+
+/// Compiles and loads one LOG rule's rule set.
+fn log_module(
+    wasm: &WasmRuntime,
+    log: LogRule,
+    generation: u64,
+    index: usize,
+) -> Result<LogModule, PolicyError> {
+    let ruleset = RuleSet::new(log.rules, generation, Action::Continue);
+    let compiled = compile(&ruleset)?;
+    let module = wasm.load_with_caps(
+        &compiled.wasm,
+        &format!("log-{index}-g{generation}"),
+        COMPILED_POLICY_CAPS,
+    )?;
+    Ok(LogModule {
+        prefix: Arc::from(log.prefix.as_str()),
+        origin: log.origin,
+        ruleset,
+        module,
+        limit: log.limit,
+        limits_before: log.limits_before,
     })
 }
 
@@ -274,15 +424,43 @@ impl PolicyBuild {
     /// The chain every worker runs: the user's modules, then the compiled Docker policy.
     pub fn chain(&self) -> Vec<PolicyModule> {
         let mut all = self.user_modules.clone();
+        all.extend(self.limits.iter().map(|l| l.module.clone()));
         all.push(self.module.clone());
         all
     }
 
-    /// `n` fresh chains, one per worker.
+    /// `n` fresh chains, one per worker, with the LOG rules beside them.
     pub fn instances(&self, n: usize) -> Result<Vec<PolicyChain>, LoadError> {
         let chain = self.chain();
+        let observers: Vec<LogSpec> = self
+            .logs
+            .iter()
+            .map(|l| LogSpec {
+                module: l.module.clone(),
+                prefix: Arc::clone(&l.prefix),
+                limit: l.limit,
+                // Stages: the user's modules, then the rate-limited rules, then the policy.
+                decided_before: u16::try_from(self.user_modules.len() + l.limits_before)
+                    .unwrap_or(u16::MAX),
+            })
+            .collect();
         (0..n)
-            .map(|_| PolicyChain::instantiate(self.generation, &chain))
+            .map(|_| PolicyChain::instantiate_observed(self.generation, &chain, &observers))
+            .collect()
+    }
+
+    /// The LOG rules `record` reaches (their lines), by the reference interpreter, with every
+    /// rate-limited rule within its rate.
+    pub fn logged(&self, record: &PacketRecord) -> Vec<&str> {
+        let first_limited = self
+            .limits
+            .iter()
+            .position(|l| reference::evaluate(&l.ruleset, record).action == Action::Accept);
+        self.logs
+            .iter()
+            .filter(|l| first_limited.is_none_or(|k| l.limits_before <= k))
+            .filter(|l| reference::evaluate(&l.ruleset, record).action == Action::Accept)
+            .map(|l| l.origin.as_str())
             .collect()
     }
 
@@ -320,6 +498,25 @@ impl PolicyBuild {
                 origin: format!("policy module {name}, its rule {}", compiled.rule_id),
                 by_user_module: true,
                 compiled,
+            });
+        }
+        // A rate-limited rule reached and matched decides (within its rate) before the
+        // policy: the reference answer is then that rule's.
+        if let Some(l) = self
+            .limits
+            .iter()
+            .find(|l| reference::evaluate(&l.ruleset, &record).action == Action::Accept)
+        {
+            let v = l.limit.verdict;
+            return Ok(TraceAnswer {
+                record,
+                compiled,
+                reference_action: v.action,
+                reference_rule: v.rule,
+                action: v.action,
+                chain: Some(Chain::User),
+                origin: format!("{} (while within its -m limit rate)", l.origin),
+                by_user_module: false,
             });
         }
         let reference = reference::evaluate(&self.ruleset, &record);
@@ -377,7 +574,7 @@ mod tests {
     fn walkthrough_traces_name_the_deciding_rule_and_both_evaluators_agree() {
         let wasm = WasmRuntime::new(WasmConfig::default()).unwrap();
         let (state, rules) = walkthrough();
-        let b = build(&wasm, &state, &rules, &[], 7).unwrap();
+        let b = build(&wasm, &state, &HostView::default(), &rules, &[], 7).unwrap();
         assert_eq!(b.generation, 7);
         assert_eq!(b.instances(2).unwrap().len(), 2);
 
@@ -428,9 +625,10 @@ mod tests {
         let rules = UserRules {
             text: "# comment\n-I -s client3 -j DROP\n-A -d nosuch -j DROP\n".into(),
             origin: "rules.txt".into(),
+            ipsets: None,
         };
         assert_eq!(rules.count(), 2);
-        let e = build(&wasm, &state, &rules, &[], 1)
+        let e = build(&wasm, &state, &HostView::default(), &rules, &[], 1)
             .unwrap_err()
             .to_string();
         assert!(e.contains("rules.txt") && e.contains("line 3"), "{e}");

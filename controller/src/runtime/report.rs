@@ -29,6 +29,8 @@ pub struct CounterTotals {
     pub fragments_forwarded: u64,
     /// Later IP fragments held until their first fragment came.
     pub fragments_held: u64,
+    /// REJECT answers: (counter name, count), as [`CounterSnapshot::reject_answers`] names them.
+    pub reject_answers: Vec<(&'static str, u64)>,
 }
 
 impl CounterTotals {
@@ -61,6 +63,12 @@ impl CounterTotals {
             t.redecisions += s.flows.redecisions;
             t.fragments_forwarded += s.fragments_forwarded;
             t.fragments_held += s.fragments_held;
+            for (name, n) in s.reject_answers() {
+                match t.reject_answers.iter_mut().find(|(r, _)| *r == name) {
+                    Some(e) => e.1 += n,
+                    None => t.reject_answers.push((name, n)),
+                }
+            }
         }
         t.ports.sort_unstable();
         t.rules.sort_unstable();
@@ -171,6 +179,25 @@ impl CounterTotals {
             ]);
         }
         out.push_str(&format!("policy decisions per rule:\n{t}\n"));
+        if let Some(p) = policy.filter(|p| !p.logs.is_empty()) {
+            let mut t = Table::new();
+            t.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+                "LOG rule",
+                "packets reached",
+                "logged",
+                "not logged (rate limit)",
+            ]);
+            for l in &p.logs {
+                let c = l.module.counters().snapshot();
+                t.add_row(vec![
+                    l.origin.clone(),
+                    c.accepted.to_string(),
+                    c.logs.to_string(),
+                    c.logs_suppressed.to_string(),
+                ]);
+            }
+            out.push_str(&format!("LOG rules (this policy generation):\n{t}\n"));
+        }
         let mut t = Table::new();
         t.load_preset(UTF8_FULL_CONDENSED)
             .set_header(vec!["drop reason", "frames"]);
@@ -181,6 +208,15 @@ impl CounterTotals {
             t.add_row(vec!["(none)".to_string(), "0".to_string()]);
         }
         out.push_str(&format!("drops:\n{t}"));
+        let answers: Vec<String> = self
+            .reject_answers
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect();
+        if !answers.is_empty() {
+            out.push_str(&format!("\nREJECT answers: {}", answers.join(", ")));
+        }
         if self.fragments_forwarded + self.fragments_held > 0 {
             out.push_str(&format!(
                 "\nIP fragments: {} later fragments followed their first ({} of them held until it came)",

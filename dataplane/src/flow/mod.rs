@@ -21,7 +21,7 @@ pub use state::{ConnState, Dir, FinSeen, Timeouts, tcp_transition};
 
 use crate::phy::PortId;
 use crate::wire::{Fragment, Parsed, Tuple};
-use rules_wasm::abi::proto;
+use rules_wasm::abi::{RejectWith, proto};
 use std::hash::BuildHasher;
 
 /// Slots per bucket; a key may occupy any slot of its two buckets, which bounds every lookup
@@ -126,6 +126,10 @@ pub struct Verdict {
     pub accept: bool,
     /// The deciding rule, or `RULE_NONE`.
     pub rule: u32,
+    /// For a denial by a reject, how it answers: the flow's later packets (a retransmitted
+    /// SYN, the next datagram) are answered like its first, as iptables answers each packet
+    /// its REJECT rule matches. `None` for accepts and silent drops.
+    pub reject: Option<RejectWith>,
 }
 
 /// One tracked flow.
@@ -211,6 +215,7 @@ const EMPTY_ENTRY: FlowEntry = FlowEntry {
     verdict: Verdict {
         accept: false,
         rule: 0,
+        reject: None,
     },
     generation: 0,
     last_seen: 0,
@@ -624,6 +629,7 @@ mod tests {
         verdict: Verdict {
             accept: true,
             rule: RULE_NONE,
+            reject: None,
         },
         generation: 1,
     };

@@ -4,12 +4,44 @@
 //! Each module sees only the records every module before it answered `Continue` for; the
 //! continuing records are compacted into preallocated scratch arrays, so a batch costs no
 //! allocation however many modules there are.
-use rules_wasm::abi::{Action, MAX_BATCH, PacketRecord, VerdictRecord};
+//!
+//! Beside the deciding modules a chain may hold *observers*: iptables' `-j LOG` rules, which
+//! never decide. Each observer's module answers `Accept` for the records that reach its LOG
+//! rule; the chain counts them (the module's `accepted` counter) and logs them through a
+//! token bucket, like the guests' `bw.log`, so a flood costs a bounded number of lines.
+use std::sync::Arc;
+use std::time::Instant;
 
+use rules_wasm::abi::{Action, MAX_BATCH, PacketRecord, VerdictRecord, bytes_addr};
+
+use super::counters::ModuleCounters;
 use super::error::LoadError;
+use super::hostlog::LogBucket;
 use super::instance::PolicyInstance;
 use super::module::PolicyModule;
 use crate::policy::Policy;
+
+/// A LOG rule to run beside a chain: what [`PolicyChain::instantiate_observed`] takes.
+#[derive(Clone, Debug)]
+pub struct LogSpec {
+    /// The rule's module: `Accept` = the record reached the LOG rule.
+    pub module: PolicyModule,
+    /// `--log-prefix`.
+    pub prefix: Arc<str>,
+    /// `-m limit`: (lines a second, burst); `None` for the runtime's `bw.log` rate.
+    pub limit: Option<(f64, u32)>,
+    /// Records decided by a stage below this index never reached the LOG rule (a user
+    /// module, or a rate-limited rule before it, decided them first).
+    pub decided_before: u16,
+}
+
+/// A LOG rule beside the policy: its module, its `--log-prefix`, and its log rate limit.
+struct Observer {
+    instance: PolicyInstance,
+    prefix: Arc<str>,
+    bucket: LogBucket,
+    decided_before: u16,
+}
 
 /// `decided_by` value of a record no module decided (every module said Continue).
 pub const DECIDED_BY_NONE: u16 = u16::MAX;
@@ -26,6 +58,8 @@ pub struct PolicyChain {
     scratch_records: [PacketRecord; MAX_BATCH],
     /// The next stage's verdicts on `scratch_records`.
     scratch_verdicts: [VerdictRecord; MAX_BATCH],
+    /// LOG rules, run on every batch after the decision.
+    observers: Vec<Observer>,
 }
 
 impl PolicyChain {
@@ -39,6 +73,63 @@ impl PolicyChain {
             pending: [0; MAX_BATCH],
             scratch_records: [PacketRecord::default(); MAX_BATCH],
             scratch_verdicts: [VerdictRecord::CONTINUE; MAX_BATCH],
+            observers: Vec::new(),
+        }
+    }
+
+    /// Instantiates every module and every observer (a LOG rule's module, with its prefix).
+    pub fn instantiate_observed(
+        generation: u64,
+        modules: &[PolicyModule],
+        observers: &[LogSpec],
+    ) -> Result<Self, LoadError> {
+        let mut chain = Self::instantiate(generation, modules)?;
+        for o in observers {
+            let config = &o.module.inner().runtime.config;
+            let bucket = match o.limit {
+                Some((rate, burst)) => LogBucket::with_rate(burst, rate),
+                None => LogBucket::new(config.log_burst, config.log_per_second),
+            };
+            chain.observers.push(Observer {
+                instance: o.module.instantiate()?,
+                prefix: Arc::clone(&o.prefix),
+                bucket,
+                decided_before: o.decided_before,
+            });
+        }
+        Ok(chain)
+    }
+
+    /// The observers' instances (LOG rules), in order.
+    pub fn observers(&self) -> impl ExactSizeIterator<Item = &PolicyInstance> {
+        self.observers.iter().map(|o| &o.instance)
+    }
+
+    /// Runs every observer on `records`: a record its module accepts reached its LOG rule and
+    /// is logged (within the rate limit; over it, counted as suppressed).
+    fn observe(&mut self, records: &[PacketRecord]) {
+        let n = records.len().min(MAX_BATCH);
+        for o in &mut self.observers {
+            o.instance
+                .evaluate(&records[..n], &mut self.scratch_verdicts[..n]);
+            let mut now = None;
+            for ((r, v), by) in records
+                .iter()
+                .zip(&self.scratch_verdicts[..n])
+                .zip(&self.decided_by[..n])
+            {
+                if v.action != Action::Accept || *by < o.decided_before {
+                    continue;
+                }
+                let counters = &o.instance.module().inner().counters;
+                let t = *now.get_or_insert_with(Instant::now);
+                if o.bucket.take(t) {
+                    log_packet(&o.prefix, r);
+                    ModuleCounters::add(&counters.logs, 1);
+                } else {
+                    ModuleCounters::add(&counters.logs_suppressed, 1);
+                }
+            }
         }
     }
 
@@ -148,8 +239,28 @@ impl Policy for PolicyChain {
             .zip(verdicts.chunks_mut(MAX_BATCH))
         {
             self.decide_batch(recs, outs);
+            if !self.observers.is_empty() {
+                self.observe(recs);
+            }
         }
     }
+}
+
+/// One LOG line, in the shape of iptables' kernel log (`PREFIX IN= OUT= SRC= DST= PROTO=
+/// SPT= DPT=`), with dataplane port ids for the interfaces. Rate-limited by the caller.
+fn log_packet(prefix: &str, r: &PacketRecord) {
+    tracing::info!(
+        target: "bridgewall::log",
+        "{prefix}IN=port{} OUT=port{} SRC={} DST={} PROTO={} SPT={} DPT={} TYPE={}",
+        r.in_port,
+        r.out_port,
+        bytes_addr(r.src),
+        bytes_addr(r.dst),
+        r.protocol,
+        r.src_port,
+        r.dst_port,
+        r.icmp_type
+    );
 }
 
 impl std::fmt::Debug for PolicyChain {

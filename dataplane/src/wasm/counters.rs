@@ -20,6 +20,7 @@ pub struct ModuleCounters {
     pub(crate) quarantined_batches: AtomicU64,
     pub(crate) logs: AtomicU64,
     pub(crate) logs_suppressed: AtomicU64,
+    pub(crate) over_limit: AtomicU64,
 }
 
 /// A point-in-time copy of [`ModuleCounters`], for metrics and tests.
@@ -53,6 +54,9 @@ pub struct ModuleCountersSnapshot {
     pub logs: u64,
     /// `bw.log` messages dropped by the rate limit.
     pub logs_suppressed: u64,
+    /// For a rate-limited rule's module: records that matched the rule over its rate (and
+    /// went on to the rest of the chain).
+    pub over_limit: u64,
 }
 
 impl ModuleCounters {
@@ -73,6 +77,7 @@ impl ModuleCounters {
             quarantined_batches: self.quarantined_batches.load(Relaxed),
             logs: self.logs.load(Relaxed),
             logs_suppressed: self.logs_suppressed.load(Relaxed),
+            over_limit: self.over_limit.load(Relaxed),
         }
     }
 

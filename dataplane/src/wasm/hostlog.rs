@@ -104,10 +104,15 @@ pub(crate) struct LogBucket {
 impl LogBucket {
     /// A full bucket.
     pub(crate) fn new(burst: u32, per_second: u32) -> Self {
+        Self::with_rate(burst, f64::from(per_second))
+    }
+
+    /// A full bucket refilled at a fractional rate (iptables' `--limit 3/min` is 0.05/s).
+    pub(crate) fn with_rate(burst: u32, per_second: f64) -> Self {
         Self {
             tokens: f64::from(burst),
             burst: f64::from(burst),
-            per_second: f64::from(per_second),
+            per_second,
             last: Instant::now(),
         }
     }

@@ -127,6 +127,12 @@ impl PolicyInstance {
             if o != BatchOutcome::Decided {
                 outcome = o;
             }
+            // The load-time probe (an instance that does not warn) must not spend the shared
+            // bucket's tokens.
+            if let Some((limit, bucket)) = self.module.inner().limit.as_ref().filter(|_| self.warn) {
+                let over = super::limit::apply(limit, bucket, outs);
+                ModuleCounters::add(&self.counters.over_limit, over);
+            }
         }
         outcome
     }
@@ -245,10 +251,7 @@ impl PolicyInstance {
 
     fn fail_closed(&self, verdicts: &mut [VerdictRecord]) {
         let action = self.module.inner().runtime.config.fail_closed;
-        verdicts.fill(VerdictRecord {
-            action,
-            rule: RULE_FAIL_CLOSED,
-        });
+        verdicts.fill(VerdictRecord::new(action, RULE_FAIL_CLOSED));
         let c = &self.counters;
         ModuleCounters::add(&c.fail_closed_records, verdicts.len() as u64);
         let mut tally = [0u64; 4];
@@ -342,7 +345,7 @@ fn instantiate(module: &PolicyModule, counters: &Arc<ModuleCounters>) -> Result<
     };
     let state = HostState {
         limits: StoreLimitsBuilder::new()
-            .memory_size(config.max_memory_bytes)
+            .memory_size(inner.max_memory_bytes)
             .table_elements(config.max_table_elements)
             .instances(1)
             .memories(1)

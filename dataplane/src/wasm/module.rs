@@ -2,6 +2,8 @@
 //! instantiated once per worker.
 use std::sync::Arc;
 
+use super::limit::{RateLimit, SharedBucket};
+
 use rules_wasm::abi::{
     self, FlowState, MAX_BATCH, PORT_FLOOD, PacketRecord, VerdictRecord, proto, tcp_flags,
 };
@@ -39,6 +41,21 @@ pub(crate) struct ModuleInner {
     pub(crate) counters: Arc<ModuleCounters>,
     pub(crate) warn: WarnGate,
     size: usize,
+    /// Cap on each instance's linear memory (see [`Caps`]).
+    pub(crate) max_memory_bytes: usize,
+    /// For a rate-limited rule's module: the limit and the bucket every instance shares.
+    pub(crate) limit: Option<(RateLimit, Arc<SharedBucket>)>,
+}
+
+/// Size caps for one module, when they differ from the runtime's (a compiled policy with a
+/// million-entry ipset is a trusted, generated module of a few hundred MB; a user's module
+/// keeps [`crate::wasm::WasmConfig`]'s caps).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caps {
+    /// Largest module accepted, in bytes.
+    pub max_module_bytes: usize,
+    /// Cap on each instance's linear memory, in bytes.
+    pub max_memory_bytes: usize,
 }
 
 impl PolicyModule {
@@ -46,13 +63,19 @@ impl PolicyModule {
         runtime: Arc<RuntimeShared>,
         bytes: &[u8],
         name: &str,
+        caps: Option<Caps>,
+        limit: Option<RateLimit>,
     ) -> Result<Self, LoadError> {
         let config = &runtime.config;
-        if bytes.len() > config.max_module_bytes {
+        let caps = caps.unwrap_or(Caps {
+            max_module_bytes: config.max_module_bytes,
+            max_memory_bytes: config.max_memory_bytes,
+        });
+        if bytes.len() > caps.max_module_bytes {
             return Err(LoadError::TooLarge {
                 module: name.into(),
                 size: bytes.len(),
-                cap: config.max_module_bytes,
+                cap: caps.max_module_bytes,
             });
         }
         let module =
@@ -78,6 +101,8 @@ impl PolicyModule {
                 counters: Arc::default(),
                 warn,
                 size: bytes.len(),
+                max_memory_bytes: caps.max_memory_bytes,
+                limit: limit.map(|l| (l, SharedBucket::new(&l))),
             }),
         };
         this.probe()?;

@@ -146,7 +146,32 @@ impl WasmRuntime {
     /// milliseconds); the result is instantiated for workers with
     /// [`PolicyModule::instantiate`]. See [`PolicyModule`] for what is checked.
     pub fn load(&self, bytes: &[u8], name: &str) -> Result<PolicyModule, LoadError> {
-        PolicyModule::load(Arc::clone(&self.shared), bytes, name)
+        PolicyModule::load(Arc::clone(&self.shared), bytes, name, None, None)
+    }
+
+    /// Loads a module with its own size caps instead of the runtime's: for the policies
+    /// bridgewall compiles itself, whose size follows the rules and sets the user gave
+    /// (validation, imports and exports are checked as for any module).
+    pub fn load_with_caps(
+        &self,
+        bytes: &[u8],
+        name: &str,
+        caps: crate::wasm::module::Caps,
+    ) -> Result<PolicyModule, LoadError> {
+        PolicyModule::load(Arc::clone(&self.shared), bytes, name, Some(caps), None)
+    }
+
+    /// Loads a rate-limited rule's module (iptables' `-m limit` on a deciding rule): its
+    /// `Accept` means "reached and matched"; instances turn that into `limit.verdict` while
+    /// the bucket, shared by every instance, has tokens, and into `Continue` otherwise.
+    pub fn load_limited(
+        &self,
+        bytes: &[u8],
+        name: &str,
+        caps: crate::wasm::module::Caps,
+        limit: crate::wasm::limit::RateLimit,
+    ) -> Result<PolicyModule, LoadError> {
+        PolicyModule::load(Arc::clone(&self.shared), bytes, name, Some(caps), Some(limit))
     }
 
     /// The configuration in force.

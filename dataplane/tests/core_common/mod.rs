@@ -50,17 +50,11 @@ pub fn mapped(ip: [u8; 4]) -> [u8; 16] {
 }
 
 pub fn accept(rule: u32) -> VerdictRecord {
-    VerdictRecord {
-        action: Action::Accept,
-        rule,
-    }
+    VerdictRecord::new(Action::Accept, rule)
 }
 
 pub fn drop_(rule: u32) -> VerdictRecord {
-    VerdictRecord {
-        action: Action::Drop,
-        rule,
-    }
+    VerdictRecord::new(Action::Drop, rule)
 }
 
 /// Docker's icc=false with `--link child:alias` from the parent, exposing TCP 80, as a

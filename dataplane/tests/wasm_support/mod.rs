@@ -161,13 +161,7 @@ impl Harness {
         let verdicts = self.judge(&[tcp(80), tcp(666)]);
         assert_eq!(self.current.generation(), 1, "the policy in force changed");
         for v in verdicts {
-            assert_eq!(
-                v,
-                VerdictRecord {
-                    action: Action::Accept,
-                    rule: 7
-                }
-            );
+            assert_eq!(v, VerdictRecord::new(Action::Accept, 7));
         }
     }
 }

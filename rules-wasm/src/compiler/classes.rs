@@ -92,7 +92,12 @@ fn cheap(m: &Match) -> Cheap {
 
 /// Whether a rule looks only at cheap fields (so its class alone decides it).
 fn cheap_only(m: &Match) -> bool {
-    m.src.is_none() && m.dst.is_none() && m.sport.is_none() && m.dport.is_none()
+    m.src.is_none()
+        && m.dst.is_none()
+        && m.sport.is_none()
+        && m.dport.is_none()
+        && m.tcp_flags.is_none()
+        && m.icmp.is_none()
 }
 
 /// One field's classes: `values[k]` is class `k + 1`; every other value is class 0.
@@ -165,7 +170,7 @@ impl Plan {
     }
 
     fn states(&self) -> u32 {
-        if self.state { 3 } else { 1 }
+        if self.state { 4 } else { 1 }
     }
 
     /// `m`'s cheap conditions on the fields this plan classifies; the rest read as "any".
@@ -401,6 +406,7 @@ pub(crate) fn build(plan: &Plan, groups: Groups) -> Classes {
     if plan.state {
         state[1] = 1;
         state[2] = 2;
+        state[3] = 3;
     }
     Classes {
         pair,

@@ -20,12 +20,13 @@ use wasm_encoder::{
 use super::classes::Program;
 use super::tables::{
     BUCKET_SIZE, BUCKET_SLOTS, ENTRY_SIZE, IO_BASE, K_MIX, MASKS, RULE_SIZE, SHAPE_SIZE, SHAPES,
-    ShapeInfo, Tables, entry, neg, rec, shape,
+    ShapeInfo, Tables, entry, neg, neg2, rec, shape,
 };
 use crate::abi::{
     ABI_VERSION, EXPORT_ABI_VERSION, EXPORT_EVALUATE, EXPORT_INIT, EXPORT_MEMORY, MAX_BATCH,
-    OFF_DST_ADDR, OFF_DST_PORT, OFF_FLOW_STATE, OFF_IN_PORT, OFF_IP_VERSION, OFF_OUT_PORT,
-    OFF_PROTOCOL, OFF_SRC_ADDR, OFF_SRC_PORT, RECORD_SIZE, VERDICTS_OFFSET,
+    OFF_DST_ADDR, OFF_DST_PORT, OFF_FLOW_STATE, OFF_ICMP_CODE, OFF_ICMP_TYPE, OFF_IN_PORT,
+    OFF_IP_VERSION, OFF_OUT_PORT, OFF_PROTOCOL, OFF_SRC_ADDR, OFF_SRC_PORT, OFF_TCP_FLAGS,
+    RECORD_SIZE, VERDICTS_OFFSET,
 };
 
 /// Function indices.
@@ -775,13 +776,37 @@ fn check_rule(s: &mut InstructionSink<'_>, rec: u32, ra: u32, tmp: u32, negs: u3
         negbit(s, bit);
         s.i32_and();
     }
+    // TCP flags and ICMP type/code: masked equalities, negated by the NEG2 byte.
+    s.local_get(ra)
+        .i32_load8_u(mem(rec::NEG2, 0))
+        .local_set(negs);
+    field(s, rec, OFF_TCP_FLAGS, false);
+    s.local_get(ra)
+        .i32_load8_u(mem(rec::TCPF_MASK, 0))
+        .i32_and();
+    s.local_get(ra).i32_load8_u(mem(rec::TCPF_SET, 0)).i32_eq();
+    negbit(s, neg2::TCPF);
+    s.i32_and();
+    field(s, rec, OFF_ICMP_TYPE, false);
+    s.local_get(ra)
+        .i32_load8_u(mem(rec::ICMP_TYPE_MASK, 0))
+        .i32_and();
+    s.local_get(ra).i32_load8_u(mem(rec::ICMP_TYPE, 0)).i32_eq();
+    field(s, rec, OFF_ICMP_CODE, false);
+    s.local_get(ra)
+        .i32_load8_u(mem(rec::ICMP_CODE_MASK, 0))
+        .i32_and();
+    s.local_get(ra).i32_load8_u(mem(rec::ICMP_CODE, 0)).i32_eq();
+    s.i32_and();
+    negbit(s, neg2::ICMP);
+    s.i32_and();
     // State set: bit 1 << state, unknown state bytes read as New (bit 0), the ABI's rule.
     s.i32_const(1);
     field(s, rec, OFF_FLOW_STATE, false);
     s.local_tee(tmp)
         .i32_const(0)
         .local_get(tmp)
-        .i32_const(2)
+        .i32_const(3)
         .i32_le_u()
         .select()
         .i32_shl();

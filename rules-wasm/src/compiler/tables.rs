@@ -36,7 +36,7 @@ pub(crate) const MASKS: u32 = 8192;
 /// Shape records start here.
 pub(crate) const SHAPES: u32 = 12288;
 /// Bytes per rule record.
-pub(crate) const RULE_SIZE: u32 = 64;
+pub(crate) const RULE_SIZE: u32 = 80;
 /// Bytes per shape record.
 pub(crate) const SHAPE_SIZE: u32 = 64;
 /// Slots per hash bucket: four 32-bit tags (0 = empty) then their four entry indices, so one
@@ -71,6 +71,20 @@ pub(crate) mod rec {
     pub const OUT: u64 = 52;
     pub const OUT_MASK: u64 = 54;
     pub const ACTION: u64 = 56;
+    pub const TCPF_MASK: u64 = 60;
+    pub const TCPF_SET: u64 = 61;
+    pub const ICMP_TYPE: u64 = 62;
+    pub const ICMP_TYPE_MASK: u64 = 63;
+    pub const ICMP_CODE: u64 = 64;
+    pub const ICMP_CODE_MASK: u64 = 65;
+    /// Negation bits of the fields past the first byte's eight (see [`super::neg2`]).
+    pub const NEG2: u64 = 66;
+}
+
+/// Negation bits in a rule record's `NEG2` byte.
+pub(crate) mod neg2 {
+    pub const TCPF: u32 = 0;
+    pub const ICMP: u32 = 1;
 }
 
 /// Negation bits in a rule record's `NEG` byte, one per negatable field.
@@ -342,7 +356,23 @@ fn rule_record(rule: &Rule, out: &mut Vec<u8>) {
     put16(b, rec::OUT, outv);
     put16(b, rec::OUT_MASK, outm);
     let a = rec::ACTION as usize;
-    b[a..a + 4].copy_from_slice(&(rule.target.action() as u32).to_le_bytes());
+    b[a..a + 4].copy_from_slice(&rule.target.word().to_le_bytes());
+    let mut negs2 = 0u8;
+    if let Some(t) = m.tcp_flags {
+        negs2 |= u8::from(t.negated) << neg2::TCPF;
+        b[rec::TCPF_MASK as usize] = t.value.mask;
+        b[rec::TCPF_SET as usize] = t.value.set;
+    }
+    if let Some(t) = m.icmp {
+        negs2 |= u8::from(t.negated) << neg2::ICMP;
+        b[rec::ICMP_TYPE as usize] = t.value.ty;
+        b[rec::ICMP_TYPE_MASK as usize] = 0xff;
+        if let Some(c) = t.value.code {
+            b[rec::ICMP_CODE as usize] = c;
+            b[rec::ICMP_CODE_MASK as usize] = 0xff;
+        }
+    }
+    b[rec::NEG2 as usize] = negs2;
 }
 
 /// Everything the module's memory holds, and where the code finds it.
@@ -398,7 +428,7 @@ pub(crate) struct Tables {
 
 /// The ABI action code of `rule`.
 fn action_of(rule: &Rule) -> u32 {
-    rule.target.action() as u32
+    rule.target.word()
 }
 
 /// A shape as inlined code sees it: constants instead of loads from its record.
@@ -439,6 +469,8 @@ fn is_exact(m: &Match, spec: &Spec) -> bool {
         && plain(m.sport.map(|c| c.negated))
         && plain(m.dport.map(|c| c.negated))
         && m.state.is_none()
+        && m.tcp_flags.is_none()
+        && m.icmp.is_none()
         && (m.sport.is_none() || spec.fields & F_SPORT != 0)
         && (m.dport.is_none() || spec.fields & F_DPORT != 0)
 }

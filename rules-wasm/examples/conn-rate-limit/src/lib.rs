@@ -61,10 +61,7 @@ fn decide(r: &PacketRecord) -> VerdictRecord {
                 "conn-rate-limit: a source container ran out of new-connection tokens",
             );
         }
-        VerdictRecord {
-            action: Action::Drop,
-            rule: RULE_LIMITED,
-        }
+        VerdictRecord::new(Action::Drop, RULE_LIMITED)
     }
 }
 

@@ -25,15 +25,9 @@ fn decide(r: &PacketRecord) -> VerdictRecord {
     }
     let dns = matches!(r.protocol, proto::UDP | proto::TCP) && r.dst_port == 53;
     if dns && r.dst == addr_bytes(core::net::IpAddr::V4(RESOLVER)) {
-        VerdictRecord {
-            action: Action::Accept,
-            rule: RULE_DNS_ALLOWED,
-        }
+        VerdictRecord::new(Action::Accept, RULE_DNS_ALLOWED)
     } else {
-        VerdictRecord {
-            action: Action::Drop,
-            rule: RULE_CONFINED,
-        }
+        VerdictRecord::new(Action::Drop, RULE_CONFINED)
     }
 }
 
