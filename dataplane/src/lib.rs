@@ -5,6 +5,8 @@
 //! and is tested with in-memory ports, plus the I/O backends behind one [`phy::Port`] trait: AF_XDP
 //! ([`afxdp`]) and the in-memory port ([`phy::memory`]). The Wasm policy host lives in
 //! [`wasm`]; [`worker`] runs engines on threads.
+// The one place `unsafe` is allowed: raw rings, UMEM memory and the AF_XDP/BPF syscalls.
+#[allow(unsafe_code)]
 pub mod afxdp;
 pub mod counters;
 pub mod engine;

@@ -324,7 +324,9 @@ fn wasm_observer_counts_and_logs_without_deciding() {
     )
     .unwrap();
     assert_eq!(chain.observers().len(), 1);
-    let ports: Vec<u16> = (0..200).map(|i| if i % 2 == 0 { 80 } else { 443 }).collect();
+    let ports: Vec<u16> = (0..200)
+        .map(|i| if i % 2 == 0 { 80 } else { 443 })
+        .collect();
     let records = batch(ports.iter().copied());
     let mut verdicts = vec![VerdictRecord::CONTINUE; records.len()];
     chain.decide(&records, &mut verdicts);
@@ -332,7 +334,10 @@ fn wasm_observer_counts_and_logs_without_deciding() {
         assert_eq!(*v, reference_docker(*p), "the observer never decides");
     }
     let c = observer.counters().snapshot();
-    assert_eq!(c.accepted, 100, "every record to port 80 reached the LOG rule");
+    assert_eq!(
+        c.accepted, 100,
+        "every record to port 80 reached the LOG rule"
+    );
     let burst = u64::from(rt.config().log_burst);
     assert!(c.logs <= burst + 1, "logged within the burst: {}", c.logs);
     assert_eq!(c.logs + c.logs_suppressed, 100);
@@ -374,7 +379,11 @@ fn wasm_rate_limited_rule_decides_within_its_rate_only() {
     let mut va = vec![VerdictRecord::CONTINUE; 4];
     a.decide(&records, &mut va);
     assert_eq!(va[0], limit.verdict);
-    assert_eq!(va[1], VerdictRecord::new(Action::Accept, 1), "not reached: the policy");
+    assert_eq!(
+        va[1],
+        VerdictRecord::new(Action::Accept, 1),
+        "not reached: the policy"
+    );
     assert_eq!(va[2], limit.verdict);
     assert_eq!(va[3], limit.verdict);
     // Another worker's instance shares the bucket, now empty: the policy decides.

@@ -200,7 +200,13 @@ fn flattened_chains_equal_the_chains_walked() {
         let logs: Vec<(String, usize, RuleSet)> = flat
             .logs
             .into_iter()
-            .map(|l| (l.origin, l.limits_before, RuleSet::new(l.rules, 1, Action::Continue)))
+            .map(|l| {
+                (
+                    l.origin,
+                    l.limits_before,
+                    RuleSet::new(l.rules, 1, Action::Continue),
+                )
+            })
             .collect();
         let mut log_hosts: Vec<Host> = logs
             .iter()

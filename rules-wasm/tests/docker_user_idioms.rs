@@ -491,7 +491,11 @@ fn every_idiom_loads_and_decides_as_iptables() {
                 evaluate(&s, &r).action == Action::Accept
             });
             if let Some(l) = limited {
-                assert_eq!(format!("{:?} (limit)", l.target).to_uppercase(), want.to_uppercase(), "idiom {n} `{idiom}` on `{p}`");
+                assert_eq!(
+                    format!("{:?} (limit)", l.target).to_uppercase(),
+                    want.to_uppercase(),
+                    "idiom {n} `{idiom}` on `{p}`"
+                );
                 assert!(u.decide(&r).is_some(), "walked, idiom {n}");
                 probes += 1;
                 continue;

@@ -12,8 +12,14 @@ use rules_wasm::model::{Cidr, Rule};
 const REFUSED: &[(&str, &str)] = &[
     ("255.0.255.0", "non-contiguous netmasks"),
     ("255.0.12.0", "non-contiguous netmasks"),
-    ("-m limit", "-m limit with RETURN, a chain jump or no target"),
-    ("-m connlimit", "-m connlimit is parsed but not enforced yet"),
+    (
+        "-m limit",
+        "-m limit with RETURN, a chain jump or no target",
+    ),
+    (
+        "-m connlimit",
+        "-m connlimit is parsed but not enforced yet",
+    ),
     ("SNAT,DNAT", "--ctstate SNAT/DNAT"),
 ];
 

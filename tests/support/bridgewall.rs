@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use super::docker::DockerEngine;
 
 /// Seconds since `t0`, for the progress lines.
-pub fn at(t0: Instant) -> String {
+pub(crate) fn at(t0: Instant) -> String {
     format!("[{:6.1}s]", t0.elapsed().as_secs_f64())
 }
 
 /// `bridgewall run` on the engine's docker0 as a child process, its stdout and stderr
 /// collected line by line. SIGINT on drop (SIGKILL if it does not stop), so a failing test
 /// never leaves it running.
-pub struct Bridgewall {
+pub(crate) struct Bridgewall {
     child: Option<Child>,
     log: Arc<Mutex<Vec<String>>>,
     readers: Vec<JoinHandle<()>>,
@@ -28,7 +28,7 @@ impl Bridgewall {
     /// Starts `bridgewall run` with default options (its state file under the engine's
     /// directory) and waits until it enforces the bridge. For a docker0 whose containers
     /// start afterwards: see [`Bridgewall::wait_attached`].
-    pub fn start(engine: &DockerEngine) -> Bridgewall {
+    pub(crate) fn start(engine: &DockerEngine) -> Bridgewall {
         let mut bw = Self::spawn(engine);
         bw.wait_until(
             "bridgewall enforcing docker0",
@@ -47,7 +47,7 @@ impl Bridgewall {
     /// taken over: its "enforcing" line counts them ("(N containers") and no container's veth
     /// is left on docker0. Enforcing alone is not enough there: the takeover of the running
     /// containers may still be under way.
-    pub fn start_taking_over(engine: &DockerEngine, containers: usize) -> Bridgewall {
+    pub(crate) fn start_taking_over(engine: &DockerEngine, containers: usize) -> Bridgewall {
         let mut bw = Self::spawn(engine);
         let enforcing = format!("({containers} containers");
         bw.wait_until(
@@ -65,7 +65,7 @@ impl Bridgewall {
 
     /// Like [`Bridgewall::start_taking_over`], with further arguments for `bridgewall run`
     /// after the default ones (e.g. `--rules FILE`).
-    pub fn start_taking_over_with(
+    pub(crate) fn start_taking_over_with(
         engine: &DockerEngine,
         containers: usize,
         extra: &[&std::ffi::OsStr],
@@ -135,18 +135,18 @@ impl Bridgewall {
     }
 
     /// Every line it printed so far.
-    pub fn lines(&self) -> Vec<String> {
+    pub(crate) fn lines(&self) -> Vec<String> {
         self.log.lock().expect("bridgewall log lock").clone()
     }
 
     /// The last `n` lines it printed, for failure messages.
-    pub fn tail(&self, n: usize) -> String {
+    pub(crate) fn tail(&self, n: usize) -> String {
         let lines = self.lines();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
     /// How many times each container was reported attached ("… (attached: [a, b], …)").
-    pub fn attach_counts(&self) -> HashMap<String, usize> {
+    pub(crate) fn attach_counts(&self) -> HashMap<String, usize> {
         let mut counts = HashMap::new();
         for line in self.lines() {
             let Some(rest) = line.split("(attached: [").nth(1) else {
@@ -162,7 +162,7 @@ impl Bridgewall {
 
     /// Polls `done` until it holds; panics with the log's tail after `timeout` or if
     /// bridgewall exits.
-    pub fn wait_until(&mut self, what: &str, timeout: Duration, done: impl Fn(&Self) -> bool) {
+    pub(crate) fn wait_until(&mut self, what: &str, timeout: Duration, done: impl Fn(&Self) -> bool) {
         let deadline = Instant::now() + timeout;
         while !done(self) {
             if let Some(status) = self
@@ -189,7 +189,7 @@ impl Bridgewall {
 
     /// Waits until every container in `names` has been reported attached (at least once)
     /// and docker0 keeps only the gateway pair.
-    pub fn wait_attached(&mut self, engine: &DockerEngine, names: &[impl AsRef<str>]) {
+    pub(crate) fn wait_attached(&mut self, engine: &DockerEngine, names: &[impl AsRef<str>]) {
         let list: Vec<&str> = names.iter().map(AsRef::as_ref).collect();
         let what = format!("{list:?} attached");
         self.wait_attached_beyond(engine, &what, names, &HashMap::new());
@@ -198,7 +198,7 @@ impl Bridgewall {
     /// Waits until every container in `names` has been reported attached more often than
     /// in `before` (an [`Bridgewall::attach_counts`] from before they restarted: a restart
     /// attaches a container again, with a new veth) and docker0 keeps only the gateway pair.
-    pub fn wait_reattached(
+    pub(crate) fn wait_reattached(
         &mut self,
         engine: &DockerEngine,
         names: &[impl AsRef<str>],
@@ -228,7 +228,7 @@ impl Bridgewall {
     /// SIGINT and wait (SIGKILL after 30 s), then join the readers so [`Bridgewall::lines`]
     /// holds everything it printed; its exit status, if it exited by itself (None also when
     /// it was no longer running).
-    pub fn interrupt(&mut self) -> Option<ExitStatus> {
+    pub(crate) fn interrupt(&mut self) -> Option<ExitStatus> {
         let child = self.child.take()?;
         Command::new("kill")
             .args(["-INT", &child.id().to_string()])
@@ -243,7 +243,7 @@ impl Bridgewall {
 
     /// What it printed from "stopping" on: the counters per port, rule and drop reason
     /// (final once [`Bridgewall::interrupt`] returned).
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let lines = self.lines();
         let from = lines
             .iter()
@@ -254,7 +254,7 @@ impl Bridgewall {
 
     /// SIGINT, wait, and return its summary; panics with everything it printed if it does
     /// not exit cleanly.
-    pub fn stop(mut self) -> String {
+    pub(crate) fn stop(mut self) -> String {
         let status = self.interrupt();
         assert!(
             status.is_some_and(|s| s.success()),

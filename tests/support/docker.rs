@@ -18,7 +18,7 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 static INSTALL: Once = Once::new();
 
 /// An engine running in its own namespace. Drop tears it all down.
-pub struct DockerEngine {
+pub(crate) struct DockerEngine {
     /// The engine's network namespace (holds docker0 and the containers' host-side veths).
     pub netns: String,
     /// The second namespace, an "outside host" on a veth to the engine's namespace.
@@ -62,7 +62,7 @@ fn have(cmd: &str) -> bool {
 }
 
 /// Debian's nginx on the host, for the nginx image; no daemon is started (policy-rc.d).
-pub fn ensure_host_nginx() {
+pub(crate) fn ensure_host_nginx() {
     static NGINX: Once = Once::new();
     NGINX.call_once(|| {
         if Path::new("/usr/sbin/nginx").exists() {
@@ -94,7 +94,7 @@ fn apt_install_without_daemons(pkg: &str) {
 
 /// Installs Debian's `package` (with no service started: policy-rc.d) if `command` is not
 /// on PATH, e.g. `ensure_command("ipset", "ipset")`.
-pub fn ensure_command(command: &str, package: &str) {
+pub(crate) fn ensure_command(command: &str, package: &str) {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _held = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if have(command) {
@@ -108,7 +108,7 @@ pub fn ensure_command(command: &str, package: &str) {
 }
 
 /// Installs Debian's docker.io if dockerd is missing, without starting a daemon.
-pub fn ensure_docker_installed() {
+pub(crate) fn ensure_docker_installed() {
     INSTALL.call_once(|| {
         if have("dockerd") {
             return;
@@ -124,20 +124,20 @@ pub fn ensure_docker_installed() {
 impl DockerEngine {
     /// Creates the namespaces and starts an engine with `{"icc": icc}`, then imports the
     /// `lab/busybox` image (busybox httpd on port 80, `EXPOSE 80`).
-    pub fn start(icc: bool) -> DockerEngine {
+    pub(crate) fn start(icc: bool) -> DockerEngine {
         Self::start_with(icc, false)
     }
 
     /// Like [`DockerEngine::start`]; with `live_restore` the engine leaves its containers
     /// running when it stops and takes them back when it starts again.
-    pub fn start_with(icc: bool, live_restore: bool) -> DockerEngine {
+    pub(crate) fn start_with(icc: bool, live_restore: bool) -> DockerEngine {
         Self::start_full(icc, live_restore, None)
     }
 
     /// Like [`DockerEngine::start`], with IPv6 on the default bridge: the daemon config adds
     /// `"ipv6": true, "fixed-cidr-v6": CIDR`, so every container also gets an address of
     /// `fixed_cidr_v6` (docker0 takes its first address as the gateway).
-    pub fn start_ipv6(icc: bool, fixed_cidr_v6: &str) -> DockerEngine {
+    pub(crate) fn start_ipv6(icc: bool, fixed_cidr_v6: &str) -> DockerEngine {
         Self::start_full(icc, false, Some(fixed_cidr_v6.to_string()))
     }
 
@@ -146,7 +146,7 @@ impl DockerEngine {
     /// from the host's loopback (`route_localnet`) and from the containers themselves
     /// (hairpin mode on their bridge ports, and a MASQUERADE rule for a container reaching
     /// its own published port).
-    pub fn start_without_userland_proxy(icc: bool) -> DockerEngine {
+    pub(crate) fn start_without_userland_proxy(icc: bool) -> DockerEngine {
         Self::start_engine(icc, false, None, false)
     }
 
@@ -230,12 +230,12 @@ impl DockerEngine {
     }
 
     /// `unix://…` address of the API.
-    pub fn host(&self) -> String {
+    pub(crate) fn host(&self) -> String {
         format!("unix://{}", self.socket.display())
     }
 
     /// Starts dockerd in the namespace and waits until it answers.
-    pub fn start_daemon(&mut self) {
+    pub(crate) fn start_daemon(&mut self) {
         assert!(self.daemon.is_none(), "dockerd already running");
         let ipv6 = match &self.ipv6_cidr {
             Some(cidr) => format!(", \"ipv6\": true, \"fixed-cidr-v6\": \"{cidr}\""),
@@ -293,7 +293,7 @@ impl DockerEngine {
     }
 
     /// Stops dockerd by its PID (SIGTERM, then SIGKILL after 20 s) and reaps it.
-    pub fn stop_daemon(&mut self) {
+    pub(crate) fn stop_daemon(&mut self) {
         let Some(mut child) = self.daemon.take() else {
             return;
         };
@@ -316,17 +316,17 @@ impl DockerEngine {
     }
 
     /// Runs the docker client against this engine.
-    pub fn docker(&self, args: &[&str]) -> Output {
+    pub(crate) fn docker(&self, args: &[&str]) -> Output {
         run(Command::new("docker").arg("-H").arg(self.host()).args(args))
     }
 
     /// Runs the docker client and returns stdout; panics with its stderr on failure.
-    pub fn docker_ok(&self, args: &[&str]) -> String {
+    pub(crate) fn docker_ok(&self, args: &[&str]) -> String {
         run_ok(Command::new("docker").arg("-H").arg(self.host()).args(args))
     }
 
     /// Names of the links in the engine's namespace (per `ip -n NS -o link`).
-    pub fn ns_links(&self) -> Vec<String> {
+    pub(crate) fn ns_links(&self) -> Vec<String> {
         run_ok(Command::new("ip").args(["-n", &self.netns, "-o", "link", "show"]))
             .lines()
             .filter_map(|l| l.split(": ").nth(1))
@@ -335,7 +335,7 @@ impl DockerEngine {
     }
 
     /// Names of the ports of `bridge` in the engine's namespace.
-    pub fn bridge_ports(&self, bridge: &str) -> Vec<String> {
+    pub(crate) fn bridge_ports(&self, bridge: &str) -> Vec<String> {
         run_ok(Command::new("ip").args(["-n", &self.netns, "-o", "link", "show", "master", bridge]))
             .lines()
             .filter_map(|l| l.split(": ").nth(1))
@@ -344,7 +344,7 @@ impl DockerEngine {
     }
 
     /// Imports `lab/busybox`: busybox-static with its applets, httpd on 80, `EXPOSE 80`.
-    pub fn import_busybox(&self) {
+    pub(crate) fn import_busybox(&self) {
         let img = self.dir.join("img");
         let deb = img.join("deb");
         let x = img.join("x");
@@ -394,7 +394,7 @@ impl DockerEngine {
     /// Imports `lab/nginx`: the busybox rootfs (so containers have `wget`, `ping`, `nc`) plus
     /// Debian's nginx binary (installed on the host when missing, with no daemon started:
     /// policy-rc.d) and the libraries `ldd` lists, serving "hello from nginx" on port 80.
-    pub fn import_nginx(&self) {
+    pub(crate) fn import_nginx(&self) {
         ensure_host_nginx();
         let root = self.dir.join("img/root");
         assert!(root.join("bin/busybox").exists(), "import_busybox first");
@@ -472,7 +472,7 @@ impl DockerEngine {
     }
 
     /// `docker run -d --init --name NAME ARGS... IMAGE`; returns the id.
-    pub fn run_image(&self, name: &str, args: &[&str], image: &str) -> String {
+    pub(crate) fn run_image(&self, name: &str, args: &[&str], image: &str) -> String {
         let mut all = vec!["run", "-d", "--init", "--name", name];
         all.extend_from_slice(args);
         all.push(image);
@@ -480,7 +480,7 @@ impl DockerEngine {
     }
 
     /// `docker run -d --init --name NAME ARGS... lab/busybox CMD...`; returns the id.
-    pub fn run_container(&self, name: &str, args: &[&str], cmd: &[&str]) -> String {
+    pub(crate) fn run_container(&self, name: &str, args: &[&str], cmd: &[&str]) -> String {
         let mut all = vec!["run", "-d", "--init", "--name", name];
         all.extend_from_slice(args);
         all.push("lab/busybox");
@@ -490,7 +490,7 @@ impl DockerEngine {
 
     /// Fetches `url` from inside `container` (busybox wget, wrapped in `timeout`: its `-T`
     /// segfaults); the body, or None when the connection did not complete.
-    pub fn fetch(&self, container: &str, url: &str) -> Option<String> {
+    pub(crate) fn fetch(&self, container: &str, url: &str) -> Option<String> {
         let out = self.docker(&["exec", container, "timeout", "3", "wget", "-qO-", url]);
         out.status
             .success()
@@ -498,14 +498,14 @@ impl DockerEngine {
     }
 
     /// One ping from inside `container` to `target` (a name or an address).
-    pub fn ping(&self, container: &str, target: &str) -> bool {
+    pub(crate) fn ping(&self, container: &str, target: &str) -> bool {
         self.docker(&["exec", container, "ping", "-c", "1", "-W", "1", target])
             .status
             .success()
     }
 
     /// `docker inspect -f FORMAT NAME`.
-    pub fn inspect(&self, name: &str, format: &str) -> String {
+    pub(crate) fn inspect(&self, name: &str, format: &str) -> String {
         self.docker_ok(&["inspect", "-f", format, name])
     }
 
@@ -577,7 +577,7 @@ fn tail(s: &str, n: usize) -> String {
 
 /// A further outside host: namespace `<engine>-ext<n>` on its own veth to the engine's
 /// namespace, 198.18.`n`.2 ↔ 198.18.`n`.1. Deleted on drop.
-pub struct OutsideHost {
+pub(crate) struct OutsideHost {
     /// The namespace.
     pub netns: String,
     /// The engine-side address it reaches the host's published ports on.
@@ -586,7 +586,7 @@ pub struct OutsideHost {
 
 impl OutsideHost {
     /// Creates outside host number `n` (1–254; 0 is the engine's built-in one).
-    pub fn add(engine: &DockerEngine, n: u8) -> OutsideHost {
+    pub(crate) fn add(engine: &DockerEngine, n: u8) -> OutsideHost {
         let netns = format!("{}-ext{n}", engine.netns);
         let h = OutsideHost {
             netns: netns.clone(),

@@ -1,6 +1,6 @@
 //! Helpers shared by the root integration tests.
 #![allow(dead_code)]
-pub mod bridgewall;
-pub mod docker;
-pub mod netns;
-pub mod udp_helper;
+pub(crate) mod bridgewall;
+pub(crate) mod docker;
+pub(crate) mod netns;
+pub(crate) mod udp_helper;

@@ -2,7 +2,7 @@
 use std::process::Command;
 
 /// Runs `ip args…` and returns its stdout; panics (naming the call) when it fails.
-pub fn ip_out(args: &[&str]) -> String {
+pub(crate) fn ip_out(args: &[&str]) -> String {
     let out = Command::new("ip")
         .args(args)
         .output()
@@ -12,7 +12,7 @@ pub fn ip_out(args: &[&str]) -> String {
 }
 
 /// Links of `netns` with an XDP program attached.
-pub fn xdp_links(netns: &str) -> Vec<String> {
+pub(crate) fn xdp_links(netns: &str) -> Vec<String> {
     ip_out(&["-n", netns, "-o", "link", "show"])
         .lines()
         .filter(|l| l.contains(" xdp") || l.contains("prog/xdp"))
@@ -22,7 +22,7 @@ pub fn xdp_links(netns: &str) -> Vec<String> {
 
 /// One ICMP echo from `netns` to `ip` (busybox's ping: `.ci/run` installs busybox-static),
 /// waiting up to `wait_secs` for the answer.
-pub fn ping(netns: &str, ip: &str, wait_secs: u32) -> bool {
+pub(crate) fn ping(netns: &str, ip: &str, wait_secs: u32) -> bool {
     let wait = wait_secs.to_string();
     let out = Command::new("ip")
         .args([
@@ -40,11 +40,11 @@ pub fn ping(netns: &str, ip: &str, wait_secs: u32) -> bool {
 
 /// A state directory for a takeover (or anything a test writes), named uniquely and removed
 /// on drop, also when the test fails.
-pub struct TempDir(pub std::path::PathBuf);
+pub(crate) struct TempDir(pub std::path::PathBuf);
 
 impl TempDir {
     /// Creates `$TMPDIR/bw-<what>-<pid>-<n>`.
-    pub fn new(what: &str) -> TempDir {
+    pub(crate) fn new(what: &str) -> TempDir {
         use std::sync::atomic::{AtomicU32, Ordering};
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let p = std::env::temp_dir().join(format!(

@@ -16,14 +16,14 @@ use std::time::Duration;
 use controller::netlink::{Netns, NsThread};
 
 /// UDP port of the echo responders.
-pub const ECHO_PORT: u16 = 7;
+pub(crate) const ECHO_PORT: u16 = 7;
 /// The bridge's address.
-pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
+pub(crate) const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// Runs `ip ARGS`, panicking with its output if it fails.
-pub fn ip(args: &[&str]) {
+pub(crate) fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("ip runs");
     assert!(
         out.status.success(),
@@ -33,12 +33,12 @@ pub fn ip(args: &[&str]) {
 }
 
 /// Container I's address.
-pub fn container_ip(i: u32) -> Ipv4Addr {
+pub(crate) fn container_ip(i: u32) -> Ipv4Addr {
     Ipv4Addr::new(10, 201, 0, 10 + i as u8)
 }
 
 /// A UDP echo responder on a thread inside a namespace; stopped on drop.
-pub struct Responder {
+pub(crate) struct Responder {
     stop: Arc<AtomicBool>,
     thread: Option<NsThread<()>>,
 }
@@ -81,7 +81,7 @@ impl Drop for Responder {
 }
 
 /// A container: its namespace, host-side veth name and address.
-pub struct Container {
+pub(crate) struct Container {
     pub ns_name: String,
     pub host_if: String,
     pub ip: Ipv4Addr,
@@ -97,7 +97,7 @@ impl Drop for Container {
 }
 
 /// A directory for state files, removed on drop.
-pub struct StateDir(pub PathBuf);
+pub(crate) struct StateDir(pub PathBuf);
 
 impl Drop for StateDir {
     fn drop(&mut self) {
@@ -107,7 +107,7 @@ impl Drop for StateDir {
 
 /// The whole topology. Field order is drop order: containers, then the bridge namespace
 /// (deleting it deletes the bridge, the veths and any gateway pair), then the state dir.
-pub struct Topo {
+pub(crate) struct Topo {
     pub containers: Vec<Container>,
     gateway_responder: Option<Responder>,
     pub netns: Netns,
@@ -117,7 +117,7 @@ pub struct Topo {
 
 impl Topo {
     /// Builds the bridge namespace and `n` containers on `br0`.
-    pub fn build(n: u32) -> Topo {
+    pub(crate) fn build(n: u32) -> Topo {
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let name = format!("bwtk-{}-{seq}", std::process::id());
         let state_dir = StateDir(std::env::temp_dir().join(format!("{name}-state")));
@@ -142,7 +142,7 @@ impl Topo {
 
     /// Adds container `i` (namespace, veth enslaved to br0, address, responder), as Docker
     /// does when a container starts.
-    pub fn add_container(&mut self, i: u32) -> &Container {
+    pub(crate) fn add_container(&mut self, i: u32) -> &Container {
         let ns_name = format!("{}-c{i}", self.name);
         let netns = Netns::create(&ns_name).unwrap();
         let host_if = format!("vethc{i}");
@@ -179,14 +179,14 @@ impl Topo {
     }
 
     /// Container `i` (1-based).
-    pub fn container(&self, i: u32) -> &Container {
+    pub(crate) fn container(&self, i: u32) -> &Container {
         &self.containers[(i - 1) as usize]
     }
 
     /// Whether container `from` gets a UDP echo back from `to`, trying for 2 s: a link just
     /// brought up may drop what it is given until the kernel's link watcher activates it
     /// (up to a second later).
-    pub fn reaches(&self, from: u32, to: Ipv4Addr) -> bool {
+    pub(crate) fn reaches(&self, from: u32, to: Ipv4Addr) -> bool {
         self.container(from)
             .netns
             .run(move || {
@@ -210,7 +210,7 @@ impl Topo {
     }
 
     /// The bridge namespace's links as `ip -j link` reports them, by name.
-    pub fn links(&self) -> HashMap<String, serde_json::Value> {
+    pub(crate) fn links(&self) -> HashMap<String, serde_json::Value> {
         let out = Command::new("ip")
             .args(["-j", "-n", &self.name, "link", "show"])
             .output()
@@ -224,7 +224,7 @@ impl Topo {
 
     /// The master of link `name` in the bridge namespace (`None`: not enslaved), panicking
     /// if the link does not exist.
-    pub fn master_of(&self, name: &str) -> Option<String> {
+    pub(crate) fn master_of(&self, name: &str) -> Option<String> {
         let links = self.links();
         let l = links
             .get(name)
@@ -233,7 +233,7 @@ impl Topo {
     }
 
     /// Whether link `name` is administratively up.
-    pub fn is_up(&self, name: &str) -> bool {
+    pub(crate) fn is_up(&self, name: &str) -> bool {
         self.links()[name]["flags"]
             .as_array()
             .unwrap()
@@ -242,7 +242,7 @@ impl Topo {
     }
 
     /// The namespace names this topology made.
-    pub fn namespace_names(&self) -> Vec<String> {
+    pub(crate) fn namespace_names(&self) -> Vec<String> {
         std::iter::once(self.name.clone())
             .chain(self.containers.iter().map(|c| c.ns_name.clone()))
             .collect()
@@ -250,7 +250,7 @@ impl Topo {
 }
 
 /// Namespaces under /run/netns among `names`.
-pub fn still_bound(names: &[String]) -> Vec<String> {
+pub(crate) fn still_bound(names: &[String]) -> Vec<String> {
     names
         .iter()
         .filter(|n| std::path::Path::new("/run/netns").join(n).exists())

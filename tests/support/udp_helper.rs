@@ -10,7 +10,7 @@ use std::process::Command;
 use super::docker::DockerEngine;
 
 /// Where [`mount`] puts the helper in a container.
-pub const IN_CONTAINER: &str = "/udpx";
+pub(crate) const IN_CONTAINER: &str = "/udpx";
 
 /// The helper's source.
 ///
@@ -30,7 +30,7 @@ pub const IN_CONTAINER: &str = "/udpx";
 /// from elsewhere (a reply the host did not un-NAT, which a connected socket would never
 /// see: a timeout), "SIZE short N IP:PORT", "SIZE mismatch IP:PORT", "SIZE timeout" or "SIZE
 /// error …". An unconnected socket is not told of an ICMP error: a refusal is a timeout.
-pub const UDPX_C: &str = r#"
+pub(crate) const UDPX_C: &str = r#"
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -158,7 +158,7 @@ int main(int argc, char **argv) {
 "#;
 
 /// Compiles `udpx` (static, so it runs in the busybox image) into the engine's directory.
-pub fn build(engine: &DockerEngine) -> PathBuf {
+pub(crate) fn build(engine: &DockerEngine) -> PathBuf {
     let src = engine.dir.join("udpx.c");
     let bin = engine.dir.join("udpx");
     std::fs::write(&src, UDPX_C).expect("writing udpx.c");
@@ -177,6 +177,6 @@ pub fn build(engine: &DockerEngine) -> PathBuf {
 }
 
 /// The `docker run -v` argument that puts `udpx` at [`IN_CONTAINER`] in a container.
-pub fn mount(udpx: &Path) -> String {
+pub(crate) fn mount(udpx: &Path) -> String {
     format!("{}:{IN_CONTAINER}:ro", udpx.display())
 }

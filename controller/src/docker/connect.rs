@@ -9,7 +9,7 @@ use bollard::{API_DEFAULT_VERSION, Docker};
 use super::DockerError;
 
 /// Docker's default socket.
-pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+pub(super) const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 /// Seconds a request may take to get its response headers (the event stream's body is not
 /// bounded by it).
 const REQUEST_TIMEOUT_S: u64 = 30;

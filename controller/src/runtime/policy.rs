@@ -10,7 +10,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use dataplane::wasm::{
-    Caps, LogSpec, RateLimit, LoadError, PolicyChain, PolicyModule, TraceResult, WasmRuntime, trace_fresh,
+    Caps, LoadError, LogSpec, PolicyChain, PolicyModule, RateLimit, TraceResult, WasmRuntime,
+    trace_fresh,
 };
 use rules_wasm::abi::{
     Action, FlowState, PacketRecord, RULE_NONE, RejectWith, addr_bytes, proto, tcp_flags,
@@ -131,15 +132,17 @@ impl UserRules {
             .lines()
             .map(|l| {
                 let t = l.trim_start();
-                let t = if t.starts_with('[') { t.split_once(' ').map_or("", |x| x.1) } else { t };
+                let t = if t.starts_with('[') {
+                    t.split_once(' ').map_or("", |x| x.1)
+                } else {
+                    t
+                };
                 t.strip_prefix("ip6tables ")
                     .or_else(|| t.strip_prefix("iptables "))
                     .unwrap_or(t)
                     .trim_start()
             })
-            .filter(|t| {
-                t.starts_with('-') && !t.starts_with("-N") && !t.starts_with("--new-chain")
-            })
+            .filter(|t| t.starts_with('-') && !t.starts_with("-N") && !t.starts_with("--new-chain"))
             .count()
     }
 }

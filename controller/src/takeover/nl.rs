@@ -27,7 +27,7 @@ impl std::fmt::Debug for NlSession {
 
 impl NlSession {
     /// Opens a netlink socket inside `netns` (the socket keeps the namespace for life).
-    pub fn open(netns: &Netns) -> Result<NlSession, TakeoverError> {
+    pub(super) fn open(netns: &Netns) -> Result<NlSession, TakeoverError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -51,7 +51,7 @@ impl NlSession {
     /// Runs `fut` to completion on the private runtime. Inside another runtime's context
     /// (where nesting `block_on` would panic) it runs on a short-lived scoped thread, so this
     /// works from async code, plain threads and `Drop` alike; it blocks the caller meanwhile.
-    pub fn block<F>(&self, fut: F) -> F::Output
+    pub(super) fn block<F>(&self, fut: F) -> F::Output
     where
         F: Future + Send,
         F::Output: Send,

@@ -4,49 +4,49 @@
 //! that own each resource.
 
 /// Address family of XDP sockets.
-pub const AF_XDP: libc::c_int = 44;
+pub(crate) const AF_XDP: libc::c_int = 44;
 /// Socket option level of XDP sockets.
-pub const SOL_XDP: libc::c_int = 283;
+pub(crate) const SOL_XDP: libc::c_int = 283;
 
 /// `getsockopt`: where producer/consumer/descs/flags sit in each ring's mmap.
-pub const XDP_MMAP_OFFSETS: libc::c_int = 1;
+pub(crate) const XDP_MMAP_OFFSETS: libc::c_int = 1;
 /// `setsockopt`: RX ring size.
-pub const XDP_RX_RING: libc::c_int = 2;
+pub(crate) const XDP_RX_RING: libc::c_int = 2;
 /// `setsockopt`: TX ring size.
-pub const XDP_TX_RING: libc::c_int = 3;
+pub(crate) const XDP_TX_RING: libc::c_int = 3;
 /// `setsockopt`: register the UMEM.
-pub const XDP_UMEM_REG: libc::c_int = 4;
+pub(crate) const XDP_UMEM_REG: libc::c_int = 4;
 /// `setsockopt`: fill ring size (per socket since 5.10, which shared UMEM across devices needs).
-pub const XDP_UMEM_FILL_RING: libc::c_int = 5;
+pub(crate) const XDP_UMEM_FILL_RING: libc::c_int = 5;
 /// `setsockopt`: completion ring size.
-pub const XDP_UMEM_COMPLETION_RING: libc::c_int = 6;
+pub(crate) const XDP_UMEM_COMPLETION_RING: libc::c_int = 6;
 /// `getsockopt`: drop counters.
-pub const XDP_STATISTICS: libc::c_int = 7;
+pub(crate) const XDP_STATISTICS: libc::c_int = 7;
 /// `setsockopt`: descriptors the kernel turns into skbs per copy-mode TX kick (6.x; default 32).
-pub const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
+pub(crate) const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
 
 /// Bind flag: share the UMEM of the socket in `sxdp_shared_umem_fd`.
-pub const XDP_SHARED_UMEM: u16 = 1 << 0;
+pub(crate) const XDP_SHARED_UMEM: u16 = 1 << 0;
 /// Bind flag: force copy mode (veth refuses zero-copy).
-pub const XDP_COPY: u16 = 1 << 1;
+pub(crate) const XDP_COPY: u16 = 1 << 1;
 /// Bind flag: the kernel may sleep and set `XDP_RING_NEED_WAKEUP`; we then kick it.
-pub const XDP_USE_NEED_WAKEUP: u16 = 1 << 3;
+pub(crate) const XDP_USE_NEED_WAKEUP: u16 = 1 << 3;
 /// Ring flag: the kernel wants a syscall before it makes progress on this ring.
-pub const XDP_RING_NEED_WAKEUP: u32 = 1 << 0;
+pub(crate) const XDP_RING_NEED_WAKEUP: u32 = 1 << 0;
 
 /// mmap page offset of the RX ring.
-pub const XDP_PGOFF_RX_RING: libc::off_t = 0;
+pub(crate) const XDP_PGOFF_RX_RING: libc::off_t = 0;
 /// mmap page offset of the TX ring.
-pub const XDP_PGOFF_TX_RING: libc::off_t = 0x8000_0000;
+pub(crate) const XDP_PGOFF_TX_RING: libc::off_t = 0x8000_0000;
 /// mmap page offset of the fill ring.
-pub const XDP_UMEM_PGOFF_FILL_RING: libc::off_t = 0x1_0000_0000;
+pub(crate) const XDP_UMEM_PGOFF_FILL_RING: libc::off_t = 0x1_0000_0000;
 /// mmap page offset of the completion ring.
-pub const XDP_UMEM_PGOFF_COMPLETION_RING: libc::off_t = 0x1_8000_0000;
+pub(crate) const XDP_UMEM_PGOFF_COMPLETION_RING: libc::off_t = 0x1_8000_0000;
 
 /// `struct sockaddr_xdp`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct SockaddrXdp {
+pub(crate) struct SockaddrXdp {
     pub family: u16,
     pub flags: u16,
     pub ifindex: u32,
@@ -57,7 +57,7 @@ pub struct SockaddrXdp {
 /// `struct xdp_umem_reg` (with the 6.x `tx_metadata_len`, zero: no TX metadata).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct XdpUmemReg {
+pub(crate) struct XdpUmemReg {
     pub addr: u64,
     pub len: u64,
     pub chunk_size: u32,
@@ -69,7 +69,7 @@ pub struct XdpUmemReg {
 /// `struct xdp_ring_offset`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct XdpRingOffset {
+pub(crate) struct XdpRingOffset {
     pub producer: u64,
     pub consumer: u64,
     pub desc: u64,
@@ -79,7 +79,7 @@ pub struct XdpRingOffset {
 /// `struct xdp_mmap_offsets`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct XdpMmapOffsets {
+pub(crate) struct XdpMmapOffsets {
     pub rx: XdpRingOffset,
     pub tx: XdpRingOffset,
     pub fr: XdpRingOffset,
@@ -89,7 +89,7 @@ pub struct XdpMmapOffsets {
 /// `struct xdp_desc`: one RX/TX ring entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct XdpDesc {
+pub(crate) struct XdpDesc {
     pub addr: u64,
     pub len: u32,
     pub options: u32,
@@ -98,7 +98,7 @@ pub struct XdpDesc {
 /// `struct xdp_statistics`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct XdpStatisticsRaw {
+pub(crate) struct XdpStatisticsRaw {
     pub rx_dropped: u64,
     pub rx_invalid_descs: u64,
     pub tx_invalid_descs: u64,
@@ -108,34 +108,34 @@ pub struct XdpStatisticsRaw {
 }
 
 // bpf(2) commands.
-pub const BPF_MAP_CREATE: libc::c_int = 0;
-pub const BPF_MAP_UPDATE_ELEM: libc::c_int = 2;
-pub const BPF_MAP_DELETE_ELEM: libc::c_int = 3;
-pub const BPF_PROG_LOAD: libc::c_int = 5;
-pub const BPF_PROG_TEST_RUN: libc::c_int = 10;
-pub const BPF_LINK_CREATE: libc::c_int = 28;
+pub(crate) const BPF_MAP_CREATE: libc::c_int = 0;
+pub(crate) const BPF_MAP_UPDATE_ELEM: libc::c_int = 2;
+pub(crate) const BPF_MAP_DELETE_ELEM: libc::c_int = 3;
+pub(crate) const BPF_PROG_LOAD: libc::c_int = 5;
+pub(crate) const BPF_PROG_TEST_RUN: libc::c_int = 10;
+pub(crate) const BPF_LINK_CREATE: libc::c_int = 28;
 
 /// `BPF_MAP_TYPE_XSKMAP`: queue index → XDP socket.
-pub const BPF_MAP_TYPE_XSKMAP: u32 = 17;
+pub(crate) const BPF_MAP_TYPE_XSKMAP: u32 = 17;
 /// `BPF_PROG_TYPE_XDP`.
-pub const BPF_PROG_TYPE_XDP: u32 = 6;
+pub(crate) const BPF_PROG_TYPE_XDP: u32 = 6;
 /// `BPF_XDP` attach type (bpf_link on a netdev).
-pub const BPF_XDP: u32 = 37;
+pub(crate) const BPF_XDP: u32 = 37;
 /// Helper id of `bpf_redirect_map`.
-pub const BPF_FUNC_REDIRECT_MAP: i32 = 51;
+pub(crate) const BPF_FUNC_REDIRECT_MAP: i32 = 51;
 /// `ld_imm64` source register meaning "imm is a map fd".
-pub const BPF_PSEUDO_MAP_FD: u8 = 1;
+pub(crate) const BPF_PSEUDO_MAP_FD: u8 = 1;
 /// Attach in the driver (native XDP).
-pub const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+pub(crate) const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 /// Attach in the generic (skb) path.
-pub const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
+pub(crate) const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
 
 /// XDP verdicts (`enum xdp_action`).
-pub const XDP_ABORTED: u32 = 0;
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
-pub const XDP_TX: u32 = 3;
-pub const XDP_REDIRECT: u32 = 4;
+pub(crate) const XDP_ABORTED: u32 = 0;
+pub(crate) const XDP_DROP: u32 = 1;
+pub(crate) const XDP_PASS: u32 = 2;
+pub(crate) const XDP_TX: u32 = 3;
+pub(crate) const XDP_REDIRECT: u32 = 4;
 
 /// `struct bpf_insn`: `regs` packs dst (low nibble) and src (high nibble).
 #[repr(C)]
@@ -150,7 +150,7 @@ pub struct BpfInsn {
 /// `bpf_attr` for `BPF_MAP_CREATE`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct MapCreateAttr {
+pub(crate) struct MapCreateAttr {
     pub map_type: u32,
     pub key_size: u32,
     pub value_size: u32,
@@ -164,7 +164,7 @@ pub struct MapCreateAttr {
 /// `bpf_attr` for `BPF_MAP_*_ELEM`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct MapElemAttr {
+pub(crate) struct MapElemAttr {
     pub map_fd: u32,
     pub _pad: u32,
     pub key: u64,
@@ -175,7 +175,7 @@ pub struct MapElemAttr {
 /// `bpf_attr` for `BPF_PROG_LOAD`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct ProgLoadAttr {
+pub(crate) struct ProgLoadAttr {
     pub prog_type: u32,
     pub insn_cnt: u32,
     pub insns: u64,
@@ -193,7 +193,7 @@ pub struct ProgLoadAttr {
 /// `bpf_attr` for `BPF_PROG_TEST_RUN`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct TestRunAttr {
+pub(crate) struct TestRunAttr {
     pub prog_fd: u32,
     pub retval: u32,
     pub data_size_in: u32,
@@ -211,7 +211,7 @@ pub struct TestRunAttr {
 /// `bpf_attr` for `BPF_LINK_CREATE`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct LinkCreateAttr {
+pub(crate) struct LinkCreateAttr {
     pub prog_fd: u32,
     pub target_ifindex: u32,
     pub attach_type: u32,

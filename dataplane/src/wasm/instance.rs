@@ -129,7 +129,8 @@ impl PolicyInstance {
             }
             // The load-time probe (an instance that does not warn) must not spend the shared
             // bucket's tokens.
-            if let Some((limit, bucket)) = self.module.inner().limit.as_ref().filter(|_| self.warn) {
+            if let Some((limit, bucket)) = self.module.inner().limit.as_ref().filter(|_| self.warn)
+            {
                 let over = super::limit::apply(limit, bucket, outs);
                 ModuleCounters::add(&self.counters.over_limit, over);
             }

@@ -152,6 +152,10 @@ mod tests {
         assert_eq!(v[0], limit.verdict);
         assert_eq!(v[1], limit.verdict);
         assert_eq!(v[2], VerdictRecord::CONTINUE);
-        assert_eq!(v[4], VerdictRecord::CONTINUE, "not reached: the chain goes on");
+        assert_eq!(
+            v[4],
+            VerdictRecord::CONTINUE,
+            "not reached: the chain goes on"
+        );
     }
 }

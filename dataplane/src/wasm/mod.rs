@@ -29,10 +29,10 @@ pub mod swap;
 pub mod trace;
 
 pub use chain::{LogSpec, PolicyChain};
-pub use limit::RateLimit;
 pub use counters::{ModuleCounters, ModuleCountersSnapshot};
 pub use error::{LoadError, RuntimeError};
 pub use instance::PolicyInstance;
+pub use limit::RateLimit;
 pub use module::{Caps, PolicyModule};
 pub use runtime::{WasmConfig, WasmRuntime};
 pub use swap::{Reaper, SwapReceiver, SwapSender};

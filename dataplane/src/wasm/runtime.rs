@@ -171,7 +171,13 @@ impl WasmRuntime {
         caps: crate::wasm::module::Caps,
         limit: crate::wasm::limit::RateLimit,
     ) -> Result<PolicyModule, LoadError> {
-        PolicyModule::load(Arc::clone(&self.shared), bytes, name, Some(caps), Some(limit))
+        PolicyModule::load(
+            Arc::clone(&self.shared),
+            bytes,
+            name,
+            Some(caps),
+            Some(limit),
+        )
     }
 
     /// The configuration in force.

@@ -28,7 +28,7 @@ fn fold(mut acc: u64) -> u16 {
 /// Recomputes the L4 checksum of an Ethernet/IPv4 TCP or UDP frame in place. UDP frames
 /// sent without a checksum (field 0) and IP fragments are left alone. Returns whether it
 /// wrote a checksum.
-pub fn complete_l4_checksum(frame: &mut [u8]) -> bool {
+pub(crate) fn complete_l4_checksum(frame: &mut [u8]) -> bool {
     if frame.len() < 34 || frame[12..14] != [0x08, 0x00] {
         return false;
     }

@@ -16,7 +16,7 @@ use super::csum::complete_l4_checksum;
 
 /// How to run the forwarder.
 #[derive(Clone, Debug)]
-pub struct ForwarderOptions {
+pub(crate) struct ForwarderOptions {
     pub umem: UmemConfig,
     pub port: XdpPortConfig,
     pub poll: PollConfig,
@@ -38,7 +38,7 @@ impl Default for ForwarderOptions {
 
 /// What the forwarder saw, reported when it stops.
 #[derive(Clone, Debug)]
-pub struct ForwarderReport {
+pub(crate) struct ForwarderReport {
     pub forwarded: u64,
     /// Frames dropped because the other port's TX ring was full.
     pub dropped_tx_full: u64,
@@ -53,7 +53,7 @@ pub struct ForwarderReport {
 }
 
 /// A running forwarder thread; stops and joins on drop, which detaches its programs.
-pub struct Forwarder {
+pub(crate) struct Forwarder {
     stop: Arc<AtomicBool>,
     forwarded: Arc<AtomicU64>,
     handle: Option<JoinHandle<ForwarderReport>>,
@@ -62,7 +62,7 @@ pub struct Forwarder {
 impl Forwarder {
     /// Starts forwarding between `if_a` and `if_b` of namespace `ns`; returns once both ports
     /// are open (or with the error that prevented it).
-    pub fn start(ns: &str, if_a: &str, if_b: &str, opts: ForwarderOptions) -> Result<Self, String> {
+    pub(crate) fn start(ns: &str, if_a: &str, if_b: &str, opts: ForwarderOptions) -> Result<Self, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let forwarded = Arc::new(AtomicU64::new(0));
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
@@ -118,12 +118,12 @@ impl Forwarder {
     }
 
     /// Frames forwarded so far.
-    pub fn forwarded(&self) -> u64 {
+    pub(crate) fn forwarded(&self) -> u64 {
         self.forwarded.load(Ordering::Relaxed)
     }
 
     /// Stops the loop, drains in-flight transmits, and reports (ports are closed after).
-    pub fn stop_and_report(&mut self) -> Option<ForwarderReport> {
+    pub(crate) fn stop_and_report(&mut self) -> Option<ForwarderReport> {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.take().and_then(|h| h.join().ok())
     }

@@ -3,6 +3,6 @@
 //! namespace, a two-port raw forwarder over one shared UMEM, and TCP/UDP checksum completion.
 #![allow(dead_code)]
 
-pub mod csum;
-pub mod forwarder;
-pub mod netns;
+pub(crate) mod csum;
+pub(crate) mod forwarder;
+pub(crate) mod netns;

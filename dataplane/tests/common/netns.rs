@@ -6,7 +6,7 @@ use std::thread::JoinHandle;
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// Runs `ip args…` and panics with its stderr when it fails.
-pub fn ip(args: &[&str]) {
+pub(crate) fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
     assert!(
         out.status.success(),
@@ -17,7 +17,7 @@ pub fn ip(args: &[&str]) {
 }
 
 /// Runs `ip args…` and returns its stdout (panics on failure).
-pub fn ip_out(args: &[&str]) -> String {
+pub(crate) fn ip_out(args: &[&str]) -> String {
     let out = Command::new("ip").args(args).output().expect("run ip");
     assert!(
         out.status.success(),
@@ -29,14 +29,14 @@ pub fn ip_out(args: &[&str]) -> String {
 }
 
 /// A network namespace `bwt-<pid>-<n>-<tag>`, deleted (with every interface in it) on drop.
-pub struct Netns {
+pub(crate) struct Netns {
     pub name: String,
 }
 
 impl Netns {
     /// Creates the namespace with loopback up and IPv6 off (no router solicitations in the
     /// traffic under test).
-    pub fn new(tag: &str) -> Self {
+    pub(crate) fn new(tag: &str) -> Self {
         let name = format!(
             "bwt-{}-{}-{}",
             std::process::id(),
@@ -70,21 +70,21 @@ impl Netns {
     }
 
     /// Runs a command inside the namespace (panics on failure).
-    pub fn exec(&self, cmd: &[&str]) -> String {
+    pub(crate) fn exec(&self, cmd: &[&str]) -> String {
         let mut args = vec!["netns", "exec", &self.name];
         args.extend_from_slice(cmd);
         ip_out(&args)
     }
 
     /// `ip -n NAME args…`.
-    pub fn ip(&self, args: &[&str]) -> String {
+    pub(crate) fn ip(&self, args: &[&str]) -> String {
         let mut full = vec!["-n", &self.name];
         full.extend_from_slice(args);
         ip_out(&full)
     }
 
     /// Runs `f` on a new thread that has entered this namespace (the caller's thread stays put).
-    pub fn spawn<T: Send + 'static>(
+    pub(crate) fn spawn<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> JoinHandle<T> {
@@ -109,7 +109,7 @@ impl Drop for Netns {
 
 /// Creates a veth pair `here_if` (in `here`) ↔ `there_if` (in `there`) directly inside the
 /// namespaces — it never exists in the root namespace — and sets both up.
-pub fn veth(here: &Netns, here_if: &str, there: &Netns, there_if: &str) {
+pub(crate) fn veth(here: &Netns, here_if: &str, there: &Netns, there_if: &str) {
     ip(&[
         "-n",
         &here.name,
@@ -132,7 +132,7 @@ pub fn veth(here: &Netns, here_if: &str, there: &Netns, there_if: &str) {
 /// Two end namespaces A and B and a middle M: `A:va — M:pa`, `B:vb — M:pb`, with A at
 /// 10.<net>.0.1/24 and B at 10.<net>.0.2/24 (one L2 segment once M joins pa and pb).
 /// Field order makes M (and whatever runs in it) go first on drop.
-pub struct Trio {
+pub(crate) struct Trio {
     pub m: Netns,
     pub a: Netns,
     pub b: Netns,
@@ -141,7 +141,7 @@ pub struct Trio {
 }
 
 impl Trio {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let m = Netns::new("m");
         let a = Netns::new("a");
         let b = Netns::new("b");

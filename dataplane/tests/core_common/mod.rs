@@ -11,49 +11,49 @@ use etherparse::{ArpEthIpv4Packet, ArpOperation, PacketBuilder, TcpHeader};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-pub const FRAME_SIZE: usize = 2048;
-pub const SEC: u64 = 1_000_000_000;
+pub(crate) const FRAME_SIZE: usize = 2048;
+pub(crate) const SEC: u64 = 1_000_000_000;
 
 /// A simulated container (or the gateway) on the bridge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Host {
+pub(crate) struct Host {
     pub port: PortId,
     pub mac: [u8; 6],
     pub ip: [u8; 4],
 }
 
-pub const GW: Host = Host {
+pub(crate) const GW: Host = Host {
     port: 0,
     mac: [2, 0x42, 0, 0, 0, 1],
     ip: [172, 17, 0, 1],
 };
-pub const PARENT: Host = Host {
+pub(crate) const PARENT: Host = Host {
     port: 1,
     mac: [2, 0x42, 172, 17, 0, 2],
     ip: [172, 17, 0, 2],
 };
-pub const CHILD: Host = Host {
+pub(crate) const CHILD: Host = Host {
     port: 2,
     mac: [2, 0x42, 172, 17, 0, 3],
     ip: [172, 17, 0, 3],
 };
-pub const OTHER: Host = Host {
+pub(crate) const OTHER: Host = Host {
     port: 3,
     mac: [2, 0x42, 172, 17, 0, 4],
     ip: [172, 17, 0, 4],
 };
-pub const HOSTS: [Host; 4] = [GW, PARENT, CHILD, OTHER];
-pub const BROADCAST: [u8; 6] = [0xff; 6];
+pub(crate) const HOSTS: [Host; 4] = [GW, PARENT, CHILD, OTHER];
+pub(crate) const BROADCAST: [u8; 6] = [0xff; 6];
 
-pub fn mapped(ip: [u8; 4]) -> [u8; 16] {
+pub(crate) fn mapped(ip: [u8; 4]) -> [u8; 16] {
     rules_wasm::abi::addr_bytes(IpAddr::V4(Ipv4Addr::from(ip)))
 }
 
-pub fn accept(rule: u32) -> VerdictRecord {
+pub(crate) fn accept(rule: u32) -> VerdictRecord {
     VerdictRecord::new(Action::Accept, rule)
 }
 
-pub fn drop_(rule: u32) -> VerdictRecord {
+pub(crate) fn drop_(rule: u32) -> VerdictRecord {
     VerdictRecord::new(Action::Drop, rule)
 }
 
@@ -61,7 +61,7 @@ pub fn drop_(rule: u32) -> VerdictRecord {
 /// plain-Rust reference policy: parent → child TCP dport 80 (rule 1) and anything to or from
 /// the gateway (rule 2) are accepted, every other container-to-container packet dropped
 /// (rule 3). It states no reply rule: replies must pass by the flow table.
-pub fn icc_false_link(r: &PacketRecord) -> VerdictRecord {
+pub(crate) fn icc_false_link(r: &PacketRecord) -> VerdictRecord {
     let (p, c, g) = (mapped(PARENT.ip), mapped(CHILD.ip), mapped(GW.ip));
     if r.src == p && r.dst == c && r.protocol == 6 && r.dst_port == 80 {
         accept(1)
@@ -74,7 +74,7 @@ pub fn icc_false_link(r: &PacketRecord) -> VerdictRecord {
 
 /// The port configuration of host `h`: its MAC, its IPv4 and IPv6 (`v6`) addresses, the
 /// gateway flag.
-pub fn host_port(h: Host, complete_checksums: bool) -> PortConfig {
+pub(crate) fn host_port(h: Host, complete_checksums: bool) -> PortConfig {
     PortConfig {
         id: h.port,
         macs: vec![h.mac],
@@ -85,7 +85,7 @@ pub fn host_port(h: Host, complete_checksums: bool) -> PortConfig {
 }
 
 /// The simulated bridge: one engine, one in-memory port per host, a shared frame memory.
-pub struct Lab {
+pub(crate) struct Lab {
     pub mem: HeapFrames,
     pub engine: Engine<HeapFrames>,
     pub ports: Vec<MemoryPort>,
@@ -94,7 +94,7 @@ pub struct Lab {
 }
 
 impl Lab {
-    pub fn new(policy: Box<dyn Policy>) -> Self {
+    pub(crate) fn new(policy: Box<dyn Policy>) -> Self {
         Self::with(
             EngineConfig::default(),
             // Scenarios inject up to a few hundred frames before the engine runs: each port
@@ -108,7 +108,7 @@ impl Lab {
         )
     }
 
-    pub fn with(
+    pub(crate) fn with(
         config: EngineConfig,
         port_config: MemoryPortConfig,
         frames: usize,
@@ -131,11 +131,11 @@ impl Lab {
         }
     }
 
-    pub fn advance(&mut self, d: Duration) {
+    pub(crate) fn advance(&mut self, d: Duration) {
         self.now += d.as_nanos() as u64;
     }
 
-    pub fn inject(&mut self, from: Host, frame: &[u8]) {
+    pub(crate) fn inject(&mut self, from: Host, frame: &[u8]) {
         assert!(
             self.ports[usize::from(from.port)].inject(frame),
             "inbox full"
@@ -143,7 +143,7 @@ impl Lab {
     }
 
     /// Drives the engine until nothing moves.
-    pub fn run(&mut self) {
+    pub(crate) fn run(&mut self) {
         for _ in 0..1000 {
             let mut set: Vec<(PortId, &mut MemoryPort)> = self
                 .ports
@@ -167,18 +167,18 @@ impl Lab {
     }
 
     /// Sends `frame` from `from`, runs, and returns what every host received.
-    pub fn send(&mut self, from: Host, frame: &[u8]) -> [Vec<Vec<u8>>; 4] {
+    pub(crate) fn send(&mut self, from: Host, frame: &[u8]) -> [Vec<Vec<u8>>; 4] {
         self.inject(from, frame);
         self.run();
         self.take_all()
     }
 
-    pub fn take_all(&mut self) -> [Vec<Vec<u8>>; 4] {
+    pub(crate) fn take_all(&mut self) -> [Vec<Vec<u8>>; 4] {
         std::array::from_fn(|i| self.ports[i].take_sent())
     }
 
     /// Every frame is somewhere: free list, a port, or an engine transmit queue.
-    pub fn frames_accounted(&self) -> usize {
+    pub(crate) fn frames_accounted(&self) -> usize {
         self.engine.free_list().len()
             + self
                 .ports
@@ -191,7 +191,7 @@ impl Lab {
 
 /// Splits a whole IPv4 frame's payload into fragments of at most `mtu` bytes of IP packet,
 /// as the sender's kernel does for a datagram bigger than the MTU.
-pub fn fragments(frame: &[u8], mtu: usize) -> Vec<Vec<u8>> {
+pub(crate) fn fragments(frame: &[u8], mtu: usize) -> Vec<Vec<u8>> {
     let (eth, ip) = frame.split_at(14);
     let ihl = usize::from(ip[0] & 0x0f) * 4;
     let (header, payload) = ip.split_at(ihl);
@@ -216,7 +216,7 @@ pub fn fragments(frame: &[u8], mtu: usize) -> Vec<Vec<u8>> {
 
 /// Splits a whole IPv6 frame (no extension headers) into fragments of at most `mtu` bytes
 /// of IP packet, inserting a fragment header with identification `id`.
-pub fn fragments_v6(frame: &[u8], mtu: usize, id: u32) -> Vec<Vec<u8>> {
+pub(crate) fn fragments_v6(frame: &[u8], mtu: usize, id: u32) -> Vec<Vec<u8>> {
     let (eth, ip) = frame.split_at(14);
     let (header, payload) = ip.split_at(40);
     let step = (mtu - 48) / 8 * 8;
@@ -251,7 +251,7 @@ fn ones_complement(b: &[u8]) -> u16 {
 }
 
 /// A UDP/IPv6 frame between two hosts' link-local-free addresses (`fd00::<last ip byte>`).
-pub fn udp6_frame(from: Host, to: Host, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn udp6_frame(from: Host, to: Host, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(from.mac, to.mac)
         .ipv6(v6(from), v6(to), 64)
         .udp(sport, dport);
@@ -261,7 +261,7 @@ pub fn udp6_frame(from: Host, to: Host, sport: u16, dport: u16, payload: &[u8]) 
 }
 
 /// The IPv6 address tests give a host: `fd00::` plus its IPv4 address.
-pub fn v6(h: Host) -> [u8; 16] {
+pub(crate) fn v6(h: Host) -> [u8; 16] {
     let mut a = [0u8; 16];
     a[0] = 0xfd;
     a[12..16].copy_from_slice(&h.ip);
@@ -269,7 +269,7 @@ pub fn v6(h: Host) -> [u8; 16] {
 }
 
 /// Who got a frame, as port numbers.
-pub fn receivers(got: &[Vec<Vec<u8>>; 4]) -> Vec<PortId> {
+pub(crate) fn receivers(got: &[Vec<Vec<u8>>; 4]) -> Vec<PortId> {
     got.iter()
         .enumerate()
         .filter(|(_, v)| !v.is_empty())
@@ -277,7 +277,7 @@ pub fn receivers(got: &[Vec<Vec<u8>>; 4]) -> Vec<PortId> {
         .collect()
 }
 
-pub fn tcp_frame(
+pub(crate) fn tcp_frame(
     from: Host,
     to: Host,
     sport: u16,
@@ -302,7 +302,7 @@ pub fn tcp_frame(
     out
 }
 
-pub fn udp_frame(
+pub(crate) fn udp_frame(
     from: Host,
     to_mac: [u8; 6],
     to_ip: [u8; 4],
@@ -318,7 +318,7 @@ pub fn udp_frame(
     out
 }
 
-pub fn ping(from: Host, to: Host, id: u16, reply: bool) -> Vec<u8> {
+pub(crate) fn ping(from: Host, to: Host, id: u16, reply: bool) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(from.mac, to.mac).ipv4(from.ip, to.ip, 64);
     let b = if reply {
         b.icmpv4_echo_reply(id, 1)
@@ -330,7 +330,7 @@ pub fn ping(from: Host, to: Host, id: u16, reply: bool) -> Vec<u8> {
     out
 }
 
-pub fn arp(from: Host, to_mac: [u8; 6], target: Host, reply: bool) -> Vec<u8> {
+pub(crate) fn arp(from: Host, to_mac: [u8; 6], target: Host, reply: bool) -> Vec<u8> {
     let pkt = ArpEthIpv4Packet {
         operation: if reply {
             ArpOperation::REPLY
@@ -350,7 +350,7 @@ pub fn arp(from: Host, to_mac: [u8; 6], target: Host, reply: bool) -> Vec<u8> {
 
 /// An ICMP port-unreachable from `from` to `to` quoting the first bytes of `quoted` (an
 /// Ethernet frame from `to`), as a host or router sends it.
-pub fn icmp_unreachable(from: Host, to: Host, quoted: &[u8]) -> Vec<u8> {
+pub(crate) fn icmp_unreachable(from: Host, to: Host, quoted: &[u8]) -> Vec<u8> {
     let ip_and_8 = &quoted[14..(14 + 28).min(quoted.len())];
     let b = PacketBuilder::ethernet2(from.mac, to.mac)
         .ipv4(from.ip, to.ip, 64)

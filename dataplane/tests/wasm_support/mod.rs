@@ -11,19 +11,19 @@ use dataplane::wasm::{LoadError, PolicyChain, WasmConfig, WasmRuntime};
 use rules_wasm::abi::{FlowState, addr_bytes, proto};
 
 /// Where the template modules put their I/O area.
-pub const IO: u32 = 1024;
+pub(crate) const IO: u32 = 1024;
 /// Guest address of the first verdict.
-pub const VERDICTS: u32 = IO + (MAX_BATCH as u32) * 48;
+pub(crate) const VERDICTS: u32 = IO + (MAX_BATCH as u32) * 48;
 
 /// A policy module whose `bw_evaluate` loops over the records; for each one, with `$rec`
 /// holding the record's address and `$i` its index, it runs `pre` (statements), then
 /// writes `action` and `rule` (i32 expressions). `extra` adds module-level fields.
-pub fn per_record(pre: &str, action: &str, rule: &str, extra: &str) -> Vec<u8> {
+pub(crate) fn per_record(pre: &str, action: &str, rule: &str, extra: &str) -> Vec<u8> {
     per_record_with(1, IO, pre, action, rule, extra)
 }
 
 /// [`per_record`] with a chosen ABI version and I/O area address.
-pub fn per_record_with(
+pub(crate) fn per_record_with(
     abi: i32,
     io: u32,
     pre: &str,
@@ -55,10 +55,10 @@ pub fn per_record_with(
 }
 
 /// Expression: the record's destination port.
-pub const DST_PORT: &str = "(i32.load16_u offset=34 (local.get $rec))";
+pub(crate) const DST_PORT: &str = "(i32.load16_u offset=34 (local.get $rec))";
 
 /// A module giving every record `action` with rule `rule`.
-pub fn constant(action: Action, rule: u32) -> Vec<u8> {
+pub(crate) fn constant(action: Action, rule: u32) -> Vec<u8> {
     per_record(
         "",
         &format!("(i32.const {})", action as u32),
@@ -69,7 +69,7 @@ pub fn constant(action: Action, rule: u32) -> Vec<u8> {
 
 /// A module that runs `stmt` when the destination port is `port`, then accepts everything
 /// with rule 1: hostile only on a chosen packet, so it passes the load-time probe.
-pub fn hostile_on_port(port: u16, stmt: &str) -> Vec<u8> {
+pub(crate) fn hostile_on_port(port: u16, stmt: &str) -> Vec<u8> {
     per_record(
         &format!("(if (i32.eq {DST_PORT} (i32.const {port})) (then {stmt}))"),
         "(i32.const 1)",
@@ -79,7 +79,7 @@ pub fn hostile_on_port(port: u16, stmt: &str) -> Vec<u8> {
 }
 
 /// A TCP SYN from 172.17.0.2 to 172.17.0.3 on `dst_port`.
-pub fn tcp(dst_port: u16) -> PacketRecord {
+pub(crate) fn tcp(dst_port: u16) -> PacketRecord {
     PacketRecord {
         src: addr_bytes(IpAddr::V4(Ipv4Addr::new(172, 17, 0, 2))),
         dst: addr_bytes(IpAddr::V4(Ipv4Addr::new(172, 17, 0, 3))),
@@ -96,12 +96,12 @@ pub fn tcp(dst_port: u16) -> PacketRecord {
 }
 
 /// A runtime with test-sized limits.
-pub fn runtime() -> WasmRuntime {
+pub(crate) fn runtime() -> WasmRuntime {
     runtime_with(|_| {})
 }
 
 /// A runtime with the test limits, adjusted by `f`.
-pub fn runtime_with(f: impl FnOnce(&mut WasmConfig)) -> WasmRuntime {
+pub(crate) fn runtime_with(f: impl FnOnce(&mut WasmConfig)) -> WasmRuntime {
     let mut config = WasmConfig {
         max_memory_bytes: 1 << 20,
         max_module_bytes: 1 << 20,
@@ -112,7 +112,7 @@ pub fn runtime_with(f: impl FnOnce(&mut WasmConfig)) -> WasmRuntime {
 }
 
 /// A worker's view: the policy in force and its swap channel, plus the control end.
-pub struct Harness {
+pub(crate) struct Harness {
     pub runtime: WasmRuntime,
     pub current: Box<dyn Policy>,
     pub rx: SwapReceiver,
@@ -122,7 +122,7 @@ pub struct Harness {
 
 impl Harness {
     /// A worker whose policy in force is generation 1: accept everything with rule 7.
-    pub fn with_accept_all(runtime: WasmRuntime) -> Self {
+    pub(crate) fn with_accept_all(runtime: WasmRuntime) -> Self {
         let module = runtime
             .load(&constant(Action::Accept, 7), "old-accept-all")
             .unwrap();
@@ -139,7 +139,7 @@ impl Harness {
 
     /// What the control thread does for a new single-module policy: load, instantiate,
     /// send. A failure at any step sends nothing.
-    pub fn try_install(&mut self, bytes: &[u8], name: &str) -> Result<u64, LoadError> {
+    pub(crate) fn try_install(&mut self, bytes: &[u8], name: &str) -> Result<u64, LoadError> {
         let module = self.runtime.load(bytes, name)?;
         let generation = self.next_generation;
         let chain = PolicyChain::instantiate(generation, &[module])?;
@@ -149,7 +149,7 @@ impl Harness {
     }
 
     /// What the worker does per batch: poll for a swap, then decide.
-    pub fn judge(&mut self, records: &[PacketRecord]) -> Vec<VerdictRecord> {
+    pub(crate) fn judge(&mut self, records: &[PacketRecord]) -> Vec<VerdictRecord> {
         self.rx.poll_swap(&mut self.current);
         let mut verdicts = vec![VerdictRecord::CONTINUE; records.len()];
         self.current.decide(records, &mut verdicts);
@@ -157,7 +157,7 @@ impl Harness {
     }
 
     /// Asserts the old accept-all policy (generation 1) still answers.
-    pub fn assert_old_policy_in_force(&mut self) {
+    pub(crate) fn assert_old_policy_in_force(&mut self) {
         let verdicts = self.judge(&[tcp(80), tcp(666)]);
         assert_eq!(self.current.generation(), 1, "the policy in force changed");
         for v in verdicts {
@@ -167,7 +167,7 @@ impl Harness {
 }
 
 /// A policy wrapper recording the name of the thread that drops it.
-pub struct DropProbe<P> {
+pub(crate) struct DropProbe<P> {
     pub inner: P,
     pub dropped_on: Arc<Mutex<Option<String>>>,
 }

@@ -207,8 +207,8 @@ impl Plan {
 
 /// Field indices for [`Plan::field`] (the port fields: the others' tables are filled here).
 pub(crate) mod field {
-    pub const IN: usize = super::IN;
-    pub const OUT: usize = super::OUT;
+    pub(crate) const IN: usize = super::IN;
+    pub(crate) const OUT: usize = super::OUT;
 }
 
 /// A rule group: rules with the same classified conditions and the same place (a shape, or

@@ -35,54 +35,54 @@ const F_RESIDUAL: u32 = 4;
 
 /// Locals of `bw_evaluate` (index 0 is the parameter `n`).
 mod ev {
-    pub const N: u32 = 0;
+    pub(super) const N: u32 = 0;
     /// The current record, the end of the records, the current verdict.
-    pub const REC: u32 = 1;
-    pub const END: u32 = 2;
-    pub const VP: u32 = 3;
-    pub const BEST: u32 = 4;
+    pub(super) const REC: u32 = 1;
+    pub(super) const END: u32 = 2;
+    pub(super) const VP: u32 = 3;
+    pub(super) const BEST: u32 = 4;
     /// The current step of an interpreted program.
-    pub const STEP: u32 = 5;
-    pub const SH: u32 = 6;
-    pub const E: u32 = 7;
-    pub const SA: u32 = 8;
-    pub const T: u32 = 9;
+    pub(super) const STEP: u32 = 5;
+    pub(super) const SH: u32 = 6;
+    pub(super) const E: u32 = 7;
+    pub(super) const SA: u32 = 8;
+    pub(super) const T: u32 = 9;
     /// The action of BEST, kept with it so that a verdict needs no rule record.
-    pub const ACT: u32 = 10;
-    pub const N_I32: u32 = 10;
+    pub(super) const ACT: u32 = 10;
+    pub(super) const N_I32: u32 = 10;
     /// The key hash, then the six masked key words.
-    pub const H: u32 = 11;
-    pub const M0: u32 = 12;
+    pub(super) const H: u32 = 11;
+    pub(super) const M0: u32 = 12;
     /// The record's two small key words (also in [`super::SCRATCH`] for `lookup`).
-    pub const S1: u32 = 18;
-    pub const S2: u32 = 19;
-    pub const N_I64: u32 = 9;
+    pub(super) const S1: u32 = 18;
+    pub(super) const S2: u32 = 19;
+    pub(super) const N_I64: u32 = 9;
 }
 
 /// Locals of `lookup(h: i64, sh: i32, rec: i32) -> i32`.
 mod lk {
-    pub const H: u32 = 0;
-    pub const SH: u32 = 1;
-    pub const REC: u32 = 2;
-    pub const SLOT: u32 = 3;
-    pub const SA: u32 = 4;
-    pub const E: u32 = 5;
-    pub const TAG: u32 = 6;
-    pub const N_I32: u32 = 4;
+    pub(super) const H: u32 = 0;
+    pub(super) const SH: u32 = 1;
+    pub(super) const REC: u32 = 2;
+    pub(super) const SLOT: u32 = 3;
+    pub(super) const SA: u32 = 4;
+    pub(super) const E: u32 = 5;
+    pub(super) const TAG: u32 = 6;
+    pub(super) const N_I32: u32 = 4;
 }
 
 /// Locals of `residual(e: i32, rec: i32, best: i32) -> i32`.
 mod rs {
-    pub const E: u32 = 0;
-    pub const REC: u32 = 1;
-    pub const BEST: u32 = 2;
-    pub const K: u32 = 3;
-    pub const END: u32 = 4;
-    pub const RID: u32 = 5;
-    pub const RA: u32 = 6;
-    pub const TMP: u32 = 7;
-    pub const NEGS: u32 = 8;
-    pub const N_I32: u32 = 6;
+    pub(super) const E: u32 = 0;
+    pub(super) const REC: u32 = 1;
+    pub(super) const BEST: u32 = 2;
+    pub(super) const K: u32 = 3;
+    pub(super) const END: u32 = 4;
+    pub(super) const RID: u32 = 5;
+    pub(super) const RA: u32 = 6;
+    pub(super) const TMP: u32 = 7;
+    pub(super) const NEGS: u32 = 8;
+    pub(super) const N_I32: u32 = 6;
 }
 
 /// Scratch memory for the record's two small key words (see `Spec::masks` in

@@ -52,62 +52,62 @@ const EXPAND_MAX: u32 = 16;
 
 /// Rule-record offsets (see [`rule_record`]).
 pub(crate) mod rec {
-    pub const SRC: u64 = 0;
-    pub const DST: u64 = 16;
-    pub const SRC_LEN: u64 = 32;
-    pub const DST_LEN: u64 = 33;
-    pub const NEG: u64 = 34;
-    pub const STATE: u64 = 35;
-    pub const PROTO: u64 = 36;
-    pub const PROTO_MASK: u64 = 37;
-    pub const IPV: u64 = 38;
-    pub const IPV_MASK: u64 = 39;
-    pub const SPORT_LO: u64 = 40;
-    pub const SPORT_HI: u64 = 42;
-    pub const DPORT_LO: u64 = 44;
-    pub const DPORT_HI: u64 = 46;
-    pub const IN: u64 = 48;
-    pub const IN_MASK: u64 = 50;
-    pub const OUT: u64 = 52;
-    pub const OUT_MASK: u64 = 54;
-    pub const ACTION: u64 = 56;
-    pub const TCPF_MASK: u64 = 60;
-    pub const TCPF_SET: u64 = 61;
-    pub const ICMP_TYPE: u64 = 62;
-    pub const ICMP_TYPE_MASK: u64 = 63;
-    pub const ICMP_CODE: u64 = 64;
-    pub const ICMP_CODE_MASK: u64 = 65;
+    pub(crate) const SRC: u64 = 0;
+    pub(crate) const DST: u64 = 16;
+    pub(crate) const SRC_LEN: u64 = 32;
+    pub(crate) const DST_LEN: u64 = 33;
+    pub(crate) const NEG: u64 = 34;
+    pub(crate) const STATE: u64 = 35;
+    pub(crate) const PROTO: u64 = 36;
+    pub(crate) const PROTO_MASK: u64 = 37;
+    pub(crate) const IPV: u64 = 38;
+    pub(crate) const IPV_MASK: u64 = 39;
+    pub(crate) const SPORT_LO: u64 = 40;
+    pub(crate) const SPORT_HI: u64 = 42;
+    pub(crate) const DPORT_LO: u64 = 44;
+    pub(crate) const DPORT_HI: u64 = 46;
+    pub(crate) const IN: u64 = 48;
+    pub(crate) const IN_MASK: u64 = 50;
+    pub(crate) const OUT: u64 = 52;
+    pub(crate) const OUT_MASK: u64 = 54;
+    pub(crate) const ACTION: u64 = 56;
+    pub(crate) const TCPF_MASK: u64 = 60;
+    pub(crate) const TCPF_SET: u64 = 61;
+    pub(crate) const ICMP_TYPE: u64 = 62;
+    pub(crate) const ICMP_TYPE_MASK: u64 = 63;
+    pub(crate) const ICMP_CODE: u64 = 64;
+    pub(crate) const ICMP_CODE_MASK: u64 = 65;
     /// Negation bits of the fields past the first byte's eight (see [`super::neg2`]).
-    pub const NEG2: u64 = 66;
+    pub(crate) const NEG2: u64 = 66;
 }
 
 /// Negation bits in a rule record's `NEG2` byte.
 pub(crate) mod neg2 {
-    pub const TCPF: u32 = 0;
-    pub const ICMP: u32 = 1;
+    pub(crate) const TCPF: u32 = 0;
+    pub(crate) const ICMP: u32 = 1;
 }
 
 /// Negation bits in a rule record's `NEG` byte, one per negatable field.
 pub(crate) mod neg {
-    pub const SRC: u32 = 0;
-    pub const DST: u32 = 1;
-    pub const PROTO: u32 = 2;
-    pub const SPORT: u32 = 3;
-    pub const DPORT: u32 = 4;
-    pub const IN: u32 = 5;
-    pub const OUT: u32 = 6;
-    pub const IPV: u32 = 7;
+    pub(crate) const SRC: u32 = 0;
+    pub(crate) const DST: u32 = 1;
+    pub(crate) const PROTO: u32 = 2;
+    pub(crate) const SPORT: u32 = 3;
+    pub(crate) const DPORT: u32 = 4;
+    pub(crate) const IN: u32 = 5;
+    pub(crate) const OUT: u32 = 6;
+    pub(crate) const IPV: u32 = 7;
 }
 
 /// Shape-record offsets: six 8-byte key masks, then the fields below.
 pub(crate) mod shape {
     /// The shape's seed, already multiplied into the hash's starting value.
-    pub const SEED_HASH: u64 = 48;
+    pub(crate) const SEED_HASH: u64 = 48;
     /// For a keyless shape (one that pins nothing), the address of its one entry; 0 for a
     /// keyed shape, whose entries are found through the hash table.
-    pub const ENTRY: u64 = 56;
+    pub(crate) const ENTRY: u64 = 56;
     /// The shape's index (see [`super::entry::KEY`]).
-    pub const INDEX: u64 = 60;
+    pub(crate) const INDEX: u64 = 60;
 }
 
 /// Entry-record offsets. An entry is one (shape, key) that rules were entered under: the key,
@@ -119,14 +119,14 @@ pub(crate) mod shape {
 pub(crate) mod entry {
     /// Six 8-byte key words, already masked by the shape. The last word's high half, which
     /// no key uses, holds the shape's index, so that two shapes' equal keys stay apart.
-    pub const KEY: u64 = 0;
+    pub(crate) const KEY: u64 = 0;
     /// Lowest exact rule id, or `u32::MAX`.
-    pub const EXACT: u64 = 48;
+    pub(crate) const EXACT: u64 = 48;
     /// Index of the first candidate in the lists, and how many.
-    pub const LIST_START: u64 = 52;
-    pub const LIST_LEN: u64 = 56;
+    pub(crate) const LIST_START: u64 = 52;
+    pub(crate) const LIST_LEN: u64 = 56;
     /// The exact rule's action.
-    pub const ACTION: u64 = 60;
+    pub(crate) const ACTION: u64 = 60;
 }
 
 /// Odd multipliers, one per key word, shared by the Rust builder and the emitted code.

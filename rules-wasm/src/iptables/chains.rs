@@ -111,12 +111,12 @@ impl Default for Program {
 
 impl Program {
     /// Whether a chain called `name` exists.
-    pub fn has(&self, name: &str) -> bool {
+    pub(super) fn has(&self, name: &str) -> bool {
         self.chains.iter().any(|(n, _)| n == name)
     }
 
     /// Makes the chain `name`; `false` when it already exists.
-    pub fn new_chain(&mut self, name: &str) -> bool {
+    pub(super) fn new_chain(&mut self, name: &str) -> bool {
         if self.has(name) {
             return false;
         }
@@ -125,7 +125,7 @@ impl Program {
     }
 
     /// Puts `stmt` into `chain` (which exists); `Err(max)` for a position past the end + 1.
-    pub fn place(&mut self, chain: &str, at: Placement, stmt: Stmt) -> Result<(), usize> {
+    pub(super) fn place(&mut self, chain: &str, at: Placement, stmt: Stmt) -> Result<(), usize> {
         let Some((_, rules)) = self.chains.iter_mut().find(|(n, _)| n == chain) else {
             return Err(0);
         };
@@ -141,7 +141,7 @@ impl Program {
 
     /// The flat USER chain: every chain walked from [`ROOT`], its LOG rules, and warnings
     /// about chains nothing jumps to.
-    pub fn flatten(&self, limit: usize) -> Result<Flat, ParseError> {
+    pub(super) fn flatten(&self, limit: usize) -> Result<Flat, ParseError> {
         let mut w = Walk {
             program: self,
             out: Vec::new(),
@@ -185,12 +185,12 @@ impl Program {
     /// The verdict the chains give `r`, walked the way iptables walks them (no flattening):
     /// the target and the origin of the deciding rule, or `None` when DOCKER-USER returns.
     /// LOG rules are passed over; loops cannot occur in a program that flattened.
-    pub fn decide(&self, r: &crate::abi::PacketRecord) -> Option<(Target, &str)> {
+    pub(super) fn decide(&self, r: &crate::abi::PacketRecord) -> Option<(Target, &str)> {
         self.decide_logging(r, &mut Vec::new())
     }
 
     /// [`Program::decide`], also listing the origins of the LOG rules the packet reached.
-    pub fn decide_logging<'a>(
+    pub(super) fn decide_logging<'a>(
         &'a self,
         r: &crate::abi::PacketRecord,
         logged: &mut Vec<&'a str>,

@@ -12,7 +12,7 @@ use rules_wasm::abi::{
 use wasmtime::{Caller, Engine, Extern, Linker, Memory, Module, Store, TypedFunc};
 
 /// A loaded, initialised policy module.
-pub struct Host {
+pub(crate) struct Host {
     store: Store<()>,
     memory: Memory,
     evaluate: TypedFunc<i32, ()>,
@@ -25,7 +25,7 @@ pub struct Host {
 
 impl Host {
     /// Compiles, validates and instantiates `wasm`; an error names what is wrong.
-    pub fn load(engine: &Engine, wasm: &[u8]) -> Result<Self, String> {
+    pub(crate) fn load(engine: &Engine, wasm: &[u8]) -> Result<Self, String> {
         let module = Module::new(engine, wasm).map_err(|e| format!("compile: {e:#}"))?;
         let imports: Vec<(String, String)> = module
             .imports()
@@ -92,12 +92,12 @@ impl Host {
 
     /// Calls `bw_evaluate(n)` on whatever records are in the I/O area (for timing the module
     /// alone, without the harness's encoding).
-    pub fn evaluate_in_place(&mut self, n: i32) {
+    pub(crate) fn evaluate_in_place(&mut self, n: i32) {
         self.evaluate.call(&mut self.store, n).unwrap();
     }
 
     /// Judges `recs` in batches of up to [`MAX_BATCH`].
-    pub fn run(&mut self, recs: &[PacketRecord]) -> Vec<VerdictRecord> {
+    pub(crate) fn run(&mut self, recs: &[PacketRecord]) -> Vec<VerdictRecord> {
         let mut out = Vec::with_capacity(recs.len());
         for chunk in recs.chunks(MAX_BATCH) {
             {
@@ -129,23 +129,23 @@ impl Host {
 }
 
 /// A deterministic generator (SplitMix64) so failures reproduce from the printed seed.
-pub struct Rng(pub u64);
+pub(crate) struct Rng(pub u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
-    pub fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-    pub fn chance(&mut self, percent: u64) -> bool {
+    pub(crate) fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
-    pub fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+    pub(crate) fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
         &xs[self.below(xs.len() as u64) as usize]
     }
 }
