@@ -162,7 +162,12 @@ impl Bridgewall {
 
     /// Polls `done` until it holds; panics with the log's tail after `timeout` or if
     /// bridgewall exits.
-    pub(crate) fn wait_until(&mut self, what: &str, timeout: Duration, done: impl Fn(&Self) -> bool) {
+    pub(crate) fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&Self) -> bool,
+    ) {
         let deadline = Instant::now() + timeout;
         while !done(self) {
             if let Some(status) = self

@@ -62,7 +62,12 @@ pub(crate) struct Forwarder {
 impl Forwarder {
     /// Starts forwarding between `if_a` and `if_b` of namespace `ns`; returns once both ports
     /// are open (or with the error that prevented it).
-    pub(crate) fn start(ns: &str, if_a: &str, if_b: &str, opts: ForwarderOptions) -> Result<Self, String> {
+    pub(crate) fn start(
+        ns: &str,
+        if_a: &str,
+        if_b: &str,
+        opts: ForwarderOptions,
+    ) -> Result<Self, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let forwarded = Arc::new(AtomicU64::new(0));
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
