@@ -105,14 +105,16 @@ impl IoArea {
     }
 }
 
+// The ABI's one import can only be declared in an `extern` block, which is `unsafe` to write.
 #[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)]
 mod import {
     #[link(wasm_import_module = "bw")]
     // SAFETY: `bw.log(ptr, len)` is the ABI's one import; the host bounds-checks the range
     // against the guest's memory and only reads it, so calling it cannot break Rust's rules.
     unsafe extern "C" {
         #[link_name = "log"]
-        pub safe fn bw_log(ptr: *const u8, len: usize);
+        pub(super) safe fn bw_log(ptr: *const u8, len: usize);
     }
 }
 

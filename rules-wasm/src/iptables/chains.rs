@@ -310,12 +310,9 @@ impl Walk<'_> {
         Ok(())
     }
 
-    /// A LOG rule reached under `m`: its rule set is every flat rule so far as "not
-    /// reached", then `m` as "reached".
-    fn log(&mut self, st: &Stmt, prefix: &str, m: &Cond) -> Result<(), ParseError> {
-        if self.logs.len() == MAX_LOG_RULES {
-            return Err(err(st, K::Unsupported("more than 16 -j LOG rules")));
-        }
+    /// The rule set that says whether a packet reaches the rule `st` and matches it (`m`):
+    /// every flat rule so far as "not reached" (`Drop`), then `m` as "reached" (`Accept`).
+    fn reach_rules(&self, st: &Stmt, m: &Cond) -> Vec<Rule> {
         let mut rules: Vec<Rule> = self
             .out
             .iter()
@@ -328,6 +325,15 @@ impl Walk<'_> {
             m.iter()
                 .map(|m| Rule::new(Chain::User, *m, Target::Accept, st.origin.clone())),
         );
+        rules
+    }
+
+    /// A LOG rule reached under `m` (see [`LogRule`]).
+    fn log(&mut self, st: &Stmt, prefix: &str, m: &Cond) -> Result<(), ParseError> {
+        if self.logs.len() == MAX_LOG_RULES {
+            return Err(err(st, K::Unsupported("more than 16 -j LOG rules")));
+        }
+        let rules = self.reach_rules(st, m);
         self.logs.push(LogRule {
             prefix: prefix.to_string(),
             origin: st.origin.clone(),
@@ -346,18 +352,7 @@ impl Walk<'_> {
         if self.limits.len() == MAX_LOG_RULES {
             return Err(err(st, K::Unsupported("more than 16 rate-limited rules")));
         }
-        let mut rules: Vec<Rule> = self
-            .out
-            .iter()
-            .map(|r| Rule {
-                target: Target::Drop,
-                ..r.clone()
-            })
-            .collect();
-        rules.extend(
-            m.iter()
-                .map(|m| Rule::new(Chain::User, *m, Target::Accept, st.origin.clone())),
-        );
+        let rules = self.reach_rules(st, m);
         let first = self.out.len();
         let disabled: Cond = m
             .iter()
