@@ -182,3 +182,52 @@ fn trace_explains_how_a_later_fragment_follows_its_first() {
     ]);
     assert!(ok && !text.contains("later fragment"), "{text}");
 }
+
+/// The repository's own WAT example loads as a `--module` (text format accepted), and a
+/// corrupt `.wasm` is refused in one readable line naming the file, not a dump of bytes.
+#[test]
+fn wat_modules_load_and_corrupt_ones_are_one_readable_line() {
+    let lab = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/lab/walkthrough.toml");
+    let wat = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/rules-wasm/examples/wat/drop-icmp-echo.wat"
+    );
+    let (ok, text) = bridgewall(&[
+        "trace", "--lab", lab, "--module", wat, "host", "client3", "icmp", "0",
+    ]);
+    assert!(ok, "{text}");
+    assert!(text.contains("drop-icmp-echo.wat"), "{text}");
+    let dir = std::env::temp_dir().join(format!("bw-cli-{}-corrupt", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let corrupt = dir.join("corrupt.wasm");
+    std::fs::write(&corrupt, b"\0asm\x07\0\0\0garbage").unwrap();
+    let bad_text = dir.join("bad.wat");
+    std::fs::write(&bad_text, "(module (func (export \"x\") (i32.bogus)))").unwrap();
+    for (file, what) in [
+        (&corrupt, "not a valid WebAssembly module"),
+        (&bad_text, "not valid WebAssembly text"),
+    ] {
+        let (ok, text) = bridgewall(&[
+            "trace",
+            "--lab",
+            lab,
+            "--module",
+            file.to_str().unwrap(),
+            "host",
+            "client3",
+            "icmp",
+            "0",
+        ]);
+        assert!(!ok);
+        let line = text
+            .lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no `{what}` in: {text}"));
+        assert!(
+            line.contains(file.file_name().unwrap().to_str().unwrap()),
+            "{line}"
+        );
+        assert!(!text.contains("expected=["), "no dump of bytes: {text}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}

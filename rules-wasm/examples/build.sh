@@ -4,7 +4,7 @@
 # Needs the target: `rustup target add wasm32-unknown-unknown`.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
-target_dir=${CARGO_TARGET_DIR_WASM:-/work/target-wasm}
+target_dir=${CARGO_TARGET_DIR_WASM:-$here/../../target/wasm-examples}
 mkdir -p "$here/out"
 for ex in dns-only conn-rate-limit; do
     CARGO_TARGET_DIR="$target_dir" cargo build --release --target wasm32-unknown-unknown \

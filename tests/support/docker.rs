@@ -1,6 +1,6 @@
 //! A real Docker engine for tests, inside a network namespace of its own.
 //!
-//! Follows /work/shared/notes/docker-engine-in-netns.sh: Debian's docker.io (installed when
+//! Follows the recipe of the team's engine-in-a-namespace notes: Debian's docker.io (installed when
 //! missing, with a policy-rc.d so no daemon starts in the root namespace), `dockerd` started
 //! with `nsenter --net=/run/netns/NAME` (not `ip netns exec`, which hides the cgroup mounts),
 //! its own data root, exec root, pidfile and socket under a unique temporary directory, and an

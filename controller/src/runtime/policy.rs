@@ -50,6 +50,14 @@ pub enum PolicyError {
         /// Why it could not be read.
         source: std::io::Error,
     },
+    /// A module file in the WebAssembly text format that does not parse.
+    #[error("policy module {path}: not valid WebAssembly text: {reason}")]
+    ModuleText {
+        /// The file.
+        path: String,
+        /// The first line of the `wat` parser's explanation (it names line and column).
+        reason: String,
+    },
     /// wasmtime (or the ABI check) refused a user policy module.
     #[error("policy module {path}: {error}")]
     Module {
@@ -69,17 +77,21 @@ pub struct UserModules {
 }
 
 impl UserModules {
-    /// Reads the modules' bytes; an unreadable file is an error naming it.
+    /// Reads the modules' bytes; an unreadable file is an error naming it. A file in the
+    /// WebAssembly text format (`.wat`, or any file not starting with Wasm's magic bytes) is
+    /// compiled to the binary format here, so `--module policy.wat` works as `.wasm` does.
     pub fn from_files(paths: &[std::path::PathBuf]) -> Result<UserModules, PolicyError> {
         let files = paths
             .iter()
             .map(|p| {
                 let path = p.display().to_string();
-                std::fs::read(p)
-                    .map(|bytes| (path.clone(), bytes))
-                    .map_err(|source| PolicyError::ModuleFile { path, source })
+                let bytes = std::fs::read(p).map_err(|source| PolicyError::ModuleFile {
+                    path: path.clone(),
+                    source,
+                })?;
+                Ok((path.clone(), to_binary(&path, bytes)?))
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_, PolicyError>>()?;
         Ok(UserModules { files })
     }
 
@@ -100,6 +112,32 @@ impl UserModules {
             })
             .collect()
     }
+}
+
+/// Wasm's magic bytes: what a binary module starts with.
+const WASM_MAGIC: &[u8] = b"\0asm";
+
+/// `bytes` as a binary module: as they are, or compiled from the text format.
+fn to_binary(path: &str, bytes: Vec<u8>) -> Result<Vec<u8>, PolicyError> {
+    if bytes.starts_with(WASM_MAGIC) {
+        return Ok(bytes);
+    }
+    wat::parse_bytes(&bytes)
+        .map(std::borrow::Cow::into_owned)
+        .map_err(|e| PolicyError::ModuleText {
+            path: path.to_string(),
+            reason: one_line(&e.to_string()),
+        })
+}
+
+/// A multi-line message (a parser's excerpt of the source, wasmtime's chain of causes) as
+/// one readable line.
+fn one_line(msg: &str) -> String {
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.chars().all(|c| matches!(c, '|' | '^' | '-' | ' ')))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The user's rules as text, with where they came from (for error messages).

@@ -58,6 +58,19 @@ pub struct Caps {
     pub max_memory_bytes: usize,
 }
 
+/// wasmtime's refusal as one line a person can read: its chain of causes without the dumps
+/// of expected bytes (`magic header not detected: bad magic number - expected=[0x0, …]`).
+fn readable(e: &wasmtime::Error) -> String {
+    format!("{e:#}")
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split(" - expected=")
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
 impl PolicyModule {
     pub(crate) fn load(
         runtime: Arc<RuntimeShared>,
@@ -81,7 +94,7 @@ impl PolicyModule {
         let module =
             Module::from_binary(&runtime.engine, bytes).map_err(|e| LoadError::Invalid {
                 module: name.into(),
-                reason: format!("{e:#}"),
+                reason: readable(&e),
             })?;
         check_imports(&module, name)?;
         check_exports(&module, name)?;
