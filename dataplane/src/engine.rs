@@ -806,6 +806,18 @@ impl<M: FrameMemory> Engine<M> {
             }
             _ => parsed.record(from, out, FlowState::New),
         };
+        // `-m connlimit` counts the connections held from the source, this one included by
+        // the rule: a re-decided flow that is admitted is already among them.
+        let held = kind == PendingKind::Redecide
+            && key
+                .is_some_and(|(hk, _)| self.flows.peek(&hk, now).is_some_and(|e| e.verdict.accept));
+        let record = PacketRecord {
+            src_conns: self
+                .flows
+                .conns_from(&record.src, now)
+                .saturating_sub(u16::from(held)),
+            ..record
+        };
         let (key, tracking) = match key {
             Some((k, t)) => (Some(k), t),
             None => (None, NO_PENDING.tracking),
@@ -863,6 +875,7 @@ impl<M: FrameMemory> Engine<M> {
             out_port: e.ports[1],
             icmp_type,
             icmp_code: 0,
+            src_conns: 0,
         }
     }
 

@@ -71,7 +71,11 @@ pub const OFF_OUT_PORT: usize = 42;
 pub const OFF_ICMP_TYPE: usize = 44;
 /// u8: ICMP / ICMPv6 code; 0 otherwise.
 pub const OFF_ICMP_CODE: usize = 45;
-// 46..48 reserved, zero.
+/// u16: connections from the record's source address the host holds open (admitted flows
+/// still in its flow table, not counting this record's own), saturating; 0 when the host does
+/// not count. Read by iptables' `-m connlimit`. (Reserved and zero before; the layout is
+/// unchanged, so [`ABI_VERSION`] is too.)
+pub const OFF_SRC_CONNS: usize = 46;
 
 /// Verdict field offsets (bytes from the start of a verdict).
 pub const OFF_VERDICT_ACTION: usize = 0; // u32: an Action code
@@ -278,6 +282,9 @@ pub struct PacketRecord {
     pub icmp_type: u8,
     /// ICMP code, 0 otherwise.
     pub icmp_code: u8,
+    /// Open connections from `src` the host holds, not counting this one (see
+    /// [`OFF_SRC_CONNS`]).
+    pub src_conns: u16,
 }
 
 /// IP protocol numbers the rule model names.
@@ -361,7 +368,8 @@ impl PacketRecord {
             | u128::from(self.in_port) << at(OFF_IN_PORT)
             | u128::from(self.out_port) << at(OFF_OUT_PORT)
             | u128::from(self.icmp_type) << at(OFF_ICMP_TYPE)
-            | u128::from(self.icmp_code) << at(OFF_ICMP_CODE);
+            | u128::from(self.icmp_code) << at(OFF_ICMP_CODE)
+            | u128::from(self.src_conns) << at(OFF_SRC_CONNS);
         out[OFF_SRC_PORT..RECORD_SIZE].copy_from_slice(&tail.to_le_bytes());
     }
 
@@ -386,6 +394,7 @@ impl PacketRecord {
             out_port: u16_at(OFF_OUT_PORT),
             icmp_type: b[OFF_ICMP_TYPE],
             icmp_code: b[OFF_ICMP_CODE],
+            src_conns: u16_at(OFF_SRC_CONNS),
         }
     }
 }
@@ -454,6 +463,7 @@ mod tests {
             out_port: PORT_FLOOD,
             icmp_type: 0,
             icmp_code: 0,
+            src_conns: 7,
         };
         let mut b = [0u8; RECORD_SIZE];
         r.encode(&mut b);

@@ -12,7 +12,7 @@
 //! [`Unrepresentable`], never approximated.
 use thiserror::Error;
 
-use crate::model::{Cidr, IcmpType, Match, Neg, PortRange, StateSet, TcpFlags};
+use crate::model::{Cidr, CountRange, IcmpType, Match, Neg, PortRange, StateSet, TcpFlags};
 
 /// A disjunction of matches: a packet satisfies it when it satisfies any of them. Empty is
 /// "nothing"; `vec![Match::default()]` ([`any`]) is "everything".
@@ -71,6 +71,7 @@ pub fn not(m: &Match) -> Cond {
     step!(dport);
     step!(tcp_flags);
     step!(icmp);
+    step!(conns);
     if let Some(s) = m.state {
         let c = s.complement();
         if c.0 != 0 {
@@ -140,6 +141,7 @@ pub fn and_match(a: &Match, b: &Match) -> Result<Vec<Match>, Unrepresentable> {
     field!(dport, ports(a.dport, b.dport));
     field!(tcp_flags, flags(a.tcp_flags, b.tcp_flags)?);
     field!(icmp, icmp(a.icmp, b.icmp));
+    field!(conns, counts(a.conns, b.conns));
     Ok(out)
 }
 
@@ -299,6 +301,53 @@ fn range_minus(a: PortRange, b: PortRange) -> Vec<PortRange> {
     }
     out.retain(|r| r.lo <= r.hi && intersect(*r, a).is_some());
     out
+}
+
+/// Conjunction of two connection-count conditions, as [`ports`] does for port ranges.
+fn counts(a: Option<Neg<CountRange>>, b: Option<Neg<CountRange>>) -> Alts<CountRange> {
+    let wide = |c: Option<Neg<CountRange>>| {
+        c.map(|c| Neg {
+            value: (u64::from(c.value.lo), u64::from(c.value.hi)),
+            negated: c.negated,
+        })
+    };
+    let (x, y) = match (wide(a), wide(b)) {
+        (None, _) => return vec![b],
+        (_, None) => return vec![a],
+        (Some(x), Some(y)) => (x, y),
+    };
+    let back = |(lo, hi): (u64, u64)| {
+        Some(Neg::is(CountRange {
+            lo: lo as u32,
+            hi: hi as u32,
+        }))
+    };
+    let all = (0u64, u64::from(u32::MAX));
+    let minus = |a: (u64, u64), b: (u64, u64)| -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        if b.0 > a.0 {
+            out.push((a.0, a.1.min(b.0 - 1)));
+        }
+        if b.1 < a.1 {
+            out.push((a.0.max(b.1 + 1), a.1));
+        }
+        out.retain(|r| r.0 <= r.1);
+        out
+    };
+    let meet = |a: (u64, u64), b: (u64, u64)| {
+        let r = (a.0.max(b.0), a.1.min(b.1));
+        (r.0 <= r.1).then_some(r)
+    };
+    let pieces: Vec<(u64, u64)> = match (x.negated, y.negated) {
+        (false, false) => meet(x.value, y.value).into_iter().collect(),
+        (false, true) => minus(x.value, y.value),
+        (true, false) => minus(y.value, x.value),
+        (true, true) => minus(all, x.value)
+            .into_iter()
+            .flat_map(|r| minus(r, y.value))
+            .collect(),
+    };
+    pieces.into_iter().map(back).collect()
 }
 
 /// Conjunction of two TCP-flag conditions.

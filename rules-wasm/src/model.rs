@@ -242,6 +242,26 @@ impl IcmpType {
     }
 }
 
+/// A range of connection counts (`-m connlimit`): the source's open connections *including*
+/// the one being judged, `lo..=hi` (`--connlimit-above 20` is `21..=MAX`, `--connlimit-upto
+/// 20` is `0..=20`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CountRange {
+    /// Fewest connections matched.
+    pub lo: u32,
+    /// Most connections matched (≥ `lo`).
+    pub hi: u32,
+}
+
+impl CountRange {
+    /// Whether a record with `src_conns` open connections (not counting its own) is in range.
+    #[inline]
+    pub fn holds(&self, src_conns: u16) -> bool {
+        let n = u32::from(src_conns) + 1;
+        self.lo <= n && n <= self.hi
+    }
+}
+
 /// What a rule matches. Every field is optional (`None` = any) and, except the state set
 /// (whose negation is folded into the set), negatable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -269,6 +289,8 @@ pub struct Match {
     pub tcp_flags: Option<Neg<TcpFlags>>,
     /// ICMP / ICMPv6 type and code (`--icmp-type`, `--icmpv6-type`).
     pub icmp: Option<Neg<IcmpType>>,
+    /// The source's open connections, this one included (`-m connlimit`).
+    pub conns: Option<Neg<CountRange>>,
 }
 
 impl Match {
@@ -291,6 +313,7 @@ impl Match {
             && self.state.is_none_or(|s| s.contains(r.flow_state))
             && check(&self.tcp_flags, |f| f.holds(r.tcp_flags))
             && check(&self.icmp, |t| t.holds(r.icmp_type, r.icmp_code))
+            && check(&self.conns, |c| c.holds(r.src_conns))
     }
 }
 

@@ -76,6 +76,11 @@ fn option(rng: &mut Rng, kind: u64, out: &mut String, proto_set: &mut Option<&'s
             let t = *rng.pick(&["echo-request", "port-unreachable", "3", "echo-reply"]);
             let _ = write!(out, " -p icmp {}--icmp-type {t}", bang(rng));
         }
+        9 => {
+            let n = *rng.pick(&[0u32, 1, 9, 10]);
+            let which = *rng.pick(&["above", "upto"]);
+            let _ = write!(out, " -m connlimit {}--connlimit-{which} {n}", bang(rng));
+        }
         _ => {
             let port = rng.below(4);
             let _ = write!(out, " {}-i {port}", bang(rng));
@@ -110,7 +115,7 @@ fn program(rng: &mut Rng) -> String {
             let mut proto = None;
             let mut kinds: Vec<u64> = Vec::new();
             for _ in 0..rng.below(3) {
-                let k = rng.below(9);
+                let k = rng.below(10);
                 if !kinds.contains(&k) {
                     kinds.push(k);
                     option(rng, k, &mut line, &mut proto);
@@ -166,6 +171,7 @@ fn packet(rng: &mut Rng) -> PacketRecord {
         out_port: rng.below(4) as u16,
         icmp_type: if ports { 0 } else { *rng.pick(&[0u8, 3, 8]) },
         icmp_code: if ports { 0 } else { *rng.pick(&[0u8, 3]) },
+        src_conns: *rng.pick(&[0u16, 1, 9, 10, 20, 65535]),
     }
 }
 

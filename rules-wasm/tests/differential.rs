@@ -10,7 +10,8 @@ use common::{Host, Rng};
 use rules_wasm::abi::{Action, FlowState, PacketRecord, RejectWith, addr_bytes, proto};
 use rules_wasm::compiler::{Classify, CompileOptions, compile, compile_with};
 use rules_wasm::model::{
-    Chain, Cidr, IcmpType, Match, Neg, PortRange, Rule, RuleSet, StateSet, Target, TcpFlags,
+    Chain, Cidr, CountRange, IcmpType, Match, Neg, PortRange, Rule, RuleSet, StateSet, Target,
+    TcpFlags,
 };
 use rules_wasm::reference::evaluate;
 
@@ -158,6 +159,18 @@ fn random_rule(rng: &mut Rng, p: &Pools, n_ports: u16) -> Rule {
             rng,
         ));
     }
+    if rng.chance(8) {
+        let n = *rng.pick(&[0u32, 1, 2, 10, 11, 65_536, u32::MAX]);
+        let range = if rng.chance(50) {
+            CountRange {
+                lo: n.saturating_add(1),
+                hi: u32::MAX,
+            }
+        } else {
+            CountRange { lo: 0, hi: n }
+        };
+        m.conns = Some(neg(range, rng));
+    }
     let chain = *rng.pick(&[Chain::User, Chain::Docker, Chain::Icc]);
     let target = *rng.pick(&[
         Target::Accept,
@@ -272,6 +285,7 @@ fn random_packet(rng: &mut Rng, p: &Pools, n_ports: u16) -> PacketRecord {
         } else {
             0
         },
+        src_conns: *rng.pick(&[0u16, 0, 1, 2, 9, 10, 11, 65535]),
     }
 }
 

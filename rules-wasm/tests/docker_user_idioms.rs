@@ -2,8 +2,8 @@
 //! with its source): every idiom loaded on a host like the lab's (web and db on docker0,
 //! published ports, eth0 as the host's way out, two ipsets) and probed, with the verdict
 //! iptables gives in DOCKER-USER — through the compiled module and the reference alike.
-//! Where bridgewall means something else on purpose (`docker0` names the gateway port;
-//! connlimit not carried out yet), the expectation says so; `X (limit)` is a rate-limited
+//! Where bridgewall means something else on purpose (`docker0` names the gateway port), the
+//! expectation says so; `X (limit)` is a rate-limited
 //! rule deciding X while within its rate.
 mod common;
 
@@ -27,7 +27,7 @@ add f2b-bad-auth 198.51.100.66
 ";
 
 /// (idiom number in file order, probes). A probe is `PROTO SRC[:SPORT] > DST[:DPORT]
-/// in=PORT out=PORT STATE [syn|ack]`; the expectation is what DOCKER-USER decides:
+/// in=PORT out=PORT STATE [syn|ack] [conns=N]` (N: the source's other open connections); the expectation is what DOCKER-USER decides:
 /// `ACCEPT`, `DROP`, `REJECT`, `-` (no decision: on to Docker's rules), followed by ` LOG`
 /// when a LOG rule logs the packet, or `refused: TEXT` for an idiom bridgewall refuses with
 /// an error containing TEXT.
@@ -335,10 +335,20 @@ const EXPECT: &[(usize, &[(&str, &str)])] = &[
     ),
     (
         36,
-        &[(
-            "tcp 203.0.113.9:40000 > 172.17.0.2:443 in=1 out=2 NEW syn",
-            "refused: -m connlimit is parsed",
-        )],
+        &[
+            (
+                "tcp 203.0.113.9:40000 > 172.17.0.2:443 in=1 out=2 NEW syn",
+                "-",
+            ),
+            (
+                "tcp 203.0.113.9:40000 > 172.17.0.2:443 in=1 out=2 NEW syn conns=20",
+                "REJECT",
+            ),
+            (
+                "tcp 203.0.113.9:40000 > 172.17.0.2:443 in=1 out=2 NEW syn conns=19",
+                "-",
+            ),
+        ],
     ),
     // iptables refuses this one too: its prefix is 30 characters, one past iptables' limit.
     (
@@ -434,6 +444,10 @@ fn probe(text: &str) -> PacketRecord {
         out_port: port(t[5]),
         icmp_type: if protocol == proto::ICMP { 8 } else { 0 },
         icmp_code: 0,
+        src_conns: t
+            .iter()
+            .find_map(|w| w.strip_prefix("conns="))
+            .map_or(0, |n| n.parse().unwrap()),
     }
 }
 

@@ -17,8 +17,8 @@ const REFUSED: &[(&str, &str)] = &[
         "-m limit with RETURN, a chain jump or no target",
     ),
     (
-        "-m connlimit",
-        "-m connlimit is parsed but not enforced yet",
+        "--connlimit-daddr",
+        "--connlimit-daddr (bridgewall counts connections per source",
     ),
     ("SNAT,DNAT", "--ctstate SNAT/DNAT"),
 ];

@@ -457,6 +457,7 @@ impl PacketSpec {
             out_port: self.out_port,
             icmp_type: if self.protocol == proto::ICMP { 8 } else { 0 },
             icmp_code: 0,
+            src_conns: 0,
         }
     }
 }

@@ -14,8 +14,10 @@
 //! LRU approximation over the 16 candidates) and counted, so the table never grows and never
 //! refuses a flow. Time is an
 //! argument (`now`, nanoseconds on any monotonic clock): the table performs no I/O.
+mod sources;
 mod state;
 
+use sources::{NO_SLOT, SourceCounts};
 use state::TimeoutTable;
 pub use state::{ConnState, Dir, FinSeen, Timeouts, tcp_transition};
 
@@ -160,6 +162,11 @@ pub struct FlowEntry {
     /// through a published port, DNATed by the host's kernel): replies must go back through
     /// the host too, whose conntrack un-NATs them.
     pub via_host: bool,
+    /// The next and previous admitted flow of the same originator address (slots), for
+    /// `-m connlimit`'s counts; `u32::MAX` at the ends.
+    pub src_next: u32,
+    /// See `src_next`.
+    pub src_prev: u32,
 }
 
 impl FlowEntry {
@@ -222,6 +229,8 @@ const EMPTY_ENTRY: FlowEntry = FlowEntry {
     expires_at: 0,
     ports: [0; 2],
     via_host: false,
+    src_next: NO_SLOT,
+    src_prev: NO_SLOT,
 };
 
 /// What the table needs to create or re-decide a flow.
@@ -277,6 +286,17 @@ pub struct FlowTable {
     timeouts: TimeoutTable,
     sweep_hand: usize,
     stats: FlowStats,
+    /// Admitted flows held per originator address (`-m connlimit`).
+    sources: SourceCounts,
+}
+
+/// Most flows of one source [`FlowTable::conns_from`] walks to count the live ones.
+pub const CONNLIMIT_WALK: usize = 4096;
+
+/// The originator's address of `e`, as [`SourceCounts`] keys it.
+#[inline]
+fn orig_src(e: &FlowEntry) -> u128 {
+    if e.orig_is_a { e.key.a } else { e.key.b }
 }
 
 #[inline(always)]
@@ -311,7 +331,40 @@ impl FlowTable {
             timeouts: TimeoutTable::new(timeouts),
             sweep_hand: 0,
             stats: FlowStats::default(),
+            sources: SourceCounts::new(cap, seed[2]),
         }
+    }
+
+    /// Live admitted flows whose originator is `src` (a record's 16-byte address),
+    /// saturating: what `-m connlimit` counts. The source's flows are walked (at most
+    /// [`CONNLIMIT_WALK`] of them) and the expired ones forgotten on the way, so a source whose
+    /// connections ended is not held to them; past the walk the rest count as live.
+    pub fn conns_from(&mut self, src: &[u8; 16], now: u64) -> u16 {
+        let addr = u128::from_be_bytes(*src);
+        let (count, mut s) = self.sources.get(addr);
+        if count == 0 {
+            return 0;
+        }
+        let mut live = 0u32;
+        let mut walked = 0;
+        while s != NO_SLOT && walked < CONNLIMIT_WALK {
+            let e = &self.entries[s as usize];
+            let next = e.src_next;
+            if e.expires_at <= now {
+                self.remove_slot(s as usize);
+                self.stats.expirations += 1;
+            } else {
+                live += 1;
+            }
+            s = next;
+            walked += 1;
+        }
+        let n = if s == NO_SLOT {
+            live
+        } else {
+            self.sources.get(addr).0
+        };
+        u16::try_from(n).unwrap_or(u16::MAX)
     }
 
     /// Slots in the table.
@@ -390,8 +443,44 @@ impl FlowTable {
 
     #[inline(always)]
     fn remove_slot(&mut self, s: usize) {
+        self.uncount(s);
         self.tags[s] = 0;
         self.len -= 1;
+    }
+
+    /// Takes slot `s`'s flow out of its source's list and count, if it was admitted.
+    #[inline]
+    fn uncount(&mut self, s: usize) {
+        let e = self.entries[s];
+        if !e.verdict.accept {
+            return;
+        }
+        if e.src_prev != NO_SLOT {
+            self.entries[e.src_prev as usize].src_next = e.src_next;
+        }
+        if e.src_next != NO_SLOT {
+            self.entries[e.src_next as usize].src_prev = e.src_prev;
+        }
+        let new_head = (e.src_prev == NO_SLOT).then_some(e.src_next);
+        self.sources.remove(orig_src(&e), new_head);
+        let e = &mut self.entries[s];
+        e.src_next = NO_SLOT;
+        e.src_prev = NO_SLOT;
+    }
+
+    /// Puts slot `s`'s flow at the head of its source's list, if it is admitted.
+    #[inline]
+    fn count(&mut self, s: usize) {
+        if !self.entries[s].verdict.accept {
+            return;
+        }
+        let next = self.sources.add(orig_src(&self.entries[s]), s as u32);
+        if next != NO_SLOT {
+            self.entries[next as usize].src_prev = s as u32;
+        }
+        let e = &mut self.entries[s];
+        e.src_next = next;
+        e.src_prev = NO_SLOT;
     }
 
     /// Finds the live flow of `k`; an expired one is removed and reported as a miss.
@@ -461,6 +550,7 @@ impl FlowTable {
             let just_created = e.generation == d.generation && e.verdict == d.verdict;
             if !first || (same_orig && just_created && d.verdict.accept) {
                 let dir = e.dir(k.src_is_a);
+                self.uncount(s);
                 let e = &mut self.entries[s];
                 e.verdict = d.verdict;
                 e.generation = d.generation;
@@ -471,13 +561,17 @@ impl FlowTable {
                     e.last_seen = now;
                     e.expires_at = now.saturating_add(self.timeouts.denied);
                 }
+                self.count(s);
                 return s;
             }
+            self.uncount(s);
             self.entries[s] = self.new_entry(k, pkt, d, now);
+            self.count(s);
             return s;
         }
         let s = self.free_slot(k, now);
         self.entries[s] = self.new_entry(k, pkt, d, now);
+        self.count(s);
         self.tags[s] = Self::tag(k.hash);
         self.len += 1;
         self.stats.inserts += 1;
@@ -508,6 +602,8 @@ impl FlowTable {
             expires_at: now.saturating_add(ttl),
             ports: pkt.ports,
             via_host: pkt.via_host,
+            src_next: NO_SLOT,
+            src_prev: NO_SLOT,
         }
     }
 
@@ -582,6 +678,7 @@ impl FlowTable {
     pub fn clear(&mut self) {
         self.tags.fill(0);
         self.len = 0;
+        self.sources.clear();
     }
 
     /// Live flows, for tests and diagnostics (a full scan).

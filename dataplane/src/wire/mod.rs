@@ -232,6 +232,7 @@ impl Parsed {
             out_port,
             icmp_type: self.icmp_type,
             icmp_code: self.icmp_code,
+            src_conns: 0,
         }
     }
 }

@@ -98,6 +98,7 @@ fn cheap_only(m: &Match) -> bool {
         && m.dport.is_none()
         && m.tcp_flags.is_none()
         && m.icmp.is_none()
+        && m.conns.is_none()
 }
 
 /// One field's classes: `values[k]` is class `k + 1`; every other value is class 0.

@@ -25,8 +25,8 @@ use super::tables::{
 use crate::abi::{
     ABI_VERSION, EXPORT_ABI_VERSION, EXPORT_EVALUATE, EXPORT_INIT, EXPORT_MEMORY, MAX_BATCH,
     OFF_DST_ADDR, OFF_DST_PORT, OFF_FLOW_STATE, OFF_ICMP_CODE, OFF_ICMP_TYPE, OFF_IN_PORT,
-    OFF_IP_VERSION, OFF_OUT_PORT, OFF_PROTOCOL, OFF_SRC_ADDR, OFF_SRC_PORT, OFF_TCP_FLAGS,
-    RECORD_SIZE, VERDICTS_OFFSET,
+    OFF_IP_VERSION, OFF_OUT_PORT, OFF_PROTOCOL, OFF_SRC_ADDR, OFF_SRC_CONNS, OFF_SRC_PORT,
+    OFF_TCP_FLAGS, RECORD_SIZE, VERDICTS_OFFSET,
 };
 
 /// Function indices.
@@ -799,6 +799,15 @@ fn check_rule(s: &mut InstructionSink<'_>, rec: u32, ra: u32, tmp: u32, negs: u3
     s.local_get(ra).i32_load8_u(mem(rec::ICMP_CODE, 0)).i32_eq();
     s.i32_and();
     negbit(s, neg2::ICMP);
+    s.i32_and();
+    // Connections: lo <= src_conns + 1 <= hi (unsigned; the count fits well within u32).
+    s.local_get(ra).i32_load(mem(rec::CONN_LO, 2));
+    field(s, rec, OFF_SRC_CONNS, true);
+    s.i32_const(1).i32_add().local_tee(tmp).i32_le_u();
+    s.local_get(tmp);
+    s.local_get(ra).i32_load(mem(rec::CONN_HI, 2)).i32_le_u();
+    s.i32_and();
+    negbit(s, neg2::CONN);
     s.i32_and();
     // State set: bit 1 << state, unknown state bytes read as New (bit 0), the ABI's rule.
     s.i32_const(1);

@@ -36,7 +36,7 @@ pub(crate) const MASKS: u32 = 8192;
 /// Shape records start here.
 pub(crate) const SHAPES: u32 = 12288;
 /// Bytes per rule record.
-pub(crate) const RULE_SIZE: u32 = 80;
+pub(crate) const RULE_SIZE: u32 = 80 + 16;
 /// Bytes per shape record.
 pub(crate) const SHAPE_SIZE: u32 = 64;
 /// Slots per hash bucket: four 32-bit tags (0 = empty) then their four entry indices, so one
@@ -79,12 +79,16 @@ pub(crate) mod rec {
     pub(crate) const ICMP_CODE_MASK: u64 = 65;
     /// Negation bits of the fields past the first byte's eight (see [`super::neg2`]).
     pub(crate) const NEG2: u64 = 66;
+    /// Connection counts, `lo..=hi` (u32 each; absent: `0..=u32::MAX`).
+    pub(crate) const CONN_LO: u64 = 68;
+    pub(crate) const CONN_HI: u64 = 72;
 }
 
 /// Negation bits in a rule record's `NEG2` byte.
 pub(crate) mod neg2 {
     pub(crate) const TCPF: u32 = 0;
     pub(crate) const ICMP: u32 = 1;
+    pub(crate) const CONN: u32 = 2;
 }
 
 /// Negation bits in a rule record's `NEG` byte, one per negatable field.
@@ -372,6 +376,12 @@ fn rule_record(rule: &Rule, out: &mut Vec<u8>) {
             b[rec::ICMP_CODE_MASK as usize] = 0xff;
         }
     }
+    let (clo, chi) = m.conns.map_or((0, u32::MAX), |c| {
+        negs2 |= u8::from(c.negated) << neg2::CONN;
+        (c.value.lo, c.value.hi)
+    });
+    b[rec::CONN_LO as usize..rec::CONN_LO as usize + 4].copy_from_slice(&clo.to_le_bytes());
+    b[rec::CONN_HI as usize..rec::CONN_HI as usize + 4].copy_from_slice(&chi.to_le_bytes());
     b[rec::NEG2 as usize] = negs2;
 }
 
@@ -471,6 +481,7 @@ fn is_exact(m: &Match, spec: &Spec) -> bool {
         && m.state.is_none()
         && m.tcp_flags.is_none()
         && m.icmp.is_none()
+        && m.conns.is_none()
         && (m.sport.is_none() || spec.fields & F_SPORT != 0)
         && (m.dport.is_none() || spec.fields & F_DPORT != 0)
 }

@@ -49,6 +49,19 @@ pub(crate) enum Dir {
     Dst,
 }
 
+/// `-m connlimit`'s options.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ConnSpec {
+    /// The `-m connlimit` token.
+    pub at: Pos,
+    /// `--connlimit-above N` (or `--connlimit-upto N`, `above == false`), negated or not.
+    pub limit: Option<Opt<(bool, u32)>>,
+    /// `--connlimit-mask LEN`.
+    pub mask: Option<Opt<u8>>,
+    /// `--connlimit-saddr` (`false`) or `--connlimit-daddr` (`true`), where.
+    pub daddr: Option<(Pos, bool)>,
+}
+
 /// What `-j` names, before chains are looked up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum TargetSpec {
@@ -87,8 +100,8 @@ pub(crate) struct Spec {
     pub mac: Option<Opt<[u8; 6]>>,
     pub sets: Vec<Opt<(String, Vec<Dir>)>>,
     pub comment: Option<String>,
-    /// `-m connlimit`: where, for the error saying it is not enforced.
-    pub rate_limit: Option<Pos>,
+    /// `-m connlimit`: its options as read.
+    pub connlimit: Option<ConnSpec>,
     /// `-m limit`: where, and (packets per second, burst), iptables' defaults 3/hour and 5.
     pub limit: Option<(Pos, f64, u32)>,
     pub target: Option<Opt<TargetSpec>>,
@@ -359,8 +372,11 @@ fn rule_option(c: &mut Cursor<'_, '_>, s: &mut Spec, at: Pos, tok: &str) -> Resu
             if !values::MATCH_MODULES.contains(&v.as_str()) {
                 return Err(line.err(vat, K::Unsupported("this match module")));
             }
-            if v == "connlimit" {
-                s.rate_limit.get_or_insert(vat);
+            if v == "connlimit" && s.connlimit.is_none() {
+                s.connlimit = Some(ConnSpec {
+                    at: vat,
+                    ..ConnSpec::default()
+                });
             }
             if v == "limit" && s.limit.is_none() {
                 s.limit = Some((vat, 3.0 / 3600.0, 5));
@@ -639,14 +655,48 @@ fn rule_option(c: &mut Cursor<'_, '_>, s: &mut Spec, at: Pos, tok: &str) -> Resu
             }
         }
         "--connlimit-above" | "--connlimit-upto" | "--connlimit-mask" if c.loaded("connlimit") => {
-            let (_, vat, v) = c.value(at, tok == "--connlimit-above")?;
-            if v.parse::<u32>().is_err() {
-                return Err(line.err(vat, K::BadNumber));
+            let mask = tok == "--connlimit-mask";
+            let (neg, vat, v) = c.value(at, !mask)?;
+            let Some(spec) = s.connlimit.as_mut() else {
+                return Err(line.err(at, K::UnknownOption));
+            };
+            if mask {
+                if spec.mask.is_some() {
+                    return Err(line.err(at, K::Duplicate));
+                }
+                let len = v
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|l| *l <= 128)
+                    .ok_or_else(|| line.err(vat, K::BadNumber))?;
+                spec.mask = Some(Opt {
+                    at,
+                    vat,
+                    neg,
+                    v: len,
+                });
+            } else {
+                if spec.limit.is_some() {
+                    return Err(line.err(at, K::Duplicate));
+                }
+                let n = v.parse::<u32>().map_err(|_| line.err(vat, K::BadNumber))?;
+                spec.limit = Some(Opt {
+                    at,
+                    vat,
+                    neg,
+                    v: (tok == "--connlimit-above", n),
+                });
             }
         }
         "--connlimit-saddr" | "--connlimit-daddr" if c.loaded("connlimit") => {
             c.no_negation(at)?;
             c.i = at + 1;
+            if let Some(spec) = s.connlimit.as_mut() {
+                if spec.daddr.is_some() {
+                    return Err(line.err(at, K::Duplicate));
+                }
+                spec.daddr = Some((at, tok == "--connlimit-daddr"));
+            }
         }
         _ if tok.starts_with("--ct") && c.loaded("conntrack") => {
             return Err(line.err(
@@ -669,6 +719,11 @@ fn check_consistency(line: &Line<'_>, s: &Spec) -> Result<(), ParseError> {
         .proto
         .as_ref()
         .and_then(|p| (!p.neg).then_some(p.v).flatten());
+    if let Some(c) = &s.connlimit
+        && c.limit.is_none()
+    {
+        return Err(line.err(c.at, K::MissingValue));
+    }
     for (m, at, used) in &s.modules {
         if !used && values::NEED_AN_OPTION.contains(&m.as_str()) {
             return Err(line.err(*at, K::MissingValue));

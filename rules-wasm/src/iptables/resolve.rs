@@ -161,11 +161,8 @@ pub(crate) fn condition(line: &Line<'_>, s: &Spec, cx: &mut Ctx<'_>) -> Result<C
         let c = set_cond(line, o, cx.sets, family)?;
         parts.push((o.vat, c));
     }
-    if let Some(at) = s.rate_limit {
-        return Err(line.err(
-            at,
-            K::Unsupported("-m connlimit is parsed but not enforced yet"),
-        ));
+    if let Some(c) = &s.connlimit {
+        parts.push((c.at, connlimit(line, c, family)?));
     }
     if let Some((at, ..)) = s.limit
         && !matches!(
@@ -522,6 +519,52 @@ fn orig_dst(s: &Spec, x: &[Cidr], names: &dyn Names) -> Cond {
         c.extend(direct);
     }
     c
+}
+
+/// `-m connlimit`: the source's open connections, this one included, above (or up to) N. The
+/// dataplane counts every connection of a source address it holds open (the record's
+/// `src_conns`), so only the per-address grouping is offered: `--connlimit-daddr` and masks
+/// other than a whole address are refused.
+fn connlimit(
+    line: &Line<'_>,
+    c: &super::line::ConnSpec,
+    family: Option<u8>,
+) -> Result<Cond, ParseError> {
+    use crate::model::CountRange;
+    if let Some((at, true)) = c.daddr {
+        return Err(line.err(
+            at,
+            K::Unsupported("--connlimit-daddr (bridgewall counts connections per source address)"),
+        ));
+    }
+    if let Some(m) = &c.mask {
+        let whole = match family {
+            Some(4) => m.v == 32,
+            Some(6) => m.v == 128,
+            _ => m.v == 32 || m.v == 128,
+        };
+        if !whole {
+            return Err(line.err(
+                m.vat,
+                K::Unsupported("--connlimit-mask other than a whole address (32, or 128 for IPv6)"),
+            ));
+        }
+    }
+    let Some(limit) = &c.limit else {
+        return Err(line.err(c.at, K::MissingValue));
+    };
+    let (above, n) = limit.v;
+    let range = if above {
+        // More than N, this connection included; nothing is above u32::MAX.
+        match n.checked_add(1) {
+            Some(lo) => CountRange { lo, hi: u32::MAX },
+            None if limit.neg => return Ok(algebra::any()),
+            None => return Ok(Vec::new()),
+        }
+    } else {
+        CountRange { lo: 0, hi: n }
+    };
+    Ok(vec![one(|m| m.conns = Some(neg(limit.neg, range)))])
 }
 
 /// `-m set --match-set NAME FLAGS`: membership of the packet's address (and port) in an
