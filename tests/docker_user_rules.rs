@@ -95,7 +95,8 @@ const SET: &str = "bw-db-clients";
 /// The user chain the outside rules live in.
 const CHAIN: &str = "BW-OUTSIDE";
 
-/// The probe: `bwprobe tcp|udp ADDR PORT WAIT_MS [SRC]` prints one line, `OUTCOME MS`:
+/// The probe: `bwprobe tcp|udp ADDR PORT WAIT_MS [SRC]` prints one line, `OUTCOME MS SPORT`
+/// (SPORT: its source port, which tells its LOG lines from the others'):
 /// - TCP: `open` (connected, and the answer to `GET /` starts with `HTTP/`), `silent`
 ///   (connected, no answer), `closed` (connected, then closed or reset without an answer),
 ///   `refused` (ECONNREFUSED: a RST or an ICMP port unreachable), `unreachable` (an ICMP
@@ -103,6 +104,14 @@ const CHAIN: &str = "BW-OUTSIDE";
 /// - UDP, from a connected socket: `answered` (the echo came back), `refused` (an ICMP port
 ///   unreachable), `unreachable`, `timeout`;
 /// - `error:…` for anything else. MS is the time it took. SRC binds the source address.
+///
+/// `bwprobe hold ADDR PORT COUNT WAIT_MS [SRC]` opens COUNT TCP connections one after the
+/// other and keeps them open without a request (busybox httpd waits 60 s for one): a line
+/// per connection, `held MS SPORT` or a failure as above, then `ready`. It then reads
+/// commands on stdin: `fin` closes them all in order (`shutdown`, the server's answer to the
+/// empty request and its FIN read to the end, then `close`: both FINs are exchanged, no
+/// RST), `rst` aborts them (`SO_LINGER` 0: a RST each); either prints `closed MS` and exits.
+/// End of input aborts them too.
 const PROBE_C: &str = r#"
 #include <arpa/inet.h>
 #include <errno.h>
@@ -116,11 +125,16 @@ const PROBE_C: &str = r#"
 #include <unistd.h>
 
 static long t0;
+static int sport;
 static long now_ms(void) {
     struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
     return t.tv_sec * 1000L + t.tv_nsec / 1000000L;
 }
-static int done(const char *what) { printf("%s %ld\n", what, now_ms() - t0); return 0; }
+static int done(const char *what) { printf("%s %ld %d\n", what, now_ms() - t0, sport); return 0; }
+static void note_sport(int s) {
+    struct sockaddr_in a; socklen_t al = sizeof a;
+    if (getsockname(s, (struct sockaddr *)&a, &al) == 0) sport = ntohs(a.sin_port);
+}
 static int failed(int e, const char *where) {
     if (e == ECONNREFUSED) return done("refused");
     if (e == EHOSTUNREACH || e == ENETUNREACH || e == EACCES || e == EPERM) return done("unreachable");
@@ -134,8 +148,71 @@ static int wait_for(int s, short ev, long deadline) {
     return poll(&p, 1, (int)left);
 }
 
+static int bind_src(int s, const char *addr) {
+    struct sockaddr_in src; memset(&src, 0, sizeof src);
+    src.sin_family = AF_INET;
+    if (inet_pton(AF_INET, addr, &src.sin_addr) != 1 ||
+        bind(s, (struct sockaddr *)&src, sizeof src) < 0) { perror("bind SRC"); return -1; }
+    return 0;
+}
+
+/* bwprobe hold ADDR PORT COUNT WAIT_MS [SRC] */
+static int hold(int argc, char **argv) {
+    if (argc < 6 || argc > 7) {
+        fprintf(stderr, "usage: bwprobe hold ADDR PORT COUNT WAIT_MS [SRC]\n"); return 2;
+    }
+    struct sockaddr_in dst; memset(&dst, 0, sizeof dst);
+    dst.sin_family = AF_INET; dst.sin_port = htons(atoi(argv[3]));
+    if (inet_pton(AF_INET, argv[2], &dst.sin_addr) != 1) { fprintf(stderr, "bad ADDR\n"); return 2; }
+    int count = atoi(argv[4]);
+    long wait = atol(argv[5]);
+    if (count < 1 || count > 64) { fprintf(stderr, "bad COUNT\n"); return 2; }
+    int socks[64], held = 0;
+    for (int i = 0; i < count; i++) {
+        int s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        if (s < 0) { perror("socket"); return 2; }
+        if (argc == 7 && bind_src(s, argv[6]) < 0) return 2;
+        t0 = now_ms(); sport = 0;
+        long deadline = t0 + wait;
+        if (connect(s, (struct sockaddr *)&dst, sizeof dst) < 0 && errno != EINPROGRESS) {
+            failed(errno, "connect"); close(s); continue;
+        }
+        note_sport(s);
+        if (wait_for(s, POLLOUT, deadline) <= 0) { done("timeout"); close(s); continue; }
+        int err = 0; socklen_t el = sizeof err;
+        getsockopt(s, SOL_SOCKET, SO_ERROR, &err, &el);
+        if (err) { failed(err, "connect"); close(s); continue; }
+        done("held");
+        socks[held++] = s;
+    }
+    printf("ready\n");
+    char cmd[16] = "";
+    if (!fgets(cmd, sizeof cmd, stdin)) strcpy(cmd, "rst");
+    t0 = now_ms(); sport = 0;
+    for (int i = 0; i < held; i++) {
+        int s = socks[i];
+        if (strncmp(cmd, "fin", 3) == 0) {
+            shutdown(s, SHUT_WR);
+            long deadline = now_ms() + 3000;
+            char buf[512];
+            for (;;) {
+                if (wait_for(s, POLLIN, deadline) <= 0) break;
+                ssize_t n = recv(s, buf, sizeof buf, 0);
+                if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) break;
+            }
+        } else {
+            struct linger l = {1, 0};
+            setsockopt(s, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+        }
+        close(s);
+    }
+    printf("closed %ld\n", now_ms() - t0);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc > 1 && strcmp(argv[1], "hold") == 0) return hold(argc, argv);
     if (argc < 5 || argc > 6) {
         fprintf(stderr, "usage: bwprobe tcp|udp ADDR PORT WAIT_MS [SRC]\n"); return 2;
     }
@@ -146,18 +223,14 @@ int main(int argc, char **argv) {
     long wait = atol(argv[4]);
     int s = socket(AF_INET, (tcp ? SOCK_STREAM : SOCK_DGRAM) | SOCK_NONBLOCK, 0);
     if (s < 0) { perror("socket"); return 2; }
-    if (argc == 6) {
-        struct sockaddr_in src; memset(&src, 0, sizeof src);
-        src.sin_family = AF_INET;
-        if (inet_pton(AF_INET, argv[5], &src.sin_addr) != 1 ||
-            bind(s, (struct sockaddr *)&src, sizeof src) < 0) { perror("bind SRC"); return 2; }
-    }
+    if (argc == 6 && bind_src(s, argv[5]) < 0) return 2;
     t0 = now_ms();
     long deadline = t0 + wait;
     char buf[256];
     if (tcp) {
         if (connect(s, (struct sockaddr *)&dst, sizeof dst) < 0 && errno != EINPROGRESS)
             return failed(errno, "connect");
+        note_sport(s);
         if (wait_for(s, POLLOUT, deadline) <= 0) return done("timeout");
         int err = 0; socklen_t el = sizeof err;
         getsockopt(s, SOL_SOCKET, SO_ERROR, &err, &el);
@@ -171,6 +244,7 @@ int main(int argc, char **argv) {
         return done("error:not-http");
     }
     if (connect(s, (struct sockaddr *)&dst, sizeof dst) < 0) return failed(errno, "connect");
+    note_sport(s);
     static const char msg[] = "bwprobe";
     if (send(s, msg, sizeof msg - 1, 0) < 0) return failed(errno, "send");
     if (wait_for(s, POLLIN, deadline) <= 0) return done("timeout");
@@ -546,16 +620,7 @@ impl Setup<'_> {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
-        let (what, ms) = line.split_once(' ').unwrap_or((&line, "0"));
-        let ms: u64 = ms.parse().unwrap_or(0);
-        let outcome = match what {
-            "open" | "answered" => Allowed,
-            "timeout" => Dropped,
-            "refused" if Duration::from_millis(ms) < REFUSED_WITHIN => Refused,
-            "refused" => Outcome::Other(format!("refused late ({ms} ms)")),
-            other => Outcome::Other(other.to_string()),
-        };
-        (outcome, line)
+        (classify(&line), line)
     }
 
     /// Runs `p` until it gives `want` or `timeout` passes (for the first probe after a
@@ -577,6 +642,29 @@ impl Setup<'_> {
         println!("{} {phase}: {} probes run", at(t0), r.len());
         r
     }
+}
+
+/// The outcome a probe's line (`OUTCOME MS SPORT`) stands for; `held` (a connection
+/// `bwprobe hold` keeps open) is allowed.
+fn classify(line: &str) -> Outcome {
+    let mut fields = line.split_whitespace();
+    let what = fields.next().unwrap_or("");
+    let ms: u64 = fields.next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    match what {
+        "open" | "answered" | "held" => Allowed,
+        "timeout" => Dropped,
+        "refused" if Duration::from_millis(ms) < REFUSED_WITHIN => Refused,
+        "refused" => Outcome::Other(format!("refused late ({ms} ms)")),
+        other => Outcome::Other(other.to_string()),
+    }
+}
+
+/// The source port a probe's line reports (its third field), if it got one.
+fn sport_of(line: &str) -> Option<u16> {
+    line.split_whitespace()
+        .nth(2)
+        .and_then(|p| p.parse().ok())
+        .filter(|&p| p != 0)
 }
 
 /// "A → :8080/tcp", "web → db:5432/tcp".

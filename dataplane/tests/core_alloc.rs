@@ -54,6 +54,28 @@ static GLOBAL: Counting = Counting;
 /// The tests share `ALLOCATIONS`: they take turns so one's reset cannot hide the other's count.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// An engine over `frames` heap frames with `policy`, and a memory port per host (each
+/// round injects up to 65 frames into one port before the engine runs: a fill share of 256).
+fn engine_and_ports(
+    config: EngineConfig,
+    policy: Box<dyn dataplane::policy::Policy>,
+    frames: usize,
+) -> (Engine<HeapFrames>, Vec<MemoryPort>) {
+    let mut engine: Engine<HeapFrames> =
+        Engine::new(config, policy, FreeList::full(frames, FRAME_SIZE));
+    let port_config = MemoryPortConfig {
+        capture: false,
+        fill_share: 256,
+        ..Default::default()
+    };
+    let mut ports: Vec<MemoryPort> = Vec::new();
+    for h in HOSTS {
+        engine.add_port(host_port(h, true)).unwrap();
+        ports.push(MemoryPort::new(port_config));
+    }
+    (engine, ports)
+}
+
 #[test]
 fn steady_state_forwarding_allocates_nothing() {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -67,19 +89,7 @@ fn steady_state_forwarding_allocates_nothing() {
         action: Action::Accept,
         generation: 1,
     });
-    let mut engine: Engine<HeapFrames> =
-        Engine::new(config, policy, FreeList::full(frames, FRAME_SIZE));
-    let port_config = MemoryPortConfig {
-        capture: false,
-        // Each round injects 65 frames into one port before the engine runs.
-        fill_share: 256,
-        ..Default::default()
-    };
-    let mut ports: Vec<MemoryPort> = Vec::new();
-    for h in HOSTS {
-        engine.add_port(host_port(h, true)).unwrap();
-        ports.push(MemoryPort::new(port_config));
-    }
+    let (mut engine, mut ports) = engine_and_ports(config, policy, frames);
     // Frames built up front: 64 established flows (hits), and a stream of new flows (misses
     // decided by the policy), plus a broadcast (flood copies).
     let hits: Vec<Vec<u8>> = (0..64)
@@ -176,18 +186,7 @@ fn answering_rejected_packets_allocates_nothing() {
             RejectWith::PortUnreachable
         },
     }));
-    let mut engine: Engine<HeapFrames> =
-        Engine::new(config, policy, FreeList::full(frames, FRAME_SIZE));
-    let port_config = MemoryPortConfig {
-        capture: false,
-        fill_share: 256,
-        ..Default::default()
-    };
-    let mut ports: Vec<MemoryPort> = Vec::new();
-    for h in HOSTS {
-        engine.add_port(host_port(h, true)).unwrap();
-        ports.push(MemoryPort::new(port_config));
-    }
+    let (mut engine, mut ports) = engine_and_ports(config, policy, frames);
     // New flows (decided and answered) and retransmissions of the first ones (answered
     // from the flow table).
     let syns: Vec<Vec<u8>> = (0..4096)
