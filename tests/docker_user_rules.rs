@@ -55,6 +55,35 @@
 //! bridgewall runs with `--rules FILE` alone: the file `rules import -o` writes carries the
 //! sets (`ipset save` lines) before the rules, so `--ipsets` with the same sets would define
 //! them twice, which `run` refuses ("set created twice").
+//!
+//! The second test (`root_docker_user_log_limit_connlimit_…`, same lab, same way: iptables,
+//! `iptables-save`, `rules import`, `run --rules`) covers `-j LOG`, `-m limit` and
+//! `-m connlimit` (`PFX` is `bw<pid>-in: `, unique to the run: the kernel log is the
+//! machine's):
+//!
+//! ```text
+//! -A DOCKER-USER -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN
+//! -A DOCKER-USER -p tcp --dport 443 -m connlimit --connlimit-above 2 --connlimit-mask 32 -j REJECT --reject-with tcp-reset
+//! -A DOCKER-USER -i dh-ext -p tcp -m multiport --dports 80,443 -j LOG --log-prefix "PFX"
+//! -A DOCKER-USER -s 10.2.0.2/32 -p tcp --dport 80 -m conntrack --ctstate NEW -m limit --limit 1/min --limit-burst 2 -j ACCEPT
+//! -A DOCKER-USER -s 10.2.0.2/32 -p tcp --dport 80 -j DROP
+//! -A DOCKER-USER -j RETURN
+//! ```
+//!
+//! Its probes ([`limits_phase`], TCP, in this order): D (no `-i dh-ext`) and api → web (a
+//! container) are not logged; A's are logged and go on to Docker's rules; B's first two new
+//! connections to 8080 pass within the burst, its third is dropped (logged all the same: the
+//! LOG rule comes first); C holds two connections open to 8443 (`bwprobe hold`), its third
+//! is refused by connlimit (before the LOG rule: not logged) while a connection to 8080 is
+//! not limited; after C closes the two (an orderly close, FIN both ways) 8443 is open to it
+//! again. Each row compares the outcome (kernel = expected, bridgewall = kernel) and whether
+//! it was logged (by source address and port): in bridgewall's `bridgewall::log` lines
+//! (`run --log warn,bridgewall::log=info`), exactly once per logged probe, and in the kernel
+//! log (`dmesg`) when `net.netfilter.nf_log_all_netns` could be set to 1 for the test (the
+//! old value is put back on drop; without it the kernel logs nothing from a namespace, and
+//! only bridgewall's side is compared). bridgewall's stop report must count as many
+//! "packets reached" for the LOG rule as probes are logged. The tests take a lock, so they
+//! run one after the other; both together about 30 s.
 mod support;
 
 use std::ffi::OsStr;
@@ -731,93 +760,107 @@ fn kernel_counters(engine: &DockerEngine) -> String {
     s
 }
 
-#[test]
-fn root_docker_user_rules_kernel_and_bridgewall_agree() {
-    let t0 = Instant::now();
-    ensure_command("ipset", "ipset");
-    let engine = DockerEngine::start(true);
-    println!("{} engine up (icc=true), lab/busybox imported", at(t0));
-    let outside = build_outside(&engine);
-    let udpx = udp_helper::build(&engine);
-    let probe_bin = build_probe(&engine);
-    let mu = udp_helper::mount(&udpx);
-    let mp = format!("{}:{PROBE_IN_CONTAINER}:ro", probe_bin.display());
-    let vols = ["-v", mu.as_str(), "-v", mp.as_str()];
-    let with = |more: &[&'static str]| -> Vec<&str> {
-        let mut v = vols.to_vec();
-        v.extend_from_slice(more);
-        v
-    };
-    engine.run_container("web", &with(&["-p", "8080:80"]), &[]);
-    engine.run_container(
-        "db",
-        &with(&["-p", "5432:5432"]),
-        &["httpd", "-f", "-p", "5432", "-h", "/www"],
-    );
-    let api_cmd = format!("httpd -p 443 -h /www && exec {UDPX} serve 5000");
-    engine.run_container(
-        "api",
-        &with(&["-p", "8443:443", "-p", "5353:5000/udp"]),
-        &["sh", "-c", &api_cmd],
-    );
-    let (web, db, api) = (
-        addr_of(&engine, "web"),
-        addr_of(&engine, "db"),
-        addr_of(&engine, "api"),
-    );
-    println!(
-        "{} web {web} (-p 8080:80), db {db} (-p 5432:5432), api {api} (-p 8443:443, -p 5353:5000/udp)",
-        at(t0)
-    );
-    let setup = Setup {
-        engine: &engine,
-        outside: &outside,
-        probe_bin: &probe_bin,
-    };
+/// The two tests run one after the other (each has an engine of its own; together they
+/// would share two cores, and their progress lines would interleave).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-    // 0. Before any rule, every server answers from the outside (Docker's own rules admit
-    //    published ports): the topology works, and the servers are up.
-    for (from, proto, port) in [
-        (A, Tcp, 8080),
-        (A, Tcp, 5432),
-        (A, Tcp, 8443),
-        (A, Udp, 5353),
-        (C, Tcp, 8080),
-        (D, Tcp, 8080),
-    ] {
-        let p = probe(from, proto, Published(port), Allowed, "no rules yet");
-        let (o, line) = setup.run_until(&p, &Allowed, Duration::from_secs(10));
-        assert_eq!(o, Allowed, "{} before any user rule: {line}", describe(&p));
+/// The engine (icc=true), the outside hosts, the probe, and the three containers, with every
+/// server checked to answer from outside before any user rule. Dropped in field order: the
+/// outside namespaces, then the engine.
+struct Lab {
+    outside: Outside,
+    engine: DockerEngine,
+    probe_bin: PathBuf,
+    web: String,
+    db: String,
+}
+
+impl Lab {
+    fn start(t0: Instant) -> Lab {
+        ensure_command("ipset", "ipset");
+        let engine = DockerEngine::start(true);
+        println!("{} engine up (icc=true), lab/busybox imported", at(t0));
+        let outside = build_outside(&engine);
+        let udpx = udp_helper::build(&engine);
+        let probe_bin = build_probe(&engine);
+        let mu = udp_helper::mount(&udpx);
+        let mp = format!("{}:{PROBE_IN_CONTAINER}:ro", probe_bin.display());
+        let vols = ["-v", mu.as_str(), "-v", mp.as_str()];
+        let with = |more: &[&'static str]| -> Vec<&str> {
+            let mut v = vols.to_vec();
+            v.extend_from_slice(more);
+            v
+        };
+        engine.run_container("web", &with(&["-p", "8080:80"]), &[]);
+        engine.run_container(
+            "db",
+            &with(&["-p", "5432:5432"]),
+            &["httpd", "-f", "-p", "5432", "-h", "/www"],
+        );
+        let api_cmd = format!("httpd -p 443 -h /www && exec {UDPX} serve 5000");
+        engine.run_container(
+            "api",
+            &with(&["-p", "8443:443", "-p", "5353:5000/udp"]),
+            &["sh", "-c", &api_cmd],
+        );
+        let (web, db, api) = (
+            addr_of(&engine, "web"),
+            addr_of(&engine, "db"),
+            addr_of(&engine, "api"),
+        );
+        println!(
+            "{} web {web} (-p 8080:80), db {db} (-p 5432:5432), api {api} (-p 8443:443, -p 5353:5000/udp)",
+            at(t0)
+        );
+        let lab = Lab {
+            outside,
+            engine,
+            probe_bin,
+            web,
+            db,
+        };
+        // Before any rule, every server answers from the outside (Docker's own rules admit
+        // published ports): the topology works, and the servers are up.
+        let setup = lab.setup();
+        for (from, proto, port) in [
+            (A, Tcp, 8080),
+            (A, Tcp, 5432),
+            (A, Tcp, 8443),
+            (A, Udp, 5353),
+            (C, Tcp, 8080),
+            (D, Tcp, 8080),
+        ] {
+            let p = probe(from, proto, Published(port), Allowed, "no rules yet");
+            let (o, line) = setup.run_until(&p, &Allowed, Duration::from_secs(10));
+            assert_eq!(o, Allowed, "{} before any user rule: {line}", describe(&p));
+        }
+        let nf = run_ok(&mut in_ns(
+            &lab.engine.netns,
+            &["sysctl", "-n", "net.bridge.bridge-nf-call-iptables"],
+        ));
+        println!(
+            "{} topology checked; engine namespace's bridge-nf-call-iptables = {}",
+            at(t0),
+            nf.trim()
+        );
+        lab
     }
-    let nf = run_ok(&mut in_ns(
-        &engine.netns,
-        &["sysctl", "-n", "net.bridge.bridge-nf-call-iptables"],
-    ));
-    println!(
-        "{} topology checked; engine namespace's bridge-nf-call-iptables = {}",
-        at(t0),
-        nf.trim()
-    );
 
-    // 1. The kernel path: the rules with iptables and ipset in the engine's namespace.
-    ipset(&engine, &["create", SET, "hash:net"]);
-    ipset(&engine, &["add", SET, &format!("{web}/32")]);
-    ipset(&engine, &["add", SET, A_NET]);
-    for args in rule_commands(&web, &db) {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        iptables(&engine, &args);
+    fn setup(&self) -> Setup<'_> {
+        Setup {
+            engine: &self.engine,
+            outside: &self.outside,
+            probe_bin: &self.probe_bin,
+        }
     }
-    println!(
-        "{} kernel rules in place:\n{}",
-        at(t0),
-        iptables(&engine, &["-S", "DOCKER-USER"]) + &iptables(&engine, &["-S", CHAIN])
-    );
-    let kernel = setup.matrix("kernel path", t0);
-    let kernel_counts = kernel_counters(&engine);
+}
 
-    // 2. iptables-save and ipset save → bridgewall rules import.
+/// `iptables-save` and `ipset save` in the engine's namespace → `bridgewall rules import`:
+/// the rules file it writes (mode 0600, Docker's chains and the nat table skipped with a
+/// warning each, loading by itself).
+fn import_rules(engine: &DockerEngine, t0: Instant) -> PathBuf {
     let saved = run_ok(&mut in_ns(&engine.netns, &["iptables-save"]));
-    let sets = ipset(&engine, &["save"]);
+    let sets = ipset(engine, &["save"]);
     let saved_file = engine.dir.join("iptables-save.txt");
     let sets_file = engine.dir.join("ipset-save.txt");
     let rules_file = engine.dir.join("user-rules.bw");
@@ -869,22 +912,51 @@ fn root_docker_user_rules_kernel_and_bridgewall_agree() {
         String::from_utf8_lossy(&recheck.stderr),
         std::fs::read_to_string(&rules_file).unwrap_or_default()
     );
+    rules_file
+}
+
+#[test]
+fn root_docker_user_rules_kernel_and_bridgewall_agree() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t0 = Instant::now();
+    let lab = Lab::start(t0);
+    let (engine, web, db) = (&lab.engine, &lab.web, &lab.db);
+    let setup = lab.setup();
+
+    // 1. The kernel path: the rules with iptables and ipset in the engine's namespace.
+    ipset(engine, &["create", SET, "hash:net"]);
+    ipset(engine, &["add", SET, &format!("{web}/32")]);
+    ipset(engine, &["add", SET, A_NET]);
+    for args in rule_commands(web, db) {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        iptables(engine, &args);
+    }
+    println!(
+        "{} kernel rules in place:\n{}",
+        at(t0),
+        iptables(engine, &["-S", "DOCKER-USER"]) + &iptables(engine, &["-S", CHAIN])
+    );
+    let kernel = setup.matrix("kernel path", t0);
+    let kernel_counts = kernel_counters(engine);
+
+    // 2. iptables-save and ipset save → bridgewall rules import.
+    let rules_file = import_rules(engine, t0);
 
     // 3. The kernel's DOCKER-USER back to a lone RETURN (the chain and the set go too).
-    iptables(&engine, &["-F", "DOCKER-USER"]);
-    iptables(&engine, &["-A", "DOCKER-USER", "-j", "RETURN"]);
-    iptables(&engine, &["-F", CHAIN]);
-    iptables(&engine, &["-X", CHAIN]);
-    ipset(&engine, &["destroy", SET]);
+    iptables(engine, &["-F", "DOCKER-USER"]);
+    iptables(engine, &["-A", "DOCKER-USER", "-j", "RETURN"]);
+    iptables(engine, &["-F", CHAIN]);
+    iptables(engine, &["-X", CHAIN]);
+    ipset(engine, &["destroy", SET]);
     println!(
         "{} kernel DOCKER-USER flushed: {}",
         at(t0),
-        iptables(&engine, &["-S", "DOCKER-USER"]).replace('\n', "; ")
+        iptables(engine, &["-S", "DOCKER-USER"]).replace('\n', "; ")
     );
 
     // 4. bridgewall with the imported rules (the file carries the sets as well).
     let bw = Bridgewall::start_taking_over_with(
-        &engine,
+        engine,
         3,
         &[OsStr::new("--rules"), rules_file.as_os_str()],
     );
@@ -954,6 +1026,529 @@ fn root_docker_user_rules_kernel_and_bridgewall_agree() {
         failures.len(),
         failures.join("\n  "),
         std::fs::read_to_string(&rules_file).unwrap_or_default()
+    );
+    println!("{} passed", at(t0));
+}
+
+// ---------------------------------------------------------------------------------------
+// The second test: LOG, -m limit and -m connlimit.
+
+/// D's own address (on the engine's second interface, `dh-ext1`).
+const D_IP: &str = "198.18.1.2";
+/// Where the kernel's switch for LOG in network namespaces other than the root's lives.
+const NF_LOG_ALL_NETNS: &str = "/proc/sys/net/netfilter/nf_log_all_netns";
+/// How many connections C holds open to api's published 443 (the connlimit's N).
+const HELD: usize = 2;
+
+/// `net.netfilter.nf_log_all_netns` set to 1 (without it the kernel's LOG target writes
+/// nothing for a namespace other than the root's), its old value back on drop.
+struct KernelLogInNetns {
+    old: String,
+}
+
+impl KernelLogInNetns {
+    fn enable() -> Result<KernelLogInNetns, String> {
+        let old = std::fs::read_to_string(NF_LOG_ALL_NETNS)
+            .map_err(|e| format!("reading {NF_LOG_ALL_NETNS}: {e}"))?
+            .trim()
+            .to_string();
+        std::fs::write(NF_LOG_ALL_NETNS, "1")
+            .map_err(|e| format!("writing 1 to {NF_LOG_ALL_NETNS}: {e}"))?;
+        Ok(KernelLogInNetns { old })
+    }
+}
+
+impl Drop for KernelLogInNetns {
+    fn drop(&mut self) {
+        let _ = std::fs::write(NF_LOG_ALL_NETNS, &self.old);
+    }
+}
+
+/// The kernel log's lines with `prefix` (`dmesg`).
+fn kernel_log_lines(prefix: &str) -> Vec<String> {
+    run_ok(&mut Command::new("dmesg"))
+        .lines()
+        .filter(|l| l.contains(prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `bwprobe hold` in an outside host's namespace: connections held open until
+/// [`Held::release`]; killed on drop (its connections die with it).
+struct Held {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+    /// One line per connection: `held MS SPORT`, or how it failed.
+    lines: Vec<String>,
+}
+
+impl Held {
+    /// Opens `count` connections from `from` to published `port`; returns once they are
+    /// all made (or failed).
+    fn start(setup: &Setup, from: Src, port: u16, count: usize) -> Held {
+        let (ns, addr, src) = setup.outside.place(from);
+        let (port, count, wait) = (port.to_string(), count.to_string(), WAIT_MS.to_string());
+        let mut args = vec![
+            setup.probe_bin.to_str().unwrap(),
+            "hold",
+            addr,
+            &port,
+            &count,
+            &wait,
+        ];
+        args.extend(src);
+        let mut child = in_ns(ns, &args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting bwprobe hold");
+        let stdout = child.stdout.take().expect("bwprobe hold's stdout");
+        let mut held = Held {
+            out: std::io::BufReader::new(stdout),
+            child,
+            lines: Vec::new(),
+        };
+        loop {
+            let line = held.read_line();
+            if line == "ready" {
+                return held;
+            }
+            held.lines.push(line);
+        }
+    }
+
+    fn read_line(&mut self) -> String {
+        use std::io::BufRead as _;
+        let mut line = String::new();
+        let n = self.out.read_line(&mut line).expect("reading bwprobe hold");
+        assert!(
+            n > 0,
+            "bwprobe hold ended early; its lines: {:?}",
+            self.lines
+        );
+        line.trim().to_string()
+    }
+
+    /// Closes them (`fin`: an orderly close, both FINs exchanged; `rst`: a RST each) and
+    /// waits for the helper: its `closed MS` line.
+    fn release(&mut self, how: &str) -> String {
+        use std::io::Write as _;
+        let stdin = self.child.stdin.as_mut().expect("bwprobe hold's stdin");
+        writeln!(stdin, "{how}").expect("telling bwprobe hold to close");
+        stdin.flush().expect("telling bwprobe hold to close");
+        let line = self.read_line();
+        let _ = self.child.wait();
+        line
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One probe of the second test as it ran: what it is, what it should give, whether the
+/// LOG rule should log it, and what it gave.
+struct Row {
+    what: String,
+    why: &'static str,
+    expect: Outcome,
+    logged: bool,
+    /// Its source address, which with its source port finds its LOG lines.
+    src: String,
+    got: Outcome,
+    line: String,
+}
+
+impl Row {
+    /// The lines of `log` with `prefix` about this probe (its source address and port).
+    fn log_lines<'l>(&self, log: &'l [String], prefix: &str) -> Vec<&'l String> {
+        let Some(sport) = sport_of(&self.line) else {
+            return Vec::new();
+        };
+        let (src, spt) = (format!("SRC={} ", self.src), format!("SPT={sport} "));
+        log.iter()
+            .filter(|l| l.contains(prefix) && l.contains(&src) && l.contains(&spt))
+            .collect()
+    }
+}
+
+/// The second test's rules, as `iptables` argument lists (`prefix` has a space: one
+/// argument), in order.
+fn limit_rule_commands(prefix: &str) -> Vec<Vec<String>> {
+    let words = |l: String| -> Vec<String> { l.split_whitespace().map(str::to_string).collect() };
+    let b32 = format!("{B_IP}/32");
+    let mut log = words(format!(
+        "-A DOCKER-USER -i {UPLINK} -p tcp -m multiport --dports 80,443 -j LOG --log-prefix"
+    ));
+    log.push(prefix.to_string());
+    vec![
+        words("-F DOCKER-USER".into()),
+        words("-A DOCKER-USER -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN".into()),
+        words(format!(
+            "-A DOCKER-USER -p tcp --dport 443 -m connlimit --connlimit-above {HELD} --connlimit-mask 32 -j REJECT --reject-with tcp-reset"
+        )),
+        log,
+        words(format!(
+            "-A DOCKER-USER -s {b32} -p tcp --dport 80 -m conntrack --ctstate NEW -m limit --limit 1/min --limit-burst 2 -j ACCEPT"
+        )),
+        words(format!("-A DOCKER-USER -s {b32} -p tcp --dport 80 -j DROP")),
+        words("-A DOCKER-USER -j RETURN".into()),
+    ]
+}
+
+/// One step of the second test.
+enum Step {
+    /// A TCP probe: from, to, a suffix for its name, the rule that decides, the expected
+    /// outcome, and whether the LOG rule logs it.
+    Probe(Src, To, &'static str, &'static str, Outcome, bool),
+    /// C opens [`HELD`] connections to host:8443 and keeps them open (a row each: allowed,
+    /// logged).
+    Hold,
+    /// C closes them in order, FIN both ways.
+    Release,
+}
+
+const fn tcp(
+    from: Src,
+    to: To,
+    nth: &'static str,
+    why: &'static str,
+    expect: Outcome,
+    logged: bool,
+) -> Step {
+    Step::Probe(from, to, nth, why, expect, logged)
+}
+
+/// The second test's steps, in the order they run. The LOG rule's own rate (10 lines at
+/// once) is not reached: at most 9 probes are logged.
+const LIMIT_STEPS: [Step; 12] = [
+    tcp(
+        D,
+        Published(8080),
+        "",
+        "-i dh-ext: D not logged",
+        Allowed,
+        false,
+    ),
+    tcp(
+        A,
+        Published(8080),
+        "",
+        "LOG, then Docker's rules",
+        Allowed,
+        true,
+    ),
+    tcp(
+        A,
+        Published(8443),
+        "",
+        "connlimit: 1 open ≤ 2; LOG",
+        Allowed,
+        true,
+    ),
+    tcp(
+        Src::Container("api"),
+        To::Container("web", 80),
+        "",
+        "from a container: not logged",
+        Allowed,
+        false,
+    ),
+    tcp(
+        B,
+        Published(8080),
+        " #1",
+        "limit: burst 1 of 2; LOG",
+        Allowed,
+        true,
+    ),
+    tcp(
+        B,
+        Published(8080),
+        " #2",
+        "limit: burst 2 of 2; LOG",
+        Allowed,
+        true,
+    ),
+    tcp(
+        B,
+        Published(8080),
+        " #3",
+        "limit spent: DROP; LOG",
+        Dropped,
+        true,
+    ),
+    Step::Hold,
+    tcp(
+        C,
+        Published(8443),
+        " (2 held)",
+        "connlimit-above 2: RST, before LOG",
+        Refused,
+        false,
+    ),
+    tcp(
+        C,
+        Published(8080),
+        " (2 held)",
+        "connlimit: port 443 only; LOG",
+        Allowed,
+        true,
+    ),
+    Step::Release,
+    tcp(
+        C,
+        Published(8443),
+        " (closed)",
+        "closed ones do not count; LOG",
+        Allowed,
+        true,
+    ),
+];
+
+/// Runs [`LIMIT_STEPS`] on whichever path enforces the rules now. The first probe (D, which
+/// no rule names) is retried up to `settle` while a new policy settles; the others run once
+/// (a retry would spend the limit's tokens).
+fn limits_phase(lab: &Lab, settle: Duration, t0: Instant, phase: &str) -> Vec<Row> {
+    let setup = lab.setup();
+    let src_of = |from: Src| -> String {
+        match from {
+            A => A_IP.into(),
+            B => B_IP.into(),
+            C => C_IP.into(),
+            D => D_IP.into(),
+            Src::Container(c) => addr_of(&lab.engine, c),
+        }
+    };
+    let mut rows: Vec<Row> = Vec::new();
+    let mut held = None;
+    for step in &LIMIT_STEPS {
+        match step {
+            Step::Probe(from, to, nth, why, expect, logged) => {
+                let p = probe(*from, Tcp, *to, expect.clone(), why);
+                let (got, line) = if rows.is_empty() {
+                    setup.run_until(&p, &Allowed, settle)
+                } else {
+                    setup.run(&p)
+                };
+                rows.push(Row {
+                    what: format!("{}{nth}", describe(&p)),
+                    why,
+                    expect: expect.clone(),
+                    logged: *logged,
+                    src: src_of(*from),
+                    got,
+                    line,
+                });
+            }
+            Step::Hold => {
+                let h = Held::start(&setup, C, 8443, HELD);
+                for (i, line) in h.lines.iter().enumerate() {
+                    rows.push(Row {
+                        what: format!("C holds host:8443/tcp #{}", i + 1),
+                        why: "connlimit: ≤ 2 open; LOG",
+                        expect: Allowed,
+                        logged: true,
+                        src: C_IP.into(),
+                        got: classify(line),
+                        line: line.clone(),
+                    });
+                }
+                held = Some(h);
+            }
+            Step::Release => {
+                let mut h: Held = held.take().expect("Hold before Release");
+                let closed = h.release("fin");
+                println!(
+                    "{} {phase}: C closed its held connections: {closed}",
+                    at(t0)
+                );
+            }
+        }
+    }
+    println!("{} {phase}: {} probes run", at(t0), rows.len());
+    rows
+}
+
+#[test]
+fn root_docker_user_log_limit_connlimit_kernel_and_bridgewall_agree() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t0 = Instant::now();
+    let lab = Lab::start(t0);
+    let engine = &lab.engine;
+    // Unique to this run: the kernel log is the whole machine's.
+    let prefix = format!("bw{}-in: ", std::process::id());
+    let kernel_log = KernelLogInNetns::enable();
+    match &kernel_log {
+        Ok(g) => println!(
+            "{} nf_log_all_netns=1 (was {}): the kernel's LOG lines are compared too",
+            at(t0),
+            g.old
+        ),
+        Err(e) => println!(
+            "{} {e}: only bridgewall's LOG lines are compared with the matrix",
+            at(t0)
+        ),
+    }
+
+    // 1. The kernel path.
+    for args in limit_rule_commands(&prefix) {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        iptables(engine, &args);
+    }
+    println!(
+        "{} kernel rules in place:\n{}",
+        at(t0),
+        iptables(engine, &["-S", "DOCKER-USER"])
+    );
+    let kernel = limits_phase(&lab, Duration::from_secs(10), t0, "kernel path");
+    let kernel_counts = iptables(engine, &["-vnL", "DOCKER-USER", "--line-numbers"]);
+    let klog = match &kernel_log {
+        Ok(_) => Some(kernel_log_lines(&prefix)),
+        Err(_) => None,
+    };
+
+    // 2. iptables-save → bridgewall rules import.
+    let rules_file = import_rules(engine, t0);
+
+    // 3. The kernel's DOCKER-USER back to a lone RETURN.
+    iptables(engine, &["-F", "DOCKER-USER"]);
+    iptables(engine, &["-A", "DOCKER-USER", "-j", "RETURN"]);
+    println!(
+        "{} kernel DOCKER-USER flushed: {}",
+        at(t0),
+        iptables(engine, &["-S", "DOCKER-USER"]).replace('\n', "; ")
+    );
+
+    // 4. bridgewall with the imported rules, its LOG lines shown.
+    let mut bw = Bridgewall::start_taking_over_with(
+        engine,
+        3,
+        &[
+            OsStr::new("--rules"),
+            rules_file.as_os_str(),
+            OsStr::new("--log"),
+            OsStr::new("warn,bridgewall::log=info"),
+        ],
+    );
+    println!("{} bridgewall enforcing with the imported rules", at(t0));
+    let bridgewall = limits_phase(&lab, Duration::from_secs(15), t0, "bridgewall");
+    let status = bw.interrupt();
+    let lines = bw.lines();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "bridgewall run did not stop cleanly ({status:?}):\n{}",
+        lines.join("\n")
+    );
+    let summary = bw.summary();
+    let blog: Vec<String> = lines
+        .iter()
+        .filter(|l| l.contains(&prefix) && l.contains("IN=port"))
+        .cloned()
+        .collect();
+
+    // 5. The matrix, then the verdict.
+    let mut failures = Vec::new();
+    let mut table = String::from(
+        "probe                              | rule that decides                     | expected | kernel                      | bridgewall                  | logged: expected kernel bridgewall\n",
+    );
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    for (k, b) in kernel.iter().zip(&bridgewall) {
+        assert_eq!(k.what, b.what, "both paths run the same probes");
+        let k_logged = klog.as_ref().map(|l| !k.log_lines(l, &prefix).is_empty());
+        let b_lines = b.log_lines(&blog, &prefix);
+        table.push_str(&format!(
+            "{:<34} | {:<37} | {:<8} | {:<27} | {:<27} | {:<3} {:<3} {}\n",
+            k.what,
+            k.why,
+            k.expect.to_string(),
+            format!("{} ({})", k.got, k.line),
+            format!("{} ({})", b.got, b.line),
+            yes(k.logged),
+            k_logged.map_or("-", yes),
+            yes(!b_lines.is_empty()),
+        ));
+        if k.got != k.expect {
+            failures.push(format!(
+                "kernel path: {} gave {} ({}), expected {} ({})",
+                k.what, k.got, k.line, k.expect, k.why
+            ));
+        }
+        if b.got != k.got {
+            failures.push(format!(
+                "bridgewall: {} gave {} ({}), the kernel {} ({}); rule: {}",
+                b.what, b.got, b.line, k.got, k.line, b.why
+            ));
+        }
+        if k_logged.is_some_and(|l| l != k.logged) {
+            failures.push(format!(
+                "kernel path: {} {} by the LOG rule ({}); expected {}",
+                k.what,
+                if k.logged { "not logged" } else { "logged" },
+                k.line,
+                if k.logged { "logged" } else { "not logged" },
+            ));
+        }
+        if b_lines.is_empty() == b.logged {
+            failures.push(format!(
+                "bridgewall: {} {} by the LOG rule ({}); expected {}",
+                b.what,
+                if b.logged { "not logged" } else { "logged" },
+                b.line,
+                if b.logged { "logged" } else { "not logged" },
+            ));
+        }
+        // Logged once (the first packet of its flow), about web's or api's port as DNATed.
+        let dst = format!(" DPT={} ", if b.what.contains("8443") { 443 } else { 80 });
+        if b.logged && !(b_lines.len() == 1 && b_lines[0].contains(&dst)) {
+            failures.push(format!(
+                "bridgewall: {}: want one LOG line with{dst}: {b_lines:#?}",
+                b.what
+            ));
+        }
+    }
+    // The stop report's "LOG rules" table: the packets that reached the rule are the logged
+    // probes (one judged packet each).
+    let want_reached = bridgewall.iter().filter(|r| r.logged).count();
+    let reached = summary
+        .lines()
+        .skip_while(|l| !l.starts_with("LOG rules"))
+        .find(|l| l.contains("--log-prefix"))
+        .and_then(|l| l.split('┆').nth(1))
+        .and_then(|c| c.trim().parse::<usize>().ok());
+    if reached != Some(want_reached) {
+        failures.push(format!(
+            "bridgewall's stop report: LOG rule reached by {reached:?} packets, want {want_reached}"
+        ));
+    }
+    let counts_line = lines.iter().find(|l| l.starts_with("user rules:"));
+    if !counts_line.is_some_and(|l| l.contains("1 LOG rules, 1 rate-limited rules")) {
+        failures.push(format!(
+            "bridgewall's rule counts: {counts_line:?}, want 1 LOG rule and 1 rate-limited rule"
+        ));
+    }
+    println!("{} the matrix:\n{table}", at(t0));
+    println!("kernel counters after the kernel phase:\n{kernel_counts}");
+    match &klog {
+        Some(l) => println!("kernel LOG lines ({}):\n{}", l.len(), l.join("\n")),
+        None => println!("kernel LOG lines: not available"),
+    }
+    println!(
+        "bridgewall LOG lines ({}):\n{}",
+        blog.len(),
+        blog.join("\n")
+    );
+    println!("bridgewall's summary:\n{summary}");
+    assert!(
+        failures.is_empty(),
+        "{} difference(s):\n  {}\nimported rules file:\n{}\nbridgewall's last lines:\n{}",
+        failures.len(),
+        failures.join("\n  "),
+        std::fs::read_to_string(&rules_file).unwrap_or_default(),
+        lines[lines.len().saturating_sub(60)..].join("\n")
     );
     println!("{} passed", at(t0));
 }

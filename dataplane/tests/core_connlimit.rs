@@ -5,7 +5,7 @@ mod core_common;
 
 use core_common::*;
 use dataplane::policy::{Action, FnPolicy, PacketRecord, VerdictRecord};
-use rules_wasm::abi::tcp_flags::SYN;
+use rules_wasm::abi::tcp_flags::{ACK, RST, SYN};
 use std::time::Duration;
 
 /// Admits a new flow while its source holds fewer than two: `--connlimit-above 2 -j DROP`
@@ -50,4 +50,26 @@ fn the_third_connection_of_a_source_is_refused_until_one_expires() {
         "counts follow expiry"
     );
     assert_eq!(lab.frames_accounted(), lab.total_frames);
+}
+
+#[test]
+fn a_reset_connection_stops_counting_at_once() {
+    let mut lab = Lab::new(at_most_two());
+    for sport in [41000, 41001] {
+        let got = lab.send(PARENT, &tcp_frame(PARENT, CHILD, sport, 80, SYN, &[]));
+        assert_eq!(forwarded(&got), 1);
+    }
+    assert_eq!(
+        forwarded(&lab.send(PARENT, &tcp_frame(PARENT, CHILD, 41002, 80, SYN, &[]))),
+        0
+    );
+    // The responder resets the first connection: it is closed, as Linux's connlimit sees it.
+    let rst = tcp_frame(CHILD, PARENT, 80, 41000, RST | ACK, &[]);
+    assert_eq!(forwarded(&lab.send(CHILD, &rst)), 1);
+    lab.advance(Duration::from_millis(10));
+    assert_eq!(
+        forwarded(&lab.send(PARENT, &tcp_frame(PARENT, CHILD, 41003, 80, SYN, &[]))),
+        1,
+        "a reset connection no longer counts"
+    );
 }

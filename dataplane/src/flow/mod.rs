@@ -335,8 +335,8 @@ impl FlowTable {
         }
     }
 
-    /// Live admitted flows whose originator is `src` (a record's 16-byte address),
-    /// saturating: what `-m connlimit` counts. The source's flows are walked (at most
+    /// Live admitted flows whose originator is `src` (a record's 16-byte address), closed TCP
+    /// connections (time-wait, reset) left out, saturating: what `-m connlimit` counts. The source's flows are walked (at most
     /// [`CONNLIMIT_WALK`] of them) and the expired ones forgotten on the way, so a source whose
     /// connections ended is not held to them; past the walk the rest count as live.
     pub fn conns_from(&mut self, src: &[u8; 16], now: u64) -> u16 {
@@ -353,7 +353,9 @@ impl FlowTable {
             if e.expires_at <= now {
                 self.remove_slot(s as usize);
                 self.stats.expirations += 1;
-            } else {
+            } else if !matches!(e.state, ConnState::TcpTimeWait | ConnState::TcpClose) {
+                // A TCP connection closed in order or reset is held only to absorb late
+                // segments: Linux's connlimit does not count it either.
                 live += 1;
             }
             s = next;

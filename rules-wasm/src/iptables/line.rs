@@ -645,13 +645,17 @@ fn rule_option(c: &mut Cursor<'_, '_>, s: &mut Spec, at: Pos, tok: &str) -> Resu
         "--limit" | "--limit-burst" if c.loaded("limit") => {
             c.no_negation(at)?;
             let (_, vat, v) = c.value(at, false)?;
-            let ok = if tok == "--limit" {
-                values::rate(&v).is_some()
-            } else {
-                v.parse::<u32>().is_ok_and(|n| n > 0)
+            let Some(limit) = s.limit.as_mut() else {
+                return Err(line.err(at, K::UnknownOption));
             };
-            if !ok {
-                return Err(line.err(vat, K::BadNumber));
+            if tok == "--limit" {
+                limit.1 = values::rate(&v).ok_or_else(|| line.err(vat, K::BadNumber))?;
+            } else {
+                limit.2 = v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=10_000).contains(n))
+                    .ok_or_else(|| line.err(vat, K::BadNumber))?;
             }
         }
         "--connlimit-above" | "--connlimit-upto" | "--connlimit-mask" if c.loaded("connlimit") => {

@@ -155,3 +155,21 @@ fn glued_and_equals_forms() {
         b.iter().map(|r| r.m).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn limit_values_are_kept() {
+    let p = parse_full(
+        "-A -p tcp -m limit --limit 1/min --limit-burst 2 -j ACCEPT\n-A -j LOG -m limit --limit 50/second --limit-burst 100",
+        None,
+        &NoNames,
+    )
+    .unwrap();
+    assert_eq!(p.limits.len(), 1);
+    assert!((p.limits[0].per_second - 1.0 / 60.0).abs() < 1e-9);
+    assert_eq!(p.limits[0].burst, 2);
+    assert_eq!(p.logs[0].limit, Some((50.0, 100)));
+    // Without values: iptables' defaults, 3/hour in bursts of 5.
+    let d = parse_full("-A -m limit -j ACCEPT", None, &NoNames).unwrap();
+    assert_eq!((d.limits[0].per_second * 3600.0).round(), 3.0);
+    assert_eq!(d.limits[0].burst, 5);
+}
