@@ -240,7 +240,7 @@ pub struct LogModule {
 }
 
 /// Size caps of the compiled policy module: its data grows with the rules and sets (about
-/// 170 bytes per flat rule), so room for a few million.
+/// 190 bytes per flat rule), so room for a few million.
 pub const COMPILED_POLICY_CAPS: Caps = Caps {
     max_module_bytes: 1 << 30,
     max_memory_bytes: 1 << 30,
@@ -295,7 +295,7 @@ pub fn build(
         "policy compiled"
     );
     // The compiled policy is ours and grows with the user's sets (a million-entry ipset is
-    // ~170 MB): it gets room for that, while users' own modules keep the runtime's caps.
+    // ~180 MB): it gets room for that, while users' own modules keep the runtime's caps.
     let module = wasm.load_with_caps(
         &compiled.wasm,
         &format!("docker-policy-g{generation}"),
