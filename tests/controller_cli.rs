@@ -231,3 +231,19 @@ fn wat_modules_load_and_corrupt_ones_are_one_readable_line() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Shell completions and the man page come from the clap definitions, every subcommand in.
+#[test]
+fn completions_and_man_page_cover_the_subcommands() {
+    let (ok, bash) = bridgewall(&["completions", "bash"]);
+    assert!(ok && bash.contains("_bridgewall"), "{bash}");
+    for sub in ["run", "lab", "trace", "restore", "rules", "import"] {
+        assert!(bash.contains(sub), "completions lack `{sub}`");
+    }
+    let (ok, man) = bridgewall(&["man"]);
+    assert!(ok && man.contains(".TH bridgewall 1"), "{man}");
+    assert!(
+        man.contains("AF_XDP"),
+        "the man page says what bridgewall is"
+    );
+}

@@ -1,6 +1,8 @@
 //! The `bridgewall` command line: `run` (follow Docker), `lab` (the Docker-free lab and its
-//! walkthrough), `docker-state` (one-shot listing). Errors reach the person with context and
-//! a hint at what to do.
+//! walkthrough), `docker-state` (one-shot listing), `trace`, `restore`, `rules import`,
+//! `completions`, `man`. It parses and dispatches; printing for people lives in
+//! [`crate::print`] and the commands' work in [`crate::commands`]. Errors reach the person
+//! with context and a hint at what to do.
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,19 +10,20 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use rules_wasm::docker::{PortProto, Published};
 
 use crate::docker::{DockerError, EngineAddress, TrackerConfig, connect, read_state};
 use crate::lab::{LabSpec, WALKTHROUGH_TOML};
 use crate::netlink::{NetlinkError, Netns, Rtnl, ip_forward_enabled, is_root};
 use crate::runtime::RuntimeOptions;
 use crate::runtime::policy::{UserModules, UserRules};
-use crate::state::{BridgeState, Snapshot};
 
 /// Docker's bridge networking, enforced by an AF_XDP dataplane with WebAssembly policies.
 #[derive(Parser, Debug)]
-#[command(name = "bridgewall", version, about)]
+#[command(
+    name = "bridgewall",
+    version,
+    about = "Docker's bridge networking, enforced by an AF_XDP dataplane with WebAssembly policies"
+)]
 struct Cli {
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `controller=debug`.
     #[arg(long, global = true, env = "BRIDGEWALL_LOG", default_value = "warn")]
@@ -44,6 +47,13 @@ enum Command {
     /// User rules: `import` reads `iptables-save` output from standard input.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Print a shell completion script (`bridgewall completions bash > /etc/bash_completion.d/bridgewall`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `bridgewall man | man -l -`.
+    Man,
 }
 
 #[derive(Subcommand, Debug)]
@@ -214,6 +224,19 @@ pub fn main() -> anyhow::Result<()> {
         Command::Restore(args) => restore(args),
         Command::Trace(args) => trace(args),
         Command::Rules(RulesCommand::Import(args)) => import(args),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "bridgewall", &mut out);
+            write_stdout(&out)
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut out)
+                .context("rendering the man page")?;
+            write_stdout(&out)
+        }
     }
 }
 
@@ -235,6 +258,15 @@ fn import(args: ImportArgs) -> anyhow::Result<()> {
         output: args.output.as_deref(),
         json: args.json,
     })
+}
+
+/// Writes generated text to standard output; a reader that stops early (`| head`) is fine.
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    match std::io::stdout().write_all(bytes) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing to standard output"),
+    }
 }
 
 /// The contents of an optional file named by a flag.
@@ -327,7 +359,7 @@ async fn docker_state(args: EngineArgs) -> anyhow::Result<()> {
         "Docker {} (API {}) at {}",
         engine.engine_version, engine.api_version, engine.address
     );
-    print_state(&state);
+    crate::print::print_state(&state);
     Ok(())
 }
 
@@ -495,115 +527,6 @@ fn trace(args: TraceArgs) -> anyhow::Result<()> {
         bail!("the compiled module and the reference interpreter disagree: please report this");
     }
     Ok(())
-}
-
-pub(crate) fn print_changes(prev: Option<&Snapshot>, snap: &Snapshot) {
-    let Some(prev) = prev else {
-        print_state(&snap.state);
-        return;
-    };
-    let old = &prev.state;
-    let new = &snap.state;
-    for c in &new.network.containers {
-        if !old.network.containers.iter().any(|o| o.name == c.name) {
-            let veth = new
-                .attachment(&c.name)
-                .map(|a| a.host_ifname.as_str())
-                .unwrap_or("?");
-            println!("+ {} {} on {} (port {})", c.name, ips(&c.ips), veth, c.port);
-        } else if !old.network.containers.contains(c) {
-            println!("~ {} changed", c.name);
-        }
-    }
-    for c in &old.network.containers {
-        if !new.network.containers.iter().any(|n| n.name == c.name) {
-            println!("- {}", c.name);
-        }
-    }
-    if old.network.icc != new.network.icc {
-        println!("icc is now {}", new.network.icc);
-    }
-}
-
-fn ips(v: &[std::net::IpAddr]) -> String {
-    v.iter()
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn ports(v: &[PortProto]) -> String {
-    v.iter()
-        .map(|p| format!("{}/{}", p.port, proto_name(p.proto)))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn published(v: &[Published]) -> String {
-    v.iter()
-        .map(|p| {
-            format!(
-                "{}:{}/{}",
-                p.host_port,
-                p.container_port,
-                proto_name(p.proto)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn proto_name(p: u8) -> String {
-    match p {
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        132 => "sctp".into(),
-        n => n.to_string(),
-    }
-}
-
-pub(crate) fn print_state(state: &BridgeState) {
-    println!(
-        "bridge {}: icc={}, gateway {}, {} containers",
-        state.bridge,
-        state.network.icc,
-        ips(&state.network.gateway_ips),
-        state.network.containers.len()
-    );
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
-        "container",
-        "address",
-        "MAC",
-        "host veth",
-        "port",
-        "exposed",
-        "published",
-        "links",
-    ]);
-    for c in &state.network.containers {
-        let veth = state
-            .attachment(&c.name)
-            .map(|a| a.host_ifname.clone())
-            .unwrap_or_default();
-        let links = c
-            .links
-            .iter()
-            .map(|l| format!("{} as {}", l.child, l.alias))
-            .collect::<Vec<_>>()
-            .join(", ");
-        t.add_row(vec![
-            c.name.clone(),
-            ips(&c.ips),
-            crate::docker::fmt_mac(&c.mac),
-            veth,
-            c.port.to_string(),
-            ports(&c.exposed),
-            published(&c.published),
-            links,
-        ]);
-    }
-    println!("{t}");
 }
 
 fn lab(args: LabArgs) -> anyhow::Result<()> {

@@ -6,6 +6,7 @@ pub mod commands;
 pub mod docker;
 pub mod lab;
 pub mod netlink;
+pub mod print;
 pub mod runtime;
 pub mod state;
 pub mod takeover;

@@ -416,6 +416,7 @@ pub fn proto_name(p: u8) -> String {
         crate::abi::proto::UDP => "udp".into(),
         crate::abi::proto::ICMP => "icmp".into(),
         crate::abi::proto::ICMPV6 => "icmpv6".into(),
+        132 => "sctp".into(),
         n => n.to_string(),
     }
 }

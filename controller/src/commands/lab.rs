@@ -265,7 +265,7 @@ pub fn lab(run: LabRun, stop: Arc<AtomicBool>) -> anyhow::Result<bool> {
     println!("building the lab from {} ...", run.origin);
     let lab = Lab::build(spec)?;
     println!("namespaces: {}", lab.netns_names().join(", "));
-    crate::cli::print_state(lab.state());
+    crate::print::print_state(lab.state());
     let mut options = run.options;
     options.user_rules =
         crate::runtime::policy::UserRules::from_lines(lab.user_rules(), &run.origin);

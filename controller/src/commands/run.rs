@@ -38,7 +38,7 @@ pub fn follow(
             std::thread::sleep(retry_in.min(Duration::from_secs(1)));
         }
     };
-    crate::cli::print_state(&first.state);
+    crate::print::print_state(&first.state);
     let mut rt = BridgeRuntime::start(netns, first.state.clone(), options)
         .with_context(|| format!("taking bridge {} in {}", first.state.bridge, netns.label()))?;
     // ip_forward was checked (and a warning printed) before the takeover; see `cli::run`.
@@ -103,7 +103,7 @@ pub fn follow(
         if let Some(snap) =
             tracker.wait_for(Duration::from_millis(200), |s| s.generation > gen_seen)
         {
-            crate::cli::print_changes(Some(&last), &snap);
+            crate::print::print_changes(Some(&last), &snap);
             let r = rt.apply(&snap);
             match &r.policy_error {
                 None => println!(

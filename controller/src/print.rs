@@ -1,0 +1,113 @@
+//! What bridgewall prints for people about a bridge's state: the containers as a table, and
+//! what changed between two snapshots. `cli.rs` parses and dispatches; the commands that run
+//! the dataplane (`commands::lab`, `commands::run`) print through here, so nothing calls back
+//! into the CLI module.
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use rules_wasm::docker::{PortProto, Published};
+use rules_wasm::model::proto_name;
+
+use crate::state::{BridgeState, Snapshot};
+
+/// Prints what changed between two snapshots (containers come, go or change; icc flips), or
+/// the whole state when there is no earlier one.
+pub fn print_changes(prev: Option<&Snapshot>, snap: &Snapshot) {
+    let Some(prev) = prev else {
+        print_state(&snap.state);
+        return;
+    };
+    let old = &prev.state;
+    let new = &snap.state;
+    for c in &new.network.containers {
+        if !old.network.containers.iter().any(|o| o.name == c.name) {
+            let veth = new
+                .attachment(&c.name)
+                .map(|a| a.host_ifname.as_str())
+                .unwrap_or("?");
+            println!("+ {} {} on {} (port {})", c.name, ips(&c.ips), veth, c.port);
+        } else if !old.network.containers.contains(c) {
+            println!("~ {} changed", c.name);
+        }
+    }
+    for c in &old.network.containers {
+        if !new.network.containers.iter().any(|n| n.name == c.name) {
+            println!("- {}", c.name);
+        }
+    }
+    if old.network.icc != new.network.icc {
+        println!("icc is now {}", new.network.icc);
+    }
+}
+
+fn ips(v: &[std::net::IpAddr]) -> String {
+    v.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn ports(v: &[PortProto]) -> String {
+    v.iter()
+        .map(|p| format!("{}/{}", p.port, proto_name(p.proto)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn published(v: &[Published]) -> String {
+    v.iter()
+        .map(|p| {
+            format!(
+                "{}:{}/{}",
+                p.host_port,
+                p.container_port,
+                proto_name(p.proto)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Prints the bridge and its containers as a table: addresses, MAC, veth, port, exposed
+/// and published ports, links.
+pub fn print_state(state: &BridgeState) {
+    println!(
+        "bridge {}: icc={}, gateway {}, {} containers",
+        state.bridge,
+        state.network.icc,
+        ips(&state.network.gateway_ips),
+        state.network.containers.len()
+    );
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+        "container",
+        "address",
+        "MAC",
+        "host veth",
+        "port",
+        "exposed",
+        "published",
+        "links",
+    ]);
+    for c in &state.network.containers {
+        let veth = state
+            .attachment(&c.name)
+            .map(|a| a.host_ifname.clone())
+            .unwrap_or_default();
+        let links = c
+            .links
+            .iter()
+            .map(|l| format!("{} as {}", l.child, l.alias))
+            .collect::<Vec<_>>()
+            .join(", ");
+        t.add_row(vec![
+            c.name.clone(),
+            ips(&c.ips),
+            crate::docker::fmt_mac(&c.mac),
+            veth,
+            c.port.to_string(),
+            ports(&c.exposed),
+            published(&c.published),
+            links,
+        ]);
+    }
+    println!("{t}");
+}
