@@ -807,16 +807,22 @@ impl<M: FrameMemory> Engine<M> {
             _ => parsed.record(from, out, FlowState::New),
         };
         // `-m connlimit` counts the connections held from the source, this one included by
-        // the rule: a re-decided flow that is admitted is already among them.
-        let held = kind == PendingKind::Redecide
-            && key
-                .is_some_and(|(hk, _)| self.flows.peek(&hk, now).is_some_and(|e| e.verdict.accept));
-        let record = PacketRecord {
-            src_conns: self
-                .flows
-                .conns_from(&record.src, now)
-                .saturating_sub(u16::from(held)),
-            ..record
+        // the rule: a re-decided flow that is admitted is already among them. Only for a
+        // policy that reads the count: it walks the source's flows.
+        let record = if self.policy.counts_source_conns() {
+            let held = kind == PendingKind::Redecide
+                && key.is_some_and(|(hk, _)| {
+                    self.flows.peek(&hk, now).is_some_and(|e| e.verdict.accept)
+                });
+            PacketRecord {
+                src_conns: self
+                    .flows
+                    .conns_from(&record.src, now)
+                    .saturating_sub(u16::from(held)),
+                ..record
+            }
+        } else {
+            record
         };
         let (key, tracking) = match key {
             Some((k, t)) => (Some(k), t),

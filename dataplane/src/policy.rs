@@ -20,6 +20,13 @@ pub trait Policy: Send {
     /// `verdicts.len() == records.len()`. A [`Action::Continue`] at the end of the chain is
     /// resolved by the engine to its configured default.
     fn decide(&mut self, records: &[PacketRecord], verdicts: &mut [VerdictRecord]);
+
+    /// Whether the policy reads a record's `src_conns` (`-m connlimit`). Counting walks the
+    /// source's flows, so the engine does it only for a policy that asks; others see 0, as
+    /// the ABI allows.
+    fn counts_source_conns(&self) -> bool {
+        false
+    }
 }
 
 /// A policy from a closure over one record: the reference policy of tests and examples.
@@ -50,6 +57,11 @@ where
         for (r, v) in records.iter().zip(verdicts.iter_mut()) {
             *v = (self.f)(r);
         }
+    }
+
+    /// A closure may read any field.
+    fn counts_source_conns(&self) -> bool {
+        true
     }
 }
 

@@ -242,88 +242,18 @@ fn pos_minus(p: Cidr, n: Cidr) -> Alts<Cidr> {
     }
 }
 
-/// Conjunction of two port-range conditions.
-fn ports(a: Option<Neg<PortRange>>, b: Option<Neg<PortRange>>) -> Alts<PortRange> {
-    let (x, y) = match (a, b) {
-        (None, v) | (v, None) => return vec![v],
-        (Some(x), Some(y)) => (x, y),
-    };
-    let pos = |rs: Vec<PortRange>| rs.into_iter().map(|r| Some(Neg::is(r))).collect();
-    match (x.negated, y.negated) {
-        (false, false) => pos(intersect(x.value, y.value).into_iter().collect()),
-        (false, true) => pos(range_minus(x.value, y.value)),
-        (true, false) => pos(range_minus(y.value, x.value)),
-        (true, true) => {
-            let (lo, hi) = if x.value.lo <= y.value.lo {
-                (x.value, y.value)
-            } else {
-                (y.value, x.value)
-            };
-            if u32::from(hi.lo) <= u32::from(lo.hi) + 1 {
-                vec![Some(Neg::not(PortRange {
-                    lo: lo.lo,
-                    hi: lo.hi.max(hi.hi),
-                }))]
-            } else {
-                let all = PortRange {
-                    lo: 0,
-                    hi: u16::MAX,
-                };
-                let mut out = Vec::new();
-                for r in range_minus(all, lo) {
-                    out.extend(range_minus(r, hi));
-                }
-                pos(out)
-            }
-        }
-    }
-}
+/// An inclusive integer range, widened: port ranges and connection counts alike.
+type Span = (u64, u64);
 
-fn intersect(a: PortRange, b: PortRange) -> Option<PortRange> {
-    let (lo, hi) = (a.lo.max(b.lo), a.hi.min(b.hi));
-    (lo <= hi).then_some(PortRange { lo, hi })
-}
-
-/// `a` minus `b`: up to two ranges.
-fn range_minus(a: PortRange, b: PortRange) -> Vec<PortRange> {
-    let mut out = Vec::new();
-    if b.lo > a.lo {
-        out.push(PortRange {
-            lo: a.lo,
-            hi: a.hi.min(b.lo - 1),
-        });
-    }
-    if b.hi < a.hi {
-        out.push(PortRange {
-            lo: a.lo.max(b.hi + 1),
-            hi: a.hi,
-        });
-    }
-    out.retain(|r| r.lo <= r.hi && intersect(*r, a).is_some());
-    out
-}
-
-/// Conjunction of two connection-count conditions, as [`ports`] does for port ranges.
-fn counts(a: Option<Neg<CountRange>>, b: Option<Neg<CountRange>>) -> Alts<CountRange> {
-    let wide = |c: Option<Neg<CountRange>>| {
-        c.map(|c| Neg {
-            value: (u64::from(c.value.lo), u64::from(c.value.hi)),
-            negated: c.negated,
-        })
+/// Conjunction of two (possibly negated) ranges within `all`: a negation stays one when the
+/// two negated ranges touch (their union is a range), else the pieces come out positive.
+fn spans(x: Neg<Span>, y: Neg<Span>, all: Span) -> Vec<Neg<Span>> {
+    let meet = |a: Span, b: Span| {
+        let r = (a.0.max(b.0), a.1.min(b.1));
+        (r.0 <= r.1).then_some(r)
     };
-    let (x, y) = match (wide(a), wide(b)) {
-        (None, _) => return vec![b],
-        (_, None) => return vec![a],
-        (Some(x), Some(y)) => (x, y),
-    };
-    let back = |(lo, hi): (u64, u64)| {
-        Some(Neg::is(CountRange {
-            lo: lo as u32,
-            hi: hi as u32,
-        }))
-    };
-    let all = (0u64, u64::from(u32::MAX));
-    let minus = |a: (u64, u64), b: (u64, u64)| -> Vec<(u64, u64)> {
+    // `a` minus `b`: up to two pieces.
+    let minus = |a: Span, b: Span| -> Vec<Span> {
         let mut out = Vec::new();
         if b.0 > a.0 {
             out.push((a.0, a.1.min(b.0 - 1)));
@@ -334,20 +264,82 @@ fn counts(a: Option<Neg<CountRange>>, b: Option<Neg<CountRange>>) -> Alts<CountR
         out.retain(|r| r.0 <= r.1);
         out
     };
-    let meet = |a: (u64, u64), b: (u64, u64)| {
-        let r = (a.0.max(b.0), a.1.min(b.1));
-        (r.0 <= r.1).then_some(r)
-    };
-    let pieces: Vec<(u64, u64)> = match (x.negated, y.negated) {
+    let pieces: Vec<Span> = match (x.negated, y.negated) {
         (false, false) => meet(x.value, y.value).into_iter().collect(),
         (false, true) => minus(x.value, y.value),
         (true, false) => minus(y.value, x.value),
-        (true, true) => minus(all, x.value)
-            .into_iter()
-            .flat_map(|r| minus(r, y.value))
-            .collect(),
+        (true, true) => {
+            let (lo, hi) = if x.value.0 <= y.value.0 {
+                (x.value, y.value)
+            } else {
+                (y.value, x.value)
+            };
+            if hi.0 <= lo.1 + 1 {
+                return vec![Neg::not((lo.0, lo.1.max(hi.1)))];
+            }
+            minus(all, lo)
+                .into_iter()
+                .flat_map(|r| minus(r, hi))
+                .collect()
+        }
     };
-    pieces.into_iter().map(back).collect()
+    pieces.into_iter().map(Neg::is).collect()
+}
+
+/// [`spans`] for two optional conditions on one field, converting to and from the field's
+/// own range type.
+fn range_field<T: Copy>(
+    a: Option<Neg<T>>,
+    b: Option<Neg<T>>,
+    all: Span,
+    to: impl Fn(T) -> Span,
+    from: impl Fn(Span) -> T,
+) -> Alts<T> {
+    let (x, y) = match (a, b) {
+        (None, v) | (v, None) => return vec![v],
+        (Some(x), Some(y)) => (x, y),
+    };
+    let wide = |n: Neg<T>| Neg {
+        value: to(n.value),
+        negated: n.negated,
+    };
+    spans(wide(x), wide(y), all)
+        .into_iter()
+        .map(|n| {
+            Some(Neg {
+                value: from(n.value),
+                negated: n.negated,
+            })
+        })
+        .collect()
+}
+
+/// Conjunction of two port-range conditions.
+fn ports(a: Option<Neg<PortRange>>, b: Option<Neg<PortRange>>) -> Alts<PortRange> {
+    range_field(
+        a,
+        b,
+        (0, u64::from(u16::MAX)),
+        |r| (u64::from(r.lo), u64::from(r.hi)),
+        |(lo, hi)| PortRange {
+            lo: lo as u16,
+            hi: hi as u16,
+        },
+    )
+}
+
+/// Conjunction of two connection-count conditions.
+fn counts(a: Option<Neg<CountRange>>, b: Option<Neg<CountRange>>) -> Alts<CountRange> {
+    range_field(
+        a,
+        b,
+        (0, u64::from(u32::MAX)),
+        |r| (u64::from(r.lo), u64::from(r.hi)),
+        |(lo, hi)| CountRange {
+            lo: lo as u32,
+            hi: hi as u32,
+        },
+    )
 }
 
 /// Conjunction of two TCP-flag conditions.

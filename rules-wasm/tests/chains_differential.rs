@@ -46,7 +46,7 @@ fn option(rng: &mut Rng, kind: u64, out: &mut String, proto_set: &mut Option<&'s
             let p = *rng.pick(&["tcp", "udp"]);
             *proto_set = Some(p);
             let lo = *rng.pick(&PORTS);
-            let n = rng.bang_range();
+            let n = *rng.pick(&[0u16, 0, 10, 1000]);
             let _ = write!(
                 out,
                 " -p {p} {}--dport {lo}:{}",
@@ -85,16 +85,6 @@ fn option(rng: &mut Rng, kind: u64, out: &mut String, proto_set: &mut Option<&'s
             let port = rng.below(4);
             let _ = write!(out, " {}-i {port}", bang(rng));
         }
-    }
-}
-
-trait BangRange {
-    fn bang_range(&mut self) -> u16;
-}
-
-impl BangRange for Rng {
-    fn bang_range(&mut self) -> u16 {
-        *self.pick(&[0u16, 0, 10, 1000])
     }
 }
 

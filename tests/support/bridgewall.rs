@@ -48,19 +48,7 @@ impl Bridgewall {
     /// is left on docker0. Enforcing alone is not enough there: the takeover of the running
     /// containers may still be under way.
     pub(crate) fn start_taking_over(engine: &DockerEngine, containers: usize) -> Bridgewall {
-        let mut bw = Self::spawn(engine);
-        let enforcing = format!("({containers} containers");
-        bw.wait_until(
-            "bridgewall enforcing docker0 with the containers taken over",
-            Duration::from_secs(30),
-            |b| {
-                b.lines()
-                    .iter()
-                    .any(|l| l.contains("bridgewall is enforcing") && l.contains(&enforcing))
-                    && no_veth_on_docker0(engine)
-            },
-        );
-        bw
+        Self::start_taking_over_with(engine, containers, &[])
     }
 
     /// Like [`Bridgewall::start_taking_over`], with further arguments for `bridgewall run`

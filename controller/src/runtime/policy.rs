@@ -486,8 +486,19 @@ impl PolicyBuild {
                     .unwrap_or(u16::MAX),
             })
             .collect();
+        // Counting a source's connections walks its flows on every new flow: only when a
+        // rule asks (connlimit) or a user's module might read the count.
+        let counts = !self.user_modules.is_empty()
+            || std::iter::once(&self.ruleset)
+                .chain(self.limits.iter().map(|l| &l.ruleset))
+                .chain(self.logs.iter().map(|l| &l.ruleset))
+                .any(|set| set.rules.iter().any(|r| r.m.conns.is_some()));
         (0..n)
-            .map(|_| PolicyChain::instantiate_observed(self.generation, &chain, &observers))
+            .map(|_| {
+                let mut c = PolicyChain::instantiate_observed(self.generation, &chain, &observers)?;
+                c.set_counts_source_conns(counts);
+                Ok(c)
+            })
             .collect()
     }
 

@@ -60,6 +60,8 @@ pub struct PolicyChain {
     scratch_verdicts: [VerdictRecord; MAX_BATCH],
     /// LOG rules, run on every batch after the decision.
     observers: Vec<Observer>,
+    /// Whether a module reads `src_conns` (see [`Policy::counts_source_conns`]).
+    counts_source_conns: bool,
 }
 
 impl PolicyChain {
@@ -74,7 +76,15 @@ impl PolicyChain {
             scratch_records: [PacketRecord::default(); MAX_BATCH],
             scratch_verdicts: [VerdictRecord::CONTINUE; MAX_BATCH],
             observers: Vec::new(),
+            counts_source_conns: true,
         }
+    }
+
+    /// Says whether any module reads `src_conns`. A chain assumes it does until told
+    /// otherwise, since a module's code cannot be asked; the controller knows for the
+    /// policies it compiles.
+    pub fn set_counts_source_conns(&mut self, on: bool) {
+        self.counts_source_conns = on;
     }
 
     /// Instantiates every module and every observer (a LOG rule's module, with its prefix).
@@ -229,6 +239,10 @@ impl PolicyChain {
 impl Policy for PolicyChain {
     fn generation(&self) -> u64 {
         self.generation
+    }
+
+    fn counts_source_conns(&self) -> bool {
+        self.counts_source_conns
     }
 
     /// Judges the batch with every stage in order; a record no stage decides keeps

@@ -247,11 +247,10 @@ pub(crate) fn parse(line: &Line<'_>, family: Option<u8>) -> Result<Command, Pars
         match tok {
             "-N" | "--new-chain" => {
                 c.no_negation(at)?;
-                let (_, vat, name) = c.value(at, false)?;
+                let (_, _, name) = c.value(at, false)?;
                 if c.i < line.toks.len() {
                     return Err(line.err(c.i, K::UnknownOption));
                 }
-                let _ = vat;
                 return Ok(Command::NewChain { name, at });
             }
             "-I" | "--insert" | "-A" | "--append" => {

@@ -232,19 +232,13 @@ impl UserRules {
             return Ok(());
         }
         if let Some(decl) = first.strip_prefix(':') {
-            return self.declare(decl, lineno, &toks, st);
+            return self.declare(decl, lineno, &toks);
         }
         self.rule_line(toks, lineno, names, st)
     }
 
     /// `:CHAIN POLICY [p:b]` in `iptables-save` output.
-    fn declare(
-        &mut self,
-        name: &str,
-        lineno: usize,
-        toks: &[Token],
-        st: &mut SaveState,
-    ) -> Result<(), ParseError> {
+    fn declare(&mut self, name: &str, lineno: usize, toks: &[Token]) -> Result<(), ParseError> {
         if toks.len() < 2 || !values::chain_name_ok(name) {
             return Err(ParseError {
                 line: lineno,
@@ -256,7 +250,6 @@ impl UserRules {
         if !docker_owned(name) && name != ROOT {
             self.program.new_chain(name);
         }
-        let _ = st;
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use super::line::{Dir, Line, Opt, Spec, TargetSpec, Which};
 use super::names::Names;
 use crate::abi::addr_bytes;
 use crate::algebra::{self, Cond, complement_cidrs, range_cidrs};
-use crate::model::{Cidr, Match, Neg, PortRange, StateSet};
+use crate::model::{Cidr, Match, Neg, PortRange};
 
 /// Most matches one negated list may expand to before it is refused as too large.
 const NEGATION_LIMIT: usize = 10_000;
@@ -66,17 +66,26 @@ pub(crate) fn condition(line: &Line<'_>, s: &Spec, cx: &mut Ctx<'_>) -> Result<C
     if let Some(f) = s.family {
         parts.push((0, vec![one(|m| m.ip_version = Some(Neg::is(f)))]));
     }
-    let family = s.family.or_else(|| address_family(s, cx.names));
+    // Addresses first: the family they imply says what a negated address means.
+    let mut lists = Vec::new();
+    for (o, side) in [(&s.src, Side::Src), (&s.dst, Side::Dst)] {
+        if let Some(o) = o {
+            lists.push((o, side, address_list(line, o, cx.names)?));
+        }
+    }
+    let family = s.family.or_else(|| {
+        lists
+            .iter()
+            .find_map(|(_, _, cidrs)| cidrs.first())
+            .map(|c| if c.is_v4() { 4 } else { 6 })
+    });
     if let Some(o) = &s.proto
         && let Some(p) = o.v
     {
         parts.push((o.at, vec![one(|m| m.proto = Some(neg(o.neg, p)))]));
     }
-    for (o, side) in [(&s.src, Side::Src), (&s.dst, Side::Dst)] {
-        if let Some(o) = o {
-            let cidrs = address_list(line, o, cx.names)?;
-            parts.push((o.vat, addr_cond(side, &cidrs, o.neg, family)));
-        }
+    for (o, side, cidrs) in lists {
+        parts.push((o.vat, addr_cond(side, &cidrs, o.neg, family)));
     }
     for (o, side) in [(&s.src_range, Side::Src), (&s.dst_range, Side::Dst)] {
         if let Some(o) = o {
@@ -118,7 +127,7 @@ pub(crate) fn condition(line: &Line<'_>, s: &Spec, cx: &mut Ctx<'_>) -> Result<C
         if set.0 == 0 {
             return Ok(Vec::new());
         }
-        parts.push((o.at, vec![one(|m| m.state = Some(StateSet(set.0)))]));
+        parts.push((o.at, vec![one(|m| m.state = Some(set))]));
     }
     if let Some(o) = &s.ctdir {
         // The policy sees every flow in its original direction (replies share the verdict).
@@ -276,18 +285,6 @@ fn factor(c: &[Match], side: Side) -> Option<(Match, Vec<Cidr>)> {
         }
     }
     Some((rest, cidrs))
-}
-
-/// The family the rule's own addresses imply (for what a negated address means).
-fn address_family(s: &Spec, names: &dyn Names) -> Option<u8> {
-    for o in [&s.src, &s.dst].into_iter().flatten() {
-        if let Ok(c) = resolve_addr(o.v.split(',').next().unwrap_or_default(), names)
-            && let Some(c) = c.first()
-        {
-            return Some(if c.is_v4() { 4 } else { 6 });
-        }
-    }
-    None
 }
 
 /// A comma-separated list of addresses, CIDRs (with prefix lengths or dotted masks) and
