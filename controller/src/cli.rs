@@ -11,11 +11,15 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::commands::live;
 use crate::docker::{DockerError, EngineAddress, TrackerConfig, connect, read_state};
 use crate::lab::{LabSpec, WALKTHROUGH_TOML};
 use crate::netlink::{NetlinkError, Netns, Rtnl, ip_forward_enabled, is_root};
 use crate::runtime::RuntimeOptions;
 use crate::runtime::policy::{UserModules, UserRules};
+
+/// Where live rule edits are kept when `run` is given no `--rules` file.
+pub const DEFAULT_RULES_FILE: &str = "/var/lib/bridgewall/user.rules";
 
 /// Docker's bridge networking, enforced by an AF_XDP dataplane with WebAssembly policies.
 #[derive(Parser, Debug)]
@@ -28,6 +32,13 @@ struct Cli {
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `controller=debug`.
     #[arg(long, global = true, env = "BRIDGEWALL_LOG", default_value = "warn")]
     log: String,
+    /// The control socket of the running bridgewall (the commands that talk to it).
+    #[arg(long, global = true, env = "BRIDGEWALL_SOCKET", default_value = crate::control::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// A TOML file with `run`'s settings (keys are its long flag names); flags win.
+    /// Default: /etc/bridgewall/bridgewall.toml when it exists.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,9 +55,25 @@ enum Command {
     Restore(RestoreArgs),
     /// Which module, chain and rule decide one packet (e.g. `trace web db tcp 5432`).
     Trace(TraceArgs),
-    /// User rules: `import` reads `iptables-save` output from standard input.
+    /// User rules: list, add, insert and delete them in the running instance; `import`
+    /// reads `iptables-save` output from standard input.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Counters of the running instance per container and worker.
+    Stats(StatsArgs),
+    /// Follow the running instance's verdicts as they happen (like `cilium monitor`).
+    Monitor(MonitorArgs),
+    /// The running instance's own policy modules: load, unload, list; `check` works offline.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// The frames a port of the running instance sees, with their flows' verdicts; pcap with -w.
+    Capture(CaptureArgs),
+    /// Audit mode of the running instance: verdicts counted and shown, everything forwarded.
+    Audit {
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
     /// Print a shell completion script (`bridgewall completions bash > /etc/bash_completion.d/bridgewall`).
     Completions {
         /// The shell.
@@ -63,6 +90,123 @@ enum RulesCommand {
     /// DOCKER-USER and the chains it jumps to are taken; Docker's own chains and other tables
     /// are skipped with a warning each.
     Import(ImportArgs),
+    /// The effective chains of the running instance, like `iptables -L -n -v`.
+    List {
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Append a rule (`iptables -A`): `bridgewall rules add -- -s 10.0.0.1 -j DROP`.
+    Add(EditArgs),
+    /// Insert a rule (`iptables -I`), at the top or at --position.
+    Insert {
+        #[command(flatten)]
+        edit: EditArgs,
+        /// 1-based position in the chain.
+        #[arg(long)]
+        position: Option<usize>,
+    },
+    /// Delete a rule (`iptables -D`) given as it was added, or the one on --line N.
+    Delete {
+        #[command(flatten)]
+        edit: EditArgs,
+        /// The line of the rules file the rule is on (`rules list` shows it).
+        #[arg(long, conflicts_with = "spec")]
+        line: Option<usize>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct EditArgs {
+    /// The chain (default DOCKER-USER).
+    #[arg(long)]
+    chain: Option<String>,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    json: bool,
+    /// The rule's options in iptables syntax, after `--`.
+    #[arg(last = true, allow_hyphen_values = true)]
+    spec: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct StatsArgs {
+    /// Refresh every SECONDS (default 2) until interrupted.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
+    watch: Option<f64>,
+    /// Print the answer as JSON (one line per refresh).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct MonitorArgs {
+    /// Denials only (drops, rejects, audit denials).
+    #[arg(long)]
+    drops: bool,
+    /// Only traffic from or to this container (or `gateway`).
+    #[arg(long, value_name = "NAME")]
+    container: Option<String>,
+    /// Stop after this many verdicts.
+    #[arg(long)]
+    count: Option<u64>,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Load a module (Wasm binary or text) into the running instance, before the compiled
+    /// policy; it is validated first and refused with the reason if it does not load.
+    Load {
+        /// The module.
+        file: PathBuf,
+        /// Count its verdicts without enforcing them.
+        #[arg(long)]
+        audit: bool,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unload a module by name (its file name).
+    Unload {
+        /// The module's name.
+        name: String,
+    },
+    /// The loaded modules with their counters.
+    List {
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a module offline (ABI, exports, imports, a probe batch) and say what is wrong.
+    Check {
+        /// The module.
+        file: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct CaptureArgs {
+    /// The container (or `gateway`) whose port to capture.
+    #[arg(long)]
+    port: String,
+    /// Write the frames as pcap to FILE (`-` for standard output) instead of printing them.
+    #[arg(short = 'w', value_name = "FILE")]
+    write: Option<PathBuf>,
+    /// Frames to capture.
+    #[arg(long, default_value_t = 100)]
+    count: usize,
+    /// Bytes kept of each frame.
+    #[arg(long, default_value_t = 2048)]
+    snaplen: usize,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -102,6 +246,13 @@ struct DataplaneArgs {
     /// bursts to one container, fewer costs less memory per container.
     #[arg(long, default_value_t = dataplane::afxdp::port::DEFAULT_FILL_SHARE)]
     fill_frames: u32,
+    /// A policy module run in audit mode: its verdicts are counted, never enforced; repeat.
+    #[arg(long = "audit-module", value_name = "FILE.wasm")]
+    audit_modules: Vec<PathBuf>,
+    /// Audit mode: every verdict is computed, counted and shown by `monitor` and `stats`,
+    /// but everything is forwarded (try a policy before enforcing it).
+    #[arg(long)]
+    audit: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -133,18 +284,37 @@ struct TraceArgs {
     /// Policy modules of your own, run before the compiled policy, as with `run --module`.
     #[arg(long = "module", value_name = "FILE.wasm")]
     modules: Vec<PathBuf>,
-    /// Source: a container name, `host`, or an address.
-    src: String,
-    /// Destination: a container name, `host`, or an address.
-    dst: String,
-    /// tcp, udp, icmp or a protocol number.
-    proto: String,
-    /// Destination port (0 for ICMP).
-    dport: u16,
+    /// Source: a container name, `host`, or an address (or --from).
+    src: Option<String>,
+    /// Destination: a container name, `host`, or an address (or --to).
+    dst: Option<String>,
+    /// tcp, udp, icmp or a protocol number (or -p).
+    proto: Option<String>,
+    /// Destination port, 0 for ICMP (or --dport).
+    dport: Option<u16>,
+    /// Source (instead of the first positional).
+    #[arg(long = "from", conflicts_with = "src")]
+    from: Option<String>,
+    /// Destination (instead of the second positional).
+    #[arg(long = "to", conflicts_with = "dst")]
+    to: Option<String>,
+    /// Protocol (instead of the third positional).
+    #[arg(short = 'p', long = "protocol", conflicts_with = "proto")]
+    protocol: Option<String>,
+    /// Destination port (instead of the fourth positional).
+    #[arg(long = "dport", conflicts_with = "dport")]
+    dest_port: Option<u16>,
     /// Explain a later IP fragment of such a datagram (it has no ports; it follows the
     /// first fragment's verdict).
     #[arg(long)]
     fragment: bool,
+    /// Build the policy here from the engine (or --lab) even if a bridgewall runs: by
+    /// default a running instance answers with the policy in force.
+    #[arg(long)]
+    offline: bool,
+    /// Print the answer as JSON (running instance only).
+    #[arg(long)]
+    json: bool,
 }
 
 /// How icc is decided.
@@ -191,6 +361,14 @@ struct RunArgs {
     ipsets: Option<PathBuf>,
     #[command(flatten)]
     dataplane: DataplaneArgs,
+    /// Serve the control API on this unix socket (`none`: no control API); default:
+    /// bridgewall.sock in the state directory (/run/bridgewall/bridgewall.sock). The CLI's
+    /// `rules`, `stats`, `monitor`, `policy`, `capture`, `audit` and `trace` talk to it.
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9477); off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -203,13 +381,24 @@ struct LabArgs {
     /// Keep the lab up after the walkthrough until Ctrl-C (to poke at it with `ip netns exec`).
     #[arg(long)]
     hold: bool,
+    /// Serve the control API on this unix socket while the lab is held (none by default).
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address while the lab is held.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
     dataplane: DataplaneArgs,
 }
 
 /// Runs the command line; the binary's `main` is a thin wrapper over this.
 pub fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    // A config file fills in `run`'s (and `lab`'s) flags the command line did not give.
+    let argv = crate::config::merge_config(
+        std::env::args_os().collect(),
+        &<Cli as clap::CommandFactory>::command(),
+    )?;
+    let cli = Cli::parse_from(argv);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&cli.log)
@@ -222,8 +411,40 @@ pub fn main() -> anyhow::Result<()> {
         Command::Run(args) => run(args),
         Command::DockerState(args) => runtime()?.block_on(docker_state(args)),
         Command::Restore(args) => restore(args),
-        Command::Trace(args) => trace(args),
+        Command::Trace(args) => trace(args, &cli.socket),
         Command::Rules(RulesCommand::Import(args)) => import(args),
+        Command::Rules(cmd) => rules(cmd, &cli.socket),
+        Command::Stats(a) => {
+            let watch = match a.watch {
+                Some(s) if !(0.1..=3600.0).contains(&s) => {
+                    bail!("--watch {s}: give 0.1 to 3600 seconds")
+                }
+                w => w.map(std::time::Duration::from_secs_f64),
+            };
+            live::stats(&live::client(&cli.socket)?, watch, a.json)
+        }
+        Command::Monitor(a) => crate::commands::monitor::monitor(
+            &live::client(&cli.socket)?,
+            &crate::commands::monitor::MonitorArgs {
+                drops: a.drops,
+                container: a.container,
+                json: a.json,
+                count: a.count,
+            },
+        ),
+        Command::Policy(cmd) => policy(cmd, &cli.socket),
+        Command::Capture(a) => crate::commands::monitor::capture(
+            &live::client(&cli.socket)?,
+            &crate::commands::monitor::CaptureArgs {
+                port: a.port,
+                count: a.count,
+                snaplen: a.snaplen,
+                timeout_secs: a.timeout,
+                write: a.write,
+                json: a.json,
+            },
+        ),
+        Command::Audit { state } => live::audit(&live::client(&cli.socket)?, state == "on"),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut out = Vec::new();
@@ -237,6 +458,66 @@ pub fn main() -> anyhow::Result<()> {
                 .context("rendering the man page")?;
             write_stdout(&out)
         }
+    }
+}
+
+fn rules(cmd: RulesCommand, socket: &std::path::Path) -> anyhow::Result<()> {
+    use crate::control::api::RuleEdit;
+    let c = live::client(socket)?;
+    let (edit, json) = match cmd {
+        RulesCommand::List { json } => return live::rules_list(&c, json),
+        RulesCommand::Import(_) => bail!("rules import does not talk to a running instance"),
+        RulesCommand::Add(e) => (
+            RuleEdit::Append {
+                spec: e.spec,
+                chain: e.chain,
+            },
+            e.json,
+        ),
+        RulesCommand::Insert { edit, position } => (
+            RuleEdit::Insert {
+                spec: edit.spec,
+                chain: edit.chain,
+                position,
+            },
+            edit.json,
+        ),
+        RulesCommand::Delete { edit, line } => match line {
+            Some(line) => (RuleEdit::DeleteLine { line }, edit.json),
+            None => (
+                RuleEdit::Delete {
+                    spec: edit.spec,
+                    chain: edit.chain,
+                },
+                edit.json,
+            ),
+        },
+    };
+    live::rules_edit(&c, &edit, json)
+}
+
+fn policy(cmd: PolicyCommand, socket: &std::path::Path) -> anyhow::Result<()> {
+    match cmd {
+        PolicyCommand::Check { file } => {
+            let mut m = UserModules::default();
+            m.add_file(&file, false)?;
+            let wasm = dataplane::wasm::WasmRuntime::new(dataplane::wasm::WasmConfig::default())
+                .context("starting the Wasm host")?;
+            let loaded = m.load(&wasm)?;
+            for l in loaded {
+                println!(
+                    "{}: a valid bridgewall policy module ({} bytes): ABI, exports, imports and a probe batch check out",
+                    l.module.name(),
+                    l.bytes
+                );
+            }
+            Ok(())
+        }
+        PolicyCommand::Load { file, audit, json } => {
+            live::policy_load(&live::client(socket)?, &file, audit, json)
+        }
+        PolicyCommand::Unload { name } => live::policy_unload(&live::client(socket)?, &name),
+        PolicyCommand::List { json } => live::policy_list(&live::client(socket)?, json),
     }
 }
 
@@ -392,6 +673,10 @@ fn runtime_options(
     o.takeover.state_dir = args.state_dir.clone();
     o.user_rules = rules;
     o.user_modules = UserModules::from_files(&args.modules)?;
+    for m in &args.audit_modules {
+        o.user_modules.add_file(m, true)?;
+    }
+    o.audit = args.audit;
     if args.max_containers == 0 || args.max_containers > usize::from(u16::MAX) {
         bail!(
             "--max-containers {} is out of range (1..=65535)",
@@ -424,7 +709,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             "bridgewall run needs root: it moves the bridge's ports and opens AF_XDP sockets (run it with sudo)"
         );
     }
-    let rules = read_rules(args.rules.as_ref(), args.ipsets.as_ref())?;
+    // Live edits (`rules add`) are written to the rules file; without --rules, to
+    // DEFAULT_RULES_FILE, which a later run reads back.
+    let rules_path = args
+        .rules
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RULES_FILE));
+    let saved = args.rules.is_none() && rules_path.exists();
+    let rules = read_rules(
+        (args.rules.is_some() || saved).then_some(&rules_path),
+        args.ipsets.as_ref(),
+    )?;
     {
         let rt = runtime()?;
         rt.block_on(async {
@@ -438,17 +733,31 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         })?;
     }
     if rules.count() > 0 {
-        println!("{} rule lines in {}", rules.count(), rules.origin);
+        println!(
+            "{} rule lines in {}{}",
+            rules.count(),
+            rules.origin,
+            if saved { " (saved by live edits)" } else { "" }
+        );
     }
     let netns = open_netns(args.engine.netns.as_deref())?;
-    let options = runtime_options(&args.engine.bridge, &args.dataplane, rules)?;
+    let mut options = runtime_options(&args.engine.bridge, &args.dataplane, rules)?;
+    options.rules_path = Some(rules_path);
+    let surface = crate::commands::run::Surface {
+        socket: match &args.control_socket {
+            Some(p) if p.as_os_str() == "none" => None,
+            Some(p) => Some(p.clone()),
+            None => Some(args.dataplane.state_dir.join("bridgewall.sock")),
+        },
+        metrics: args.metrics,
+    };
     let cfg = TrackerConfig {
         max_ports: options.frames.max_ports,
         ..cfg
     };
     let stop = Arc::new(AtomicBool::new(false));
     watch_ctrl_c(stop.clone())?;
-    crate::commands::run::follow(cfg, &netns, options, stop)
+    crate::commands::run::follow(cfg, &netns, options, &surface, stop)
 }
 
 fn restore(args: RestoreArgs) -> anyhow::Result<()> {
@@ -482,7 +791,58 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn trace(args: TraceArgs) -> anyhow::Result<()> {
+/// The packet `trace` asks about, from its positionals or flags.
+fn trace_query(args: &TraceArgs) -> anyhow::Result<crate::commands::trace::TraceQuery> {
+    let missing = |what: &str, flag: &str| {
+        anyhow::anyhow!(
+            "trace: give the {what} (positional, or {flag}); e.g. `bridgewall trace --from web --to db -p tcp --dport 5432`"
+        )
+    };
+    Ok(crate::commands::trace::TraceQuery {
+        src: args
+            .src
+            .clone()
+            .or_else(|| args.from.clone())
+            .ok_or_else(|| missing("source", "--from"))?,
+        dst: args
+            .dst
+            .clone()
+            .or_else(|| args.to.clone())
+            .ok_or_else(|| missing("destination", "--to"))?,
+        proto: args
+            .proto
+            .clone()
+            .or_else(|| args.protocol.clone())
+            .unwrap_or_else(|| "tcp".into()),
+        dport: args.dport.or(args.dest_port).unwrap_or(0),
+        later_fragment: args.fragment,
+    })
+}
+
+fn trace(args: TraceArgs, socket: &std::path::Path) -> anyhow::Result<()> {
+    let query = trace_query(&args)?;
+    let offline = args.offline
+        || args.lab.is_some()
+        || args.rules.is_some()
+        || args.ipsets.is_some()
+        || !args.modules.is_empty();
+    if !offline && socket.exists() {
+        let req = crate::control::api::TraceRequest {
+            src: query.src.clone(),
+            dst: query.dst.clone(),
+            proto: query.proto.clone(),
+            dport: query.dport,
+            fragment: query.later_fragment,
+        };
+        let agree = live::trace(&live::client(socket)?, &req, args.json)?;
+        if !agree {
+            bail!("the compiled module and the reference interpreter disagree: please report this");
+        }
+        return Ok(());
+    }
+    if args.json {
+        bail!("trace --json needs a running bridgewall (the offline trace prints a table)");
+    }
     let (state, mut rules) = match &args.lab {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -515,13 +875,6 @@ fn trace(args: TraceArgs) -> anyhow::Result<()> {
         .map_err(permission_hint)?,
     };
     let modules = UserModules::from_files(&args.modules)?;
-    let query = crate::commands::trace::TraceQuery {
-        src: args.src.clone(),
-        dst: args.dst.clone(),
-        proto: args.proto.clone(),
-        dport: args.dport,
-        later_fragment: args.fragment,
-    };
     let agree = crate::commands::trace::trace(&state, &host, &rules, &modules, &query)?;
     if !agree {
         bail!("the compiled module and the reference interpreter disagree: please report this");
@@ -551,6 +904,8 @@ fn lab(args: LabArgs) -> anyhow::Result<()> {
         origin,
         timeout: Duration::from_millis(args.probe_timeout_ms),
         hold: args.hold,
+        control_socket: args.control_socket.clone(),
+        metrics: args.metrics,
         options: runtime_options("docker0", &args.dataplane, UserRules::default())?,
     };
     let all_ok = crate::commands::lab::lab(run, stop)?;

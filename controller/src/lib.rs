@@ -3,8 +3,11 @@
 #![forbid(unsafe_code)]
 pub mod cli;
 pub mod commands;
+pub mod config;
+pub mod control;
 pub mod docker;
 pub mod lab;
+pub mod metrics;
 pub mod netlink;
 pub mod print;
 pub mod runtime;

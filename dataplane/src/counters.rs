@@ -161,6 +161,13 @@ impl Counter {
         self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
     }
 
+    /// Subtracts `n` (single writer): the down side of a gauge kept by increments, such as a
+    /// port's live flows, which the flow table adjusts as flows come and go.
+    #[inline(always)]
+    pub fn sub(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_sub(n), Relaxed);
+    }
+
     /// Sets the value (gauges such as the flow-table size).
     #[inline(always)]
     pub fn set(&self, v: u64) {
@@ -174,8 +181,10 @@ impl Counter {
     }
 }
 
-/// Per-port traffic.
-#[derive(Debug, Default)]
+/// Per-port traffic, drops and policy decisions: what `bridgewall stats` shows per container.
+/// Drops and decisions are counted by the port a frame came in on (decisions by the port the
+/// policy saw it enter by: a container's own, for a frame the host sent back onto the bridge).
+#[derive(Debug)]
 pub struct PortCounters {
     /// Frames received.
     pub rx_packets: Counter,
@@ -188,6 +197,65 @@ pub struct PortCounters {
     /// Times the port's receive side was short of its frame share and no free frame was
     /// left to give it: the port was starved (the kernel then drops what arrives).
     pub fill_starved: Counter,
+    /// Policy decisions that admitted a flow entering here (or an ICMP error about one).
+    pub accepted: Counter,
+    /// Policy decisions that denied (Drop, Reject, or the default Drop) and were enforced.
+    pub denied: Counter,
+    /// Policy decisions that would have denied but were not enforced: audit mode forwarded
+    /// the packet (see [`Counters::audit_denied`]).
+    pub audit_denied: Counter,
+    /// Flows in the flow table whose originator entered by this port (a gauge kept by the
+    /// flow table: +1 on insert, −1 on expiry, eviction or removal; expired flows not yet
+    /// swept still count, as in [`FlowCounters::entries`]).
+    pub flows: Counter,
+    /// Frames that came in here and were dropped, per [`DropReason::index`].
+    drops: [Counter; DropReason::COUNT],
+}
+
+impl Default for PortCounters {
+    fn default() -> Self {
+        Self {
+            rx_packets: Counter::default(),
+            rx_bytes: Counter::default(),
+            tx_packets: Counter::default(),
+            tx_bytes: Counter::default(),
+            fill_starved: Counter::default(),
+            accepted: Counter::default(),
+            denied: Counter::default(),
+            audit_denied: Counter::default(),
+            flows: Counter::default(),
+            drops: std::array::from_fn(|_| Counter::default()),
+        }
+    }
+}
+
+impl PortCounters {
+    /// Counts one frame that came in on this port and was dropped for `reason`.
+    #[inline]
+    pub fn count_drop(&self, reason: DropReason) {
+        self.drops[reason.index()].add(1);
+    }
+
+    /// Frames that came in on this port and were dropped for `reason` so far.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()].get()
+    }
+
+    fn snapshot(&self, port: PortId) -> PortSnapshot {
+        PortSnapshot {
+            port,
+            rx_packets: self.rx_packets.get(),
+            rx_bytes: self.rx_bytes.get(),
+            tx_packets: self.tx_packets.get(),
+            tx_bytes: self.tx_bytes.get(),
+            fill_starved: self.fill_starved.get(),
+            accepted: self.accepted.get(),
+            denied: self.denied.get(),
+            audit_denied: self.audit_denied.get(),
+            flows: self.flows.get(),
+            drops: std::array::from_fn(|i| self.drops[i].get()),
+        }
+    }
 }
 
 /// Flow-table activity.
@@ -211,6 +279,33 @@ pub struct FlowCounters {
     pub related: Counter,
 }
 
+/// Upper bounds of the policy-latency buckets are `2^LATENCY_FIRST_SHIFT` ..
+/// `2^LATENCY_LAST_SHIFT` nanoseconds (64 ns .. ~16.8 ms), then +Inf: log2 steps cover
+/// a compiled policy's microseconds and a slow module's milliseconds in 20 counters.
+const LATENCY_FIRST_SHIFT: u32 = 6;
+const LATENCY_LAST_SHIFT: u32 = 24;
+
+/// Number of policy-latency buckets, the last one +Inf.
+pub const LATENCY_BUCKETS: usize = (LATENCY_LAST_SHIFT - LATENCY_FIRST_SHIFT) as usize + 2;
+
+/// The bucket of a `Policy::decide` call that took `ns` nanoseconds: the first whose upper
+/// bound (inclusive) is ≥ `ns`. A few instructions: no loop, no float.
+#[inline]
+fn latency_bucket(ns: u64) -> usize {
+    // ceil(log2(ns)) for ns ≥ 2; 0 and 1 land in the first bucket with everything ≤ 64.
+    let bits = 64 - ns.saturating_sub(1).leading_zeros();
+    (bits.saturating_sub(LATENCY_FIRST_SHIFT) as usize).min(LATENCY_BUCKETS - 1)
+}
+
+/// The inclusive upper bound of latency bucket `i` in nanoseconds; `u64::MAX` for +Inf.
+fn latency_bound(i: usize) -> u64 {
+    if i + 1 >= LATENCY_BUCKETS {
+        u64::MAX
+    } else {
+        1 << (LATENCY_FIRST_SHIFT + i as u32)
+    }
+}
+
 /// Policy-stage activity.
 #[derive(Debug, Default)]
 pub struct PolicyCounters {
@@ -220,6 +315,49 @@ pub struct PolicyCounters {
     pub records: Counter,
     /// Decisions that fell through to the engine's default action.
     pub defaulted: Counter,
+    /// `Policy::decide` calls per duration bucket (see [`LATENCY_BUCKETS`]): how long a
+    /// batch of new flows waits for its verdicts, for a latency histogram in the metrics.
+    latency: [Counter; LATENCY_BUCKETS],
+    /// Total nanoseconds spent in `Policy::decide` (the histogram's sum).
+    latency_sum_ns: Counter,
+}
+
+impl PolicyCounters {
+    /// Records one `Policy::decide` call that took `ns` nanoseconds (once per batch).
+    #[inline]
+    pub fn observe_latency(&self, ns: u64) {
+        self.latency[latency_bucket(ns)].add(1);
+        self.latency_sum_ns.add(ns);
+    }
+
+    /// The latency histogram: (inclusive upper bound in ns, `u64::MAX` for +Inf; calls in
+    /// that bucket, not cumulative).
+    pub fn latency_buckets(&self) -> Vec<(u64, u64)> {
+        self.latency
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (latency_bound(i), c.get()))
+            .collect()
+    }
+}
+
+/// The traffic slot of rule `rule` (see `Counters::rule_traffic`).
+#[inline]
+fn traffic_slot(rule: u32) -> usize {
+    if rule == RULE_NONE {
+        RULE_SLOTS + 1
+    } else {
+        (rule as usize).min(RULE_SLOTS)
+    }
+}
+
+/// The rule id a traffic slot reports.
+fn slot_rule(slot: usize) -> u32 {
+    if slot == RULE_SLOTS + 1 {
+        RULE_NONE
+    } else {
+        slot as u32
+    }
 }
 
 /// All counters of one engine. Share it with `Arc` to read while the engine runs.
@@ -230,6 +368,9 @@ pub struct Counters {
     rules: Box<[Counter]>,
     rule_default: Counter,
     rule_overflow: Counter,
+    /// Per rule: packets and bytes that got its verdict, interleaved (`2i`, `2i + 1`);
+    /// slot `RULE_SLOTS` is the overflow, `RULE_SLOTS + 1` the default.
+    rule_traffic: Box<[Counter]>,
     /// Flow-table activity.
     pub flows: FlowCounters,
     /// Policy-stage activity.
@@ -262,6 +403,13 @@ pub struct Counters {
     pub reject_not_answerable: Counter,
     /// Rejected packets not answered because no free frame was left to build the answer in.
     pub reject_no_free_frame: Counter,
+    /// Nanoseconds the worker owning this engine slept waiting for frames: with the time
+    /// it has run, how busy it is (`stats`' busy share).
+    pub sleep_ns: Counter,
+    /// Policy decisions other than Accept that audit mode did not enforce: the packet was
+    /// forwarded and its flow admitted, so an operator can try a policy without breaking
+    /// traffic and see what it would deny.
+    pub audit_denied: Counter,
 }
 
 impl Counters {
@@ -271,6 +419,9 @@ impl Counters {
             ports: (0..max_ports).map(|_| PortCounters::default()).collect(),
             drops: (0..DropReason::COUNT).map(|_| Counter::default()).collect(),
             rules: (0..RULE_SLOTS).map(|_| Counter::default()).collect(),
+            rule_traffic: (0..2 * (RULE_SLOTS + 2))
+                .map(|_| Counter::default())
+                .collect(),
             rule_default: Counter::default(),
             rule_overflow: Counter::default(),
             flows: FlowCounters::default(),
@@ -287,6 +438,8 @@ impl Counters {
             reject_rate_limited: Counter::default(),
             reject_not_answerable: Counter::default(),
             reject_no_free_frame: Counter::default(),
+            sleep_ns: Counter::default(),
+            audit_denied: Counter::default(),
         }
     }
 
@@ -301,10 +454,21 @@ impl Counters {
         self.ports.get(usize::from(port))
     }
 
-    /// Counts one dropped frame.
+    /// Counts one dropped frame whose ingress port is not known (a frame handed over by
+    /// another worker): in the totals only. See [`Counters::count_drop_at`].
     #[inline]
     pub fn count_drop(&self, reason: DropReason) {
         self.drops[reason.index()].add(1);
+    }
+
+    /// Counts one dropped frame that came in on `port`: in the totals and in the port's
+    /// counters (a port out of range counts in the totals only).
+    #[inline]
+    pub fn count_drop_at(&self, reason: DropReason, port: PortId) {
+        self.count_drop(reason);
+        if let Some(p) = self.port(port) {
+            p.count_drop(reason);
+        }
     }
 
     /// Frames dropped for `reason` so far.
@@ -323,6 +487,15 @@ impl Counters {
         self.rule_counter(rule).get()
     }
 
+    /// Counts one packet of `bytes` that got rule `rule`'s verdict: the first of its flow,
+    /// or a later one by its flow's cached verdict (what `iptables -L -v` counts per rule).
+    #[inline]
+    pub fn rule_traffic(&self, rule: u32, bytes: u64) {
+        let slot = traffic_slot(rule);
+        self.rule_traffic[2 * slot].add(1);
+        self.rule_traffic[2 * slot + 1].add(bytes);
+    }
+
     #[inline]
     fn rule_counter(&self, rule: u32) -> &Counter {
         if rule == RULE_NONE {
@@ -339,17 +512,8 @@ impl Counters {
                 .ports
                 .iter()
                 .enumerate()
-                .filter_map(|(i, p)| {
-                    let s = PortSnapshot {
-                        port: i as PortId,
-                        rx_packets: p.rx_packets.get(),
-                        rx_bytes: p.rx_bytes.get(),
-                        tx_packets: p.tx_packets.get(),
-                        tx_bytes: p.tx_bytes.get(),
-                        fill_starved: p.fill_starved.get(),
-                    };
-                    (s.rx_packets | s.tx_packets | s.fill_starved != 0).then_some(s)
-                })
+                .map(|(i, p)| p.snapshot(i as PortId))
+                .filter(PortSnapshot::active)
                 .collect(),
             drops: DropReason::all()
                 .map(|r| (r, self.drops(r)))
@@ -364,6 +528,13 @@ impl Counters {
                 .collect(),
             rule_default: self.rule_default.get(),
             rule_overflow: self.rule_overflow.get(),
+            rule_traffic: self
+                .rule_traffic
+                .chunks_exact(2)
+                .enumerate()
+                .filter(|(_, c)| c[0].get() != 0)
+                .map(|(i, c)| (slot_rule(i), c[0].get(), c[1].get()))
+                .collect(),
             flows: FlowSnapshot {
                 entries: self.flows.entries.get(),
                 hits: self.flows.hits.get(),
@@ -377,6 +548,8 @@ impl Counters {
             policy_batches: self.policy.batches.get(),
             policy_records: self.policy.records.get(),
             policy_defaulted: self.policy.defaulted.get(),
+            policy_latency_buckets: self.policy.latency_buckets(),
+            policy_latency_sum_ns: self.policy.latency_sum_ns.get(),
             switched_without_policy: self.switched_without_policy.get(),
             flood_copies: self.flood_copies.get(),
             segment_copies: self.segment_copies.get(),
@@ -389,12 +562,14 @@ impl Counters {
             reject_rate_limited: self.reject_rate_limited.get(),
             reject_not_answerable: self.reject_not_answerable.get(),
             reject_no_free_frame: self.reject_no_free_frame.get(),
+            sleep_ns: self.sleep_ns.get(),
+            audit_denied: self.audit_denied.get(),
         }
     }
 }
 
-/// One port's traffic at snapshot time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// One port's traffic, drops and decisions at snapshot time (see [`PortCounters`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortSnapshot {
     /// The port.
     pub port: PortId,
@@ -408,6 +583,66 @@ pub struct PortSnapshot {
     pub tx_bytes: u64,
     /// Times the port was starved of receive frames.
     pub fill_starved: u64,
+    /// Policy decisions that admitted a flow entering here.
+    pub accepted: u64,
+    /// Enforced policy denials of packets entering here.
+    pub denied: u64,
+    /// Denials audit mode did not enforce.
+    pub audit_denied: u64,
+    /// Flows in the table originated by this port (a gauge).
+    pub flows: u64,
+    /// Frames that came in here and were dropped, per [`DropReason::index`].
+    pub drops: [u64; DropReason::COUNT],
+}
+
+impl Default for PortSnapshot {
+    fn default() -> Self {
+        Self {
+            port: 0,
+            rx_packets: 0,
+            rx_bytes: 0,
+            tx_packets: 0,
+            tx_bytes: 0,
+            fill_starved: 0,
+            accepted: 0,
+            denied: 0,
+            audit_denied: 0,
+            flows: 0,
+            drops: [0; DropReason::COUNT],
+        }
+    }
+}
+
+impl PortSnapshot {
+    /// Frames that came in on the port and were dropped, for any reason.
+    pub fn dropped(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    /// Frames that came in on the port and were dropped for `reason`.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()]
+    }
+
+    /// The non-zero drop counters, by reason (for tables and labelled metrics).
+    pub fn drop_reasons(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::all()
+            .map(|r| (r, self.drops(r)))
+            .filter(|(_, n)| *n != 0)
+    }
+
+    /// Whether the port saw anything at all: snapshots leave idle ports out.
+    fn active(&self) -> bool {
+        self.rx_packets
+            | self.tx_packets
+            | self.fill_starved
+            | self.accepted
+            | self.denied
+            | self.audit_denied
+            | self.flows
+            != 0
+            || self.drops.iter().any(|&n| n != 0)
+    }
 }
 
 /// Flow-table activity at snapshot time.
@@ -444,6 +679,10 @@ pub struct Snapshot {
     pub rule_default: u64,
     /// Decisions by rules with ids ≥ [`RULE_SLOTS`].
     pub rule_overflow: u64,
+    /// Non-zero per-rule traffic: (rule id, packets, bytes) of every packet that got the
+    /// rule's verdict, flow-table hits included; ids ≥ [`RULE_SLOTS`] are reported as
+    /// `RULE_SLOTS`, the default as [`RULE_NONE`].
+    pub rule_traffic: Vec<(u32, u64, u64)>,
     /// Flow-table activity.
     pub flows: FlowSnapshot,
     /// `Policy::decide` calls.
@@ -452,6 +691,11 @@ pub struct Snapshot {
     pub policy_records: u64,
     /// Decisions resolved by the default action.
     pub policy_defaulted: u64,
+    /// `Policy::decide` durations: (inclusive upper bound in ns, `u64::MAX` for +Inf; calls
+    /// in that bucket, not cumulative), in increasing bound order.
+    pub policy_latency_buckets: Vec<(u64, u64)>,
+    /// Total nanoseconds spent in `Policy::decide`.
+    pub policy_latency_sum_ns: u64,
     /// Frames switched without a policy decision (ARP, ND, other ethertypes).
     pub switched_without_policy: u64,
     /// Flood copies made.
@@ -476,6 +720,10 @@ pub struct Snapshot {
     pub reject_not_answerable: u64,
     /// Reject answers not sent for want of a free frame.
     pub reject_no_free_frame: u64,
+    /// Nanoseconds the worker slept waiting for frames.
+    pub sleep_ns: u64,
+    /// Policy denials audit mode did not enforce.
+    pub audit_denied: u64,
 }
 
 impl Snapshot {
@@ -529,6 +777,20 @@ mod tests {
     }
 
     #[test]
+    fn rule_traffic_counts_packets_and_bytes_by_rule() {
+        let c = Counters::new(2);
+        c.rule_traffic(3, 100);
+        c.rule_traffic(3, 60);
+        c.rule_traffic(RULE_NONE, 42);
+        c.rule_traffic(RULE_SLOTS as u32 + 9, 1);
+        let s = c.snapshot();
+        assert_eq!(
+            s.rule_traffic,
+            vec![(3, 2, 160), (RULE_SLOTS as u32, 1, 1), (RULE_NONE, 1, 42)]
+        );
+    }
+
+    #[test]
     fn rule_ids_beyond_slots_share_overflow() {
         let c = Counters::new(4);
         c.rule(7);
@@ -548,5 +810,79 @@ mod tests {
             .join()
             .unwrap();
         assert_eq!(seen, 3);
+    }
+
+    #[test]
+    fn latency_buckets_are_log2_with_inclusive_bounds() {
+        assert_eq!(LATENCY_BUCKETS, 20);
+        for (ns, bucket) in [
+            (0, 0),
+            (1, 0),
+            (64, 0),
+            (65, 1),
+            (128, 1),
+            (129, 2),
+            (1 << 24, 18),
+            ((1 << 24) + 1, 19),
+            (u64::MAX, 19),
+        ] {
+            assert_eq!(latency_bucket(ns), bucket, "{ns} ns");
+            assert!(
+                ns <= latency_bound(bucket),
+                "{ns} ns above its bucket's bound"
+            );
+        }
+        let c = Counters::new(1);
+        for ns in [10, 100, 100, 1 << 30] {
+            c.policy.observe_latency(ns);
+        }
+        let s = c.snapshot();
+        assert_eq!(s.policy_latency_buckets.len(), LATENCY_BUCKETS);
+        assert_eq!(s.policy_latency_buckets[0], (64, 1));
+        assert_eq!(s.policy_latency_buckets[1], (128, 2));
+        assert_eq!(s.policy_latency_buckets[19], (u64::MAX, 1));
+        assert_eq!(s.policy_latency_sum_ns, 210 + (1 << 30));
+    }
+
+    #[test]
+    fn drops_are_counted_per_port_and_in_the_totals() {
+        let c = Counters::new(4);
+        c.count_drop_at(DropReason::SpoofedSource, 2);
+        c.count_drop_at(DropReason::PolicyDrop, 2);
+        c.count_drop_at(DropReason::PolicyDrop, 9); // out of range: totals only
+        c.count_drop(DropReason::TxFull); // unknown ingress: totals only
+        let s = c.snapshot();
+        assert_eq!(s.total_drops(), 4);
+        assert_eq!(s.drops(DropReason::PolicyDrop), 2);
+        // Only the port with activity is listed, though it received nothing.
+        assert_eq!(s.ports.iter().map(|p| p.port).collect::<Vec<_>>(), vec![2]);
+        let p = s.port(2);
+        assert_eq!(p.dropped(), 2);
+        assert_eq!(p.drops(DropReason::SpoofedSource), 1);
+        assert_eq!(
+            p.drop_reasons().collect::<Vec<_>>(),
+            vec![(DropReason::PolicyDrop, 1), (DropReason::SpoofedSource, 1)]
+        );
+        assert_eq!(
+            s.port(3),
+            PortSnapshot {
+                port: 3,
+                ..PortSnapshot::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_gauge_goes_down_with_sub() {
+        let c = Counters::new(2);
+        let flows = &c.port(1).unwrap().flows;
+        flows.add(3);
+        flows.sub(2);
+        assert_eq!(c.snapshot().port(1).flows, 1);
+        flows.sub(1);
+        assert!(
+            c.snapshot().ports.is_empty(),
+            "an idle port is left out again"
+        );
     }
 }

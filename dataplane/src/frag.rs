@@ -361,8 +361,8 @@ impl FragTable {
     }
 
     /// Frees up to `budget` expired datagrams, handing their held fragments (which never met
-    /// their first) to `orphan`.
-    pub fn sweep(&mut self, now: u64, budget: usize, mut orphan: impl FnMut(FrameDesc)) {
+    /// their first) to `orphan`, with the port they came in on (drops are counted by it).
+    pub fn sweep(&mut self, now: u64, budget: usize, mut orphan: impl FnMut(FrameDesc, PortId)) {
         if self.live == 0 {
             return;
         }
@@ -377,8 +377,9 @@ impl FragTable {
     }
 
     /// Forgets every datagram that came in on `port` or was admitted to it (the port went
-    /// away), handing their held fragments to `orphan`. Scans the table: control path only.
-    pub fn remove_port(&mut self, port: PortId, mut orphan: impl FnMut(FrameDesc)) {
+    /// away), handing their held fragments to `orphan` with the port they came in on. Scans
+    /// the table: control path only.
+    pub fn remove_port(&mut self, port: PortId, mut orphan: impl FnMut(FrameDesc, PortId)) {
         for i in 0..self.entries.len() {
             let e = &self.entries[i];
             let to_port = matches!(
@@ -392,14 +393,15 @@ impl FragTable {
         }
     }
 
-    fn drop_held(&mut self, i: usize, orphan: &mut impl FnMut(FrameDesc)) {
+    fn drop_held(&mut self, i: usize, orphan: &mut impl FnMut(FrameDesc, PortId)) {
+        let in_port = self.entries[i].key.in_port;
         for slot in self.held.iter_mut() {
             if let Some(h) = *slot
                 && h.entry as usize == i
             {
                 *slot = None;
                 self.held_len -= 1;
-                orphan(h.desc);
+                orphan(h.desc, in_port);
             }
         }
     }
@@ -528,9 +530,9 @@ mod tests {
             "the hold is full"
         );
         let mut orphans = Vec::new();
-        t.sweep(5, 64, |d| orphans.push(d.addr));
+        t.sweep(5, 64, |d, _| orphans.push(d.addr));
         assert!(orphans.is_empty(), "not expired yet");
-        t.sweep(10, 64, |d| orphans.push(d.addr));
+        t.sweep(10, 64, |d, _| orphans.push(d.addr));
         orphans.sort_unstable();
         assert_eq!(orphans, vec![1, 2]);
         assert_eq!((t.held(), t.len()), (0, 0));
@@ -550,10 +552,14 @@ mod tests {
         t.later(&key(7), piece(8, 8, false), desc(1), 0);
         t.first(&key(8), piece(0, 8, true), TO_4, 0, |_, _| {});
         let mut orphans = Vec::new();
-        t.remove_port(4, |d| orphans.push(d.addr));
+        t.remove_port(4, |d, port| orphans.push((d.addr, port)));
         assert_eq!(t.len(), 1, "the datagram admitted to port 4 is gone");
-        t.remove_port(3, |d| orphans.push(d.addr));
-        assert_eq!(orphans, vec![1]);
+        t.remove_port(3, |d, port| orphans.push((d.addr, port)));
+        assert_eq!(
+            orphans,
+            vec![(1, 3)],
+            "orphans come with the port they came in on"
+        );
         assert!(t.is_empty());
     }
 }

@@ -1,15 +1,17 @@
 //! bridgewall's dataplane.
 //!
 //! A sans-IO core — [`wire`] parsing, the L2 [`switch`], the [`flow`] table, the [`policy`]
-//! stage, the [`reject`] answers and the [`engine`] that drives them — which performs no I/O
-//! and is tested with in-memory ports, plus the I/O backends behind one [`phy::Port`] trait: AF_XDP
-//! ([`afxdp`]) and the in-memory port ([`phy::memory`]). The Wasm policy host lives in
+//! stage, the [`reject`] answers and the [`engine`] that drives them, with its verdict
+//! [`events`] and [`counters`] — which performs no I/O and is tested with in-memory ports,
+//! plus the I/O backends behind one [`phy::Port`] trait: AF_XDP ([`afxdp`]) and the
+//! in-memory port ([`phy::memory`]). The Wasm policy host lives in
 //! [`wasm`]; [`worker`] runs engines on threads.
 // The one place `unsafe` is allowed: raw rings, UMEM memory and the AF_XDP/BPF syscalls.
 #[allow(unsafe_code)]
 pub mod afxdp;
 pub mod counters;
 pub mod engine;
+pub mod events;
 pub mod flow;
 pub mod frag;
 pub mod phy;

@@ -5,6 +5,7 @@
 mod core_common;
 
 use core_common::*;
+use dataplane::counters::DropReason;
 use dataplane::engine::{Engine, EngineConfig};
 use dataplane::phy::memory::{MemoryPort, MemoryPortConfig};
 use dataplane::phy::{FreeList, HeapFrames, PortId};
@@ -231,5 +232,72 @@ fn answering_rejected_packets_allocates_nothing() {
         ALLOCATIONS.load(Ordering::Relaxed),
         0,
         "allocations on the reject path"
+    );
+}
+
+#[test]
+fn watched_and_audited_decisions_allocate_nothing() {
+    use dataplane::policy::{FnPolicy, PacketRecord, VerdictRecord};
+
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    let frames = 4096;
+    let mut mem = HeapFrames::new(frames, FRAME_SIZE);
+    let config = EngineConfig {
+        flow_capacity: 1 << 14,
+        audit: true,
+        ..Default::default()
+    };
+    let policy = Box::new(FnPolicy::new(1, |_: &PacketRecord| {
+        VerdictRecord::new(Action::Drop, 9)
+    }));
+    let (mut engine, mut ports) = engine_and_ports(config, policy, frames);
+    // New flows (decided, audited or denied) and repeats of the first ones (cached: passed
+    // while audited, denied from the flow table after).
+    let dgrams: Vec<Vec<u8>> = (0..4096)
+        .map(|i| udp_frame(OTHER, CHILD.mac, CHILD.ip, i, 53, &[0; 100]))
+        .collect();
+    let mut set: Vec<(PortId, &mut MemoryPort)> = ports
+        .iter_mut()
+        .enumerate()
+        .map(|(i, p)| (i as PortId, p))
+        .collect();
+    let counters = engine.counters();
+    let ring = engine.events();
+    ring.set_rate(u32::MAX, 100_000);
+    let watch = ring.subscribe();
+    let mut now = 0u64;
+    let mut round = |set: &mut Vec<(PortId, &mut MemoryPort)>, r: usize, now: &mut u64| {
+        engine.set_audit(r < 58);
+        let at = (r * 32) % 4096;
+        for f in dgrams[at..at + 32].iter().chain(&dgrams[..16]) {
+            set[usize::from(OTHER.port)].1.inject(f);
+        }
+        *now += 1_000_000;
+        for _ in 0..4 {
+            engine.drive(*now, &mut mem, set);
+        }
+    };
+    for r in 0..8 {
+        round(&mut set, r, &mut now);
+    }
+    // Nobody drains: the ring fills during the measured stretch, so both an event queued and
+    // an event lost are on it.
+    let before = counters.snapshot();
+    COUNTING.with(|c| c.set(true));
+    for r in 8..108 {
+        round(&mut set, r, &mut now);
+    }
+    COUNTING.with(|c| c.set(false));
+    let after = counters.snapshot();
+    assert_eq!(after.audit_denied - before.audit_denied, 50 * 32);
+    assert!(after.drops(DropReason::FlowDenied) > before.drops(DropReason::FlowDenied));
+    assert!(ring.lost() > 0, "{:?}", ring.stats());
+    assert_eq!(ring.emitted(), ring.capacity() as u64);
+    drop(watch);
+    assert_eq!(
+        ALLOCATIONS.load(Ordering::Relaxed),
+        0,
+        "allocations with events watched and audit switched"
     );
 }

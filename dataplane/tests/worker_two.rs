@@ -259,3 +259,61 @@ fn removing_a_port_hands_it_back_and_keeps_switching_the_rest() {
     });
     drop(dp.stop());
 }
+
+#[test]
+fn audit_switches_every_worker_and_each_reports_its_events() {
+    let deny = |_: usize| -> Box<dyn Policy> {
+        Box::new(FnPolicy::new(1, |_: &PacketRecord| {
+            VerdictRecord::new(Action::Drop, 42)
+        }))
+    };
+    let (dp, ports) = start(deny);
+    let rings = dp.events();
+    assert_eq!(rings.len(), 2, "one ring per worker");
+    let _watch: Vec<_> = rings.iter().map(|r| r.subscribe()).collect();
+    assert!(!dp.audit());
+    dp.set_audit(true);
+    assert!(dp.audit());
+    // Parent (worker 0) → child (worker 1) and child → other (worker 1): both denied by
+    // rule 42, both forwarded.
+    assert!(ports[PARENT.port as usize].inject(&tcp_frame(PARENT, CHILD, 6000, 80, 0x02, &[])));
+    assert!(ports[CHILD.port as usize].inject(&tcp_frame(CHILD, OTHER, 6001, 80, 0x02, &[])));
+    wait_until("both audited SYNs to pass", || {
+        !ports[CHILD.port as usize].take_sent().is_empty()
+            && !ports[OTHER.port as usize].take_sent().is_empty()
+    });
+    let audited: u64 = dp
+        .counters()
+        .iter()
+        .map(|c| c.snapshot().audit_denied)
+        .sum();
+    assert_eq!(audited, 2);
+    let mut events = Vec::new();
+    for r in &rings {
+        r.drain(&mut events);
+    }
+    events.sort_by_key(|e| e.in_port);
+    let seen: Vec<_> = events
+        .iter()
+        .map(|e| (e.in_port, e.out_port, e.rule, e.audit))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (PARENT.port, CHILD.port, 42, true),
+            (CHILD.port, OTHER.port, 42, true)
+        ]
+    );
+    // Enforced again: a new flow is dropped.
+    dp.set_audit(false);
+    assert!(ports[PARENT.port as usize].inject(&tcp_frame(PARENT, CHILD, 6002, 80, 0x02, &[])));
+    wait_until("the enforced SYN to be dropped", || {
+        dp.counters()
+            .iter()
+            .map(|c| c.snapshot().port(PARENT.port).denied)
+            .sum::<u64>()
+            == 1
+    });
+    assert!(ports[CHILD.port as usize].take_sent().is_empty());
+    drop(dp.stop());
+}

@@ -9,6 +9,7 @@ use anyhow::Context;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use rules_wasm::abi::proto;
 
+use crate::control::session::ControlPlane;
 use crate::lab::{Expect, Lab, Proto, StepResult};
 use crate::runtime::policy::{PacketSpec, TraceAnswer};
 use crate::runtime::{BridgeRuntime, RuntimeOptions};
@@ -255,6 +256,10 @@ pub struct LabRun {
     pub timeout: Duration,
     /// Keep everything up until Ctrl-C after the steps.
     pub hold: bool,
+    /// While held: serve the control API on this socket.
+    pub control_socket: Option<std::path::PathBuf>,
+    /// While held: serve Prometheus metrics on this address.
+    pub metrics: Option<std::net::SocketAddr>,
     /// Dataplane options (workers, state directory...).
     pub options: RuntimeOptions,
 }
@@ -276,7 +281,7 @@ pub fn lab(run: LabRun, stop: Arc<AtomicBool>) -> anyhow::Result<bool> {
         }
     }
     let host = lab.host_netns().context("the lab has no host namespace")?;
-    let rt = BridgeRuntime::start(host, lab.state().clone(), options)
+    let mut rt = BridgeRuntime::start(host, lab.state().clone(), options)
         .context("starting the dataplane on the lab's bridge")?;
     println!(
         "bridgewall took bridge {} in {}: gateway port {} + {} container ports, policy generation {} ({} rules, compiled to {} bytes of Wasm)",
@@ -313,9 +318,19 @@ pub fn lab(run: LabRun, stop: Arc<AtomicBool>) -> anyhow::Result<bool> {
             .tables(rt.state(), Some(rt.policy()), rt.gateway_ifname())
     );
     if run.hold && !stop.load(Ordering::Relaxed) {
+        let mut control =
+            ControlPlane::start(&rt, run.control_socket.as_deref(), run.metrics, None)
+                .context("serving the control API")?;
+        if let Some(p) = control.socket() {
+            println!("control API on {}", p.display());
+        }
+        if let Some(a) = run.metrics {
+            println!("Prometheus metrics on http://{a}/metrics");
+        }
         println!("lab is up with the dataplane; Ctrl-C to tear it down");
         while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(100));
+            control.tick(&mut rt);
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
     let report = rt.stop().context("stopping the dataplane")?;

@@ -7,17 +7,28 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::control::session::ControlPlane;
 use crate::docker::{TrackerConfig, TrackerHandle, TrackerStatus};
 use crate::netlink::Netns;
 use crate::runtime::host::HostWatch;
 use crate::runtime::{BridgeRuntime, RuntimeOptions};
 use crate::state::Snapshot;
 
+/// Where `run` serves its control API and metrics.
+#[derive(Clone, Debug, Default)]
+pub struct Surface {
+    /// The control socket; `None`: no control API.
+    pub socket: Option<std::path::PathBuf>,
+    /// The Prometheus endpoint's address; `None`: no metrics.
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
 /// Follows the engine of `cfg` and enforces its bridge's policy until `stop` is set.
 pub fn follow(
     cfg: TrackerConfig,
     netns: &Netns,
     options: RuntimeOptions,
+    surface: &Surface,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let address = cfg.address.to_string();
@@ -66,6 +77,27 @@ pub fn follow(
     for w in &rt.policy().warnings {
         println!("note: user rules: {w}");
     }
+    if rt.audit() {
+        println!(
+            "AUDIT mode: verdicts are counted and shown (monitor, stats), everything is forwarded"
+        );
+    }
+    let mut control = ControlPlane::start(
+        &rt,
+        surface.socket.as_deref(),
+        surface.metrics,
+        Some(tracker.metrics_shared()),
+    )
+    .context("serving the control API")?;
+    if let Some(p) = control.socket() {
+        println!(
+            "control API on {} (bridgewall rules|stats|monitor|trace|policy|capture|audit)",
+            p.display()
+        );
+    }
+    if let Some(a) = surface.metrics {
+        println!("Prometheus metrics on http://{a}/metrics");
+    }
     // `-i eth0` in a user rule means "routed through eth0": follow the routing table.
     let host_watch = match HostWatch::spawn(netns) {
         Ok(w) => Some(w),
@@ -80,6 +112,7 @@ pub fn follow(
     let mut status_seen = tracker.status();
     let mut starvation_checked = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        control.tick(&mut rt);
         if starvation_checked.elapsed() >= Duration::from_secs(5) {
             starvation_checked = std::time::Instant::now();
             for (port, times) in rt.newly_starved() {
@@ -101,7 +134,7 @@ pub fn follow(
         }
         let gen_seen = last.generation;
         if let Some(snap) =
-            tracker.wait_for(Duration::from_millis(200), |s| s.generation > gen_seen)
+            tracker.wait_for(Duration::from_millis(100), |s| s.generation > gen_seen)
         {
             crate::print::print_changes(Some(&last), &snap);
             let r = rt.apply(&snap);
@@ -145,6 +178,7 @@ pub fn follow(
             status_seen = status;
         }
     }
+    drop(control);
     println!("stopping: giving the bridge back");
     let state = rt.state().clone();
     let policy = rt.policy().clone();

@@ -9,8 +9,9 @@ use dataplane::wasm::{WasmConfig, WasmRuntime};
 use rules_wasm::abi::proto;
 use rules_wasm::docker::BridgeNetwork;
 
+use crate::control::api::TraceReport;
 use crate::lab::LabSpec;
-use crate::runtime::policy::{self, PacketSpec, UserModules, UserRules, action_name};
+use crate::runtime::policy::{self, PacketSpec, PolicyBuild, UserModules, UserRules, action_name};
 use crate::state::{BridgeState, GATEWAY_PORT};
 
 /// The bridge state a lab file describes, with the port ids [`crate::lab::Lab::build`]
@@ -109,13 +110,25 @@ pub fn trace(
     modules: &UserModules,
     q: &TraceQuery,
 ) -> anyhow::Result<bool> {
-    let (src, dst, proto_name, dport) = (q.src.as_str(), q.dst.as_str(), q.proto.as_str(), q.dport);
     let wasm = WasmRuntime::new(WasmConfig::default()).context("starting the Wasm host")?;
     let user_modules = modules.load(&wasm)?;
     let build = policy::build(&wasm, state, host, user, &user_modules, 1)?;
     for w in &build.warnings {
         println!("note: {}: {w}", user.origin);
     }
+    let report = explain(&build, state, q)?;
+    print_report(&report);
+    Ok(report.agree)
+}
+
+/// Which module, chain and rule of `build` decide the packet `q` describes, as rows for
+/// people (the offline `trace` and the running instance's both answer with this).
+pub fn explain(
+    build: &PolicyBuild,
+    state: &BridgeState,
+    q: &TraceQuery,
+) -> anyhow::Result<TraceReport> {
+    let (src, dst, proto_name, dport) = (q.src.as_str(), q.dst.as_str(), q.proto.as_str(), q.dport);
     let (src_ip, in_port) = endpoint(state, src)?;
     let (dst_ip, out_port) = endpoint(state, dst)?;
     if in_port == out_port {
@@ -132,46 +145,46 @@ pub fn trace(
         out_port,
     };
     let t = build.trace(&packet)?;
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED);
-    table.add_row(vec![
-        "packet".to_string(),
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let mut row = |a: &str, b: String| rows.push((a.to_string(), b));
+    row(
+        "packet",
         format!(
             "{src_ip} (port {in_port}) -> {dst_ip}:{dport} (port {out_port}) {proto_name}, first packet of a new flow"
         ),
-    ]);
-    table.add_row(vec!["verdict".to_string(), t.verdict().to_string()]);
+    );
+    row("verdict", t.verdict().to_string());
     if q.later_fragment {
         let follows = if t.verdict() == "accept" {
             "it passes, sent where the first fragment went"
         } else {
             "it is dropped too (fragment_denied)"
         };
-        table.add_row(vec![
-            "later fragment".to_string(),
+        row(
+            "later fragment",
             format!(
                 "no ports of its own: follows the first fragment (the packet above), so {follows}; \
                  before its first it is held up to 30 s, then dropped (fragment_orphan)"
             ),
-        ]);
+        );
     }
-    table.add_row(vec![
-        "module".to_string(),
+    row(
+        "module",
         t.compiled
             .module_name
             .clone()
             .unwrap_or_else(|| "(none decided: engine default)".into()),
-    ]);
-    table.add_row(vec![
-        "chain".to_string(),
+    );
+    row(
+        "chain",
         if t.by_user_module {
             "(a user module, before the compiled policy)".to_string()
         } else {
             t.chain.map_or("(default)".into(), |c| c.to_string())
         },
-    ]);
-    table.add_row(vec![
-        "rule".to_string(),
+    );
+    row(
+        "rule",
         format!(
             "{} {}",
             if t.reference_rule == rules_wasm::abi::RULE_NONE {
@@ -181,12 +194,21 @@ pub fn trace(
             },
             t.origin
         ),
-    ]);
+    );
     for line in build.logged(&t.record) {
-        table.add_row(vec!["logged by (LOG)".to_string(), line.to_string()]);
+        row("logged by (LOG)", line.to_string());
     }
-    table.add_row(vec![
-        "reference interpreter".to_string(),
+    for m in build.user_modules.iter().filter(|m| m.audit) {
+        row(
+            "audited module",
+            format!(
+                "{} (its verdicts are counted, not enforced)",
+                m.module.name()
+            ),
+        );
+    }
+    row(
+        "reference interpreter",
         if t.by_user_module {
             "not consulted: a user module decided".to_string()
         } else {
@@ -196,24 +218,40 @@ pub fn trace(
                 rule_id(t.reference_rule)
             )
         },
-    ]);
-    table.add_row(vec![
-        "compiled Wasm module".to_string(),
+    );
+    row(
+        "compiled Wasm module",
         format!(
             "{} by rule {}",
             action_name(t.compiled.action),
             rule_id(t.compiled.rule_id)
         ),
-    ]);
+    );
+    row("policy generation", build.generation.to_string());
+    Ok(TraceReport {
+        rows,
+        verdict: t.verdict().to_string(),
+        by_user_module: t.by_user_module,
+        agree: t.agree(),
+        notes: build.warnings.iter().map(|w| w.to_string()).collect(),
+    })
+}
+
+/// Prints a trace answer as a two-column table and a closing line.
+pub fn print_report(r: &TraceReport) {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    for (a, b) in &r.rows {
+        table.add_row(vec![a.clone(), b.clone()]);
+    }
     println!("{table}");
-    if t.by_user_module {
+    if r.by_user_module {
         println!("decided by a user module; the compiled policy was not reached");
-    } else if t.agree() {
+    } else if r.agree {
         println!("the compiled module and the reference interpreter agree");
     } else {
         println!("WARNING: the compiled module and the reference interpreter DISAGREE");
     }
-    Ok(t.agree())
 }
 
 fn rule_id(id: u32) -> String {

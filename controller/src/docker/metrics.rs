@@ -95,6 +95,18 @@ impl TrackerMetrics {
         summary(&self.receipt_to_snapshot)
     }
 
+    /// Engine start-event → snapshot published, as histogram buckets for the metrics.
+    pub fn start_to_snapshot_histogram(
+        &self,
+        bounds_ns: &[u64],
+    ) -> crate::metrics::LatencyHistogram {
+        match self.start_to_snapshot.lock() {
+            // The histogram counts microseconds.
+            Ok(h) => crate::metrics::LatencyHistogram::from_hdr(&h, 1000, bounds_ns),
+            Err(_) => crate::metrics::LatencyHistogram::with_bounds(bounds_ns),
+        }
+    }
+
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }

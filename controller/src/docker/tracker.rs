@@ -684,6 +684,11 @@ impl TrackerHandle {
     pub fn metrics(&self) -> &TrackerMetrics {
         &self.channels.metrics
     }
+
+    /// Latency and counters, shared (for a metrics endpoint that outlives a borrow).
+    pub fn metrics_shared(&self) -> Arc<TrackerMetrics> {
+        Arc::clone(&self.channels.metrics)
+    }
 }
 
 impl Drop for TrackerHandle {

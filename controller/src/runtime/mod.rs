@@ -17,17 +17,21 @@
 //! entered it ([`Netns::run_scoped`]).
 pub mod frames;
 pub mod host;
+mod live;
 pub mod policy;
 pub mod report;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use dataplane::afxdp::{
     AfXdpError, PollConfig, RingSizes, Umem, UmemConfig, UmemShare, XdpPort, XdpPortConfig,
 };
 use dataplane::engine::{EngineConfig, PortConfig};
 use dataplane::phy::SegmentId;
+use dataplane::phy::tap::{Tap, TapControl};
 use dataplane::policy::{Action, ConstPolicy, Policy};
 use dataplane::wasm::{WasmConfig, WasmRuntime};
 use dataplane::worker::{Dataplane, DataplaneConfig, FrameAccount, WorkerError};
@@ -101,6 +105,10 @@ pub struct RuntimeOptions {
     pub xdp: XdpPortConfig,
     /// Busy-poll vs. sleep of idle workers.
     pub poll: PollConfig,
+    /// Audit mode: verdicts counted and shown, everything forwarded.
+    pub audit: bool,
+    /// Where live rule edits are written (the rules file `user_rules` came from).
+    pub rules_path: Option<PathBuf>,
 }
 
 impl RuntimeOptions {
@@ -124,6 +132,8 @@ impl RuntimeOptions {
                 ..XdpPortConfig::default()
             },
             poll: PollConfig::default(),
+            audit: false,
+            rules_path: None,
         }
     }
 }
@@ -158,7 +168,15 @@ pub struct StopReport {
 pub struct BridgeRuntime {
     netns: Netns,
     /// Running while `Some`; taken by stop.
-    dataplane: Option<Dataplane<Umem, XdpPort>>,
+    dataplane: Option<Dataplane<Umem, Tap<XdpPort>>>,
+    /// Per port: the switch of its capture tap.
+    taps: BTreeMap<u16, Arc<TapControl>>,
+    /// When the dataplane started.
+    started: Instant,
+    /// Policy swaps so far: (count, total duration, last duration).
+    swaps: (u64, Duration, Duration),
+    /// Their durations, for the metrics.
+    swap_hist: crate::metrics::LatencyHistogram,
     /// Per UMEM segment: a handle on the socket that registered it, for the ports opened
     /// in it later.
     shares: Vec<Option<UmemShare>>,
@@ -274,6 +292,7 @@ impl BridgeRuntime {
             workers,
             engine: EngineConfig {
                 max_ports: opts.frames.max_ports,
+                audit: opts.audit,
                 ..EngineConfig::default()
             },
             poll: opts.poll,
@@ -285,6 +304,12 @@ impl BridgeRuntime {
         let mut rt = BridgeRuntime {
             netns,
             dataplane: None,
+            taps: BTreeMap::new(),
+            started: Instant::now(),
+            swaps: (0, Duration::ZERO, Duration::ZERO),
+            swap_hist: crate::metrics::LatencyHistogram::with_bounds(
+                crate::metrics::CONTROL_BOUNDS_NS,
+            ),
             shares: vec![Some(share)],
             segments,
             starved_seen: BTreeMap::new(),
@@ -310,6 +335,8 @@ impl BridgeRuntime {
             is_gateway: true,
             complete_checksums: true,
         };
+        let gateway = Tap::new(gateway);
+        rt.taps.insert(GATEWAY_PORT, gateway.control());
         let added = dp.add_port(gw_config, gateway, 0);
         rt.dataplane = Some(dp);
         added?;
@@ -599,7 +626,10 @@ impl BridgeRuntime {
         // A segment's ports share one worker, so most frames between them stay descriptors.
         let seg: SegmentId = dataplane::phy::Port::segment(&port);
         let owner = usize::from(seg) % dp.workers();
+        let port = Tap::new(port);
+        let tap = port.control();
         dp.add_port(config, port, owner)?;
+        self.taps.insert(a.port, tap);
         self.segments.joined(a.port, seg);
         self.attached.insert(a.container.clone(), a.clone());
         Ok(())
@@ -615,6 +645,9 @@ impl BridgeRuntime {
             }
         }
         self.segments.left(a.port);
+        if let Some(tap) = self.taps.remove(&a.port) {
+            tap.disarm();
+        }
         if let Some(t) = self.takeover.as_mut()
             && let Err(e) = t.release(&a.host_ifname)
         {
@@ -657,6 +690,7 @@ impl BridgeRuntime {
     /// Instantiates the current build once per worker (here, on the control thread) and
     /// hands the instances over; each worker swaps between two batches.
     fn install_policy(&mut self) -> Result<(), RuntimeError> {
+        let began = Instant::now();
         let dp = self.dataplane.as_ref().ok_or(WorkerError::WorkerGone(0))?;
         let chains = self
             .policy
@@ -671,6 +705,10 @@ impl BridgeRuntime {
                 generation,
             }),
         })?;
+        let took = began.elapsed();
+        self.swaps = (self.swaps.0 + 1, self.swaps.1 + took, took);
+        self.swap_hist
+            .observe(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
         Ok(())
     }
 }

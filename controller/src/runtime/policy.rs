@@ -59,7 +59,7 @@ pub enum PolicyError {
         reason: String,
     },
     /// wasmtime (or the ABI check) refused a user policy module.
-    #[error("policy module {path}: {error}")]
+    #[error("{}", module_message(path, error))]
     Module {
         /// The file.
         path: String,
@@ -68,12 +68,33 @@ pub enum PolicyError {
     },
 }
 
+/// wasmtime's refusal names the module by its file name; the path is added when it says
+/// more (a directory).
+fn module_message(path: &str, error: &LoadError) -> String {
+    if module_name(path) == path {
+        error.to_string()
+    } else {
+        format!("{error} (file {path})")
+    }
+}
+
 /// The user's own policy modules (`--module FILE.wasm`), in the order given: they run before
 /// the compiled Docker policy, which decides whatever they leave (`Continue`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UserModules {
-    /// (file name, module bytes).
-    files: Vec<(String, Vec<u8>)>,
+    /// (file name, module bytes, audit only).
+    files: Vec<(String, Vec<u8>, bool)>,
+}
+
+/// A user module loaded, with how it runs.
+#[derive(Clone, Debug)]
+pub struct LoadedModule {
+    /// The module, compiled by wasmtime.
+    pub module: PolicyModule,
+    /// Audit only: its verdicts are counted, never enforced (the rest of the chain decides).
+    pub audit: bool,
+    /// Its size in bytes (binary form).
+    pub bytes: usize,
 }
 
 impl UserModules {
@@ -81,37 +102,76 @@ impl UserModules {
     /// WebAssembly text format (`.wat`, or any file not starting with Wasm's magic bytes) is
     /// compiled to the binary format here, so `--module policy.wat` works as `.wasm` does.
     pub fn from_files(paths: &[std::path::PathBuf]) -> Result<UserModules, PolicyError> {
-        let files = paths
+        let mut m = UserModules::default();
+        for p in paths {
+            m.add_file(p, false)?;
+        }
+        Ok(m)
+    }
+
+    /// Adds the module in file `p` at the end of the chain; `audit`: counted, not enforced.
+    pub fn add_file(&mut self, p: &std::path::Path, audit: bool) -> Result<(), PolicyError> {
+        let path = p.display().to_string();
+        let bytes = std::fs::read(p).map_err(|source| PolicyError::ModuleFile {
+            path: path.clone(),
+            source,
+        })?;
+        self.add_bytes(&path, bytes, audit)
+    }
+
+    /// Adds a module given as bytes (binary or text format) under `name`.
+    pub fn add_bytes(
+        &mut self,
+        name: &str,
+        bytes: Vec<u8>,
+        audit: bool,
+    ) -> Result<(), PolicyError> {
+        let bytes = to_binary(name, bytes)?;
+        self.files.push((name.to_string(), bytes, audit));
+        Ok(())
+    }
+
+    /// Removes the module called `name` (its file name); whether there was one.
+    pub fn remove(&mut self, name: &str) -> bool {
+        let before = self.files.len();
+        self.files.retain(|(path, _, _)| module_name(path) != name);
+        self.files.len() != before
+    }
+
+    /// Whether a module called `name` is among them.
+    pub fn contains(&self, name: &str) -> bool {
+        self.files
             .iter()
-            .map(|p| {
-                let path = p.display().to_string();
-                let bytes = std::fs::read(p).map_err(|source| PolicyError::ModuleFile {
-                    path: path.clone(),
-                    source,
-                })?;
-                Ok((path.clone(), to_binary(&path, bytes)?))
-            })
-            .collect::<Result<_, PolicyError>>()?;
-        Ok(UserModules { files })
+            .any(|(path, _, _)| module_name(path) == name)
     }
 
     /// Compiles and checks every module once (ABI version, exports, imports, a probe batch);
     /// the first one refused is an error naming its file and what is wrong.
-    pub fn load(&self, wasm: &WasmRuntime) -> Result<Vec<PolicyModule>, PolicyError> {
+    pub fn load(&self, wasm: &WasmRuntime) -> Result<Vec<LoadedModule>, PolicyError> {
         self.files
             .iter()
-            .map(|(path, bytes)| {
-                let name = std::path::Path::new(path)
-                    .file_name()
-                    .map_or_else(|| path.clone(), |n| n.to_string_lossy().into_owned());
-                wasm.load(bytes, &name)
-                    .map_err(|error| PolicyError::Module {
-                        path: path.clone(),
-                        error,
-                    })
+            .map(|(path, bytes, audit)| {
+                let module =
+                    wasm.load(bytes, &module_name(path))
+                        .map_err(|error| PolicyError::Module {
+                            path: path.clone(),
+                            error,
+                        })?;
+                Ok(LoadedModule {
+                    module,
+                    audit: *audit,
+                    bytes: bytes.len(),
+                })
             })
             .collect()
     }
+}
+
+/// A module's name: its file name.
+pub fn module_name(path: &str) -> String {
+    std::path::Path::new(path)
+        .file_name()
+        .map_or_else(|| path.to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 /// Wasm's magic bytes: what a binary module starts with.
@@ -197,7 +257,9 @@ pub struct PolicyBuild {
     /// The module, compiled by wasmtime; each worker instantiates it.
     pub module: PolicyModule,
     /// The user's own modules, run before `module` (loaded once, shared by every build).
-    pub user_modules: Vec<PolicyModule>,
+    pub user_modules: Vec<LoadedModule>,
+    /// Per flat user rule (the first rules of `ruleset`): the line of the rules text.
+    pub user_lines: Vec<usize>,
     /// What the rules were accepted with a caveat for (Docker's chains skipped on import, a
     /// chain nothing jumps to), for the person running bridgewall.
     pub warnings: Vec<Warning>,
@@ -254,7 +316,7 @@ pub fn build(
     state: &BridgeState,
     host: &HostView,
     user: &UserRules,
-    user_modules: &[PolicyModule],
+    user_modules: &[LoadedModule],
     generation: u64,
 ) -> Result<PolicyBuild, PolicyError> {
     let parsed = parse_full(
@@ -266,6 +328,7 @@ pub fn build(
         origin: user.origin.clone(),
         error,
     })?;
+    let user_lines = parsed.lines;
     let ruleset = docker_ruleset(&state.network, parsed.rules, generation);
     let logs = parsed
         .logs
@@ -307,6 +370,7 @@ pub fn build(
         compiled,
         module,
         user_modules: user_modules.to_vec(),
+        user_lines,
         warnings: parsed.warnings,
         logs,
         limits,
@@ -465,7 +529,8 @@ impl PacketSpec {
 impl PolicyBuild {
     /// The chain every worker runs: the user's modules, then the compiled Docker policy.
     pub fn chain(&self) -> Vec<PolicyModule> {
-        let mut all = self.user_modules.clone();
+        let mut all: Vec<PolicyModule> =
+            self.user_modules.iter().map(|m| m.module.clone()).collect();
         all.extend(self.limits.iter().map(|l| l.module.clone()));
         all.push(self.module.clone());
         all
@@ -497,6 +562,9 @@ impl PolicyBuild {
             .map(|_| {
                 let mut c = PolicyChain::instantiate_observed(self.generation, &chain, &observers)?;
                 c.set_counts_source_conns(counts);
+                for (stage, m) in self.user_modules.iter().enumerate() {
+                    c.set_audit(stage, m.audit);
+                }
                 Ok(c)
             })
             .collect()
@@ -536,9 +604,19 @@ impl PolicyBuild {
     /// run, and — when the compiled Docker policy decides — also by the reference interpreter.
     pub fn trace(&self, packet: &PacketSpec) -> Result<TraceAnswer, LoadError> {
         let record = packet.record();
-        let compiled = trace_fresh(self.generation, &self.chain(), &record)?;
+        // An audited module never decides: the chain the trace walks leaves it out.
+        let enforcing: Vec<PolicyModule> = self
+            .user_modules
+            .iter()
+            .filter(|m| !m.audit)
+            .map(|m| m.module.clone())
+            .collect();
+        let users = enforcing.len();
+        let mut chain = enforcing;
+        chain.extend(self.chain().into_iter().skip(self.user_modules.len()));
+        let compiled = trace_fresh(self.generation, &chain, &record)?;
         if let Some(i) = compiled.module_index
-            && i < self.user_modules.len()
+            && i < users
         {
             // A user module decided: the rule model knows nothing of its rules.
             let name = compiled.module_name.clone().unwrap_or_default();

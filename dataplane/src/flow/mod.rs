@@ -21,10 +21,12 @@ use sources::{NO_SLOT, SourceCounts};
 use state::TimeoutTable;
 pub use state::{ConnState, Dir, FinSeen, Timeouts, tcp_transition};
 
+use crate::counters::Counters;
 use crate::phy::PortId;
 use crate::wire::{Fragment, Parsed, Tuple};
 use rules_wasm::abi::{RejectWith, proto};
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 /// Slots per bucket; a key may occupy any slot of its two buckets, which bounds every lookup
 /// and insert to `2 * BUCKET_SLOTS` slots.
@@ -162,6 +164,9 @@ pub struct FlowEntry {
     /// through a published port, DNATed by the host's kernel): replies must go back through
     /// the host too, whose conntrack un-NATs them.
     pub via_host: bool,
+    /// Admitted only because audit mode did not enforce the policy's denial: once audit mode
+    /// is off the flow goes back to the policy as new, so it does not outlive the audit.
+    pub audited: bool,
     /// The next and previous admitted flow of the same originator address (slots), for
     /// `-m connlimit`'s counts; `u32::MAX` at the ends.
     pub src_next: u32,
@@ -229,6 +234,7 @@ const EMPTY_ENTRY: FlowEntry = FlowEntry {
     expires_at: 0,
     ports: [0; 2],
     via_host: false,
+    audited: false,
     src_next: NO_SLOT,
     src_prev: NO_SLOT,
 };
@@ -288,6 +294,9 @@ pub struct FlowTable {
     stats: FlowStats,
     /// Admitted flows held per originator address (`-m connlimit`).
     sources: SourceCounts,
+    /// Where each originating port's flow gauge ([`crate::counters::PortCounters::flows`])
+    /// is kept, if anywhere.
+    gauges: Option<Arc<Counters>>,
 }
 
 /// Most flows of one source [`FlowTable::conns_from`] walks to count the live ones.
@@ -332,7 +341,42 @@ impl FlowTable {
             sweep_hand: 0,
             stats: FlowStats::default(),
             sources: SourceCounts::new(cap, seed[2]),
+            gauges: None,
         }
+    }
+
+    /// Keeps each port's live-flow gauge in `counters` (`PortCounters::flows`, by the port
+    /// the flow's originator entered by) as flows are inserted, replaced, expire, are evicted
+    /// or removed, so `stats` can show flows per container without scanning the table. The
+    /// flows already held are counted now. The table's thread must be the counters' writer.
+    pub fn count_by_port(&mut self, counters: Arc<Counters>) {
+        self.gauges = Some(counters);
+        for s in 0..self.capacity() {
+            if self.tags[s] != 0 {
+                self.gauge(s, true);
+            }
+        }
+    }
+
+    /// Moves the gauge of slot `s`'s originating port up (a flow arrived) or down (it left).
+    #[inline(always)]
+    fn gauge(&self, s: usize, up: bool) {
+        if let Some(c) = &self.gauges
+            && let Some(p) = c.port(self.entries[s].ports[0])
+        {
+            if up {
+                p.flows.add(1);
+            } else {
+                p.flows.sub(1);
+            }
+        }
+    }
+
+    /// Marks the flow in `slot` as admitted by audit mode (or not): see
+    /// [`FlowEntry::audited`]. The engine calls it after each [`FlowTable::decide`].
+    #[inline]
+    pub fn mark_audited(&mut self, slot: usize, audited: bool) {
+        self.entries[slot].audited = audited;
     }
 
     /// Live admitted flows whose originator is `src` (a record's 16-byte address), closed TCP
@@ -445,6 +489,7 @@ impl FlowTable {
 
     #[inline(always)]
     fn remove_slot(&mut self, s: usize) {
+        self.gauge(s, false);
         self.uncount(s);
         self.tags[s] = 0;
         self.len -= 1;
@@ -566,14 +611,17 @@ impl FlowTable {
                 self.count(s);
                 return s;
             }
+            self.gauge(s, false);
             self.uncount(s);
             self.entries[s] = self.new_entry(k, pkt, d, now);
             self.count(s);
+            self.gauge(s, true);
             return s;
         }
         let s = self.free_slot(k, now);
         self.entries[s] = self.new_entry(k, pkt, d, now);
         self.count(s);
+        self.gauge(s, true);
         self.tags[s] = Self::tag(k.hash);
         self.len += 1;
         self.stats.inserts += 1;
@@ -604,6 +652,7 @@ impl FlowTable {
             expires_at: now.saturating_add(ttl),
             ports: pkt.ports,
             via_host: pkt.via_host,
+            audited: false,
             src_next: NO_SLOT,
             src_prev: NO_SLOT,
         }
@@ -678,6 +727,11 @@ impl FlowTable {
 
     /// Removes every flow (e.g. a full policy reload that must not trust cached verdicts).
     pub fn clear(&mut self) {
+        for s in 0..self.capacity() {
+            if self.tags[s] != 0 {
+                self.gauge(s, false);
+            }
+        }
         self.tags.fill(0);
         self.len = 0;
         self.sources.clear();
@@ -863,5 +917,74 @@ mod tests {
         assert_eq!(ft.remove_port(4), 1);
         assert_eq!(ft.len(), 1);
         assert!(ft.peek(&ft.hash_tuple(&a), 1).is_none());
+    }
+
+    #[test]
+    fn port_gauges_follow_flows_in_and_out() {
+        let counters = Arc::new(Counters::new(8));
+        let flows_of = |port: PortId| counters.port(port).unwrap().flows.get();
+        let t = Timeouts::default();
+        let mut ft = FlowTable::new(64, &t);
+        let a = tuple(1, 1, 2);
+        ft.decide(
+            &ft.hash_tuple(&a),
+            &first(a, tcp_flags::SYN),
+            ACCEPT,
+            true,
+            0,
+        );
+        // Flows held before the gauges were attached are counted then.
+        ft.count_by_port(Arc::clone(&counters));
+        assert_eq!(flows_of(1), 1);
+        let b = tuple(2, 1, 2);
+        let mut pb = first(b, tcp_flags::SYN);
+        pb.ports = [3, 4];
+        ft.decide(&ft.hash_tuple(&b), &pb, ACCEPT, true, 0);
+        assert_eq!((flows_of(1), flows_of(3), flows_of(4)), (1, 1, 0));
+        // The reply's side takes the flow over as a new one: the gauge moves with it.
+        let r = reverse(&b);
+        let mut pr = first(r, tcp_flags::SYN);
+        pr.ports = [4, 3];
+        let deny = Decision {
+            verdict: Verdict {
+                accept: false,
+                rule: 9,
+                reject: None,
+            },
+            generation: 2,
+        };
+        ft.decide(&ft.hash_tuple(&r), &pr, deny, true, 1);
+        assert_eq!((flows_of(3), flows_of(4)), (0, 1));
+        // Expiry, removal of a port's flows, and clearing all bring the gauges down.
+        assert_eq!(ft.remove_port(3), 1);
+        assert_eq!(flows_of(4), 0);
+        let syn_sent = t.tcp_syn_sent.as_nanos() as u64;
+        ft.sweep(syn_sent, 64);
+        assert_eq!(flows_of(1), 0);
+        ft.decide(
+            &ft.hash_tuple(&a),
+            &first(a, tcp_flags::SYN),
+            ACCEPT,
+            true,
+            0,
+        );
+        assert_eq!(flows_of(1), 1);
+        ft.clear();
+        assert_eq!(flows_of(1), 0);
+    }
+
+    #[test]
+    fn audited_marks_stick_until_redecided() {
+        let mut ft = FlowTable::new(64, &Timeouts::default());
+        let a = tuple(1, 1, 2);
+        let k = ft.hash_tuple(&a);
+        let s = ft.decide(&k, &first(a, tcp_flags::SYN), ACCEPT, true, 0);
+        assert!(!ft.entry(s).audited);
+        ft.mark_audited(s, true);
+        assert!(ft.peek(&k, 1).unwrap().audited);
+        let s = ft.decide(&k, &first(a, tcp_flags::SYN), ACCEPT, false, 1);
+        assert!(ft.entry(s).audited, "decide leaves the mark to the engine");
+        ft.mark_audited(s, false);
+        assert!(!ft.entry(s).audited);
     }
 }

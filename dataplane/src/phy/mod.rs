@@ -8,7 +8,9 @@
 //! fill/RX/TX/completion queues, or a batch in flight; [`Port::frames_held`] lets tests and
 //! metrics prove that none is lost.
 pub mod memory;
+pub mod pcap;
 pub mod reorder;
+pub mod tap;
 
 /// Index of a dataplane port. The wire ABI carries it as a u16.
 pub type PortId = u16;

@@ -9,6 +9,11 @@
 //! never decide. Each observer's module answers `Accept` for the records that reach its LOG
 //! rule; the chain counts them (the module's `accepted` counter) and logs them through a
 //! token bucket, like the guests' `bw.log`, so a flood costs a bounded number of lines.
+//!
+//! A stage may be *audited* ([`PolicyChain::set_audit`]): it runs and is counted, but none
+//! of its verdicts takes effect — the records go on to the next stage as if it had said
+//! `Continue` — and its denials are counted as `audit_denied`. So a user's new module can be
+//! tried on live traffic, showing what it would drop, before it decides anything.
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -62,6 +67,8 @@ pub struct PolicyChain {
     observers: Vec<Observer>,
     /// Whether a module reads `src_conns` (see [`Policy::counts_source_conns`]).
     counts_source_conns: bool,
+    /// Per stage: audited (its verdicts never take effect).
+    audited: Vec<bool>,
 }
 
 impl PolicyChain {
@@ -70,6 +77,7 @@ impl PolicyChain {
     pub fn new(generation: u64, stages: Vec<PolicyInstance>) -> Self {
         Self {
             generation,
+            audited: vec![false; stages.len()],
             stages,
             decided_by: [DECIDED_BY_NONE; MAX_BATCH],
             pending: [0; MAX_BATCH],
@@ -85,6 +93,22 @@ impl PolicyChain {
     /// policies it compiles.
     pub fn set_counts_source_conns(&mut self, on: bool) {
         self.counts_source_conns = on;
+    }
+
+    /// Audits stage `stage` (`on`) or lets it decide again: an audited stage's verdicts all
+    /// become `Continue`, so the stages after it decide, and its Drops and Rejects are
+    /// counted in its module's `audit_denied`. Observers are not stages and are unaffected.
+    /// An index beyond the stages is ignored. Call on the control thread, before the chain
+    /// is handed to its worker.
+    pub fn set_audit(&mut self, stage: usize, on: bool) {
+        if let Some(a) = self.audited.get_mut(stage) {
+            *a = on;
+        }
+    }
+
+    /// Whether stage `stage` is audited.
+    pub fn audited(&self, stage: usize) -> bool {
+        self.audited.get(stage).copied().unwrap_or(false)
     }
 
     /// Instantiates every module and every observer (a LOG rule's module, with its prefix).
@@ -181,6 +205,9 @@ impl PolicyChain {
 
         // The first stage sees the whole batch directly, no copy; it writes every verdict.
         first.evaluate(records, verdicts);
+        if self.audited.first().copied().unwrap_or(false) {
+            audit(first, verdicts);
+        }
         if rest.is_empty() {
             // One stage (the usual compiled policy alone): no pending list to build.
             for (d, v) in self.decided_by.iter_mut().zip(verdicts.iter()) {
@@ -219,6 +246,9 @@ impl PolicyChain {
                 &self.scratch_records[..pending],
                 &mut self.scratch_verdicts[..pending],
             );
+            if self.audited.get(k + 1).copied().unwrap_or(false) {
+                audit(stage, &mut self.scratch_verdicts[..pending]);
+            }
             let mut still = 0;
             for j in 0..pending {
                 let i = self.pending[j];
@@ -258,6 +288,17 @@ impl Policy for PolicyChain {
             }
         }
     }
+}
+
+/// Takes an audited stage's `verdicts` out of effect: counts its denials in its module's
+/// `audit_denied` and turns every verdict into `Continue`. Once per batch, no allocation.
+fn audit(stage: &PolicyInstance, verdicts: &mut [VerdictRecord]) {
+    let denied = verdicts
+        .iter()
+        .filter(|v| matches!(v.action, Action::Drop | Action::Reject))
+        .count();
+    ModuleCounters::add(&stage.module().inner().counters.audit_denied, denied as u64);
+    verdicts.fill(VerdictRecord::CONTINUE);
 }
 
 /// One LOG line, in the shape of iptables' kernel log (`PREFIX IN= OUT= SRC= DST= PROTO=

@@ -21,6 +21,7 @@ pub struct ModuleCounters {
     pub(crate) logs: AtomicU64,
     pub(crate) logs_suppressed: AtomicU64,
     pub(crate) over_limit: AtomicU64,
+    pub(crate) audit_denied: AtomicU64,
 }
 
 /// A point-in-time copy of [`ModuleCounters`], for metrics and tests.
@@ -57,6 +58,10 @@ pub struct ModuleCountersSnapshot {
     /// For a rate-limited rule's module: records that matched the rule over its rate (and
     /// went on to the rest of the chain).
     pub over_limit: u64,
+    /// Records the module decided Drop or Reject while audited in its chain
+    /// ([`crate::wasm::PolicyChain::set_audit`]): denials that did not take effect, so the
+    /// rest of the chain decided. Also counted in `dropped` / `rejected`.
+    pub audit_denied: u64,
 }
 
 impl ModuleCounters {
@@ -78,6 +83,7 @@ impl ModuleCounters {
             logs: self.logs.load(Relaxed),
             logs_suppressed: self.logs_suppressed.load(Relaxed),
             over_limit: self.over_limit.load(Relaxed),
+            audit_denied: self.audit_denied.load(Relaxed),
         }
     }
 

@@ -35,6 +35,7 @@ use crossbeam::queue::ArrayQueue;
 use crate::afxdp::{PollConfig, Umem, XdpPort};
 use crate::counters::Counters;
 use crate::engine::{Engine, EngineConfig, EngineError, PortConfig};
+use crate::events::EventRing;
 use crate::phy::memory::MemoryPort;
 use crate::phy::{FrameDesc, FrameMemory, FreeList, Port, PortFrames, PortId, SegmentId};
 use crate::policy::Policy;
@@ -265,6 +266,8 @@ struct WorkerHandle<P> {
     control: Sender<Control<P>>,
     shared: Arc<Shared>,
     counters: Arc<Counters>,
+    events: Arc<EventRing>,
+    audit: Arc<AtomicBool>,
     thread: Option<JoinHandle<Vec<P>>>,
 }
 
@@ -323,7 +326,8 @@ where
                 policy(index),
                 FreeList::with_capacity(total),
             );
-            let counters = engine.counters();
+            let (counters, events, audit) =
+                (engine.counters(), engine.events(), engine.audit_switch());
             let (ctl_tx, ctl_rx) = channel::unbounded();
             let worker = Worker::new(thread::WorkerParts {
                 index,
@@ -345,6 +349,8 @@ where
                     control: ctl_tx,
                     shared,
                     counters,
+                    events,
+                    audit,
                     thread: None,
                 },
             ));
@@ -514,6 +520,28 @@ where
             .iter()
             .map(|w| Arc::clone(&w.counters))
             .collect()
+    }
+
+    /// Each worker's verdict events, for `monitor`: subscribe to every ring and drain them
+    /// on the control thread (each worker emits within its own rate limit).
+    pub fn events(&self) -> Vec<Arc<EventRing>> {
+        self.workers.iter().map(|w| Arc::clone(&w.events)).collect()
+    }
+
+    /// Switches audit mode on every worker (see [`EngineConfig::audit`]): each reads the
+    /// switch at its next batch, with no message round trip, so it works even while a
+    /// worker is busy.
+    pub fn set_audit(&self, on: bool) {
+        for w in &self.workers {
+            w.audit.store(on, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether audit mode is on (as last set; every worker follows within a batch).
+    pub fn audit(&self) -> bool {
+        self.workers
+            .first()
+            .is_some_and(|w| w.audit.load(Ordering::Relaxed))
     }
 
     /// Where every frame is. Exact when no traffic is moving; under traffic a frame can be

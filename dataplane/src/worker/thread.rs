@@ -315,6 +315,7 @@ impl<M: FrameMemory, P: WorkerPort<M>> Worker<M, P> {
         // Re-check after announcing sleep, so a hand-off pushed just before is not missed.
         if self.shared.inbox.is_empty() && self.control.is_empty() {
             let r = &mut self.rounds;
+            let slept = std::time::Instant::now();
             let res = ready.wait(self.poll.sleep_timeout, |token| {
                 if token != WAKE_TOKEN
                     && let Some(i) = r.slot.get(token)
@@ -327,6 +328,8 @@ impl<M: FrameMemory, P: WorkerPort<M>> Worker<M, P> {
             for &i in &r.carry {
                 r.marked[i] = false;
             }
+            let ns = u64::try_from(slept.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.engine.counters().sleep_ns.add(ns);
             match res {
                 Ok(n) if n > 0 => self.rounds.idle = 0,
                 Ok(_) => {}

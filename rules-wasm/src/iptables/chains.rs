@@ -68,6 +68,9 @@ pub struct LimitRule {
 pub struct Flat {
     /// The flat USER chain, in evaluation order.
     pub rules: Vec<Rule>,
+    /// Per flat rule (same order): the line of the text it was written on, so a listing
+    /// can name the line and a live edit can remove it.
+    pub lines: Vec<usize>,
     /// The LOG rules, in order.
     pub logs: Vec<LogRule>,
     /// The rate-limited deciding rules, in order.
@@ -145,6 +148,7 @@ impl Program {
         let mut w = Walk {
             program: self,
             out: Vec::new(),
+            lines: Vec::new(),
             logs: Vec::new(),
             limits: Vec::new(),
             stack: Vec::new(),
@@ -166,6 +170,7 @@ impl Program {
             .collect();
         Ok(Flat {
             rules: w.out,
+            lines: w.lines,
             logs: w.logs,
             limits: w.limits,
             warnings,
@@ -245,6 +250,8 @@ impl Program {
 struct Walk<'a> {
     program: &'a Program,
     out: Vec<Rule>,
+    /// The line of each rule of `out`.
+    lines: Vec<usize>,
     logs: Vec<LogRule>,
     limits: Vec<LimitRule>,
     stack: Vec<usize>,
@@ -381,6 +388,7 @@ impl Walk<'_> {
             m.iter()
                 .map(|m| Rule::new(Chain::User, *m, t, st.origin.clone())),
         );
+        self.lines.resize(self.out.len(), st.line);
         Ok(())
     }
 }

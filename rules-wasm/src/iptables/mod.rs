@@ -73,12 +73,21 @@ pub struct UserRules {
 pub struct Parsed {
     /// The flat USER chain, in evaluation order.
     pub rules: Vec<Rule>,
+    /// Per flat rule: the line of the text it was written on.
+    pub lines: Vec<usize>,
     /// The `-j LOG` rules, each as the rule set that says whether a packet reached it.
     pub logs: Vec<LogRule>,
     /// The rate-limited deciding rules (`-m limit -j ACCEPT`), run before the policy.
     pub limits: Vec<LimitRule>,
     /// Warnings, in line order.
     pub warnings: Vec<Warning>,
+}
+
+/// The words of a rule line as the parser reads them (shell quoting, a `#` comment ends
+/// the line), so a tool editing rules text can compare a rule with what a person typed;
+/// `Err(n)`: the `n`th word opens a quote it never closes.
+pub fn words(line: &str) -> Result<Vec<String>, usize> {
+    tokens::tokenize(line).map(|t| t.into_iter().map(|t| t.text).collect())
 }
 
 /// Parses `text` (rule lines or `iptables-save` output) into a fresh USER rule list.
@@ -102,6 +111,7 @@ pub fn parse_full(
     warnings.append(&mut flat.warnings);
     Ok(Parsed {
         rules: flat.rules,
+        lines: flat.lines,
         logs: flat.logs,
         limits: flat.limits,
         warnings,
