@@ -12,18 +12,16 @@
 //! bridgewall (the engine and the compiled policy on the same ports). Grows by adding a
 //! `Path` (a bridge with iptables rule sets) or a `Workload` (TCP, latency) — the loop,
 //! sampling and output stay.
-#[path = "../dataplane/tests/common/mod.rs"]
-mod common;
 mod support;
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use common::forwarder::{Forwarder, ForwarderOptions};
-use common::netns::Trio;
 use dataplane::afxdp::{PollConfig, Umem, UmemConfig, XdpPort, XdpPortConfig, enter_netns};
 use dataplane::engine::PortConfig;
 use dataplane::policy::{Action, ConstPolicy, Policy};
+use dataplane::sim::forwarder::{Forwarder, ForwarderOptions};
+use dataplane::sim::netns::Trio;
 use dataplane::wasm::{PolicyChain, WasmConfig, WasmRuntime};
 use dataplane::worker::{Dataplane, DataplaneConfig};
 use rules_wasm::compiler::compile;
@@ -306,7 +304,7 @@ const WORKLOADS: [Workload; 2] = [
 ];
 
 /// UDP checksum errors counted in `ns`.
-fn udp_csum_errors(ns: &common::netns::Netns) -> Result<u64> {
+fn udp_csum_errors(ns: &dataplane::sim::netns::Netns) -> Result<u64> {
     let snmp = ns.exec(&["cat", "/proc/net/snmp"]);
     let lines: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Udp:")).collect();
     let names: Vec<&str> = lines

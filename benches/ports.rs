@@ -8,19 +8,17 @@
 //! Runs as root; builds (and removes) its own namespaces. Settings by environment:
 //! `BW_PORTS_COUNTS` (default `1,10,100,1000`), `BW_PORTS_SECS` (seconds per rate run,
 //! default 3), `BW_PORTS_ROUNDS` (default 3).
-#[path = "../dataplane/tests/common/mod.rs"]
-mod common;
 mod support;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use common::netns::Trio;
 use dataplane::afxdp::{PollConfig, Umem, UmemConfig, UmemShare, XdpPort, XdpPortConfig};
 use dataplane::engine::{EngineConfig, PortConfig};
 use dataplane::phy::SegmentId;
 use dataplane::policy::{Action, ConstPolicy};
+use dataplane::sim::netns::Trio;
 use dataplane::worker::{Dataplane, DataplaneConfig};
 use support::{FORWARDER_CPU, Sender, cpu_sample, ipv4, mac_of, rx_packets, udp_frame};
 
@@ -76,7 +74,7 @@ fn run_count(ports: usize, secs: u64) -> Result<Sample> {
         }
         let path = std::env::temp_dir().join(format!("bw-ports-{}.batch", std::process::id()));
         std::fs::write(&path, batch)?;
-        common::netns::ip(&["-n", &trio.m.name, "-batch", &path.to_string_lossy()]);
+        dataplane::sim::netns::ip(&["-n", &trio.m.name, "-batch", &path.to_string_lossy()]);
         let _ = std::fs::remove_file(&path);
     }
     let (mac_a, mac_b) = (mac_of(&trio.a, "va")?, mac_of(&trio.b, "vb")?);

@@ -1,6 +1,6 @@
 //! What the end-to-end benchmarks share: frame building, an AF_XDP TX blaster as the
 //! traffic generator, CPU and interface counters. Each bench file includes it with
-//! `mod support;` (and the test helpers as `mod common;`).
+//! `mod support;` (the namespace tooling and the raw forwarder come from `dataplane::sim`).
 #![allow(dead_code, unreachable_pub)]
 
 use std::sync::Arc;
@@ -53,11 +53,12 @@ pub fn udp_frame(
         *b = i as u8;
     }
     f[40..42].copy_from_slice(&[0x12, 0x34]); // non-zero: completed by the checksum helper below
-    crate::common::csum::complete_l4_checksum(&mut f);
+    let parsed = dataplane::wire::parse(&f).expect("a valid UDP frame");
+    dataplane::wire::complete_l4_checksum(&mut f, &parsed);
     f
 }
 
-pub fn mac_of(ns: &crate::common::netns::Netns, ifname: &str) -> Result<[u8; 6]> {
+pub fn mac_of(ns: &dataplane::sim::netns::Netns, ifname: &str) -> Result<[u8; 6]> {
     let out = ns.ip(&["-o", "link", "show", ifname]);
     let addr = out
         .split_whitespace()
@@ -196,7 +197,7 @@ pub fn cpu_sample() -> Result<CpuSample> {
 }
 
 /// RX packets of `ifname` in namespace `ns` (from its /proc/net/dev).
-pub fn rx_packets(ns: &crate::common::netns::Netns, ifname: &str) -> Result<u64> {
+pub fn rx_packets(ns: &dataplane::sim::netns::Netns, ifname: &str) -> Result<u64> {
     let dev = ns.exec(&["cat", "/proc/net/dev"]);
     let line = dev
         .lines()

@@ -10,6 +10,7 @@ pub mod lab;
 pub mod metrics;
 pub mod netlink;
 pub mod print;
+pub mod private_file;
 pub mod runtime;
 pub mod state;
 pub mod takeover;

@@ -36,6 +36,14 @@ pub fn print_changes(prev: Option<&Snapshot>, snap: &Snapshot) {
     if old.network.icc != new.network.icc {
         println!("icc is now {}", new.network.icc);
     }
+    for u in &new.unplaced {
+        if !old.unplaced.iter().any(|o| o.container == u.container) {
+            println!(
+                "! {} cut off: no dataplane port left (raise --max-containers)",
+                u.container
+            );
+        }
+    }
 }
 
 fn ips(v: &[std::net::IpAddr]) -> String {
@@ -110,4 +118,15 @@ pub fn print_state(state: &BridgeState) {
         ]);
     }
     println!("{t}");
+    if !state.unplaced.is_empty() {
+        let names: Vec<&str> = state
+            .unplaced
+            .iter()
+            .map(|u| u.container.as_str())
+            .collect();
+        println!(
+            "cut off, no dataplane port left (raise --max-containers): {}",
+            names.join(", ")
+        );
+    }
 }

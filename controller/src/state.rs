@@ -21,7 +21,15 @@ pub struct BridgeState {
     pub network: BridgeNetwork,
     /// Per container (same order as `network.containers`): where it plugs in.
     pub attachments: Vec<Attachment>,
+    /// Containers on the network that got no dataplane port (more than `--max-containers`):
+    /// their veths are taken off the bridge but not attached — cut off, never left on the
+    /// kernel bridge where bridgewall's policy would not see them. Their `port` is
+    /// [`UNPLACED`].
+    pub unplaced: Vec<Attachment>,
 }
+
+/// The port id of a container that got none (see [`BridgeState::unplaced`]).
+pub const UNPLACED: PortId = PortId::MAX;
 
 /// Where one container plugs into the bridge.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -31,8 +31,15 @@ pub enum DropReason {
     /// A cached denied flow: the policy said Drop or Reject for this flow recently (a
     /// rejected flow's packets are answered as its first was).
     FlowDenied,
-    /// An IP packet from a container port with a source address not registered for it.
+    /// An IP packet from a container port with a source address not registered for it
+    /// (IPv6 link-local sources aside), or an ARP packet whose sender address is neither
+    /// one of the port's nor 0.0.0.0: neighbour discovery and ARP included, which the
+    /// bridge switches without the policy.
     SpoofedSource,
+    /// A frame from a container port whose Ethernet source, or ARP sender hardware
+    /// address, is not a MAC registered for the port: a container announcing another's MAC
+    /// could draw that one's traffic.
+    SpoofedMac,
     /// An ethertype other than ARP/IPv4/IPv6 while the engine is configured to drop those.
     NonIpBlocked,
     /// The egress port's transmit queue was full.
@@ -49,14 +56,23 @@ pub enum DropReason {
     FragmentOverlap,
     /// No room to track the fragment's datagram, or to hold it until its first fragment.
     FragmentTableFull,
+    /// The policy admitted a new flow but the flow table refused it: every slot it could
+    /// take held a confirmed connection of a port within its fair share of the table, which
+    /// a newcomer must not cut (see [`crate::flow::FlowTable::decide`]). The packet is
+    /// dropped because its flow's replies could not be recognised; its sender retries.
+    FlowTableFull,
     /// A container's broadcast or flood that the host's bridge echoed back through the
     /// gateway port (hairpin mode): already delivered once.
     EchoedFlood,
+    /// An IPv6 router advertisement or redirect from a container's port: on Docker's bridge
+    /// the gateway is the router, and a container announcing itself as one would take its
+    /// neighbours' traffic.
+    RouterMessage,
 }
 
 impl DropReason {
     /// Number of distinct reasons (the size of the counter array).
-    pub const COUNT: usize = Malformed::ALL.len() + 16;
+    pub const COUNT: usize = Malformed::ALL.len() + 19;
 
     /// Every reason, in counter order.
     pub fn all() -> impl Iterator<Item = DropReason> {
@@ -80,6 +96,9 @@ impl DropReason {
                 DropReason::FragmentOverlap,
                 DropReason::FragmentTableFull,
                 DropReason::EchoedFlood,
+                DropReason::FlowTableFull,
+                DropReason::SpoofedMac,
+                DropReason::RouterMessage,
             ])
     }
 
@@ -105,6 +124,9 @@ impl DropReason {
             DropReason::FragmentOverlap => m + 13,
             DropReason::FragmentTableFull => m + 14,
             DropReason::EchoedFlood => m + 15,
+            DropReason::FlowTableFull => m + 16,
+            DropReason::SpoofedMac => m + 17,
+            DropReason::RouterMessage => m + 18,
         }
     }
 
@@ -136,6 +158,9 @@ impl DropReason {
             DropReason::FragmentOverlap => "fragment_overlap",
             DropReason::FragmentTableFull => "fragment_table_full",
             DropReason::EchoedFlood => "echoed_flood",
+            DropReason::FlowTableFull => "flow_table_full",
+            DropReason::SpoofedMac => "spoofed_mac",
+            DropReason::RouterMessage => "router_message",
         }
     }
 }
@@ -273,6 +298,10 @@ pub struct FlowCounters {
     pub evictions: Counter,
     /// Flows that timed out.
     pub expirations: Counter,
+    /// New flows the full table refused rather than evict a confirmed connection of a port
+    /// within its fair share (a gauge of the table's cumulative count): an admitted packet
+    /// is then dropped as [`DropReason::FlowTableFull`], a denial is not cached.
+    pub refused: Counter,
     /// Flows re-decided because the policy generation changed.
     pub redecisions: Counter,
     /// ICMP errors admitted as RELATED to a flow.
@@ -315,6 +344,9 @@ pub struct PolicyCounters {
     pub records: Counter,
     /// Decisions that fell through to the engine's default action.
     pub defaulted: Counter,
+    /// The generation of the policy the engine judges with now (a gauge), so the control
+    /// thread can tell when a swap has taken effect.
+    pub generation: Counter,
     /// `Policy::decide` calls per duration bucket (see [`LATENCY_BUCKETS`]): how long a
     /// batch of new flows waits for its verdicts, for a latency histogram in the metrics.
     latency: [Counter; LATENCY_BUCKETS],
@@ -542,6 +574,7 @@ impl Counters {
                 inserts: self.flows.inserts.get(),
                 evictions: self.flows.evictions.get(),
                 expirations: self.flows.expirations.get(),
+                refused: self.flows.refused.get(),
                 redecisions: self.flows.redecisions.get(),
                 related: self.flows.related.get(),
             },
@@ -660,6 +693,8 @@ pub struct FlowSnapshot {
     pub evictions: u64,
     /// Flows timed out.
     pub expirations: u64,
+    /// New flows refused by the full table (see [`FlowCounters::refused`]).
+    pub refused: u64,
     /// Flows re-decided after a policy change.
     pub redecisions: u64,
     /// ICMP errors admitted as RELATED.

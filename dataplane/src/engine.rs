@@ -5,7 +5,14 @@
 //! one call per batch (≤ [`MAX_BATCH`]), cache the verdicts in the flow table, then forward or
 //! drop — and answer a rejected packet ([`crate::reject`]) out of the port it came in by,
 //! within a rate limit. ARP, IPv6 neighbour discovery and other non-IP frames are switched
-//! without a policy decision, like a bridge (Docker's iptables never sees them).
+//! without a policy decision, like a bridge (Docker's iptables never sees them) — but only
+//! after the source guard: a container's frames must carry its own MAC, and its IP packets,
+//! ARP and neighbour discovery its own addresses.
+//!
+//! Under a flood the work per port is bounded by the ports, not the flooder: each port is
+//! received one batch at a time, and its misses are decided in that batch's policy call, so
+//! a port's new flows are decided in the round they arrive whatever another port sends; the
+//! flow table's eviction (see [`crate::flow`]) keeps a flooder churning its own flows.
 //!
 //! The engine performs no I/O: frames come in as descriptors into a [`FrameMemory`] and leave
 //! through per-port transmit queues; time is the `now` argument (nanoseconds, any monotonic
@@ -30,10 +37,12 @@ use crate::frag::{FragConfig, FragDrop, FragKey, FragTable, FragVerdict, LaterOu
 use crate::phy::{
     DescBatch, FrameDesc, FrameMemory, FreeList, Port, PortId, SegmentId, segment_of,
 };
-use crate::policy::{Action, FlowState, MAX_BATCH, PacketRecord, Policy, RULE_NONE, VerdictRecord};
+use crate::policy::{
+    Action, FlowState, MAX_BATCH, PacketRecord, Policy, RULE_FAIL_CLOSED, RULE_NONE, VerdictRecord,
+};
 use crate::reject::{self, AnswerKind, MAX_ANSWER_LEN, RateLimit, RejectWith, TokenBucket};
 use crate::switch::{Egress, Switch, SwitchError};
-use crate::wire::{self, Fragment, L3, Parsed, Tuple};
+use crate::wire::{self, Fragment, L3, Malformed, Parsed, Tuple};
 use rules_wasm::abi::{PORT_FLOOD, addr_bytes, proto};
 use std::marker::PhantomData;
 use std::net::IpAddr;
@@ -48,9 +57,12 @@ pub struct PortConfig {
     pub id: PortId,
     /// MACs frames are switched to this port by (a container's MAC; the bridge's for the gateway).
     pub macs: Vec<[u8; 6]>,
-    /// The container's IPs. When non-empty (and the port is not the gateway), IP packets from
-    /// the port must come from one of them or from an IPv6 link-local address: the policy
-    /// decides by source address, so a container must not borrow another's.
+    /// The container's IPs. When non-empty (and the port is not the gateway), the port is
+    /// guarded: its frames must come from one of `macs` (Ethernet source, and an ARP
+    /// sender's hardware address), its IP packets from one of these addresses or from an
+    /// IPv6 link-local address, its ARP from one of these or 0.0.0.0 (a probe): the policy
+    /// decides by source address and ARP and neighbour discovery are switched without it,
+    /// so a container must not borrow another's address or MAC.
     pub ips: Vec<IpAddr>,
     /// The bridge's own port: the host and the outside world.
     pub is_gateway: bool,
@@ -138,8 +150,25 @@ pub struct DriveReport {
 #[derive(Clone, Debug)]
 struct PortState {
     complete_checksums: bool,
+    /// A container port with addresses: its frames must come from its own MACs and
+    /// addresses (see [`Engine::spoofed`]).
     guard_source: bool,
     ips: Vec<[u8; 16]>,
+    macs: Vec<[u8; 6]>,
+}
+
+/// 0.0.0.0 in the 16-byte form: the sender address of an ARP probe.
+const UNSPECIFIED_V4: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
+
+/// ICMPv6 neighbour-discovery types a container's port checks (RFC 4861).
+const ND_ROUTER_ADVERT: u8 = 134;
+const ND_NEIGHBOUR_ADVERT: u8 = 136;
+const ND_REDIRECT: u8 = 137;
+
+/// Whether an address in the 16-byte form is IPv6 link-local (fe80::/10).
+#[inline]
+fn is_link_local(a: &[u8; 16]) -> bool {
+    a[0] == 0xfe && a[1] & 0xc0 == 0x80
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -354,6 +383,7 @@ impl<M: FrameMemory> Engine<M> {
     pub fn new(config: EngineConfig, policy: Box<dyn Policy>, free: FreeList) -> Self {
         let max = config.max_ports;
         let counters = Arc::new(Counters::new(max));
+        counters.policy.generation.set(policy.generation());
         let mut flows = FlowTable::new(config.flow_capacity, &config.timeouts);
         flows.count_by_port(Arc::clone(&counters));
         Self {
@@ -416,6 +446,7 @@ impl<M: FrameMemory> Engine<M> {
             complete_checksums: cfg.complete_checksums,
             guard_source: !cfg.is_gateway && !cfg.ips.is_empty(),
             ips: cfg.ips.iter().map(|ip| addr_bytes(*ip)).collect(),
+            macs: cfg.macs.clone(),
         });
         Ok(())
     }
@@ -452,6 +483,7 @@ impl<M: FrameMemory> Engine<M> {
     /// thread (dropping a Wasm instance can take ~300 µs). Flows decided by another
     /// generation are re-decided at their next packet.
     pub fn set_policy(&mut self, policy: Box<dyn Policy>) -> Box<dyn Policy> {
+        self.counters.policy.generation.set(policy.generation());
         std::mem::replace(&mut self.policy, policy)
     }
 
@@ -580,6 +612,24 @@ impl<M: FrameMemory> Engine<M> {
                 }
                 e => e,
             };
+            // Before anything is switched without the policy: ARP and neighbour discovery
+            // from a container must not claim another's addresses either.
+            if guard
+                && let Some(reason) = self.spoofed(idx, &parsed, mem.bytes(d.addr, d.len as usize))
+            {
+                self.drop_frame(d, reason, in_port);
+                if matches!(parsed.l3, L3::Ipv4 | L3::Ipv6) {
+                    let outcome = Outcome {
+                        action: Action::Drop,
+                        rule: RULE_NONE,
+                        generation,
+                        reason: Some(reason),
+                        audit: false,
+                    };
+                    self.emit_unasked(now, &parsed, (in_port, out_port(egress)), outcome);
+                }
+                continue;
+            }
             let switched = match parsed.l3 {
                 L3::Arp => true,
                 L3::Other if self.config.switch_non_ip => true,
@@ -595,18 +645,6 @@ impl<M: FrameMemory> Engine<M> {
                 self.forward(mem, in_port, d, &parsed, egress, false);
                 continue;
             }
-            if guard && !self.source_allowed(idx, &parsed.src) {
-                self.drop_frame(d, DropReason::SpoofedSource, in_port);
-                let outcome = Outcome {
-                    action: Action::Drop,
-                    rule: RULE_NONE,
-                    generation,
-                    reason: Some(DropReason::SpoofedSource),
-                    audit: false,
-                };
-                self.emit_unasked(now, &parsed, (in_port, out_port(egress)), outcome);
-                continue;
-            }
             if parsed.fragment == Fragment::Later {
                 // Its first fragment is usually right before it in this batch, waiting for
                 // the policy: decide the batch now rather than hold the rest of the datagram.
@@ -618,7 +656,7 @@ impl<M: FrameMemory> Engine<M> {
             }
             if parsed.is_icmp_error()
                 && let Some(inner) = parsed.inner
-                && let Some(kind) = self.related(&parsed, &inner, generation, now)
+                && let Some(kind) = self.related(&parsed, &inner, guard, generation, now)
             {
                 match kind {
                     Related::AskPolicy => self.enqueue_pending(
@@ -686,10 +724,10 @@ impl<M: FrameMemory> Engine<M> {
             self.counters
                 .rule_traffic(self.flows.entry(slot).verdict.rule, u64::from(d.len));
             let tracked = self.first_fragment(in_port, &parsed, egress, accept, now);
-            if accept && tracked {
-                self.forward(mem, in_port, d, &parsed, egress, complete);
+            if accept && let Err(reason) = tracked {
+                self.drop_frame(d, reason, in_port);
             } else if accept {
-                self.drop_frame(d, DropReason::FragmentTableFull, in_port);
+                self.forward(mem, in_port, d, &parsed, egress, complete);
             } else {
                 let entry = *self.flows.entry(slot);
                 self.deny_cached(mem, in_port, d, &parsed, &entry, now);
@@ -786,9 +824,12 @@ impl<M: FrameMemory> Engine<M> {
     }
 
     /// Records a first fragment's verdict so the rest of its datagram follows it, and
-    /// queues the fragments that came before it for [`Engine::send_released`]. Returns false
-    /// when an admitted first fragment must be dropped after all: its datagram cannot be
-    /// tracked (no room, or it overlaps), so its later fragments could never follow.
+    /// queues the fragments that came before it for [`Engine::send_released`]. Returns why
+    /// an admitted first fragment must be dropped after all: its datagram cannot be tracked
+    /// — it overlaps a fragment already seen (a second first fragment: the datagram is
+    /// poisoned, [`DropReason::FragmentOverlap`]) or there is no room
+    /// ([`DropReason::FragmentTableFull`]) — so its later fragments could never follow.
+    /// A denied one is only recorded (`Ok`): the caller drops it for its denial.
     #[inline]
     fn first_fragment(
         &mut self,
@@ -797,9 +838,9 @@ impl<M: FrameMemory> Engine<M> {
         egress: Egress,
         accept: bool,
         now: u64,
-    ) -> bool {
+    ) -> Result<(), DropReason> {
         if p.fragment != Fragment::First {
-            return true;
+            return Ok(());
         }
         let verdict = if accept {
             FragVerdict::Admitted(egress)
@@ -812,12 +853,17 @@ impl<M: FrameMemory> Engine<M> {
             more: true,
         };
         let released = &mut self.released;
+        let key = frag_key(p, in_port);
         let tracked = self
             .frags
-            .first(&frag_key(p, in_port), piece, verdict, now, |d, o| {
-                released.push((d, o))
-            });
-        tracked || !accept
+            .first(&key, piece, verdict, now, |d, o| released.push((d, o)));
+        if tracked || !accept {
+            Ok(())
+        } else if self.frags.contains(&key) {
+            Err(DropReason::FragmentOverlap)
+        } else {
+            Err(DropReason::FragmentTableFull)
+        }
     }
 
     /// Sends on (or drops) the fragments a first fragment released, after the first itself
@@ -912,23 +958,93 @@ impl<M: FrameMemory> Engine<M> {
         f.inserts.set(s.inserts);
         f.evictions.set(s.evictions);
         f.expirations.set(s.expirations);
+        f.refused.set(s.refused);
     }
 
+    /// Why a frame from the guarded container port `idx` (whose bytes are `frame`) is
+    /// spoofed, if it is: an Ethernet source — or an ARP sender hardware address — that is
+    /// not one of the port's MACs ([`DropReason::SpoofedMac`]); an ARP sender address, or
+    /// an IP source, that is not one of the port's addresses ([`DropReason::SpoofedSource`]).
+    /// IPv6 link-local sources are allowed (neighbour discovery and router solicitations
+    /// use them), and so are the unspecified sources of address probes (ARP probes, the
+    /// neighbour solicitations of duplicate address detection). Why: the policy decides by
+    /// address and the bridge switches ARP and neighbour discovery without it, so a
+    /// container claiming another's MAC or address could otherwise take over that one's
+    /// traffic or its policy.
     #[inline]
-    fn source_allowed(&self, idx: usize, src: &[u8; 16]) -> bool {
-        let link_local = src[0] == 0xfe && src[1] & 0xc0 == 0x80;
-        link_local
-            || self.ports[idx]
-                .as_ref()
-                .is_some_and(|p| p.ips.contains(src))
+    fn spoofed(&self, idx: usize, p: &Parsed, frame: &[u8]) -> Option<DropReason> {
+        let port = self.ports.get(idx)?.as_ref()?;
+        if !port.macs.contains(&p.src_mac) {
+            return Some(DropReason::SpoofedMac);
+        }
+        let src_ok = match p.l3 {
+            L3::Other => return None,
+            L3::Arp => {
+                let sha = usize::from(p.l3_offset) + 8;
+                let sender_mac_ok = frame
+                    .get(sha..sha + 6)
+                    .is_some_and(|m| port.macs.iter().any(|own| own[..] == *m));
+                if !sender_mac_ok {
+                    return Some(DropReason::SpoofedMac);
+                }
+                p.src == UNSPECIFIED_V4 || port.ips.contains(&p.src)
+            }
+            L3::Ipv4 | L3::Ipv6 => {
+                if p.is_neighbour_discovery()
+                    && let Some(reason) = Self::nd_claim(port, p, frame)
+                {
+                    return Some(reason);
+                }
+                is_link_local(&p.src)
+                    || port.ips.contains(&p.src)
+                    || (p.src == [0; 16] && p.is_neighbour_discovery())
+            }
+        };
+        (!src_ok).then_some(DropReason::SpoofedSource)
+    }
+
+    /// What a container's neighbour-discovery message must not claim: to be a router
+    /// (advertisements, redirects), or another's address (a neighbour advertisement's
+    /// target must be one of the port's addresses, or link-local, which is not registered).
+    fn nd_claim(port: &PortState, p: &Parsed, frame: &[u8]) -> Option<DropReason> {
+        match p.icmp_type {
+            ND_ROUTER_ADVERT | ND_REDIRECT => Some(DropReason::RouterMessage),
+            ND_NEIGHBOUR_ADVERT => {
+                let at = usize::from(p.l4_offset) + 8;
+                let Some(target) = frame
+                    .get(at..at + 16)
+                    .and_then(|t| <[u8; 16]>::try_from(t).ok())
+                else {
+                    return Some(DropReason::Malformed(Malformed::Truncated));
+                };
+                (!is_link_local(&target) && !port.ips.contains(&target))
+                    .then_some(DropReason::SpoofedSource)
+            }
+            _ => None,
+        }
     }
 
     /// Is this ICMP error about an admitted flow? `None` when it relates to no admitted flow.
+    /// `from_container`: it came in on a container's (source-guarded) port.
     #[inline]
-    fn related(&mut self, p: &Parsed, inner: &Tuple, generation: u64, now: u64) -> Option<Related> {
+    fn related(
+        &mut self,
+        p: &Parsed,
+        inner: &Tuple,
+        from_container: bool,
+        generation: u64,
+        now: u64,
+    ) -> Option<Related> {
         // An error travels back to the quoted packet's sender; one addressed elsewhere is
         // someone using a flow's tuple as a pass.
         if inner.src != p.dst {
+            return None;
+        }
+        // Behind a container's port there is no router: only the quoted packet's destination
+        // can have an error to say about it. A third container that guessed a flow's ports
+        // is judged by the policy like any packet (the gateway's side has routers, whose
+        // errors come from their own addresses).
+        if from_container && p.src != inner.dst {
             return None;
         }
         let hk = self.flows.hash_tuple(inner);
@@ -1064,8 +1180,8 @@ impl<M: FrameMemory> Engine<M> {
             let r = self.resolve(self.batch.verdicts[i], p.from);
             self.counters
                 .rule_traffic(r.verdict.rule, u64::from(p.desc.len));
-            self.cache_decision(&p, &r, generation, in_port, now);
-            let dropped = self.deliver(mem, in_port, &p, &r, complete, now);
+            let tracked = self.cache_decision(&p, &r, generation, in_port, now);
+            let dropped = self.deliver(mem, in_port, &p, &r, tracked, complete, now);
             if self.events.on() {
                 let outcome = Outcome {
                     action: r.action,
@@ -1131,7 +1247,10 @@ impl<M: FrameMemory> Engine<M> {
     }
 
     /// Caches a decision about `p`'s flow in the flow table (an ICMP error, which has no
-    /// flow, is only counted when it passes as RELATED).
+    /// flow, is only counted when it passes as RELATED). Returns false when the full table
+    /// refused the flow (no slot it may take without cutting another port's connection;
+    /// see [`FlowTable::decide`]): an admitted packet must then be dropped, since its flow's
+    /// other packets and replies could not be recognised; a denial is merely not cached.
     #[inline]
     fn cache_decision(
         &mut self,
@@ -1140,13 +1259,19 @@ impl<M: FrameMemory> Engine<M> {
         generation: u64,
         in_port: PortId,
         now: u64,
-    ) {
+    ) -> bool {
         let Some(hk) = p.key else {
             if r.admit {
                 self.counters.flows.related.add(1);
             }
-            return;
+            return true;
         };
+        // A module that failed answered its whole batch fail-closed: the packet is dropped,
+        // but the flow is not marked denied (a flow admitted before keeps its verdict), so one
+        // hostile packet cannot cut off the innocent flows judged beside it.
+        if !r.admit && r.verdict.rule == RULE_FAIL_CLOSED {
+            return true;
+        }
         let first = FirstPacket {
             tracking: p.tracking,
             tcp_flags: p.parsed.tcp_flags,
@@ -1164,14 +1289,22 @@ impl<M: FrameMemory> Engine<M> {
         if p.kind == PendingKind::Redecide {
             self.counters.flows.redecisions.add(1);
         }
-        let slot = self
+        let Some(slot) = self
             .flows
-            .decide(&hk, &first, d, p.kind == PendingKind::New, now);
+            .decide(&hk, &first, d, p.kind == PendingKind::New, now)
+        else {
+            return false;
+        };
         self.flows.mark_audited(slot, r.audited);
+        true
     }
 
     /// Forwards a decided frame, or answers (a reject) and drops it; returns why it was
-    /// dropped, `None` when it was forwarded.
+    /// dropped, `None` when it was forwarded. `flow_tracked`: the flow table holds the
+    /// decision (see [`Engine::cache_decision`]); an admitted packet of a refused flow is
+    /// dropped, and a first fragment's datagram is then recorded as denied so its later
+    /// fragments cannot pass without it.
+    #[allow(clippy::too_many_arguments)]
     #[inline]
     fn deliver(
         &mut self,
@@ -1179,18 +1312,20 @@ impl<M: FrameMemory> Engine<M> {
         in_port: PortId,
         p: &Pending,
         r: &Resolved,
+        flow_tracked: bool,
         complete: bool,
         now: u64,
     ) -> Option<DropReason> {
-        let tracked = self.first_fragment(in_port, &p.parsed, p.egress, r.admit, now);
-        if r.admit && tracked {
-            self.forward(mem, in_port, p.desc, &p.parsed, p.egress, complete);
-            return None;
-        }
-        let reason = if r.admit {
-            DropReason::FragmentTableFull
-        } else {
-            r.denial()
+        let admit = r.admit && flow_tracked;
+        let tracked = self.first_fragment(in_port, &p.parsed, p.egress, admit, now);
+        let reason = match tracked {
+            _ if !r.admit => r.denial(),
+            _ if !flow_tracked => DropReason::FlowTableFull,
+            Err(reason) => reason,
+            Ok(()) => {
+                self.forward(mem, in_port, p.desc, &p.parsed, p.egress, complete);
+                return None;
+            }
         };
         if let Some(with) = r.reject() {
             self.answer_reject(mem, in_port, p.desc, &p.parsed, with, now);

@@ -15,6 +15,9 @@
 //! - A later fragment that arrives before its first is held (bounded: at most
 //!   [`FragConfig::held`] frames in all) and released with the first fragment's verdict, or
 //!   dropped when the datagram times out ([`FragConfig::timeout`], Linux's 30 s).
+//! - Fairness: one ingress port may have at most a quarter of the table awaiting a first
+//!   fragment, and hold at most a quarter of the held frames, so a container flooding
+//!   orphan fragments cannot keep another's fragmented datagrams out.
 //! - Overlapping fragments poison their datagram (RFC 5722): the fragment and every later one
 //!   are dropped. So does a datagram of more than [`MAX_PIECES`] fragments.
 //! - When the table or the hold is full, the fragment is dropped and counted; whole
@@ -33,6 +36,9 @@ pub const MAX_PIECES: usize = 48;
 
 /// Slots per bucket.
 const BUCKET: usize = 8;
+
+/// One port may use at most 1/FAIR_SHARE of the awaiting datagrams and of the held frames.
+const FAIR_SHARE: usize = 4;
 
 /// Sizes and timeout of a [`FragTable`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,6 +212,24 @@ impl FragTable {
         self.held_len
     }
 
+    /// Datagrams of ingress port `port` awaiting their first fragment. A scan, only on the
+    /// path of a later fragment that starts a new datagram (an orphan, so cheap enough).
+    fn awaiting_of(&self, port: PortId) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| e.state == State::Awaiting && e.key.in_port == port)
+            .count()
+    }
+
+    /// Frames held for datagrams of ingress port `port`.
+    fn held_of(&self, port: PortId) -> usize {
+        self.held
+            .iter()
+            .flatten()
+            .filter(|h| self.entries[h.entry as usize].key.in_port == port)
+            .count()
+    }
+
     fn bucket(&self, k: &FragKey) -> usize {
         let h = self
             .hasher
@@ -324,6 +348,12 @@ impl FragTable {
         desc: FrameDesc,
         now: u64,
     ) -> LaterOutcome {
+        // A new datagram awaiting its first fragment: within the port's share only.
+        if self.slot(key, now, false).is_none()
+            && self.awaiting_of(key.in_port) >= self.entries.len() / FAIR_SHARE
+        {
+            return LaterOutcome::Drop(FragDrop::Full);
+        }
         let Some(i) = self.slot(key, now, true) else {
             return LaterOutcome::Drop(FragDrop::Full);
         };
@@ -334,7 +364,10 @@ impl FragTable {
             }
             _ => {}
         }
-        if self.entries[i].state == State::Awaiting && self.held_len == self.held.len() {
+        if self.entries[i].state == State::Awaiting
+            && (self.held_len == self.held.len()
+                || self.held_of(key.in_port) >= (self.held.len() / FAIR_SHARE).max(1))
+        {
             return LaterOutcome::Drop(FragDrop::Full);
         }
         if !self.add_piece(i, piece) {
@@ -511,9 +544,10 @@ mod tests {
 
     #[test]
     fn orphans_expire_and_the_hold_and_table_are_bounded() {
+        // A port's share of the hold is a quarter of it: 2 of 8.
         let mut t = FragTable::new(FragConfig {
             entries: 8,
-            held: 2,
+            held: 8,
             timeout: 10,
         });
         assert_eq!(
@@ -527,7 +561,7 @@ mod tests {
         assert_eq!(
             t.later(&key(6), piece(24, 8, true), desc(3), 0),
             LaterOutcome::Drop(FragDrop::Full),
-            "the hold is full"
+            "the port's share of the hold is full"
         );
         let mut orphans = Vec::new();
         t.sweep(5, 64, |d, _| orphans.push(d.addr));
@@ -561,5 +595,40 @@ mod tests {
             "orphans come with the port they came in on"
         );
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn an_orphan_flood_from_one_port_leaves_room_for_anothers_datagrams() {
+        let mut t = FragTable::new(FragConfig::default());
+        let flood = |id: u32| FragKey {
+            in_port: 9,
+            ..key(id)
+        };
+        let mut refused = 0;
+        for id in 0..3000u32 {
+            if t.later(&flood(id), piece(8, 8, true), desc(u64::from(id)), 0)
+                == LaterOutcome::Drop(FragDrop::Full)
+            {
+                refused += 1;
+            }
+        }
+        assert!(
+            refused >= 3000 - 256,
+            "the flooder keeps at most its share: {refused}"
+        );
+        assert!(t.held() <= 64, "and at most its share of the hold");
+        // Port 3's datagrams, first fragments and out-of-order later ones, all get through.
+        for id in 10_000..10_020u32 {
+            assert_eq!(
+                t.later(&key(id), piece(1480, 8, false), desc(1), 0),
+                LaterOutcome::Held,
+                "an early later fragment of datagram {id}"
+            );
+            let mut released = Vec::new();
+            assert!(t.first(&key(id), piece(0, 1480, true), TO_4, 0, |_, o| {
+                released.push(o)
+            }));
+            assert_eq!(released, vec![LaterOutcome::Forward(Egress::Unicast(4))]);
+        }
     }
 }

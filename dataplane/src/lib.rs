@@ -6,6 +6,9 @@
 //! plus the I/O backends behind one [`phy::Port`] trait: AF_XDP ([`afxdp`]) and the
 //! in-memory port ([`phy::memory`]). The Wasm policy host lives in
 //! [`wasm`]; [`worker`] runs engines on threads.
+//!
+//! With the `testing` feature, `sim` is the simulated bridge tests, benches and fuzz
+//! targets share.
 // The one place `unsafe` is allowed: raw rings, UMEM memory and the AF_XDP/BPF syscalls.
 #[allow(unsafe_code)]
 pub mod afxdp;
@@ -17,6 +20,8 @@ pub mod frag;
 pub mod phy;
 pub mod policy;
 pub mod reject;
+#[cfg(feature = "testing")]
+pub mod sim;
 pub mod switch;
 pub mod wasm;
 pub mod wire;

@@ -5,6 +5,14 @@
 //! modules, [`FnPolicy`] adapts a plain closure for tests and references.
 pub use rules_wasm::abi::{Action, FlowState, MAX_BATCH, PacketRecord, RULE_NONE, VerdictRecord};
 
+/// Rule id written into fail-closed verdicts (trap, timeout, invalid verdict, quarantine).
+///
+/// Distinct from [`RULE_NONE`] ("no rule matched, a default decided") so that per-rule
+/// counters and `trace` show that a failing module, not a rule, decided — and so that the
+/// engine does not cache such a verdict for a flow: a failed batch says nothing about the
+/// other flows judged in it.
+pub const RULE_FAIL_CLOSED: u32 = u32::MAX - 1;
+
 /// A source of verdicts for new (or re-decided) flows.
 ///
 /// Implementations must be total: `decide` always writes one verdict per record, and a

@@ -1,19 +1,18 @@
 //! AF_XDP ports on live veths. Needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF): every test
 //! builds its own uniquely named network namespaces and removes them — with their veths, XDP
 //! programs and helper processes — on drop, also when it fails.
-mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::forwarder::{Forwarder, ForwarderOptions};
-use common::netns::{Netns, Trio, veth};
 use dataplane::afxdp::{
     AfXdpError, BindRetry, RedirectProgram, RingSizes, Umem, UmemConfig, XdpAction, XdpMode,
     XdpPort, XdpPortConfig, XskMap, XskSocket, enter_netns, if_index,
 };
+use dataplane::sim::forwarder::{Forwarder, ForwarderOptions};
+use dataplane::sim::netns::{Netns, Trio, veth};
 use sha2::{Digest, Sha256};
 
 /// An Ethernet/IPv4/UDP frame for test runs.
@@ -320,10 +319,12 @@ fn root_netns_afxdp_frame_accounting_balances_after_flood() {
         "flood: sent {sent}, forwarded {}, report {report:?}",
         report.forwarded
     );
-    // The tests run unoptimised next to each other on two cores: the rate is modest here; the
-    // e2e bench pushes millions of frames through the same accounting (it reports it too).
+    // Not a rate (the tests run unoptimised next to each other on two cores, and rates are
+    // the benches' business): only that the flood went round every ring several times, so
+    // the accounting below was exercised. The e2e bench pushes millions of frames through
+    // the same accounting.
     assert!(
-        report.forwarded > 50_000,
+        report.forwarded > 10_000,
         "flood forwarded only {} frames",
         report.forwarded
     );

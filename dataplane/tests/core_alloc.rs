@@ -2,14 +2,13 @@
 //! global allocator (in its own test binary so it affects no other test).
 // A counting global allocator is `unsafe` by its trait: the one exception outside AF_XDP.
 #![allow(unsafe_code)]
-mod core_common;
 
-use core_common::*;
 use dataplane::counters::DropReason;
-use dataplane::engine::{Engine, EngineConfig};
+use dataplane::engine::EngineConfig;
+use dataplane::phy::lossy::{Faults, Lossy};
 use dataplane::phy::memory::{MemoryPort, MemoryPortConfig};
-use dataplane::phy::{FreeList, HeapFrames, PortId};
 use dataplane::policy::{Action, ConstPolicy};
+use dataplane::sim::*;
 use rules_wasm::abi::tcp_flags::ACK;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -55,33 +54,30 @@ static GLOBAL: Counting = Counting;
 /// The tests share `ALLOCATIONS`: they take turns so one's reset cannot hide the other's count.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// An engine over `frames` heap frames with `policy`, and a memory port per host (each
-/// round injects up to 65 frames into one port before the engine runs: a fill share of 256).
-fn engine_and_ports(
-    config: EngineConfig,
-    policy: Box<dyn dataplane::policy::Policy>,
-    frames: usize,
-) -> (Engine<HeapFrames>, Vec<MemoryPort>) {
-    let mut engine: Engine<HeapFrames> =
-        Engine::new(config, policy, FreeList::full(frames, FRAME_SIZE));
-    let port_config = MemoryPortConfig {
-        capture: false,
-        fill_share: 256,
-        ..Default::default()
-    };
-    let mut ports: Vec<MemoryPort> = Vec::new();
-    for h in HOSTS {
-        engine.add_port(host_port(h, true)).unwrap();
-        ports.push(MemoryPort::new(port_config));
+/// The simulated bridge over `frames` heap frames with `policy`, checksums completed, and
+/// ports that only count what they send (each round injects up to 65 frames into one port
+/// before the engine runs: a fill share of 256).
+fn lab_config(engine: EngineConfig, frames: usize) -> LabConfig {
+    LabConfig {
+        engine,
+        ports: MemoryPortConfig {
+            capture: false,
+            fill_share: 256,
+            ..Default::default()
+        },
+        frames,
+        complete_checksums: true,
     }
-    (engine, ports)
+}
+
+fn lab(config: EngineConfig, policy: Box<dyn dataplane::policy::Policy>, frames: usize) -> Lab {
+    Lab::from_config(lab_config(config, frames), policy)
 }
 
 #[test]
 fn steady_state_forwarding_allocates_nothing() {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let frames = 4096;
-    let mut mem = HeapFrames::new(frames, FRAME_SIZE);
     let config = EngineConfig {
         flow_capacity: 1 << 14,
         ..Default::default()
@@ -90,7 +86,7 @@ fn steady_state_forwarding_allocates_nothing() {
         action: Action::Accept,
         generation: 1,
     });
-    let (mut engine, mut ports) = engine_and_ports(config, policy, frames);
+    let mut lab = lab(config, policy, frames);
     // Frames built up front: 64 established flows (hits), and a stream of new flows (misses
     // decided by the policy), plus a broadcast (flood copies).
     let hits: Vec<Vec<u8>> = (0..64)
@@ -100,30 +96,24 @@ fn steady_state_forwarding_allocates_nothing() {
         .map(|i| udp_frame(OTHER, CHILD.mac, CHILD.ip, i, 53, b"x"))
         .collect();
     let bcast = udp_frame(PARENT, BROADCAST, [255; 4], 68, 67, b"discover");
-    let mut set: Vec<(PortId, &mut MemoryPort)> = ports
-        .iter_mut()
-        .enumerate()
-        .map(|(i, p)| (i as PortId, p))
-        .collect();
 
-    let counters = engine.counters();
-    let mut now = 0u64;
-    let mut round = |set: &mut Vec<(PortId, &mut MemoryPort)>, r: usize, now: &mut u64| {
+    let counters = lab.engine.counters();
+    let round = |lab: &mut Lab, r: usize| {
         for f in &hits {
-            set[usize::from(PARENT.port)].1.inject(f);
+            lab.inject(PARENT, f);
         }
         for f in &misses[(r * 32) % 4096..(r * 32) % 4096 + 32] {
-            set[usize::from(OTHER.port)].1.inject(f);
+            lab.inject(OTHER, f);
         }
-        set[usize::from(PARENT.port)].1.inject(&bcast);
-        *now += 1_000_000;
+        lab.inject(PARENT, &bcast);
+        lab.now += 1_000_000;
         for _ in 0..4 {
-            engine.drive(*now, &mut mem, set);
+            lab.drive();
         }
     };
     // Warm-up: flows of the hit set exist, rings and queues have seen their peak.
     for r in 0..8 {
-        round(&mut set, r, &mut now);
+        round(&mut lab, r);
     }
     let before = counters.snapshot();
 
@@ -135,7 +125,7 @@ fn steady_state_forwarding_allocates_nothing() {
 
     COUNTING.with(|c| c.set(true));
     for r in 8..108 {
-        round(&mut set, r, &mut now);
+        round(&mut lab, r);
     }
     COUNTING.with(|c| c.set(false));
 
@@ -167,7 +157,6 @@ fn answering_rejected_packets_allocates_nothing() {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     ALLOCATIONS.store(0, Ordering::Relaxed);
     let frames = 4096;
-    let mut mem = HeapFrames::new(frames, FRAME_SIZE);
     let config = EngineConfig {
         flow_capacity: 1 << 14,
         // Every reject answered, so the measured stretch builds an answer per packet.
@@ -187,7 +176,7 @@ fn answering_rejected_packets_allocates_nothing() {
             RejectWith::PortUnreachable
         },
     }));
-    let (mut engine, mut ports) = engine_and_ports(config, policy, frames);
+    let mut lab = lab(config, policy, frames);
     // New flows (decided and answered) and retransmissions of the first ones (answered
     // from the flow table).
     let syns: Vec<Vec<u8>> = (0..4096)
@@ -196,33 +185,27 @@ fn answering_rejected_packets_allocates_nothing() {
     let dgrams: Vec<Vec<u8>> = (0..4096)
         .map(|i| udp_frame(OTHER, CHILD.mac, CHILD.ip, i, 53, &[0; 100]))
         .collect();
-    let mut set: Vec<(PortId, &mut MemoryPort)> = ports
-        .iter_mut()
-        .enumerate()
-        .map(|(i, p)| (i as PortId, p))
-        .collect();
-    let counters = engine.counters();
-    let mut now = 0u64;
-    let mut round = |set: &mut Vec<(PortId, &mut MemoryPort)>, r: usize, now: &mut u64| {
+    let counters = lab.engine.counters();
+    let round = |lab: &mut Lab, r: usize| {
         let at = (r * 16) % 4096;
         for f in syns[at..at + 16].iter().chain(&dgrams[at..at + 16]) {
-            set[usize::from(OTHER.port)].1.inject(f);
+            lab.inject(OTHER, f);
         }
         for f in syns[..16].iter() {
-            set[usize::from(OTHER.port)].1.inject(f);
+            lab.inject(OTHER, f);
         }
-        *now += 1_000_000;
+        lab.now += 1_000_000;
         for _ in 0..4 {
-            engine.drive(*now, &mut mem, set);
+            lab.drive();
         }
     };
     for r in 0..8 {
-        round(&mut set, r, &mut now);
+        round(&mut lab, r);
     }
     let before = counters.snapshot();
     COUNTING.with(|c| c.set(true));
     for r in 8..108 {
-        round(&mut set, r, &mut now);
+        round(&mut lab, r);
     }
     COUNTING.with(|c| c.set(false));
     let after = counters.snapshot();
@@ -242,7 +225,6 @@ fn watched_and_audited_decisions_allocate_nothing() {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     ALLOCATIONS.store(0, Ordering::Relaxed);
     let frames = 4096;
-    let mut mem = HeapFrames::new(frames, FRAME_SIZE);
     let config = EngineConfig {
         flow_capacity: 1 << 14,
         audit: true,
@@ -251,42 +233,36 @@ fn watched_and_audited_decisions_allocate_nothing() {
     let policy = Box::new(FnPolicy::new(1, |_: &PacketRecord| {
         VerdictRecord::new(Action::Drop, 9)
     }));
-    let (mut engine, mut ports) = engine_and_ports(config, policy, frames);
+    let mut lab = lab(config, policy, frames);
     // New flows (decided, audited or denied) and repeats of the first ones (cached: passed
     // while audited, denied from the flow table after).
     let dgrams: Vec<Vec<u8>> = (0..4096)
         .map(|i| udp_frame(OTHER, CHILD.mac, CHILD.ip, i, 53, &[0; 100]))
         .collect();
-    let mut set: Vec<(PortId, &mut MemoryPort)> = ports
-        .iter_mut()
-        .enumerate()
-        .map(|(i, p)| (i as PortId, p))
-        .collect();
-    let counters = engine.counters();
-    let ring = engine.events();
+    let counters = lab.engine.counters();
+    let ring = lab.engine.events();
     ring.set_rate(u32::MAX, 100_000);
     let watch = ring.subscribe();
-    let mut now = 0u64;
-    let mut round = |set: &mut Vec<(PortId, &mut MemoryPort)>, r: usize, now: &mut u64| {
-        engine.set_audit(r < 58);
+    let round = |lab: &mut Lab, r: usize| {
+        lab.engine.set_audit(r < 58);
         let at = (r * 32) % 4096;
         for f in dgrams[at..at + 32].iter().chain(&dgrams[..16]) {
-            set[usize::from(OTHER.port)].1.inject(f);
+            lab.inject(OTHER, f);
         }
-        *now += 1_000_000;
+        lab.now += 1_000_000;
         for _ in 0..4 {
-            engine.drive(*now, &mut mem, set);
+            lab.drive();
         }
     };
     for r in 0..8 {
-        round(&mut set, r, &mut now);
+        round(&mut lab, r);
     }
     // Nobody drains: the ring fills during the measured stretch, so both an event queued and
     // an event lost are on it.
     let before = counters.snapshot();
     COUNTING.with(|c| c.set(true));
     for r in 8..108 {
-        round(&mut set, r, &mut now);
+        round(&mut lab, r);
     }
     COUNTING.with(|c| c.set(false));
     let after = counters.snapshot();
@@ -299,5 +275,76 @@ fn watched_and_audited_decisions_allocate_nothing() {
         ALLOCATIONS.load(Ordering::Relaxed),
         0,
         "allocations with events watched and audit switched"
+    );
+}
+
+/// Fault injection is built into the product's port stack, so it must not allocate either:
+/// through `Lossy` ports dropping, corrupting, delaying and reordering both ways, the
+/// forwarding path still allocates nothing.
+#[test]
+fn forwarding_through_lossy_ports_allocates_nothing() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    let config = EngineConfig {
+        flow_capacity: 1 << 14,
+        ..Default::default()
+    };
+    let policy = Box::new(ConstPolicy {
+        action: Action::Accept,
+        generation: 1,
+    });
+    let rx = Faults {
+        drop_pct: 10,
+        corrupt_pct: 10,
+        delay_pct: 10,
+        delay_calls: 2,
+        reorder: true,
+    };
+    let tx = Faults {
+        drop_pct: 5,
+        corrupt_pct: 5,
+        delay_pct: 5,
+        delay_calls: 1,
+        reorder: true,
+    };
+    let mut lab = Lab::wrapped(lab_config(config, 4096), policy, |h, port| {
+        Lossy::new(port, 7 + u64::from(h.port))
+            .with_rx(rx)
+            .with_tx(tx)
+    });
+    let flows: Vec<Vec<u8>> = (0..64)
+        .map(|i| tcp_frame(PARENT, CHILD, 20000 + i, 80, ACK, &[0; 18]))
+        .collect();
+    let bcast = udp_frame(PARENT, BROADCAST, [255; 4], 68, 67, b"discover");
+    let round = |lab: &mut Lab<Lossy<MemoryPort>>| {
+        for f in &flows {
+            lab.inject(PARENT, f);
+        }
+        lab.inject(PARENT, &bcast);
+        lab.now += 1_000_000;
+        for _ in 0..4 {
+            lab.drive();
+        }
+    };
+    for _ in 0..8 {
+        round(&mut lab);
+    }
+    let before: u64 = lab.ports.iter().map(|(_, p)| p.counters().rx.dropped).sum();
+    COUNTING.with(|c| c.set(true));
+    for _ in 0..100 {
+        round(&mut lab);
+    }
+    COUNTING.with(|c| c.set(false));
+    let after: u64 = lab.ports.iter().map(|(_, p)| p.counters().rx.dropped).sum();
+    let c = lab.port(PARENT).counters();
+    assert!(after > before, "the measured stretch lost frames");
+    assert!(
+        c.rx.corrupted > 0 && c.rx.delayed > 0 && c.rx.reordered > 0,
+        "{c:?}"
+    );
+    assert_eq!(
+        ALLOCATIONS.load(Ordering::Relaxed),
+        0,
+        "allocations with faults injected"
     );
 }

@@ -3,10 +3,8 @@
 //! the right ports, rule and action, within their rate limit, and counted when the ring is
 //! full; drops are counted by the port they came in on; an audited module of a two-stage
 //! Wasm chain decides nothing but counts what it would have denied. No root needed.
-mod core_common;
 mod wasm_support;
 
-use core_common::*;
 use dataplane::counters::DropReason;
 use dataplane::engine::EngineConfig;
 use dataplane::events::{EVENT_RING_CAPACITY, VerdictEvent};
@@ -15,6 +13,7 @@ use dataplane::policy::{
     Action, FlowState, FnPolicy, PacketRecord, Policy, RULE_NONE, VerdictRecord,
 };
 use dataplane::reject::RejectWith;
+use dataplane::sim::*;
 use dataplane::wasm::PolicyChain;
 use dataplane::wire::Malformed;
 use rules_wasm::abi::tcp_flags::{ACK, SYN};
@@ -396,4 +395,38 @@ fn every_packet_of_a_flow_counts_for_the_rule_that_decided_it() {
         ),
         (1, 1)
     );
+}
+
+#[test]
+fn a_fail_closed_batch_does_not_deny_the_flows_judged_in_it() {
+    use dataplane::policy::RULE_FAIL_CLOSED;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // The first batch fails (a module trapped: every record gets the fail-closed verdict);
+    // afterwards the policy works and admits everything.
+    let failing = Arc::new(AtomicBool::new(true));
+    let f = Arc::clone(&failing);
+    let policy = Box::new(FnPolicy::new(1, move |_: &PacketRecord| {
+        if f.load(Ordering::Relaxed) {
+            VerdictRecord::new(Action::Drop, RULE_FAIL_CLOSED)
+        } else {
+            VerdictRecord::new(Action::Accept, 1)
+        }
+    }));
+    let mut lab = Lab::new(policy);
+    let syn = tcp_frame(PARENT, CHILD, 41000, 80, SYN, &[]);
+    assert!(
+        receivers(&lab.send(PARENT, &syn)).is_empty(),
+        "failed closed"
+    );
+    failing.store(false, Ordering::Relaxed);
+    let records = lab.engine.counters().snapshot().policy_records;
+    assert_eq!(
+        receivers(&lab.send(PARENT, &syn)),
+        vec![CHILD.port],
+        "the retried SYN is judged again, not denied by a cached fail-closed verdict"
+    );
+    let s = lab.engine.counters().snapshot();
+    assert_eq!(s.policy_records, records + 1);
+    assert_eq!(s.drops(DropReason::FlowDenied), 0);
 }

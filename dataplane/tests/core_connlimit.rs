@@ -1,10 +1,9 @@
 //! `-m connlimit`'s input: the engine hands the policy, in every record, the number of
 //! admitted flows it holds from the record's source address (`src_conns`), counted while the
 //! flows live and no longer once they expire, are denied, or leave with their port.
-mod core_common;
 
-use core_common::*;
 use dataplane::policy::{Action, FnPolicy, PacketRecord, VerdictRecord};
+use dataplane::sim::*;
 use rules_wasm::abi::tcp_flags::{ACK, RST, SYN};
 use std::time::Duration;
 

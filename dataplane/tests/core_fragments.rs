@@ -2,14 +2,13 @@
 //! fragment's verdict and egress, in any arrival order, IPv4 and IPv6; nothing passes that
 //! the first fragment's ports would not admit; overlaps, orphans and floods are dropped and
 //! counted; every frame stays accounted for. No root needed.
-mod core_common;
 
-use core_common::*;
 use dataplane::counters::DropReason;
 use dataplane::engine::EngineConfig;
 use dataplane::frag::FragConfig;
 use dataplane::phy::memory::MemoryPortConfig;
 use dataplane::policy::{Action, ConstPolicy, FnPolicy, PacketRecord, Policy, VerdictRecord};
+use dataplane::sim::*;
 use proptest::prelude::*;
 use std::time::Duration;
 
@@ -256,36 +255,22 @@ proptest! {
 /// reach the engine in random orders and still all pass, for many seeds.
 #[test]
 fn fragments_shuffled_by_a_reordering_port_still_make_up_their_datagram() {
-    use dataplane::engine::Engine;
-    use dataplane::phy::memory::MemoryPort;
     use dataplane::phy::reorder::Reorder;
-    use dataplane::phy::{FreeList, HeapFrames, PortId};
 
     let whole = udp_frame(PARENT, CHILD.mac, CHILD.ip, 40000, 5000, &[6; 30000]);
     let frags = fragments(&whole, 1500);
     for seed in 1..=20u64 {
-        let mut mem = HeapFrames::new(4096, FRAME_SIZE);
-        let mut engine = Engine::new(
-            EngineConfig::default(),
-            Box::new(FnPolicy::new(1, udp_link)),
-            FreeList::full(4096, FRAME_SIZE),
-        );
-        let mut ports: Vec<(PortId, Reorder<MemoryPort>)> = Vec::new();
-        for h in HOSTS {
-            engine.add_port(host_port(h, false)).unwrap();
-            let port = MemoryPort::new(MemoryPortConfig {
-                fill_share: 256,
-                ..MemoryPortConfig::default()
-            });
-            ports.push((h.port, Reorder::new(port, seed)));
-        }
+        let policy = Box::new(FnPolicy::new(1, udp_link));
+        let mut lab = Lab::wrapped(LabConfig::default(), policy, |_, port| {
+            Reorder::new(port, seed)
+        });
         for f in &frags {
-            assert!(ports[usize::from(PARENT.port)].1.inner_mut().inject(f));
+            lab.inject(PARENT, f);
         }
         for _ in 0..4 {
-            engine.drive(0, &mut mem, &mut ports);
+            lab.drive();
         }
-        let got = ports[usize::from(CHILD.port)].1.inner_mut().take_sent();
+        let got = lab.take_all()[usize::from(CHILD.port)].clone();
         assert_eq!(got.len(), frags.len(), "seed {seed}");
         let mut got_sorted = got.clone();
         got_sorted.sort();

@@ -3,13 +3,12 @@
 //! well as the first (before the frame budget, the first ports' fill rings took every frame
 //! and a 16th port starved). Driven through [`Engine::drive_active`], the worker's path,
 //! with only the ports that need it visited. No root needed.
-mod core_common;
 
-use core_common::*;
 use dataplane::engine::{Engine, EngineConfig, PortConfig};
 use dataplane::phy::memory::{MemoryPort, MemoryPortConfig};
 use dataplane::phy::{FreeList, HeapFrames, Port, PortId};
 use dataplane::policy::{Action, ConstPolicy};
+use dataplane::sim::*;
 use std::net::{IpAddr, Ipv4Addr};
 
 const PORTS: usize = 300;

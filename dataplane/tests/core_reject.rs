@@ -3,14 +3,13 @@
 //! came in by, as iptables' `-j REJECT --reject-with` does; errors and RSTs are never
 //! answered; answers are rate-limited like the kernel's ICMP; every frame stays accounted
 //! for. No root needed.
-mod core_common;
 
-use core_common::*;
 use dataplane::counters::DropReason;
 use dataplane::engine::EngineConfig;
 use dataplane::phy::memory::MemoryPortConfig;
 use dataplane::policy::{Action, FnPolicy, PacketRecord, Policy, VerdictRecord};
 use dataplane::reject::{RateLimit, RejectWith};
+use dataplane::sim::*;
 use etherparse::{
     Icmpv4Slice, Icmpv6Slice, LinkSlice, NetSlice, PacketBuilder, SlicedPacket, TcpHeader,
     TcpSlice, TransportSlice,

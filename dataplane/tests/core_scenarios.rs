@@ -1,14 +1,13 @@
 //! The core on a simulated bridge: four hosts (gateway, parent, child, other) on in-memory
 //! ports, driven deterministically with a simulated clock.
-mod core_common;
 
-use core_common::*;
 use dataplane::counters::DropReason;
 use dataplane::engine::{EngineConfig, PortConfig};
 use dataplane::flow::{ConnState, Timeouts};
 use dataplane::phy::memory::MemoryPortConfig;
 use dataplane::phy::{DescBatch, FrameDesc, FrameMemory};
 use dataplane::policy::{Action, ConstPolicy, FlowState, FnPolicy, PacketRecord, Policy};
+use dataplane::sim::*;
 use dataplane::wire::{self, Malformed, Tuple};
 use rules_wasm::abi::tcp_flags::{ACK, FIN, PSH, RST, SYN};
 use std::net::{IpAddr, Ipv4Addr};
@@ -576,9 +575,8 @@ fn remove_port_drops_its_flows_and_queued_frames() {
     let mut set: Vec<(u16, &mut dataplane::phy::memory::MemoryPort)> = lab
         .ports
         .iter_mut()
-        .enumerate()
-        .filter(|(i, _)| *i != 2)
-        .map(|(i, p)| (i as u16, p))
+        .filter(|(id, _)| *id != CHILD.port)
+        .map(|(id, p)| (*id, p))
         .collect();
     lab.engine.drive(lab.now, &mut lab.mem, &mut set);
     let got = lab.take_all();

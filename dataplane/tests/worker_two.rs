@@ -2,14 +2,13 @@
 //! worker cross as descriptors, a policy swap reaches both workers between batches, and
 //! every frame is accounted for afterwards. No root needed: the UMEM is anonymous memory
 //! and the ports are in-memory.
-mod core_common;
 
-use core_common::*;
 use dataplane::afxdp::{PollConfig, Umem, UmemConfig};
 use dataplane::engine::{EngineConfig, PortConfig};
 use dataplane::phy::memory::{MemoryPort, MemoryPortConfig};
 use dataplane::phy::{DescBatch, FreeList, Port, PortFrames};
 use dataplane::policy::{Action, ConstPolicy, FnPolicy, PacketRecord, Policy, VerdictRecord};
+use dataplane::sim::*;
 use dataplane::worker::{Dataplane, DataplaneConfig, WorkerPort};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::BorrowedFd;
@@ -205,6 +204,11 @@ fn a_policy_swap_reaches_every_worker_and_redecides_flows() {
         }))
     };
     dp.set_policy(deny).unwrap();
+    assert!(
+        dp.wait_generation(2, Duration::from_secs(10)),
+        "both workers take generation 2"
+    );
+    assert!(dp.counters().iter().all(|c| c.policy.generation.get() == 2));
     // The flow was admitted by generation 1; generation 2 re-decides it at its next packet.
     wait_until("the denial to be counted", || {
         assert!(ports[PARENT.port as usize].inject(&tcp_frame(
@@ -278,9 +282,12 @@ fn audit_switches_every_worker_and_each_reports_its_events() {
     // rule 42, both forwarded.
     assert!(ports[PARENT.port as usize].inject(&tcp_frame(PARENT, CHILD, 6000, 80, 0x02, &[])));
     assert!(ports[CHILD.port as usize].inject(&tcp_frame(CHILD, OTHER, 6001, 80, 0x02, &[])));
+    // Each port's frames are taken once: remember what has arrived across polls.
+    let (mut to_child, mut to_other) = (false, false);
     wait_until("both audited SYNs to pass", || {
-        !ports[CHILD.port as usize].take_sent().is_empty()
-            && !ports[OTHER.port as usize].take_sent().is_empty()
+        to_child |= !ports[CHILD.port as usize].take_sent().is_empty();
+        to_other |= !ports[OTHER.port as usize].take_sent().is_empty();
+        to_child && to_other
     });
     let audited: u64 = dp
         .counters()

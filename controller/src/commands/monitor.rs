@@ -187,8 +187,17 @@ pub fn capture(c: &Client, a: &CaptureArgs) -> anyhow::Result<()> {
                 write_pcap(std::io::stdout().lock(), frames.iter()).context("writing pcap")?;
             out.flush().context("writing pcap")?;
         } else {
-            let f =
-                std::fs::File::create(w).with_context(|| format!("creating {}", w.display()))?;
+            // Frames of other people's traffic: readable by root only, like the rules.
+            let f = {
+                use std::os::unix::fs::OpenOptionsExt as _;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(w)
+            }
+            .with_context(|| format!("creating {}", w.display()))?;
             let mut out = write_pcap(std::io::BufWriter::new(f), frames.iter())
                 .with_context(|| format!("writing {}", w.display()))?;
             out.flush()

@@ -1,6 +1,5 @@
 //! `bridgewall rules import`: `iptables-save` output in, a checked rules file out, and a
 //! report a person can read (what was taken, what was skipped and why).
-use std::io::Write as _;
 use std::path::Path;
 
 use anyhow::Context;
@@ -83,15 +82,6 @@ pub fn import(input: &ImportInput<'_>) -> anyhow::Result<()> {
 /// Writes the rules (and the sets after them) to `path` with mode 0600, through a temporary
 /// file renamed into place, so a reader never sees half a file.
 fn write_private(path: &Path, text: &str, ipsets: Option<&str>) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension("bridgewall-tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
     let mut body = String::new();
     if let Some(sets) = ipsets {
         body.push_str("# ipsets (ipset save)\n");
@@ -101,9 +91,6 @@ fn write_private(path: &Path, text: &str, ipsets: Option<&str>) -> anyhow::Resul
         }
     }
     body.push_str(text);
-    f.write_all(body.as_bytes())
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
+    crate::private_file::write(path, body.as_bytes())
+        .with_context(|| format!("writing the rules file {}", path.display()))
 }

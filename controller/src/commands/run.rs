@@ -50,8 +50,22 @@ pub fn follow(
         }
     };
     crate::print::print_state(&first.state);
-    let mut rt = BridgeRuntime::start(netns, first.state.clone(), options)
-        .with_context(|| format!("taking bridge {} in {}", first.state.bridge, netns.label()))?;
+    let segment = (
+        options.frames.ports_per_segment,
+        u64::from(options.frames.segment_frames()) * 2048,
+    );
+    let mut rt = BridgeRuntime::start(netns, first.state.clone(), options).map_err(|e| {
+        let hint = memlock_hint(&e, segment);
+        let e = anyhow::Error::new(e).context(format!(
+            "taking bridge {} in {}",
+            first.state.bridge,
+            netns.label()
+        ));
+        match hint {
+            Some(h) => e.context(h),
+            None => e,
+        }
+    })?;
     // ip_forward was checked (and a warning printed) before the takeover; see `cli::run`.
     println!(
         "bridgewall is enforcing bridge {} ({} containers, policy generation {}, {} rules); Ctrl-C or SIGTERM gives the bridge back",
@@ -202,4 +216,53 @@ pub fn follow(
         );
     }
     Ok(())
+}
+
+/// What to do when the kernel would not pin the dataplane's packet buffers: registering a
+/// UMEM charges its pages to RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK (root
+/// usually does, a service with a reduced capability set may not), and fails with ENOBUFS
+/// past the limit — an errno that names neither. `segment`: ports per UMEM segment, and its
+/// bytes. `None` for any other error.
+fn memlock_hint(e: &crate::runtime::RuntimeError, segment: (u16, u64)) -> Option<String> {
+    use dataplane::afxdp::AfXdpError;
+    let crate::runtime::RuntimeError::AfXdp {
+        error: AfXdpError::Sys { call, errno, .. },
+        ..
+    } = e
+    else {
+        return None;
+    };
+    if !call.contains("XDP_UMEM_REG") || *errno != libc::ENOBUFS {
+        return None;
+    }
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let limit = limits
+        .lines()
+        .find(|l| l.starts_with("Max locked memory"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .map(|soft| match soft.parse::<u64>() {
+            Ok(b) => format!("{} KiB", b / 1024),
+            Err(_) => soft.to_string(),
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let ipc_lock = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        // CAP_IPC_LOCK is capability 14 (linux/capability.h).
+        .is_some_and(|caps| caps & (1 << 14) != 0);
+    Some(format!(
+        "the kernel refused to lock the dataplane's packet buffers in memory: RLIMIT_MEMLOCK \
+         (ulimit -l) is {limit}{}, and each UMEM segment of {} containers needs {} MiB; raise \
+         it (LimitMEMLOCK=infinity in the systemd unit, `ulimit -l unlimited`, `prlimit \
+         --memlock=unlimited`) or give bridgewall CAP_IPC_LOCK",
+        if ipc_lock {
+            ""
+        } else {
+            ", bridgewall lacks CAP_IPC_LOCK (which would exempt it)"
+        },
+        segment.0,
+        segment.1.div_ceil(1 << 20)
+    ))
 }

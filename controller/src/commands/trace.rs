@@ -41,6 +41,7 @@ pub fn lab_state(spec: &LabSpec) -> BridgeState {
             containers,
         },
         attachments: Vec::new(),
+        unplaced: Vec::new(),
     }
 }
 

@@ -45,6 +45,14 @@ pub enum EditError {
         /// What is there instead.
         why: String,
     },
+    /// A chain name iptables would not take (or that would change the line's meaning).
+    #[error(
+        "{0:?} is not a chain name: up to 28 letters, digits and `_-.+@:`, not starting with `-` or `!`"
+    )]
+    BadChain(String),
+    /// A word with a line break or another control character: it would split the rule.
+    #[error("word {0:?} holds a control character (a line break would split the rule)")]
+    ControlCharacter(String),
     /// A word opens a quote it never closes.
     #[error("line {line}: word {word} opens a quote it never closes")]
     Quote {
@@ -59,7 +67,9 @@ pub enum EditError {
 pub fn apply(text: &str, edit: &RuleEdit, file: &str) -> Result<(String, String), EditError> {
     match edit {
         RuleEdit::Append { spec, chain } => {
-            let line = format!("-A {} {}", chain_of(chain), join(spec)?);
+            // DOCKER and FORWARD are written as DOCKER-USER, where such rules land: in
+            // `iptables-save` form Docker's own chains are skipped.
+            let line = format!("-A {} {}", resolved(chain_of(chain)?), join(spec)?);
             Ok((insert_line(text, &line), line))
         }
         RuleEdit::Insert {
@@ -67,12 +77,15 @@ pub fn apply(text: &str, edit: &RuleEdit, file: &str) -> Result<(String, String)
             chain,
             position,
         } => {
-            let at = position.map(|p| format!(" {p}")).unwrap_or_default();
-            let line = format!("-I {}{at} {}", chain_of(chain), join(spec)?);
+            // The position is always written: a spec starting with a number must not be
+            // read as one.
+            let at = position.unwrap_or(1);
+            let line = format!("-I {} {at} {}", resolved(chain_of(chain)?), join(spec)?);
             Ok((insert_line(text, &line), line))
         }
         RuleEdit::Delete { spec, chain } => {
-            let chain = chain_of(chain);
+            // DOCKER and FORWARD mean DOCKER-USER, as when the rule was added.
+            let chain = resolved(chain_of(chain)?);
             let want = spec_words(spec)?;
             let found = find_rule(text, chain, &want)?.ok_or_else(|| EditError::NoMatch {
                 chain: chain.to_string(),
@@ -103,14 +116,36 @@ pub fn apply(text: &str, edit: &RuleEdit, file: &str) -> Result<(String, String)
     }
 }
 
-fn chain_of(chain: &Option<String>) -> &str {
-    chain.as_deref().unwrap_or(DEFAULT_CHAIN)
+/// The chain asked for (DOCKER-USER by default), if it is a chain name: one that cannot
+/// change the meaning of the line it is written in.
+fn chain_of(chain: &Option<String>) -> Result<&str, EditError> {
+    let c = chain.as_deref().unwrap_or(DEFAULT_CHAIN);
+    let ok = (1..=28).contains(&c.len())
+        && !c.starts_with(['-', '!'])
+        && c.chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "_-.+@:".contains(ch));
+    if ok {
+        Ok(c)
+    } else {
+        Err(EditError::BadChain(c.to_string()))
+    }
+}
+
+/// The chain a rule written for `chain` lands in (Docker's DOCKER and FORWARD: DOCKER-USER).
+fn resolved(chain: &str) -> &str {
+    match chain {
+        "DOCKER" | "FORWARD" => DEFAULT_CHAIN,
+        c => c,
+    }
 }
 
 /// The spec's words, refusing an empty one or one with its own command.
 fn spec_words(spec: &[String]) -> Result<Vec<String>, EditError> {
     if spec.is_empty() {
         return Err(EditError::Empty);
+    }
+    if let Some(w) = spec.iter().find(|w| w.chars().any(char::is_control)) {
+        return Err(EditError::ControlCharacter(w.clone()));
     }
     if let Some(c) = spec.iter().find(|w| {
         matches!(
@@ -132,14 +167,14 @@ fn join(spec: &[String]) -> Result<String, EditError> {
         .join(" "))
 }
 
+/// `w` as one word the rules parser reads back exactly: bare when it can be, else in single
+/// quotes (everything literal), a single quote inside written as `"'"` next to them, as a
+/// shell joins quoted pieces into one word.
 fn quote(w: &str) -> String {
     if !w.is_empty() && !w.chars().any(|c| c.is_whitespace() || "\"'#\\".contains(c)) {
         return w.to_string();
     }
-    if !w.contains('\'') {
-        return format!("'{w}'");
-    }
-    format!("\"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""))
+    format!("'{}'", w.replace('\'', "'\"'\"'"))
 }
 
 /// For a rule line: its command word and the index of the first word after the command's
@@ -168,10 +203,7 @@ fn rule_command(raw: &str) -> Option<(String, Vec<String>, usize)> {
             {
                 at += 1;
             }
-            let chain = match chain.as_str() {
-                "DOCKER" | "FORWARD" => DEFAULT_CHAIN.to_string(),
-                _ => chain,
-            };
+            let chain = resolved(&chain).to_string();
             Some((chain, w, at))
         }
         s if s.starts_with('-') && !s.starts_with("-N") && s != "--new-chain" => {
@@ -298,7 +330,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             t,
-            "*nat\n:A - [0:0]\nCOMMIT\n*filter\n:DOCKER-USER - [0:0]\n-A DOCKER-USER -j RETURN\n-I DOCKER-USER -s 1.2.3.4 -j DROP\nCOMMIT\n"
+            "*nat\n:A - [0:0]\nCOMMIT\n*filter\n:DOCKER-USER - [0:0]\n-A DOCKER-USER -j RETURN\n-I DOCKER-USER 1 -s 1.2.3.4 -j DROP\nCOMMIT\n"
         );
     }
 

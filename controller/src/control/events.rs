@@ -12,16 +12,54 @@ use tokio::sync::broadcast;
 use super::api::{MonitorLine, VerdictLine};
 use super::server::PUMP_PERIOD;
 
-/// What events are shown with: container names by port, rule texts by id.
+/// Policy generations whose rule texts are kept for events still in flight after a swap.
+const GENERATIONS_KEPT: usize = 8;
+
+/// What events are shown with: container names by port, rule texts by id per policy
+/// generation (an event names the rule of the generation that decided it, not of the one
+/// in force when it is read).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Names {
     /// Port id → container name (`gateway` for the gateway port).
     pub ports: BTreeMap<u16, String>,
-    /// Rule id → its text.
-    pub rules: Vec<String>,
+    /// (generation, rule id → its text), oldest first.
+    pub rules: Vec<(u64, Arc<[String]>)>,
 }
 
 impl Names {
+    /// `newer`'s ports and rules, keeping the rule texts of the last few generations seen.
+    pub fn merged(&self, newer: Names) -> Names {
+        let mut rules: Vec<(u64, Arc<[String]>)> = self
+            .rules
+            .iter()
+            .filter(|(g, _)| newer.rules.iter().all(|(n, _)| n != g))
+            .cloned()
+            .collect();
+        rules.extend(newer.rules);
+        rules.sort_by_key(|(g, _)| *g);
+        let excess = rules.len().saturating_sub(GENERATIONS_KEPT);
+        rules.drain(..excess);
+        Names {
+            ports: newer.ports,
+            rules,
+        }
+    }
+
+    /// The text of rule `id` of generation `generation`.
+    fn rule_text(&self, generation: u64, id: u32) -> String {
+        if id == RULE_NONE {
+            return "no rule matched: the default".to_string();
+        }
+        if id == dataplane::policy::RULE_FAIL_CLOSED {
+            return "a policy module failed: fail-closed verdict".to_string();
+        }
+        self.rules
+            .iter()
+            .find(|(g, _)| *g == generation)
+            .and_then(|(_, r)| r.get(id as usize).cloned())
+            .unwrap_or_else(|| format!("rule {id} of generation {generation}"))
+    }
+
     /// Whether `name` is a port's name.
     pub fn knows(&self, name: &str) -> bool {
         self.ports.values().any(|n| n == name)
@@ -57,14 +95,7 @@ impl Names {
             dst: Self::endpoint(e.dst, e.dst_port, e.protocol),
             proto: rules_wasm::model::proto_name(e.protocol),
             rule: (e.rule != RULE_NONE).then_some(e.rule),
-            rule_text: if e.rule == RULE_NONE {
-                "no rule matched: the default".to_string()
-            } else {
-                self.rules
-                    .get(e.rule as usize)
-                    .cloned()
-                    .unwrap_or_else(|| format!("rule {}", e.rule))
-            },
+            rule_text: self.rule_text(e.generation, e.rule),
             generation: e.generation,
         }
     }
@@ -138,5 +169,46 @@ impl EventPump {
 
     fn missed(&self) -> u64 {
         self.rings.iter().map(|r| r.rate_limited() + r.lost()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(generation: u64, rules: &[&str]) -> Names {
+        Names {
+            ports: BTreeMap::from([(0, "gateway".to_string())]),
+            rules: vec![(
+                generation,
+                rules
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .into(),
+            )],
+        }
+    }
+
+    #[test]
+    fn an_event_names_the_rule_of_the_generation_that_decided_it() {
+        let mut n = Names::default();
+        n = n.merged(names(1, &["-s A -j DROP"]));
+        n = n.merged(names(2, &["-s B -j DROP"]));
+        assert_eq!(n.rule_text(1, 0), "-s A -j DROP");
+        assert_eq!(n.rule_text(2, 0), "-s B -j DROP");
+        assert_eq!(n.rule_text(2, RULE_NONE), "no rule matched: the default");
+        for g in 3..20 {
+            n = n.merged(names(g, &["x"]));
+        }
+        assert_eq!(n.rules.len(), GENERATIONS_KEPT);
+        assert_eq!(
+            n.rule_text(1, 0),
+            "rule 0 of generation 1",
+            "forgotten, said so"
+        );
+        // Publishing the same generation again does not duplicate it.
+        n = n.merged(names(19, &["x"]));
+        assert_eq!(n.rules.len(), GENERATIONS_KEPT);
     }
 }

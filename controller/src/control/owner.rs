@@ -64,7 +64,8 @@ pub fn names(rt: &BridgeRuntime) -> Names {
         .into_iter()
         .map(|p| (p.port, p.name))
         .collect();
-    let rules = rt.policy().compiled.rule_origins.clone();
+    let p = rt.policy();
+    let rules = vec![(p.generation, p.compiled.rule_origins.clone().into())];
     Names { ports, rules }
 }
 
@@ -222,7 +223,7 @@ fn edit_rules(rt: &mut BridgeRuntime, e: &api::RuleEdit) -> Reply {
         }
     };
     if let Some(path) = rt.rules_path()
-        && let Err(err) = write_atomically(path, &next.text)
+        && let Err(err) = crate::private_file::write(path, next.text.as_bytes())
     {
         return Reply::Error {
             status: 500,
@@ -245,26 +246,6 @@ fn edit_rules(rt: &mut BridgeRuntime, e: &api::RuleEdit) -> Reply {
         rules_file: file,
         user_rules,
     })
-}
-
-/// Writes `text` to `path` through a temporary file and a rename, mode 0600: a crash leaves
-/// the old file or the new one, never half of one.
-fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("bridgewall-tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 fn trace(rt: &BridgeRuntime, t: &api::TraceRequest) -> Reply {

@@ -253,7 +253,7 @@ impl ControlServer {
     /// Publishes the names events are shown with (call after every policy or port change).
     pub fn publish_names(&self, names: Names) {
         if let Ok(mut n) = self.names.write() {
-            *n = names;
+            *n = n.merged(names);
         }
     }
 }

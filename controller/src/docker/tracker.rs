@@ -16,7 +16,7 @@ use super::parse::{NetworkFacts, ParsedContainer, parse_container, parse_network
 use super::{DockerError, Engine, EngineAddress, TrackerMetrics, connect, host_veth_of};
 use crate::netlink::{Netns, Rtnl};
 use crate::state::{
-    Attachment, BridgeState, PortAllocator, Snapshot, SnapshotCause, SnapshotReceiver,
+    Attachment, BridgeState, PortAllocator, Snapshot, SnapshotCause, SnapshotReceiver, UNPLACED,
 };
 
 /// What to follow and how.
@@ -330,6 +330,7 @@ impl Tracker {
                 }
                 if let Some(gone) = self.containers.remove(&container_id) {
                     self.ports.release(&gone.attachment.host_ifname);
+                    self.place_unplaced();
                     self.publish(SnapshotCause::ContainerGone {
                         name: gone.info.name,
                     });
@@ -370,6 +371,23 @@ impl Tracker {
                 .and_then(|s| Some(s.running? && !s.paused.unwrap_or(false)))
                 .unwrap_or(false),
             Err(_) => false,
+        }
+    }
+
+    /// Gives the ports freed up to unplaced containers (in name order).
+    fn place_unplaced(&mut self) {
+        let mut waiting: Vec<&mut Tracked> = self
+            .containers
+            .values_mut()
+            .filter(|t| t.attachment.port == UNPLACED)
+            .collect();
+        waiting.sort_by(|a, b| a.info.name.cmp(&b.info.name));
+        for t in waiting {
+            let Some(port) = self.ports.port_for(&t.attachment.host_ifname) else {
+                break;
+            };
+            t.info.port = port;
+            t.attachment.port = port;
         }
     }
 
@@ -421,8 +439,10 @@ fn build_state<'a>(
     icc_override: Option<bool>,
     tracked: impl Iterator<Item = &'a Tracked>,
 ) -> BridgeState {
-    let mut list: Vec<&Tracked> = tracked.collect();
+    let (mut list, mut unplaced): (Vec<&Tracked>, Vec<&Tracked>) =
+        tracked.partition(|t| t.attachment.port != UNPLACED);
     list.sort_by(|a, b| a.info.name.cmp(&b.info.name));
+    unplaced.sort_by(|a, b| a.info.name.cmp(&b.info.name));
     BridgeState {
         bridge: net.bridge.clone(),
         network: BridgeNetwork {
@@ -432,6 +452,7 @@ fn build_state<'a>(
             containers: list.iter().map(|t| t.info.clone()).collect(),
         },
         attachments: list.iter().map(|t| t.attachment.clone()).collect(),
+        unplaced: unplaced.iter().map(|t| t.attachment.clone()).collect(),
     }
 }
 
@@ -558,10 +579,14 @@ async fn inspect_one(
             });
         }
     };
-    let Some(port) = ports.port_for(&host.name) else {
-        tracing::error!("no dataplane port id left for {name}; it is not tracked");
-        return Ok(None);
-    };
+    // Beyond the port table the container is still tracked, unplaced: the runtime cuts
+    // it off until a port frees up, so it never stays on the kernel bridge unseen.
+    let port = ports.port_for(&host.name).unwrap_or_else(|| {
+        tracing::error!(
+            "no dataplane port left for {name}: it stays cut off (raise --max-containers)"
+        );
+        UNPLACED
+    });
     Ok(Some(Tracked {
         info: ContainerInfo {
             name: name.clone(),

@@ -343,6 +343,7 @@ impl Lab {
                     port: c.port,
                 })
                 .collect(),
+            unplaced: Vec::new(),
         }
     }
 

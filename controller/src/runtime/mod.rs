@@ -417,6 +417,14 @@ impl BridgeRuntime {
             self.remove_container(&a);
             report.detached.push(a.container.clone());
         }
+        // Containers beyond --max-containers: off the bridge, not attached.
+        for u in &new.unplaced {
+            if let Some(t) = self.takeover.as_mut()
+                && let Err(e) = t.adopt(&u.host_ifname)
+            {
+                tracing::error!(container = u.container, "cutting off: {e}");
+            }
+        }
         let generation = self.next_generation;
         self.next_generation += 1;
         let built = policy::build(
@@ -705,6 +713,14 @@ impl BridgeRuntime {
                 generation,
             }),
         })?;
+        // In force means in force: a live edit's answer, or a snapshot's latency, counts from
+        // every worker judging with it.
+        if !dp.wait_generation(generation, Duration::from_secs(2)) {
+            tracing::warn!(
+                generation,
+                "a worker has not taken the new policy after 2 s (it is busy or stuck); it will at its next batch"
+            );
+        }
         let took = began.elapsed();
         self.swaps = (self.swaps.0 + 1, self.swaps.1 + took, took);
         self.swap_hist

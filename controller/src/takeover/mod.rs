@@ -9,8 +9,10 @@
 //! Giving it back ([`Takeover::restore`], or `Drop`): each taken port still present goes back
 //! on the bridge, the gateway pair is deleted. A crash cannot give it back, so every step is
 //! recorded first in a state file (see [`state_path`]); [`restore_from_state`] — called by
-//! [`Takeover::take`] itself, or by `bridgewall restore` — undoes whatever the record lists.
-//! Until then the containers are cut off, never exposed: nothing carries their traffic.
+//! `bridgewall restore` — undoes whatever the record lists, and the next [`Takeover::take`]
+//! carries it over (the ports it lists stay off the bridge and are taken again, the old
+//! gateway pair is replaced). Until then the containers are cut off, never exposed: nothing
+//! carries their traffic.
 //!
 //! The takeover speaks netlink over its own socket in the bridge's namespace, driven by a
 //! private runtime; its methods block (milliseconds) and may be called from async code.
@@ -118,7 +120,9 @@ pub struct Takeover {
 
 impl Takeover {
     /// Takes `bridge` in `netns`: checks it (exists, is a bridge, MTUs fit native XDP),
-    /// undoes a crashed earlier takeover if its state file is there, creates the gateway pair
+    /// carries over a crashed earlier takeover if its state file is there (its ports stay
+    /// off the bridge — never handed to the kernel bridge in between — and its gateway pair
+    /// goes), creates the gateway pair
     /// (MTU of the bridge, outer end on the bridge, both up), pins the bridge's MAC (the
     /// kernel would otherwise re-derive it from the new set of ports, staling the containers'
     /// ARP caches) and takes every container veth off the bridge. Each step is recorded
@@ -135,15 +139,26 @@ impl Takeover {
         }
         let path = state_path(&opts.state_dir, netns, bridge);
         let nl = NlSession::open(netns)?;
-        if let Some(report) = restore_recorded(&nl, bridge, &path)? {
-            tracing::info!(
-                bridge,
-                returned = ?report.returned,
-                vanished = ?report.vanished,
-                "restored the bridge left taken by an earlier run"
-            );
-        }
-        let record = nl.block(take_bridge(&nl, bridge, &opts, &path))?;
+        let carried = match state::read(&path)? {
+            Some(earlier) => {
+                if earlier.bridge != bridge {
+                    return Err(TakeoverError::StateMismatch {
+                        path: path.clone(),
+                        expected: bridge.to_string(),
+                        found: earlier.bridge,
+                    });
+                }
+                let carried = nl.block(carry_over(&nl, &earlier, &path))?;
+                tracing::info!(
+                    bridge,
+                    kept_off = ?carried.iter().map(|p| &p.name).collect::<Vec<_>>(),
+                    "took over the ports an earlier run left cut off"
+                );
+                carried
+            }
+            None => Vec::new(),
+        };
+        let record = nl.block(take_bridge(&nl, bridge, &opts, &path, carried))?;
         tracing::info!(
             bridge,
             netns = netns.label(),
@@ -375,12 +390,52 @@ fn check_mtu(iface: &str, mtu: u32) -> Result<(), TakeoverError> {
     Ok(())
 }
 
+/// What a crashed run left, taken over without giving it back first: giving the ports back
+/// (as [`restore_from_state`] does) would bridge the containers by the kernel, past the
+/// policy — user rules included — for the moment until the new takeover takes them off
+/// again. Instead every port the record lists that is still there and on no bridge stays
+/// off and is returned, to be recorded by the new takeover from its first write; a port
+/// that vanished (or whose index now names another link) is forgotten; one on a bridge
+/// again is left to the survey (on this bridge it is taken as usual). The recorded gateway
+/// pair is deleted. On failure nothing of the record is lost: the state file still lists
+/// everything, and `bridgewall restore` can finish the job.
+async fn carry_over(
+    nl: &NlSession,
+    record: &TakeoverRecord,
+    path: &Path,
+) -> Result<Vec<TakenPort>, TakeoverError> {
+    let rtnl = &nl.rtnl;
+    let mut carried = Vec::new();
+    let mut failures = Vec::new();
+    for port in &record.ports {
+        match rtnl.link_by_index(port.index).await {
+            Ok(f) if f.name == port.name && f.controller.is_none() => carried.push(port.clone()),
+            Ok(_) => {}
+            Err(e) if is_gone(&e) => {}
+            Err(e) => failures.push(format!("{}: {e}", port.name)),
+        }
+    }
+    let mut report = RestoreReport::default();
+    delete_gateway(rtnl, &record.gateway, &mut report, &mut failures).await;
+    if !failures.is_empty() {
+        return Err(TakeoverError::RestoreIncomplete {
+            bridge: record.bridge.clone(),
+            path: path.to_path_buf(),
+            failures,
+        });
+    }
+    Ok(carried)
+}
+
 /// The takeover proper: survey, record, change; on error undo what the record lists.
+/// `carried` are ports already off the bridge (an earlier run's, see [`carry_over`]): they
+/// are in the record from its first write.
 async fn take_bridge(
     nl: &NlSession,
     bridge: &str,
     opts: &TakeoverOptions,
     path: &Path,
+    carried: Vec<TakenPort>,
 ) -> Result<TakeoverRecord, TakeoverError> {
     let survey = survey(&nl.rtnl, bridge, opts).await?;
     let (outer, inner) = opts.gateway_names.clone();
@@ -394,9 +449,10 @@ async fn take_bridge(
             outer_index: None,
             inner_index: None,
         },
-        ports: Vec::new(),
+        ports: carried,
     };
-    // Nothing has changed yet: a failed write leaves nothing to undo.
+    // Nothing has changed yet (the carried ports are off the bridge already, and an earlier
+    // record listing them stays if this write fails): nothing to undo.
     state::write(path, &record)?;
     match install(nl, &mut record, path, &survey).await {
         Ok(()) => Ok(record),
@@ -613,7 +669,25 @@ async fn undo(
             },
         }
     }
-    let gw = &record.gateway;
+    delete_gateway(rtnl, &record.gateway, &mut report, &mut failures).await;
+    if !failures.is_empty() {
+        return Err(TakeoverError::RestoreIncomplete {
+            bridge: record.bridge.clone(),
+            path: path.to_path_buf(),
+            failures,
+        });
+    }
+    state::remove(path)?;
+    Ok(report)
+}
+
+/// Deletes the recorded gateway pair, if it is still the one bridgewall made.
+async fn delete_gateway(
+    rtnl: &Rtnl,
+    gw: &GatewayRecord,
+    report: &mut RestoreReport,
+    failures: &mut Vec<String>,
+) {
     for (name, index) in [(&gw.outer, gw.outer_index), (&gw.inner, gw.inner_index)] {
         match rtnl.link_by_name(name).await {
             // Ours: a veth, with the index recorded (or none recorded if the crash came
@@ -632,13 +706,4 @@ async fn undo(
             Err(e) => failures.push(format!("{name}: {e}")),
         }
     }
-    if !failures.is_empty() {
-        return Err(TakeoverError::RestoreIncomplete {
-            bridge: record.bridge.clone(),
-            path: path.to_path_buf(),
-            failures,
-        });
-    }
-    state::remove(path)?;
-    Ok(report)
 }

@@ -4,8 +4,8 @@
 //!
 //! Writes are atomic (a temporary file renamed over the old one), so a reader sees either
 //! the previous record or the new one, never a torn file.
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -114,24 +114,20 @@ pub(super) fn read(path: &Path) -> Result<Option<TakeoverRecord>, TakeoverError>
 }
 
 /// Writes the record atomically: a temporary file beside it, flushed to disk, renamed over.
+///
+/// The record tells a later `restore` (run as root) which links to move and delete, so it is
+/// private whatever the umask: a missing directory is made mode 0700, the file is mode 0600,
+/// and the temporary file is made afresh (`O_EXCL`: a leftover or a planted symlink is
+/// removed, never written through).
 pub(super) fn write(path: &Path, record: &TakeoverRecord) -> Result<(), TakeoverError> {
-    let fail = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| TakeoverError::StateWrite { path: p, source }
-    };
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(fail(dir))?;
-    }
-    let json = serde_json::to_vec_pretty(record)
-        .map_err(|e| fail(path)(io::Error::new(io::ErrorKind::InvalidData, e)))?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = File::create(&tmp).map_err(fail(&tmp))?;
-    f.write_all(&json).map_err(fail(&tmp))?;
-    f.sync_all().map_err(fail(&tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(fail(path))
+    let json = serde_json::to_vec_pretty(record).map_err(|e| TakeoverError::StateWrite {
+        path: path.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::InvalidData, e),
+    })?;
+    crate::private_file::write(path, &json).map_err(|e| TakeoverError::StateWrite {
+        path: e.path,
+        source: e.source,
+    })
 }
 
 /// Removes the record; a missing one is fine (restore is idempotent).
@@ -161,6 +157,7 @@ mod tests {
     #[test]
     fn write_read_remove_round_trip() {
         let dir = std::env::temp_dir().join(format!("bwtk-unit-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
         let path = dir.join("x-br0.json");
         let rec = TakeoverRecord {
             version: STATE_VERSION,
@@ -180,7 +177,19 @@ mod tests {
         };
         assert!(read(&path).unwrap().is_none());
         write(&path, &rec).unwrap();
-        assert_eq!(read(&path).unwrap(), Some(rec));
+        assert_eq!(read(&path).unwrap(), Some(rec.clone()));
+        // Private whatever the umask: the record says which links root will move and delete.
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600, "the state file's mode");
+        assert_eq!(mode(&dir), 0o700, "the state directory's mode");
+        // A leftover temporary file (a crash mid-write) is replaced, not written through.
+        let tmp = dir.join("x-br0.json.tmp");
+        fs::write(&tmp, b"leftover").unwrap();
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o666)).unwrap();
+        write(&path, &rec).unwrap();
+        assert_eq!(mode(&path), 0o600, "rewritten over a 0666 leftover");
+        assert!(!tmp.exists());
         fs::write(&path, b"{not json").unwrap();
         assert!(matches!(
             read(&path),

@@ -10,10 +10,32 @@
 //! inserted into the emptier one ("two choices"), which keeps premature evictions rare even
 //! at high load — an evicted live flow would cut a connection. A parallel array of 32-bit tags
 //! (a hash fragment, 0 = empty) lets a lookup check a bucket in half a cache line before
-//! touching an entry. When both buckets are full the entry idle the longest is evicted (an
-//! LRU approximation over the 16 candidates) and counted, so the table never grows and never
-//! refuses a flow. Time is an
-//! argument (`now`, nanoseconds on any monotonic clock): the table performs no I/O.
+//! touching an entry. Time is an argument (`now`, nanoseconds on any monotonic clock): the
+//! table performs no I/O.
+//!
+//! When both buckets are full, one of their 16 entries gives way — the table never grows —
+//! chosen so that a container flooding new flows churns its own and cannot push out the
+//! connections of others (see [`FlowTable::decide`]). A flow is *confirmed* once admitted,
+//! answered and past its handshake ([`FlowEntry::confirmed`]); a port's *fair share* is the
+//! flows held divided by the ports holding any, the new flow's port counted. In order of
+//! preference, the new flow takes the slot of:
+//! 1. an expired flow;
+//! 2. a cached denial, or a closed TCP connection (losing either cuts nothing: a denial is
+//!    asked again, a closed connection only absorbed late segments);
+//! 3. an unconfirmed flow — first those of a port over its fair share, so a flooder's own
+//!    half-open flows go before a victim's;
+//! 4. a confirmed flow of a port over its fair share, if the new flow's port is that port,
+//!    or a *newcomer*: within its own share and holding fewer than
+//!    [`NEWCOMER_UNCONFIRMED`] unconfirmed flows. So a port that hoards answered flows cannot
+//!    lock the others out of a full table, while a flooder — whose half-open flows pile up
+//!    at once — can take at most that many connections before it only churns its own.
+//!
+//! Among equals the one idle longest goes (LRU over the candidates); evictions are counted.
+//! When none of the candidates may go, the new flow is refused and counted instead
+//! ([`FlowStats::refused`]; the engine drops an admitted packet as `flow_table_full`, and a
+//! denial is simply not cached), as Linux drops a new connection when conntrack is full
+//! and finds no unassured entry to drop: an established connection is not cut for a
+//! newcomer with no better claim to its slot.
 mod sources;
 mod state;
 
@@ -25,6 +47,7 @@ use crate::counters::Counters;
 use crate::phy::PortId;
 use crate::wire::{Fragment, Parsed, Tuple};
 use rules_wasm::abi::{RejectWith, proto};
+use state::ConnState::{TcpClose, TcpSynRecv, TcpSynSent, TcpTimeWait};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
@@ -76,6 +99,15 @@ impl FlowKey {
         };
         (key, src_first)
     }
+}
+
+/// See [`FlowEntry::confirmed`].
+#[inline(always)]
+fn confirmed(state: ConnState, replied: bool, accept: bool, one_way: bool) -> bool {
+    replied
+        && accept
+        && !one_way
+        && !matches!(state, TcpSynSent | TcpSynRecv | TcpTimeWait | TcpClose)
 }
 
 /// How a packet is tracked: its tuple, and whether a flow of it admits replies.
@@ -160,6 +192,10 @@ pub struct FlowEntry {
     /// Dataplane ports of the originator's packets: `[ingress, egress]` (egress may be
     /// `PORT_FLOOD`), so removing a port can remove its flows.
     pub ports: [PortId; 2],
+    /// A packet travelling the reply direction has passed: the other end answered. With
+    /// the state, what makes a flow confirmed (see [`FlowEntry::confirmed`]), which protects
+    /// it from being evicted for a newcomer.
+    pub replied: bool,
     /// The originator's packets came back from the host (a container reaching another one
     /// through a published port, DNATed by the host's kernel): replies must go back through
     /// the host too, whose conntrack un-NATs them.
@@ -183,6 +219,16 @@ impl FlowEntry {
         } else {
             Dir::Reply
         }
+    }
+
+    /// Confirmed: an admitted, two-way flow whose other end has answered and which is not
+    /// mid-handshake or closed — a TCP connection past its handshake, an assured UDP flow, an
+    /// answered ICMP echo or other protocol. What a flood of new flows cannot evict: a bare
+    /// SYN, an unanswered datagram, a SYN answered by a SYN-ACK that was never acknowledged
+    /// (a SYN flood at a listening server) and a mid-stream pickup not yet answered are not.
+    #[inline]
+    pub fn confirmed(&self) -> bool {
+        confirmed(self.state, self.replied, self.verdict.accept, self.one_way)
     }
 
     /// The originator's tuple (as its first packet was sent).
@@ -233,6 +279,7 @@ const EMPTY_ENTRY: FlowEntry = FlowEntry {
     last_seen: 0,
     expires_at: 0,
     ports: [0; 2],
+    replied: false,
     via_host: false,
     audited: false,
     src_next: NO_SLOT,
@@ -270,6 +317,9 @@ pub struct FlowStats {
     pub evictions: u64,
     /// Flows removed because they timed out.
     pub expirations: u64,
+    /// New flows not inserted because no candidate slot could give way: each held a
+    /// confirmed flow that the new flow's port may not take (see [`FlowTable::decide`]).
+    pub refused: u64,
 }
 
 /// A key with its hash, computed once per packet and reused for lookup and insert.
@@ -297,7 +347,36 @@ pub struct FlowTable {
     /// Where each originating port's flow gauge ([`crate::counters::PortCounters::flows`])
     /// is kept, if anywhere.
     gauges: Option<Arc<Counters>>,
+    /// Flows held per originating port (`ports[0]`), indexed by every possible [`PortId`]
+    /// so no lookup can miss: a port's share of the table, for eviction.
+    held: Box<[Holding]>,
+    /// Ports holding at least one flow: the fair share is `len / holders`.
+    holders: u32,
 }
+
+/// Entries of [`FlowTable::held`]: one per possible port id.
+const PORT_IDS: usize = PortId::MAX as usize + 1;
+
+/// What one port holds of the table.
+#[derive(Clone, Copy, Debug, Default)]
+struct Holding {
+    /// Flows it originated.
+    flows: u32,
+    /// Of those, the ones not confirmed ([`FlowEntry::confirmed`]).
+    unconfirmed: u32,
+}
+
+/// Most unconfirmed flows a port may hold and still take a slot from a confirmed flow of a
+/// port over its fair share (see [`FlowTable::decide`]): enough for a container opening a
+/// few connections at once into a table full of others' connections, while a flooder —
+/// whose half-open flows pile up — loses the right after its first few and churns its own.
+pub const NEWCOMER_UNCONFIRMED: u32 = 2 * BUCKET_SLOTS as u32;
+
+/// How readily a candidate gives way to a new flow (higher first); see the module docs.
+const RANK_DISPOSABLE: u8 = 4;
+const RANK_UNCONFIRMED_OVER_SHARE: u8 = 3;
+const RANK_UNCONFIRMED: u8 = 2;
+const RANK_CONFIRMED_OVER_SHARE: u8 = 1;
 
 /// Most flows of one source [`FlowTable::conns_from`] walks to count the live ones.
 pub const CONNLIMIT_WALK: usize = 4096;
@@ -342,6 +421,8 @@ impl FlowTable {
             stats: FlowStats::default(),
             sources: SourceCounts::new(cap, seed[2]),
             gauges: None,
+            held: vec![Holding::default(); PORT_IDS].into_boxed_slice(),
+            holders: 0,
         }
     }
 
@@ -356,6 +437,68 @@ impl FlowTable {
                 self.gauge(s, true);
             }
         }
+    }
+
+    /// Counts slot `s`'s flow in (a flow arrived) or out of (it left) its originating port's
+    /// holding and gauge.
+    #[inline(always)]
+    fn hold(&mut self, s: usize, up: bool) {
+        let e = &self.entries[s];
+        let unconfirmed = u32::from(!e.confirmed());
+        if let Some(h) = self.held.get_mut(usize::from(e.ports[0])) {
+            if up {
+                self.holders += u32::from(h.flows == 0);
+                h.flows += 1;
+                h.unconfirmed += unconfirmed;
+            } else if h.flows > 0 {
+                h.flows -= 1;
+                h.unconfirmed = h.unconfirmed.saturating_sub(unconfirmed);
+                self.holders -= u32::from(h.flows == 0);
+            }
+        }
+        self.gauge(s, up);
+    }
+
+    /// Moves slot `s`'s flow between its port's confirmed and unconfirmed flows after its
+    /// state, reply or verdict changed (`was`: whether it was confirmed before).
+    #[inline]
+    fn reclassify(&mut self, s: usize, was: bool) {
+        let e = &self.entries[s];
+        let is = e.confirmed();
+        if is != was
+            && let Some(h) = self.held.get_mut(usize::from(e.ports[0]))
+        {
+            if is {
+                h.unconfirmed = h.unconfirmed.saturating_sub(1);
+            } else {
+                h.unconfirmed += 1;
+            }
+        }
+    }
+
+    /// Whether `port` holds more than its fair share of the flows: more than the flows held
+    /// divided by `holders`, the ports holding any — counting the port of the flow being
+    /// inserted, so a newcomer is entitled to a share of a table another port fills.
+    #[inline]
+    fn over_share(&self, port: PortId, holders: u32) -> bool {
+        let n = self.held.get(usize::from(port)).map_or(0, |h| h.flows);
+        u64::from(n) * u64::from(holders) > self.len as u64
+    }
+
+    /// Flows held whose originator entered by `port` that are not confirmed
+    /// ([`FlowEntry::confirmed`]): half-open, unanswered, closed or denied.
+    pub fn unconfirmed_by(&self, port: PortId) -> usize {
+        self.held
+            .get(usize::from(port))
+            .map_or(0, |h| h.unconfirmed as usize)
+    }
+
+    /// Flows held whose originator entered by `port` (the table's own count, which
+    /// [`FlowTable::count_by_port`]'s gauges mirror).
+    pub fn held_by(&self, port: PortId) -> usize {
+        self.held
+            .get(usize::from(port))
+            .map_or(0, |h| h.flows as usize)
     }
 
     /// Moves the gauge of slot `s`'s originating port up (a flow arrived) or down (it left).
@@ -489,7 +632,7 @@ impl FlowTable {
 
     #[inline(always)]
     fn remove_slot(&mut self, s: usize) {
-        self.gauge(s, false);
+        self.hold(s, false);
         self.uncount(s);
         self.tags[s] = 0;
         self.len -= 1;
@@ -559,11 +702,25 @@ impl FlowTable {
     /// refreshes its timeout. Denied flows are not refreshed, so their verdict ages out.
     #[inline]
     pub fn on_packet(&mut self, slot: usize, dir: Dir, tcp_flags: u8, now: u64) {
+        let e = &self.entries[slot];
+        let before = (e.state, e.replied);
+        self.advance(slot, dir, tcp_flags, now);
+        let e = &self.entries[slot];
+        if (e.state, e.replied) != before {
+            let was = confirmed(before.0, before.1, e.verdict.accept, e.one_way);
+            self.reclassify(slot, was);
+        }
+    }
+
+    /// [`FlowTable::on_packet`] without the holdings' bookkeeping.
+    #[inline(always)]
+    fn advance(&mut self, slot: usize, dir: Dir, tcp_flags: u8, now: u64) {
         let e = &mut self.entries[slot];
         e.last_seen = now;
         if !e.verdict.accept {
             return;
         }
+        e.replied |= dir == Dir::Reply;
         e.state = match e.state {
             s if s.is_tcp() => tcp_transition(s, &mut e.fin, dir, tcp_flags),
             ConnState::UdpUnreplied if dir == Dir::Reply => ConnState::UdpAssured,
@@ -582,7 +739,11 @@ impl FlowTable {
     ///   state, takes the new verdict, and the packet advances it; if the entry vanished in
     ///   the meantime it is created as in the first case.
     ///
-    /// Returns the slot.
+    /// A flow that needs a new slot when its two buckets are full evicts a candidate as the
+    /// module docs say, or is refused when no candidate may go.
+    ///
+    /// Returns the slot, or `None` when the flow was refused ([`FlowStats::refused`]): the
+    /// caller must not admit a packet whose flow is not tracked.
     pub fn decide(
         &mut self,
         k: &HashedKey,
@@ -590,42 +751,47 @@ impl FlowTable {
         d: Decision,
         first: bool,
         now: u64,
-    ) -> usize {
+    ) -> Option<usize> {
         if let Some(s) = self.find(k).filter(|&s| self.entries[s].expires_at > now) {
             let e = &self.entries[s];
             let same_orig = e.orig_is_a == k.src_is_a;
             let just_created = e.generation == d.generation && e.verdict == d.verdict;
             if !first || (same_orig && just_created && d.verdict.accept) {
                 let dir = e.dir(k.src_is_a);
+                let was = e.confirmed();
                 self.uncount(s);
                 let e = &mut self.entries[s];
                 e.verdict = d.verdict;
                 e.generation = d.generation;
                 if d.verdict.accept {
-                    self.on_packet(s, dir, pkt.tcp_flags, now);
+                    self.advance(s, dir, pkt.tcp_flags, now);
                 } else {
                     e.one_way = true;
                     e.last_seen = now;
                     e.expires_at = now.saturating_add(self.timeouts.denied);
                 }
                 self.count(s);
-                return s;
+                self.reclassify(s, was);
+                return Some(s);
             }
-            self.gauge(s, false);
+            self.hold(s, false);
             self.uncount(s);
             self.entries[s] = self.new_entry(k, pkt, d, now);
             self.count(s);
-            self.gauge(s, true);
-            return s;
+            self.hold(s, true);
+            return Some(s);
         }
-        let s = self.free_slot(k, now);
+        let Some(s) = self.free_slot(k, pkt.ports[0], now) else {
+            self.stats.refused += 1;
+            return None;
+        };
         self.entries[s] = self.new_entry(k, pkt, d, now);
-        self.count(s);
-        self.gauge(s, true);
         self.tags[s] = Self::tag(k.hash);
         self.len += 1;
+        self.count(s);
+        self.hold(s, true);
         self.stats.inserts += 1;
-        s
+        Some(s)
     }
 
     fn new_entry(&self, k: &HashedKey, pkt: &FirstPacket, d: Decision, now: u64) -> FlowEntry {
@@ -651,6 +817,7 @@ impl FlowTable {
             last_seen: now,
             expires_at: now.saturating_add(ttl),
             ports: pkt.ports,
+            replied: false,
             via_host: pkt.via_host,
             audited: false,
             src_next: NO_SLOT,
@@ -658,9 +825,11 @@ impl FlowTable {
         }
     }
 
-    /// A slot for a new key: an empty one in the emptier of its two buckets, else an expired
-    /// one, else the least recently used of both buckets (evicted and counted).
-    fn free_slot(&mut self, k: &HashedKey, now: u64) -> usize {
+    /// A slot for a new key of port `inserter`: an empty one in the emptier of its two
+    /// buckets, else an expired one, else the candidate of both buckets that gives way most
+    /// readily (evicted and counted; see [`FlowTable::eviction_rank`]). `None` when no
+    /// candidate may give way.
+    fn free_slot(&mut self, k: &HashedKey, inserter: PortId, now: u64) -> Option<usize> {
         let buckets = self.buckets(k.hash);
         let mut best: Option<(usize, usize)> = None; // (free slots, first free slot)
         for b in buckets {
@@ -675,27 +844,56 @@ impl FlowTable {
             }
         }
         if let Some((_, s)) = best {
-            return s;
+            return Some(s);
         }
-        let mut victim = buckets[0];
-        let mut oldest = u64::MAX;
+        let holders = self.holders + u32::from(self.held_by(inserter) == 0);
+        // The victim so far: (rank, last seen, slot); a higher rank, then an older flow, wins.
+        let mut victim: Option<(u8, u64, usize)> = None;
         for b in buckets {
             for s in b..b + BUCKET_SLOTS {
                 let e = &self.entries[s];
                 if e.expires_at <= now {
                     self.remove_slot(s);
                     self.stats.expirations += 1;
-                    return s;
+                    return Some(s);
                 }
-                if e.last_seen < oldest {
-                    oldest = e.last_seen;
-                    victim = s;
+                let last_seen = e.last_seen;
+                if let Some(rank) = self.eviction_rank(s, inserter, holders)
+                    && victim.is_none_or(|(r, t, _)| rank > r || (rank == r && last_seen < t))
+                {
+                    victim = Some((rank, last_seen, s));
                 }
             }
         }
-        self.remove_slot(victim);
+        let (_, _, s) = victim?;
+        self.remove_slot(s);
         self.stats.evictions += 1;
-        victim
+        Some(s)
+    }
+
+    /// How readily the live flow in slot `s` gives way to a new flow of port `inserter`
+    /// (higher first), or `None` when it must not: a confirmed flow of a port within its
+    /// fair share; of a port over it, unless the inserter is that port or a newcomer —
+    /// within its own share and holding fewer than [`NEWCOMER_UNCONFIRMED`] unconfirmed
+    /// flows. `holders`: the ports sharing the table, the inserter's included.
+    #[inline]
+    fn eviction_rank(&self, s: usize, inserter: PortId, holders: u32) -> Option<u8> {
+        let e = &self.entries[s];
+        if !e.verdict.accept || matches!(e.state, TcpTimeWait | TcpClose) {
+            return Some(RANK_DISPOSABLE);
+        }
+        let holder = e.ports[0];
+        let over = self.over_share(holder, holders);
+        if !e.confirmed() {
+            return Some(if over {
+                RANK_UNCONFIRMED_OVER_SHARE
+            } else {
+                RANK_UNCONFIRMED
+            });
+        }
+        let newcomer = !self.over_share(inserter, holders)
+            && self.unconfirmed_by(inserter) < NEWCOMER_UNCONFIRMED as usize;
+        (over && (holder == inserter || newcomer)).then_some(RANK_CONFIRMED_OVER_SHARE)
     }
 
     /// Removes expired flows from the next `budget` slots (a clock hand), so the table's size
@@ -729,7 +927,7 @@ impl FlowTable {
     pub fn clear(&mut self) {
         for s in 0..self.capacity() {
             if self.tags[s] != 0 {
-                self.gauge(s, false);
+                self.hold(s, false);
             }
         }
         self.tags.fill(0);
@@ -804,7 +1002,9 @@ mod tests {
         let mut ft = FlowTable::new(64, &Timeouts::default());
         let t = tuple(1, 40000, 80);
         let k = ft.hash_tuple(&t);
-        let s = ft.decide(&k, &first(t, tcp_flags::SYN), ACCEPT, true, 0);
+        let s = ft
+            .decide(&k, &first(t, tcp_flags::SYN), ACCEPT, true, 0)
+            .unwrap();
         let r = ft.hash_tuple(&reverse(&t));
         assert_eq!(r.key, k.key);
         assert_eq!(ft.lookup(&r, 1), Some(s));
@@ -978,13 +1178,346 @@ mod tests {
         let mut ft = FlowTable::new(64, &Timeouts::default());
         let a = tuple(1, 1, 2);
         let k = ft.hash_tuple(&a);
-        let s = ft.decide(&k, &first(a, tcp_flags::SYN), ACCEPT, true, 0);
+        let s = ft
+            .decide(&k, &first(a, tcp_flags::SYN), ACCEPT, true, 0)
+            .unwrap();
         assert!(!ft.entry(s).audited);
         ft.mark_audited(s, true);
         assert!(ft.peek(&k, 1).unwrap().audited);
-        let s = ft.decide(&k, &first(a, tcp_flags::SYN), ACCEPT, false, 1);
+        let s = ft
+            .decide(&k, &first(a, tcp_flags::SYN), ACCEPT, false, 1)
+            .unwrap();
         assert!(ft.entry(s).audited, "decide leaves the mark to the engine");
         ft.mark_audited(s, false);
         assert!(!ft.entry(s).audited);
+    }
+
+    /// A first packet of port `port` for tuple `t`.
+    fn from_port(t: Tuple, flags: u8, port: PortId) -> FirstPacket {
+        FirstPacket {
+            ports: [port, 0],
+            ..first(t, flags)
+        }
+    }
+
+    /// Opens a TCP connection of `port` through its handshake: a confirmed flow.
+    fn establish(ft: &mut FlowTable, t: Tuple, port: PortId, now: u64) -> usize {
+        let k = ft.hash_tuple(&t);
+        let s = ft
+            .decide(&k, &from_port(t, tcp_flags::SYN, port), ACCEPT, true, now)
+            .unwrap();
+        ft.on_packet(s, Dir::Reply, tcp_flags::SYN | tcp_flags::ACK, now);
+        assert!(
+            !ft.entry(s).confirmed(),
+            "a SYN answered is still half-open"
+        );
+        ft.on_packet(s, Dir::Original, tcp_flags::ACK, now);
+        assert!(ft.entry(s).confirmed());
+        s
+    }
+
+    fn alive(ft: &FlowTable, t: &Tuple, now: u64) -> bool {
+        ft.peek(&ft.hash_tuple(t), now).is_some()
+    }
+
+    #[test]
+    fn a_flood_of_new_flows_evicts_its_own_not_anothers_connections() {
+        // One bucket: every key competes for the same 8 slots.
+        let mut ft = FlowTable::new(BUCKET_SLOTS, &Timeouts::default());
+        let victim: Vec<_> = (0..3).map(|i| tuple(i, 1000, 80)).collect();
+        for t in &victim {
+            establish(&mut ft, *t, 1, 1);
+        }
+        // Port 2 floods bare SYNs, later than the victim's last packets: LRU alone would
+        // evict the victim's idle connections first.
+        for i in 0..100 {
+            let t = tuple(100 + i, 2000, 80);
+            let k = ft.hash_tuple(&t);
+            let got = ft.decide(
+                &k,
+                &from_port(t, tcp_flags::SYN, 2),
+                ACCEPT,
+                true,
+                10 + u64::from(i),
+            );
+            assert!(got.is_some(), "the flooder churns its own flows");
+            assert!(ft.len() <= ft.capacity());
+        }
+        for t in &victim {
+            assert!(alive(&ft, t, 200), "victim's connection evicted");
+        }
+        assert_eq!(ft.held_by(1), 3);
+        assert_eq!(ft.held_by(2), BUCKET_SLOTS - 3);
+        assert_eq!(ft.stats().evictions, 100 - (BUCKET_SLOTS as u64 - 3));
+        assert_eq!(ft.stats().refused, 0);
+    }
+
+    #[test]
+    fn a_light_port_evicts_the_heaviest_ports_half_open_flows_before_its_own() {
+        let mut ft = FlowTable::new(BUCKET_SLOTS, &Timeouts::default());
+        // Port 1 holds one half-open flow, port 2 (the flooder) the other seven, all older.
+        let mine = tuple(1, 1000, 80);
+        ft.decide(
+            &ft.hash_tuple(&mine),
+            &from_port(mine, tcp_flags::SYN, 1),
+            ACCEPT,
+            true,
+            1,
+        );
+        for i in 0..7 {
+            let t = tuple(100 + i, 2000, 80);
+            ft.decide(
+                &ft.hash_tuple(&t),
+                &from_port(t, tcp_flags::SYN, 2),
+                ACCEPT,
+                true,
+                2,
+            );
+        }
+        // Port 1's next new flow takes a flooder's slot although its own is the oldest.
+        let next = tuple(2, 1000, 80);
+        let k = ft.hash_tuple(&next);
+        assert!(
+            ft.decide(&k, &from_port(next, tcp_flags::SYN, 1), ACCEPT, true, 3)
+                .is_some()
+        );
+        assert!(alive(&ft, &mine, 4) && alive(&ft, &next, 4));
+        assert_eq!((ft.held_by(1), ft.held_by(2)), (2, 6));
+    }
+
+    #[test]
+    fn denials_and_closed_connections_go_first() {
+        let mut ft = FlowTable::new(BUCKET_SLOTS, &Timeouts::default());
+        let deny = Decision {
+            verdict: Verdict {
+                accept: false,
+                rule: 3,
+                reject: None,
+            },
+            generation: 1,
+        };
+        let denied = tuple(1, 1, 1);
+        ft.decide(
+            &ft.hash_tuple(&denied),
+            &from_port(denied, tcp_flags::SYN, 1),
+            deny,
+            true,
+            50,
+        );
+        let closed = tuple(2, 1, 1);
+        let s = establish(&mut ft, closed, 1, 40);
+        ft.on_packet(s, Dir::Original, tcp_flags::RST, 40);
+        for i in 0..6 {
+            establish(&mut ft, tuple(10 + i, 1, 1), 1, 1);
+        }
+        // The newest entries, the denial and the reset connection, go before six idle
+        // confirmed connections.
+        for (i, now) in [(20u32, 60u64), (21, 61)] {
+            let t = tuple(i, 1, 1);
+            assert!(
+                ft.decide(
+                    &ft.hash_tuple(&t),
+                    &from_port(t, tcp_flags::SYN, 1),
+                    ACCEPT,
+                    true,
+                    now
+                )
+                .is_some()
+            );
+        }
+        assert!(!alive(&ft, &denied, 62) && !alive(&ft, &closed, 62));
+        assert!((0..6).all(|i| alive(&ft, &tuple(10 + i, 1, 1), 62)));
+    }
+
+    #[test]
+    fn a_full_table_refuses_a_port_at_its_share_but_makes_room_for_a_newcomer() {
+        let mut ft = FlowTable::new(BUCKET_SLOTS, &Timeouts::default());
+        // Four ports hold two confirmed connections each: everyone at the fair share.
+        for i in 0..8u32 {
+            establish(
+                &mut ft,
+                tuple(i, 1, 1),
+                1 + (i % 4) as PortId,
+                1 + u64::from(i),
+            );
+        }
+        // One of them wants a third: no connection of a port within its share may go.
+        let t = tuple(100, 1, 1);
+        let k = ft.hash_tuple(&t);
+        assert_eq!(
+            ft.decide(&k, &from_port(t, tcp_flags::SYN, 1), ACCEPT, true, 20),
+            None
+        );
+        assert_eq!(ft.stats().refused, 1);
+        assert_eq!(ft.stats().evictions, 0);
+        assert_eq!(ft.len(), 8);
+        assert!(ft.peek(&k, 21).is_none());
+        // A fifth port holding nothing is entitled to a share of a five-way table: the
+        // idlest connection of a port now over it gives way.
+        assert!(
+            ft.decide(&k, &from_port(t, tcp_flags::SYN, 5), ACCEPT, true, 20)
+                .is_some()
+        );
+        assert_eq!(ft.stats().evictions, 1);
+        assert!(!alive(&ft, &tuple(0, 1, 1), 21), "the idlest went");
+        assert_eq!((ft.held_by(1), ft.held_by(5)), (1, 1));
+        assert_eq!(ft.unconfirmed_by(5), 1);
+    }
+
+    #[test]
+    fn a_port_over_its_share_loses_confirmed_flows_to_one_within_its_share() {
+        let mut ft = FlowTable::new(BUCKET_SLOTS, &Timeouts::default());
+        // Port 2 holds six answered flows, port 1 two: port 2 is over its share (8 / 2).
+        for i in 0..2u32 {
+            establish(&mut ft, tuple(i, 1, 1), 1, 5);
+        }
+        for i in 0..6u32 {
+            establish(&mut ft, tuple(10 + i, 1, 1), 2, 1 + u64::from(i));
+        }
+        // Port 2's newcomer may not cut port 1's connections (port 2 is over its share), but
+        // it may give up its own oldest one.
+        let t = tuple(100, 1, 1);
+        establish(&mut ft, t, 2, 6);
+        assert_eq!((ft.held_by(1), ft.held_by(2)), (2, 6));
+        assert!(!alive(&ft, &tuple(10, 1, 1), 7));
+        // Port 1, within its share, takes one of port 2's confirmed flows (the oldest left).
+        let u = tuple(101, 1, 1);
+        establish(&mut ft, u, 1, 7);
+        assert_eq!((ft.held_by(1), ft.held_by(2)), (3, 5));
+        assert!(!alive(&ft, &tuple(11, 1, 1), 8));
+        assert!(alive(&ft, &tuple(0, 1, 1), 8) && alive(&ft, &tuple(1, 1, 1), 8));
+        assert!(alive(&ft, &t, 8) && alive(&ft, &u, 8));
+        assert_eq!(ft.stats().refused, 0);
+    }
+
+    #[test]
+    fn a_flood_into_a_table_full_of_connections_takes_a_bounded_few_then_churns_itself() {
+        // A table full of one port's connections: the flooder, a newcomer, is entitled to
+        // a share and may take the idlest of them — until it holds NEWCOMER_UNCONFIRMED
+        // half-open flows. From then on it churns those (and is refused where none of its
+        // own is among the candidates): the connections lost are bounded by that quota,
+        // however long the flood.
+        let cap = 1 << 12;
+        let mut ft = FlowTable::with_seed(cap, &Timeouts::default(), 7);
+        let mut held = 0;
+        for i in 0..cap as u32 {
+            let t = tuple(i, 1000, 80);
+            let k = ft.hash_tuple(&t);
+            if let Some(s) = ft.decide(&k, &from_port(t, tcp_flags::SYN, 1), ACCEPT, true, 1) {
+                ft.on_packet(s, Dir::Reply, tcp_flags::SYN | tcp_flags::ACK, 1);
+                ft.on_packet(s, Dir::Original, tcp_flags::ACK, 1);
+                held += 1;
+            }
+        }
+        assert_eq!(ft.held_by(1), held);
+        assert_eq!(ft.unconfirmed_by(1), 0);
+        let refused_filling = ft.stats().refused;
+        let mut lost_by_round = Vec::new();
+        let mut admitted = 0;
+        for round in 0..10u32 {
+            for i in 0..cap as u32 {
+                let t = tuple(1_000_000 + round * cap as u32 + i, 2000, 443);
+                let k = ft.hash_tuple(&t);
+                let got = ft.decide(&k, &from_port(t, tcp_flags::SYN, 3), ACCEPT, true, 2);
+                admitted += usize::from(got.is_some());
+            }
+            lost_by_round.push(held - ft.held_by(1));
+        }
+        let s = ft.stats();
+        println!(
+            "table {cap}, {held} connections of one port, flood of 10 x {cap} new flows: \
+             connections lost after each turnover {lost_by_round:?}; flood flows admitted \
+             {admitted}, refused {}",
+            s.refused - refused_filling
+        );
+        assert!(
+            lost_by_round[9] <= NEWCOMER_UNCONFIRMED as usize,
+            "{lost_by_round:?}"
+        );
+        assert_eq!(ft.unconfirmed_by(3), ft.held_by(3));
+        assert_eq!(admitted + (s.refused - refused_filling) as usize, 10 * cap);
+    }
+
+    /// The holdings as a full scan finds them: (port, flows, unconfirmed), sorted.
+    fn scanned_holdings(ft: &FlowTable) -> Vec<(PortId, usize, usize)> {
+        let mut by_port = std::collections::BTreeMap::<PortId, (usize, usize)>::new();
+        for (s, &tag) in ft.tags.iter().enumerate() {
+            if tag != 0 {
+                let e = &ft.entries[s];
+                let h = by_port.entry(e.ports[0]).or_default();
+                h.0 += 1;
+                h.1 += usize::from(!e.confirmed());
+            }
+        }
+        by_port.into_iter().map(|(p, (f, u))| (p, f, u)).collect()
+    }
+
+    fn kept_holdings(ft: &FlowTable) -> Vec<(PortId, usize, usize)> {
+        (0..=8)
+            .filter(|&p| ft.held_by(p) > 0)
+            .map(|p| (p, ft.held_by(p), ft.unconfirmed_by(p)))
+            .collect()
+    }
+
+    #[test]
+    fn holdings_follow_every_change_of_a_flow() {
+        // Random inserts, packets both ways with every TCP flag mix, re-decisions that deny
+        // or admit, expiry, sweeps and port removal on a small table: the per-port counts
+        // kept incrementally always equal a full scan.
+        let t = Timeouts::default();
+        let mut ft = FlowTable::with_seed(64, &t, 3);
+        let mut x = 0x2545_f491u32;
+        let mut rnd = |n: u32| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x % n
+        };
+        let deny = Decision {
+            verdict: Verdict {
+                accept: false,
+                rule: 3,
+                reject: None,
+            },
+            generation: 2,
+        };
+        let flags = [
+            tcp_flags::SYN,
+            tcp_flags::SYN | tcp_flags::ACK,
+            tcp_flags::ACK,
+            tcp_flags::FIN | tcp_flags::ACK,
+            tcp_flags::RST,
+        ];
+        let mut now = 0;
+        for step in 0..20_000u32 {
+            now += u64::from(rnd(3)) * 1_000_000_000;
+            let tup = tuple(rnd(200), 1000, 80);
+            let dir_tuple = if rnd(2) == 0 { tup } else { reverse(&tup) };
+            let k = ft.hash_tuple(&dir_tuple);
+            let f = flags[rnd(flags.len() as u32) as usize];
+            match rnd(6) {
+                0 | 1 => {
+                    let d = if rnd(4) == 0 { deny } else { ACCEPT };
+                    let pkt = from_port(dir_tuple, f, rnd(8) as PortId);
+                    ft.decide(&k, &pkt, d, rnd(3) != 0, now);
+                }
+                2 | 3 => {
+                    if let Some(s) = ft.lookup(&k, now) {
+                        let dir = ft.entry(s).dir(k.src_is_a);
+                        ft.on_packet(s, dir, f, now);
+                    }
+                }
+                4 => ft.sweep(now, 16),
+                _ if step % 500 == 0 => {
+                    ft.remove_port(rnd(8) as PortId);
+                }
+                _ => {}
+            }
+            assert_eq!(kept_holdings(&ft), scanned_holdings(&ft), "step {step}");
+            let holders = (0..=8).filter(|&p| ft.held_by(p) > 0).count();
+            assert_eq!(ft.holders as usize, holders, "step {step}");
+        }
+        ft.clear();
+        assert_eq!((ft.holders, kept_holdings(&ft).len()), (0, 0));
     }
 }

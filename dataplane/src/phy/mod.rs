@@ -7,6 +7,7 @@
 //! Every frame is at all times in exactly one place: the engine's [`FreeList`], a port's
 //! fill/RX/TX/completion queues, or a batch in flight; [`Port::frames_held`] lets tests and
 //! metrics prove that none is lost.
+pub mod lossy;
 pub mod memory;
 pub mod pcap;
 pub mod reorder;

@@ -3,77 +3,53 @@
 //! (fragments that come before their first, replies that overtake their requests).
 //!
 //! The shuffle is a seeded xorshift over each received batch, so a failing order is
-//! reproducible from its seed.
+//! reproducible from its seed. It is the reordering fault of [`Lossy`] alone.
+use super::lossy::{Faults, Lossy};
 use super::{DescBatch, FrameMemory, FreeList, Port, PortFrames, SegmentId};
 
 /// Wraps `P`, shuffling the frames of every batch it receives.
-pub struct Reorder<P> {
-    inner: P,
-    state: u64,
-}
+pub struct Reorder<P>(Lossy<P>);
 
 impl<P> Reorder<P> {
     /// Wraps `inner`; `seed` picks the orders (any value; 0 is replaced by 1).
     pub fn new(inner: P, seed: u64) -> Self {
-        Self {
-            inner,
-            state: seed.max(1),
-        }
+        Self(Lossy::with_hold(inner, seed, 0).with_rx(Faults::REORDER))
     }
 
     /// The wrapped port.
     pub fn inner(&self) -> &P {
-        &self.inner
+        self.0.inner()
     }
 
     /// The wrapped port, mutably (to inject frames into an in-memory port).
     pub fn inner_mut(&mut self) -> &mut P {
-        &mut self.inner
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.state;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.state = x;
-        x
+        self.0.inner_mut()
     }
 }
 
 impl<M: FrameMemory, P: Port<M>> Port<M> for Reorder<P> {
     fn fill(&mut self, mem: &mut M, free: &mut FreeList) {
-        self.inner.fill(mem, free)
+        self.0.fill(mem, free)
     }
 
     fn receive(&mut self, mem: &mut M, out: &mut DescBatch) {
-        let start = out.len();
-        self.inner.receive(mem, out);
-        let n = out.len() - start;
-        if n < 2 {
-            return;
-        }
-        // Fisher–Yates over the frames this call added.
-        for i in (1..n).rev() {
-            let j = (self.next() % (i as u64 + 1)) as usize;
-            out.as_mut_slice()[start..].swap(i, j);
-        }
+        self.0.receive(mem, out)
     }
 
     fn transmit(&mut self, mem: &mut M, batch: &mut DescBatch) {
-        self.inner.transmit(mem, batch)
+        self.0.transmit(mem, batch)
     }
 
     fn complete(&mut self, free: &mut FreeList) {
-        self.inner.complete(free)
+        self.0.complete(free)
     }
 
     fn frames_held(&self) -> PortFrames {
-        self.inner.frames_held()
+        self.0.frames_held()
     }
 
     fn segment(&self) -> SegmentId {
-        self.inner.segment()
+        self.0.segment()
     }
 }
 

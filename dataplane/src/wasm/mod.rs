@@ -38,8 +38,4 @@ pub use runtime::{WasmConfig, WasmRuntime};
 pub use swap::{Reaper, SwapReceiver, SwapSender};
 pub use trace::{TraceResult, trace, trace_fresh};
 
-/// Rule id written into fail-closed verdicts (trap, timeout, invalid verdict, quarantine).
-///
-/// Distinct from [`rules_wasm::abi::RULE_NONE`] ("no rule matched, a default decided") so
-/// that per-rule counters and `trace` show that a failing module, not a rule, decided.
-pub const RULE_FAIL_CLOSED: u32 = u32::MAX - 1;
+pub use crate::policy::RULE_FAIL_CLOSED;

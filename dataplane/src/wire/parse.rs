@@ -210,15 +210,21 @@ fn walk_ipv6_ext(
             let Some(h) = ip.get(off..off + 8) else {
                 return Err(Malformed::Truncated);
             };
-            let fo = be16(h, 2);
-            p.frag_id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-            p.frag_offset = u32::from(fo & 0xfff8);
-            p.frag_more = fo & 1 != 0;
-            if fo & 0xfff8 != 0 {
-                return Ok((h[0], off + 8, Fragment::Later));
-            }
-            if fo & 1 != 0 {
-                fragment = Fragment::First;
+            // The first fragment header that fragments says where the packet sits; one after
+            // it (nested fragmentation, which no sender needs) belongs to the datagram's data
+            // and is walked over, so it cannot contradict the record (a first fragment
+            // without "more", another datagram's identification).
+            if fragment == Fragment::None {
+                let fo = be16(h, 2);
+                p.frag_id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+                p.frag_offset = u32::from(fo & 0xfff8);
+                p.frag_more = fo & 1 != 0;
+                if fo & 0xfff8 != 0 {
+                    return Ok((h[0], off + 8, Fragment::Later));
+                }
+                if fo & 1 != 0 {
+                    fragment = Fragment::First;
+                }
             }
             8
         } else if nh == EXT_AH {

@@ -514,6 +514,26 @@ where
         Ok(())
     }
 
+    /// Waits until every worker judges with policy `generation` (or a later one), up to
+    /// `timeout`; whether they all do. [`Dataplane::set_policy`] only hands the policy over:
+    /// a caller that promises "in force" (a live rule edit) waits for this.
+    pub fn wait_generation(&self, generation: u64, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if self
+                .workers
+                .iter()
+                .all(|w| w.counters.policy.generation.get() >= generation)
+            {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+
     /// Each worker's counters, readable while the workers run.
     pub fn counters(&self) -> Vec<Arc<Counters>> {
         self.workers
