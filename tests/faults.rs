@@ -1342,7 +1342,10 @@ fn root_faults_hostile_module_and_rule_race_under_load() {
             "round {round}: a fresh allowed flow (udp/668) fails beside the hostile module"
         );
         let asked = flow.now();
-        if !client.served(&web, PROBE) {
+        // A new connection's first packet judged in the same batch as a hostile one gets the
+        // batch's fail-closed verdict (not cached: `RELIABILITY.md`, known limits); the next
+        // attempt is judged afresh. Three attempts, as a client retries.
+        if !(0..3).any(|_| client.served(&web, PROBE)) {
             let mut why = String::new();
             for v in monitor.verdicts() {
                 why += &format!(
