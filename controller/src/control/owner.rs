@@ -34,10 +34,10 @@ pub struct OwnerExtras {
 /// Answers `cmd` against `rt`.
 pub fn answer(rt: &mut BridgeRuntime, cmd: Command, extras: &OwnerExtras) -> Reply {
     match cmd {
-        Command::Rules => Reply::Rules(rules(rt)),
+        Command::Rules => Reply::Rules(rules(rt, &rt.counter_snapshots())),
         Command::Edit(e) => edit_rules(rt, &e),
         Command::Trace(t) => trace(rt, &t),
-        Command::Stats => Reply::Stats(Box::new(stats(rt, extras))),
+        Command::Stats => Reply::Stats(Box::new(stats(rt, &rt.counter_snapshots(), extras))),
         Command::Policies => Reply::Policies(policies(rt)),
         Command::PolicyLoad { name, audit, bytes } => policy_load(rt, &name, audit, bytes),
         Command::PolicyUnload { name } => policy_unload(rt, &name),
@@ -95,9 +95,9 @@ fn rule_traffic(snaps: &[CounterSnapshot]) -> BTreeMap<u32, (u64, u64)> {
     m
 }
 
-fn rules(rt: &BridgeRuntime) -> RulesReply {
+fn rules(rt: &BridgeRuntime, snaps: &[CounterSnapshot]) -> RulesReply {
     let p = rt.policy();
-    let traffic = rule_traffic(&rt.counter_snapshots());
+    let traffic = rule_traffic(snaps);
     let names = address_names(rt);
     let ports: BTreeMap<u16, String> = rt
         .port_names()
@@ -270,8 +270,7 @@ fn drops_named(d: &[u64]) -> Vec<(String, u64)> {
         .collect()
 }
 
-fn stats(rt: &BridgeRuntime, extras: &OwnerExtras) -> StatsReply {
-    let snaps = rt.counter_snapshots();
+fn stats(rt: &BridgeRuntime, snaps: &[CounterSnapshot], extras: &OwnerExtras) -> StatsReply {
     let mut ports = Vec::new();
     for p in rt.port_names() {
         let mut s = PortStats {
@@ -281,7 +280,7 @@ fn stats(rt: &BridgeRuntime, extras: &OwnerExtras) -> StatsReply {
             ..PortStats::default()
         };
         let mut drops = [0u64; DropReason::COUNT];
-        for snap in &snaps {
+        for snap in snaps {
             let c = snap.port(p.port);
             s.rx_packets += c.rx_packets;
             s.rx_bytes += c.rx_bytes;
@@ -308,7 +307,7 @@ fn stats(rt: &BridgeRuntime, extras: &OwnerExtras) -> StatsReply {
         modules: policies(rt),
         ..StatsReply::default()
     };
-    for s in &snaps {
+    for s in snaps {
         for &(r, n) in &s.drops {
             drops[r.index()] += n;
         }
@@ -336,7 +335,7 @@ fn stats(rt: &BridgeRuntime, extras: &OwnerExtras) -> StatsReply {
         seconds_sum: total.as_secs_f64(),
         last_seconds: last.as_secs_f64(),
     };
-    reply.workers = workers(rt, &snaps);
+    reply.workers = workers(rt, snaps);
     reply.ports = ports;
     reply
 }
@@ -442,7 +441,9 @@ fn policy_unload(rt: &mut BridgeRuntime, name: &str) -> Reply {
 /// The numbers behind `/metrics`, gathered from the runtime (`docker_sync`: the tracker's
 /// event → snapshot latency, empty without an engine).
 pub fn metrics_input(rt: &BridgeRuntime, docker_sync: LatencyHistogram) -> MetricsInput {
-    let s = stats(rt, &OwnerExtras::default());
+    // One reading of the counters for both the stats and the rule listing.
+    let snaps = rt.counter_snapshots();
+    let s = stats(rt, &snaps, &OwnerExtras::default());
     let network = rt.state().bridge.clone();
     let containers = s
         .ports
@@ -460,7 +461,7 @@ pub fn metrics_input(rt: &BridgeRuntime, docker_sync: LatencyHistogram) -> Metri
             drops: p.drops.clone(),
         })
         .collect();
-    let listing = rules(rt);
+    let listing = rules(rt, &snaps);
     let rules = listing
         .chains
         .iter()
