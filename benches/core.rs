@@ -183,6 +183,7 @@ fn engine(complete_checksums: bool, frames: usize) -> Engine<HeapFrames> {
     for (id, mac, ip) in [(1, MAC_A, IP_A), (2, MAC_B, IP_B)] {
         e.add_port(PortConfig {
             id,
+            network: 0,
             macs: vec![mac],
             ips: vec![IpAddr::V4(Ipv4Addr::from(ip))],
             is_gateway: false,

@@ -25,7 +25,7 @@ use dataplane::sim::netns::Trio;
 use dataplane::wasm::{PolicyChain, WasmConfig, WasmRuntime};
 use dataplane::worker::{Dataplane, DataplaneConfig};
 use rules_wasm::compiler::compile;
-use rules_wasm::docker::{BridgeNetwork, ContainerInfo, docker_ruleset};
+use rules_wasm::docker::{BridgeNetwork, ContainerInfo, HostNetworks, docker_ruleset};
 use serde_json::json;
 
 use support::{FORWARDER_CPU, SENDER_CPU, Sender, cpu_sample, ipv4, mac_of, rx_packets, udp_frame};
@@ -184,8 +184,9 @@ impl AfXdpEngine {
                 container("a", PORT_A, ip_a, mac_a),
                 container("b", PORT_B, ip_b, mac_b),
             ],
+            ..BridgeNetwork::default()
         };
-        let compiled = compile(&docker_ruleset(&net, Vec::new(), 1))?;
+        let compiled = compile(&docker_ruleset(&HostNetworks::from(net), Vec::new(), 1))?;
         let wasm = WasmRuntime::new(WasmConfig::default())?;
         let module = wasm.load(&compiled.wasm, "docker-policy")?;
         let mut chains = vec![PolicyChain::instantiate(1, std::slice::from_ref(&module))?];
@@ -219,6 +220,7 @@ impl AfXdpEngine {
         })?;
         let port = |id, mac, ip| PortConfig {
             id,
+            network: 0,
             macs: vec![mac],
             ips: vec![ip],
             is_gateway: false,

@@ -25,6 +25,14 @@
 //!   and target bridgewall reads (multiport, iprange, icmp types, --syn, --tcp-flags, states,
 //!   comments, user chains with RETURN, REJECT kinds, `-i eth0`), per packet (≤ 20 ns) and
 //!   compiled and loaded (≤ 50 ms).
+//! - `networks/{1x8,50x20}_1k` and `compile/networks/{1x8,50x20}_1k/{to_wasm,total}`
+//!   (issue 13): the single-network policy of `rules_mix/1000` next to one bridgewall serving
+//!   50 bridge networks of 20 containers each (mixed icc, every tenth `--internal`, IPv6 on
+//!   every other one, a published port per network; ~11k Docker rules of isolation, host
+//!   exemptions and ICC) under 1,000 user rules (990 literal, 10 naming a network), per packet
+//!   on a batch mixing user-rule hits and misses, isolation drops both ways, the host's
+//!   exemptions, published ports, per-network icc, internal drops and replies (≤ 20 ns, flat),
+//!   and compiled and loaded (≤ 50 ms).
 //!
 //! Run briefly on shared machines:
 //! `cargo bench --bench policy -- --warm-up-time 1 --measurement-time 3`.
@@ -38,7 +46,7 @@ use dataplane::wasm::{PolicyChain, WasmConfig, WasmRuntime, swap};
 use rules_wasm::abi::{FlowState, addr_bytes, proto};
 use rules_wasm::compiler;
 use rules_wasm::docker::{
-    BridgeNetwork, ContainerInfo, LinkSpec, PortProto, Published, docker_ruleset,
+    BridgeNetwork, ContainerInfo, HostNetworks, LinkSpec, PortProto, Published, docker_ruleset,
 };
 use rules_wasm::iptables;
 use rules_wasm::model::RuleSet;
@@ -149,7 +157,8 @@ criterion_group!(
     rule_count_scaling,
     compile_time,
     blocklists,
-    every_match
+    every_match,
+    many_networks_bench
 );
 criterion_main!(benches);
 
@@ -177,7 +186,7 @@ fn container_port(k: u8) -> u16 {
 
 /// icc=false with two links (c0 → c1 on 5432/tcp, c2 → c3 on 80/tcp) and two published
 /// ports (c0 `-p 8080:80/tcp`, c4 `-p 5353:53/udp`): what `docker run --link/-p` produce.
-fn bench_network() -> BridgeNetwork {
+fn bench_network() -> HostNetworks {
     let containers = (0..CONTAINERS)
         .map(|k| {
             let mut c = ContainerInfo {
@@ -229,12 +238,16 @@ fn bench_network() -> BridgeNetwork {
             c
         })
         .collect();
-    BridgeNetwork {
+    HostNetworks::from(BridgeNetwork {
+        name: "bridge".into(),
+        bridge: "docker0".into(),
+        subnets: vec![rules_wasm::model::Cidr::new(v4(172, 17, 0, 0), 16).expect("cidr")],
         icc: false,
         gateway_port: GW_PORT,
         gateway_ips: vec![v4(172, 17, 0, 1)],
         containers,
-    }
+        ..BridgeNetwork::default()
+    })
 }
 
 /// The pinned fields of user rule `i`: a unique outside source 10.x.y.z, one of the
@@ -851,5 +864,370 @@ fn every_match(c: &mut Criterion) {
             rt.load(&compiled.wasm, "rules").expect("load")
         })
     });
+    compile.finish();
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 13: one bridgewall serving many bridge networks.
+// ---------------------------------------------------------------------------------------
+
+/// Networks and containers per network of the many-networks case.
+const NETS: usize = 50;
+const PER_NET: usize = 20;
+
+/// Network `k`: `net{k}` on `br-…{k}`, 172.(20+k).0.0/16 (and fd00:k::/64 for odd k),
+/// gateway port 1 + 32k at .1, container `n{k}c{j}` at .(2+j) on port 2 + 32k + j. icc=false
+/// on even k, `--internal` when k % 10 == 9, container 0 publishes 80/tcp (host port
+/// 8000 + k), and on net0 c0 links to c1 (5432/tcp).
+fn many_networks() -> HostNetworks {
+    let networks = (0..NETS)
+        .map(|k| {
+            let b = 20 + k as u8;
+            let v6 = k % 2 == 1;
+            let gw = 1 + 32 * k as u16;
+            let containers = (0..PER_NET)
+                .map(|j| {
+                    let mut ips = vec![v4(172, b, 0, 2 + j as u8)];
+                    if v6 {
+                        ips.push(IpAddr::from([
+                            0xfd,
+                            0,
+                            0,
+                            k as u8,
+                            0,
+                            0,
+                            0,
+                            0,
+                            0,
+                            0,
+                            0,
+                            0,
+                            0,
+                            0,
+                            0,
+                            2 + j as u8,
+                        ]));
+                    }
+                    let mut c = ContainerInfo {
+                        name: format!("n{k}c{j}"),
+                        port: gw + 1 + j as u16,
+                        ips,
+                        mac: [2, 0x42, 0, b, 0, 2 + j as u8],
+                        ..ContainerInfo::default()
+                    };
+                    if j == 0 {
+                        c.published = vec![Published {
+                            proto: proto::TCP,
+                            container_port: 80,
+                            host_port: 8000 + k as u16,
+                        }];
+                    }
+                    if k == 0 && j == 0 {
+                        c.links = vec![LinkSpec {
+                            child: "n0c1".into(),
+                            alias: "db".into(),
+                        }];
+                    }
+                    if k == 0 && j == 1 {
+                        c.exposed = vec![PortProto {
+                            proto: proto::TCP,
+                            port: 5432,
+                        }];
+                    }
+                    c
+                })
+                .collect();
+            let mut subnets =
+                vec![rules_wasm::model::Cidr::new(v4(172, b, 0, 0), 16).expect("cidr")];
+            let mut gateway_ips = vec![v4(172, b, 0, 1)];
+            if v6 {
+                let net6 = IpAddr::from([0xfd, 0, 0, k as u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+                subnets.push(rules_wasm::model::Cidr::new(net6, 64).expect("cidr"));
+                gateway_ips.push(IpAddr::from([
+                    0xfd, 0, 0, k as u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+                ]));
+            }
+            BridgeNetwork {
+                name: format!("net{k}"),
+                bridge: format!("br-{k:012x}"),
+                internal: k % 10 == 9,
+                subnets,
+                icc: k % 2 == 1,
+                gateway_port: gw,
+                gateway_ips,
+                containers,
+            }
+        })
+        .collect();
+    HostNetworks { networks }
+}
+
+fn net_gw(k: usize) -> u16 {
+    1 + 32 * k as u16
+}
+fn net_port(k: usize, j: usize) -> u16 {
+    net_gw(k) + 1 + j as u16
+}
+fn net_ip(k: usize, j: usize) -> IpAddr {
+    v4(172, 20 + k as u8, 0, 2 + j as u8)
+}
+fn net_gw_ip(k: usize) -> IpAddr {
+    v4(172, 20 + k as u8, 0, 1)
+}
+
+/// Which (network, container) user rule `i` protects: spread over the non-internal ones.
+fn many_target(i: usize) -> (usize, usize) {
+    let mut k = i % NETS;
+    if k % 10 == 9 {
+        k -= 1;
+    }
+    (k, (i / NETS) % PER_NET)
+}
+
+/// 1,000 user rules: 990 as in [`docker_policy`] (a unique outside source, a container,
+/// a port), aimed at the many networks' containers, and 10 naming a network
+/// (`-o netK -p tcp --dport 2222 -j REJECT`, 20 rules each).
+fn many_policy() -> RuleSet {
+    let nets = many_networks();
+    let mut text = String::new();
+    for i in 0..990 {
+        let r = user_rule(i);
+        let (k, j) = many_target(i);
+        let p = if r.proto == proto::UDP { "udp" } else { "tcp" };
+        let t = if i % 5 == 0 { "ACCEPT" } else { "DROP" };
+        text.push_str(&format!(
+            "-A DOCKER-USER -s {} -d {} -p {p} --dport {} -j {t}\n",
+            r.src,
+            net_ip(k, j),
+            r.dport
+        ));
+    }
+    for k in 0..10 {
+        text.push_str(&format!(
+            "-A DOCKER-USER -o net{} -p tcp --dport 2222 -j REJECT\n",
+            k * 5
+        ));
+    }
+    let user = iptables::parse(&text, &nets).expect("user rules parse");
+    assert_eq!(user.len(), 990 + 10 * PER_NET);
+    docker_ruleset(&nets, user, 1)
+}
+
+/// A batch over the many networks: 16 user-rule hits and 8 near misses, 8 isolation drops
+/// leaving a network and 4 arriving on one, 4 published-port hits from outside, 4 containers
+/// reaching another network's host address and 4 the host reaching containers from another
+/// bridge's address, 8 container-to-container (icc true and false), 4 going out, 2 replies,
+/// 2 internal networks' containers trying to leave.
+fn many_batch() -> Vec<PacketRecord> {
+    let outside = v4(192, 0, 2, 7);
+    let mut v = Vec::with_capacity(MAX_BATCH);
+    for q in 0..16 {
+        let i = q * 989 / 15;
+        let r = user_rule(i);
+        let (k, j) = many_target(i);
+        v.push(record(
+            IpAddr::V4(r.src),
+            net_ip(k, j),
+            r.proto,
+            40_000,
+            r.dport,
+            net_gw(k),
+            net_port(k, j),
+        ));
+    }
+    for q in 0..8 {
+        let i = (q * 7919 + 13) % 990;
+        let r = user_rule(i);
+        let (k, j) = many_target(i);
+        v.push(record(
+            IpAddr::V4(r.src),
+            net_ip(k, j),
+            r.proto,
+            40_000,
+            r.dport.wrapping_add(50_000),
+            net_gw(k),
+            net_port(k, j),
+        ));
+    }
+    for q in 0..8 {
+        let (a, b) = (q * 6 % NETS, (q * 6 + 17) % NETS);
+        let a = if a % 10 == 9 { a - 1 } else { a };
+        v.push(record(
+            net_ip(a, q),
+            net_ip(b, q),
+            proto::TCP,
+            40_000,
+            80,
+            net_port(a, q),
+            net_gw(a),
+        ));
+    }
+    for q in 0..4 {
+        let (a, b) = (q * 11 % NETS, (q * 11 + 3) % NETS);
+        v.push(record(
+            net_ip(b, q),
+            net_ip(a, 0),
+            proto::TCP,
+            40_000,
+            80,
+            net_gw(a),
+            net_port(a, 0),
+        ));
+    }
+    for q in 0..4 {
+        let k = q * 12;
+        v.push(record(
+            outside,
+            net_ip(k, 0),
+            proto::TCP,
+            50_000,
+            80,
+            net_gw(k),
+            net_port(k, 0),
+        ));
+    }
+    for q in 0..4 {
+        let (a, b) = (q * 10 + 2, q * 10 + 7);
+        v.push(record(
+            net_ip(a, 3),
+            net_gw_ip(b),
+            proto::UDP,
+            40_000,
+            53,
+            net_port(a, 3),
+            net_gw(a),
+        ));
+        v.push(record(
+            net_gw_ip(b),
+            net_ip(a, 4),
+            proto::TCP,
+            50_000,
+            22,
+            net_gw(a),
+            net_port(a, 4),
+        ));
+    }
+    for (q, k) in [0, 1, 10, 11, 20, 21, 30, 31].into_iter().enumerate() {
+        v.push(record(
+            net_ip(k, 1),
+            net_ip(k, 2 + q),
+            proto::TCP,
+            40_000,
+            9_000,
+            net_port(k, 1),
+            net_port(k, 2 + q),
+        ));
+    }
+    for k in [0, 13, 26, 41] {
+        v.push(record(
+            net_ip(k, 5),
+            outside,
+            proto::UDP,
+            40_000,
+            53,
+            net_port(k, 5),
+            net_gw(k),
+        ));
+    }
+    for q in 0..2 {
+        let k = q * 20 + 4;
+        let mut reply = record(
+            outside,
+            net_ip(k, 6),
+            proto::TCP,
+            443,
+            40_000,
+            net_gw(k),
+            net_port(k, 6),
+        );
+        reply.flow_state = FlowState::Established;
+        reply.tcp_flags = 0x10;
+        v.push(reply);
+    }
+    for q in 0..2 {
+        let k = q * 10 + 9;
+        v.push(record(
+            net_ip(k, 7),
+            outside,
+            proto::TCP,
+            40_000,
+            443,
+            net_port(k, 7),
+            net_gw(k),
+        ));
+    }
+    assert_eq!(v.len(), MAX_BATCH);
+    // Interleave as on the wire.
+    let mut out = Vec::with_capacity(MAX_BATCH);
+    for k in 0..16 {
+        for q in 0..4 {
+            out.push(v[q * 16 + k]);
+        }
+    }
+    out
+}
+
+fn many_networks_bench(c: &mut Criterion) {
+    let rt = runtime();
+    let cases = [
+        ("1x8_1k", docker_policy(1_000), mixed_batch(1_000)),
+        ("50x20_1k", many_policy(), many_batch()),
+    ];
+    let mut group = c.benchmark_group("networks");
+    group.throughput(Throughput::Elements(MAX_BATCH as u64));
+    for (label, set, batch) in &cases {
+        let t0 = Instant::now();
+        let compiled = compiler::compile(set).expect("compile");
+        let to_wasm = t0.elapsed();
+        let t1 = Instant::now();
+        let module = rt.load(&compiled.wasm, label).expect("load");
+        let load = t1.elapsed();
+        eprintln!(
+            "networks/{label}: {} rules ({} user); compile {:.1} ms, wasmtime load {:.1} ms; {:?}",
+            set.rules.len(),
+            set.rules
+                .iter()
+                .filter(|r| r.chain == rules_wasm::model::Chain::User)
+                .count(),
+            to_wasm.as_secs_f64() * 1e3,
+            load.as_secs_f64() * 1e3,
+            compiled.stats
+        );
+        let mut chain = PolicyChain::instantiate(1, &[module]).expect("instantiate");
+        check_against_reference(set, &mut chain, batch, &format!("networks/{label}"));
+        let mut verdicts = vec![VerdictRecord::CONTINUE; MAX_BATCH];
+        group.bench_function(*label, |b| {
+            b.iter(|| chain.decide(black_box(batch.as_slice()), &mut verdicts))
+        });
+    }
+    group.finish();
+    // What the many-networks batch decides, by rule kind, so the batch is known to cover them.
+    let (_, set, batch) = &cases[1];
+    let mut kinds: Vec<String> = batch
+        .iter()
+        .map(|r| {
+            let v = reference::evaluate(set, r);
+            let origin = set.rule(v.rule).map_or("<default>", |r| r.origin.as_str());
+            let kind: String = origin.split([':', '(']).next().unwrap_or("").into();
+            format!("{:?} {kind}", v.action)
+        })
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    eprintln!("networks/50x20_1k batch decides: {kinds:?}");
+
+    let mut compile = c.benchmark_group("compile");
+    compile.sample_size(10);
+    for (label, set, _) in &cases {
+        compile.bench_function(format!("networks/{label}/to_wasm"), |b| {
+            b.iter(|| compiler::compile(black_box(set)).expect("compile"))
+        });
+        compile.bench_function(format!("networks/{label}/total"), |b| {
+            b.iter(|| {
+                let compiled = compiler::compile(black_box(set)).expect("compile");
+                rt.load(&compiled.wasm, "rules").expect("load")
+            })
+        });
+    }
     compile.finish();
 }

@@ -141,6 +141,7 @@ fn run_count(ports: usize, secs: u64) -> Result<Sample> {
         };
         let cfg = PortConfig {
             id: i as u16,
+            network: 0,
             macs,
             ips: Vec::new(),
             is_gateway: false,

@@ -16,7 +16,7 @@ use support::docker::DockerEngine;
 const WAIT: Duration = Duration::from_secs(20);
 
 fn names(s: &Snapshot) -> Vec<&str> {
-    s.state
+    s.state.networks[0]
         .network
         .containers
         .iter()
@@ -34,8 +34,7 @@ fn parse_mac(s: &str) -> [u8; 6] {
 
 /// Checks one tracked container against `docker inspect` and the kernel.
 fn check_against_engine(engine: &DockerEngine, snap: &Snapshot, name: &str) {
-    let info = snap
-        .state
+    let info = snap.state.networks[0]
         .network
         .containers
         .iter()
@@ -90,7 +89,7 @@ fn root_docker_tracker_follows_a_real_engine() {
     let tracker = TrackerHandle::spawn(cfg).unwrap();
 
     let snap = tracker
-        .wait_for(WAIT, |s| s.state.network.containers.len() == 4)
+        .wait_for(WAIT, |s| s.state.networks[0].network.containers.len() == 4)
         .unwrap_or_else(|| {
             panic!(
                 "four containers tracked; status {:?}, latest {:?}",
@@ -106,20 +105,23 @@ fn root_docker_tracker_follows_a_real_engine() {
         other => panic!("not synced: {other:?} (now {:?})", tracker.status()),
     }
     assert_eq!(names(&snap), vec!["client3", "keeper", "web1", "web2"]);
-    assert_eq!(snap.state.bridge, "docker0");
-    assert!(!snap.state.network.icc, "icc from the network's options");
+    assert_eq!(snap.state.networks[0].bridge(), "docker0");
+    assert!(
+        !snap.state.networks[0].network.icc,
+        "icc from the network's options"
+    );
     // Docker 20.10 leaves Gateway out of the default network's IPAM config; the containers'
     // endpoints carry it.
     let gw: IpAddr = engine
         .inspect("web2", "{{.NetworkSettings.Networks.bridge.Gateway}}")
         .parse()
         .unwrap();
-    assert_eq!(snap.state.network.gateway_ips, vec![gw]);
+    assert_eq!(snap.state.networks[0].network.gateway_ips, vec![gw]);
     for name in ["client3", "keeper", "web1", "web2"] {
         check_against_engine(&engine, &snap, name);
     }
     let by = |n: &str| {
-        snap.state
+        snap.state.networks[0]
             .network
             .containers
             .iter()
@@ -155,7 +157,11 @@ fn root_docker_tracker_follows_a_real_engine() {
             }
         ]
     );
-    let mut ports: Vec<u16> = snap.state.attachments.iter().map(|a| a.port).collect();
+    let mut ports: Vec<u16> = snap.state.networks[0]
+        .attachments
+        .iter()
+        .map(|a| a.port)
+        .collect();
     ports.sort();
     ports.dedup();
     assert_eq!(ports.len(), 4, "distinct port ids");
@@ -344,7 +350,7 @@ fn root_docker_cli_run_follows_events_and_names_bad_bridges() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("no such bridge \"nosuch0\""), "{err}");
+    assert!(err.contains("no such bridge network \"nosuch0\""), "{err}");
 
     // The takeover's state file goes under the engine's directory (removed with it).
     let state_dir = engine.dir.join("bridgewall-state");
@@ -367,7 +373,7 @@ fn root_docker_cli_run_follows_events_and_names_bad_bridges() {
     lines.wait_for("connected to Docker 20.10");
     lines.wait_for("icc=true");
     lines.wait_for("first");
-    lines.wait_for("bridgewall is enforcing bridge docker0");
+    lines.wait_for("bridgewall is enforcing bridge on docker0 (");
     engine.run_container("second", &[], &[]);
     lines.wait_for("+ second 172.17.");
     engine.docker_ok(&["rm", "-f", "first"]);

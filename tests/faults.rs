@@ -641,7 +641,7 @@ impl BwProc {
     /// Waits until it enforces docker0 with `n` containers taken over (no veth left on the
     /// bridge) and serves its control socket.
     fn wait_enforcing(&mut self, engine: &DockerEngine, n: usize) {
-        let want = format!("({n} containers");
+        let want = format!("({n} container interfaces");
         self.wait_for("bridgewall enforcing docker0", SETTLE, |l| {
             l.iter()
                 .any(|l| l.contains("bridgewall is enforcing") && l.contains(&want))
@@ -1155,7 +1155,7 @@ fn root_faults_engine_restart_under_load() {
     bw.wait_for("late attached after the engine came back", SETTLE, |l| {
         l.iter().any(|l| l.contains("engine back"))
             && l.iter().any(|l| {
-                l.split("(attached: [")
+                l.split("attached: [")
                     .nth(1)
                     .is_some_and(|r| r.split(']').next().unwrap_or("").contains("late"))
             })

@@ -63,7 +63,7 @@ fn follow(
 }
 
 fn ip_of(s: &Snapshot, name: &str) -> String {
-    s.state
+    s.state.networks[0]
         .network
         .containers
         .iter()
@@ -74,9 +74,9 @@ fn ip_of(s: &Snapshot, name: &str) -> String {
 }
 
 fn options(state_dir: &std::path::Path, rules: &str) -> RuntimeOptions {
-    let mut o = RuntimeOptions::for_bridge("docker0");
+    let mut o = RuntimeOptions::new();
     o.workers = 2;
-    o.takeover.state_dir = state_dir.to_path_buf();
+    o.state_dir = state_dir.to_path_buf();
     o.user_rules = UserRules {
         text: rules.to_string(),
         origin: "test rules".into(),
@@ -97,7 +97,7 @@ fn root_docker_bridgewall_enforces_the_seed_scenarios() {
     // containers start while it runs (each attached from its snapshot).
     let t = tracker(&engine, None);
     let first = t.wait_for(WAIT, |_| true).expect("first snapshot");
-    assert!(first.state.network.icc);
+    assert!(first.state.networks[0].network.icc);
     let mut rt =
         BridgeRuntime::start(&netns, first.state.clone(), options(&state_dir, "")).unwrap();
     let mut seen = first.generation;
@@ -107,11 +107,16 @@ fn root_docker_bridgewall_enforces_the_seed_scenarios() {
     // Apply every snapshot as it comes (one per container start, usually), as `run` does.
     let snap = loop {
         let s = follow(&t, &mut rt, &mut seen, |_| true);
-        if s.state.attachments.len() == 3 {
+        if s.state.attached_count() == 3 {
             break s;
         }
     };
-    assert_eq!(rt.attached().count(), 3, "{:?}", snap.state.attachments);
+    assert_eq!(
+        rt.attached().count(),
+        3,
+        "{:?}",
+        snap.state.networks[0].attachments
+    );
     assert_eq!(
         engine.bridge_ports("docker0"),
         vec!["bwg0-docker0".to_string()],
@@ -134,7 +139,7 @@ fn root_docker_bridgewall_enforces_the_seed_scenarios() {
     // 2. the link: client3 fetches http://ng2/.
     assert!(engine.fetch("client3", "http://ng2/").is_some());
     let a = rt.stop().unwrap();
-    assert_eq!(a.restore.returned.len(), 3, "{:?}", a.restore);
+    assert_eq!(a.restore[0].returned.len(), 3, "{:?}", a.restore);
     assert!(a.latency.count >= 1);
     println!("phase A snapshot -> enforced: {}", a.latency);
     drop(t);
@@ -143,9 +148,9 @@ fn root_docker_bridgewall_enforces_the_seed_scenarios() {
     let rules = format!("-I -s 198.18.0.2 -d {ip1} -p tcp --dport 80 -j DROP\n");
     let t = tracker(&engine, Some(false));
     let first = t
-        .wait_for(WAIT, |s| s.state.attachments.len() == 3)
+        .wait_for(WAIT, |s| s.state.attached_count() == 3)
         .expect("three containers");
-    assert!(!first.state.network.icc);
+    assert!(!first.state.networks[0].network.icc);
     let rt =
         BridgeRuntime::start(&netns, first.state.clone(), options(&state_dir, &rules)).unwrap();
     let icc_rule = rt
@@ -200,7 +205,7 @@ fn root_docker_bridgewall_enforces_the_seed_scenarios() {
     assert!(totals.policy_drops() > 0);
     assert!(totals.ports.len() >= 4, "{:?}", totals.ports);
     let b = rt.stop().unwrap();
-    assert_eq!(b.restore.returned.len(), 3, "{:?}", b.restore);
+    assert_eq!(b.restore[0].returned.len(), 3, "{:?}", b.restore);
     let mut ports = engine.bridge_ports("docker0");
     ports.sort();
     assert_eq!(ports.len(), 3, "{ports:?}");

@@ -53,9 +53,9 @@ impl Drop for TempDir {
 }
 
 fn options(lab: &Lab, state_dir: &TempDir, workers: usize) -> RuntimeOptions {
-    let mut o = RuntimeOptions::for_bridge("docker0");
+    let mut o = RuntimeOptions::new();
     o.workers = workers;
-    o.takeover.state_dir = state_dir.0.clone();
+    o.state_dir = state_dir.0.clone();
     o.user_rules = UserRules::from_lines(lab.user_rules(), "walkthrough");
     o
 }
@@ -77,7 +77,7 @@ fn body(o: &Outcome) -> &str {
 }
 
 fn step_packet(rt: &BridgeRuntime, from: &str, to: &str, port: u16) -> PacketSpec {
-    let net = &rt.state().network;
+    let net = &rt.state().networks[0].network;
     let find = |n: &str| net.containers.iter().find(|c| c.name == n).unwrap();
     let (f, t) = (find(from), find(to));
     PacketSpec {
@@ -136,7 +136,7 @@ fn check(
 
 fn snapshot(rt: &BridgeRuntime, generation: u64, icc: bool) -> Snapshot {
     let mut state = rt.state().clone();
-    state.network.icc = icc;
+    state.networks[0].network.icc = icc;
     Snapshot {
         generation,
         state,
@@ -162,8 +162,7 @@ fn root_netns_lab_dataplane_enforces_walkthrough() {
     };
     let veths: BTreeSet<String> = lab
         .state()
-        .attachments
-        .iter()
+        .attachments()
         .map(|a| a.host_ifname.clone())
         .collect();
     assert_eq!(bridge_ports(&host, "docker0"), veths);
@@ -175,7 +174,7 @@ fn root_netns_lab_dataplane_enforces_walkthrough() {
         options(&lab, &state_dir, 2),
     )
     .unwrap();
-    let gw = rt.gateway_ifname().to_string();
+    let gw = rt.gateway_ifname(None).unwrap().to_string();
     assert_eq!(
         bridge_ports(&host, "docker0"),
         BTreeSet::from(["bwg0-docker0".to_string()]),
@@ -273,8 +272,7 @@ fn root_netns_lab_dataplane_enforces_walkthrough() {
 
     // The published port: through the proxy from both outside hosts; routed straight to the
     // container, outside2 passes and outside1 is stopped by the user rule.
-    let s1 = lab
-        .state()
+    let s1 = lab.state().networks[0]
         .network
         .containers
         .iter()
@@ -290,7 +288,7 @@ fn root_netns_lab_dataplane_enforces_walkthrough() {
         out_port: s1.port,
     };
     let via_proxy = PacketSpec {
-        src: lab.state().network.gateway_ips[0],
+        src: lab.state().networks[0].network.gateway_ips[0],
         ..from_outside([0, 0, 0, 0])
     };
     let o = check(
@@ -340,8 +338,7 @@ fn root_netns_lab_dataplane_enforces_walkthrough() {
         Chain::Docker,
         true,
     );
-    let s2 = lab
-        .state()
+    let s2 = lab.state().networks[0]
         .network
         .containers
         .iter()
@@ -408,11 +405,11 @@ fn root_netns_lab_dataplane_enforces_walkthrough() {
     // still off the bridge) and the policy without it swapped in.
     let before = rt.policy().generation;
     let mut gone = snapshot(&rt, 4, false);
-    gone.state
+    gone.state.networks[0]
         .network
         .containers
         .retain(|c| c.name != "nginx_server1");
-    gone.state
+    gone.state.networks[0]
         .attachments
         .retain(|a| a.container != "nginx_server1");
     let r = rt.apply(&gone);
@@ -452,7 +449,7 @@ fn root_netns_lab_dataplane_enforces_walkthrough() {
     lab.teardown().unwrap();
 }
 
-fn snapshot_of(state: controller::state::BridgeState, generation: u64) -> Snapshot {
+fn snapshot_of(state: controller::state::HostState, generation: u64) -> Snapshot {
     Snapshot {
         generation,
         state,
@@ -489,7 +486,7 @@ fn root_netns_lab_dataplane_20mb_tcp_transfer_sha256() {
         .iter()
         .find(|c| c.name == "nginx_server2")
         .unwrap();
-    let addr = SocketAddr::from((server.ip, 9000));
+    let addr = SocketAddr::from((server.ip(), 9000));
     let listener = server
         .netns
         .run(move || TcpListener::bind(addr))
@@ -551,7 +548,7 @@ fn root_netns_lab_dataplane_20mb_tcp_transfer_sha256() {
     let server_port = totals
         .ports
         .iter()
-        .find(|(id, _, _)| *id == server.port)
+        .find(|(id, _, _)| Some(*id) == server.port())
         .copied()
         .unwrap();
     assert!(

@@ -52,8 +52,8 @@ fn root_netns_lab_large_udp_datagrams_follow_links_and_icc() {
     let state_dir = TempDir::new("fragments");
     let spec = LabSpec::from_toml(LAB, "lab_fragments").expect("the lab file is valid");
     let lab = Lab::build(spec).expect("the lab builds (root needed)");
-    let mut opts = RuntimeOptions::for_bridge("docker0");
-    opts.takeover.state_dir = state_dir.0.clone();
+    let mut opts = RuntimeOptions::new();
+    opts.state_dir = state_dir.0.clone();
     let mut rt = BridgeRuntime::start(
         lab.host_netns().expect("a built lab has a host namespace"),
         lab.state().clone(),
@@ -84,7 +84,7 @@ fn root_netns_lab_large_udp_datagrams_follow_links_and_icc() {
 
     // icc=true: any pair, any size.
     let mut state = rt.state().clone();
-    state.network.icc = true;
+    state.networks[0].network.icc = true;
     let report = rt.apply(&Snapshot {
         generation: 2,
         state,

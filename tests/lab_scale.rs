@@ -112,7 +112,7 @@ fn containers_not_reaching_gateway(lab: &Lab) -> Vec<String> {
 
 /// A TCP packet `from → to` on `PORT`, as the policy sees it.
 fn icc_packet(rt: &BridgeRuntime, from: &str, to: &str) -> PacketSpec {
-    let net = &rt.state().network;
+    let net = &rt.state().networks[0].network;
     let find = |n: &str| {
         net.containers
             .iter()
@@ -168,9 +168,9 @@ fn root_netns_lab_300_containers_default_frame_budget() {
     );
 
     // The defaults a user gets; only the worker count and the state directory are set.
-    let mut opts = RuntimeOptions::for_bridge(BRIDGE);
+    let mut opts = RuntimeOptions::new();
     opts.workers = 2;
-    opts.takeover.state_dir = state_dir.0.clone();
+    opts.state_dir = state_dir.0.clone();
     // Declared after `lab`: dropped first on a failure, giving the bridge back before the
     // lab's namespaces go.
     let rt = BridgeRuntime::start(
@@ -250,7 +250,9 @@ fn lab_file_has_the_pairs_the_scale_test_needs() {
     let spec = LabSpec::from_toml(&lab_toml(), "lab_scale (generated)")
         .expect("the generated lab file is valid");
     assert_eq!(spec.containers.len(), CONTAINERS);
-    assert!(!spec.bridge.icc);
+    assert_eq!(spec.networks.len(), 1);
+    assert_eq!(spec.networks[0].bridge, BRIDGE);
+    assert!(!spec.networks[0].icc);
     let names: BTreeSet<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names.len(), CONTAINERS);
     let parent = spec

@@ -1233,6 +1233,8 @@ fn network(icc: bool) -> BridgeNetwork {
         ..ContainerInfo::default()
     };
     BridgeNetwork {
+        name: "bridge".into(),
+        bridge: "docker0".into(),
         icc,
         gateway_port: GW.port,
         gateway_ips: vec![GW.v4(), GW.v6()],
@@ -1259,6 +1261,7 @@ fn network(icc: bool) -> BridgeNetwork {
             },
             c("mallory", MALLORY),
         ],
+        ..BridgeNetwork::default()
     }
 }
 
@@ -1280,7 +1283,7 @@ impl Bridge {
     }
 
     fn with(icc: bool, config: EngineConfig) -> Bridge {
-        let set = rules_wasm::docker::docker_ruleset(&network(icc), Vec::new(), 1);
+        let set = rules_wasm::docker::docker_ruleset(&network(icc).into(), Vec::new(), 1);
         let compiled = rules_wasm::compiler::compile(&set).unwrap();
         let wasm = WasmRuntime::new(WasmConfig::default()).unwrap();
         let module = wasm
@@ -1297,6 +1300,7 @@ impl Bridge {
             engine
                 .add_port(PortConfig {
                     id: h.port,
+                    network: 0,
                     macs: vec![h.mac],
                     ips: vec![h.v4(), h.v6()],
                     is_gateway: h == GW,

@@ -13,8 +13,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::commands::live;
 use crate::docker::{DockerError, EngineAddress, TrackerConfig, connect, read_state};
-use crate::lab::{LabSpec, WALKTHROUGH_TOML};
-use crate::netlink::{NetlinkError, Netns, Rtnl, ip_forward_enabled, is_root};
+use crate::lab::LabSpec;
+use crate::netlink::{NetlinkError, Netns, ip_forward_enabled, is_root};
 use crate::runtime::RuntimeOptions;
 use crate::runtime::policy::{UserModules, UserRules};
 
@@ -81,6 +81,9 @@ enum Command {
     },
     /// Print the man page (roff): `bridgewall man | man -l -`.
     Man,
+    /// Measure bridgewall against the kernel bridge and Docker's iptables chains, in
+    /// network namespaces of its own (root; never touches the host's Docker).
+    Bench(crate::bench::Args),
 }
 
 #[derive(Subcommand, Debug)]
@@ -242,6 +245,11 @@ struct DataplaneArgs {
     /// this limit (UMEM segments of 16 ports are added as needed).
     #[arg(long, default_value_t = crate::state::DEFAULT_MAX_PORTS - 1)]
     max_containers: usize,
+    /// Most bridge networks besides Docker's default one the dataplane serves at once (each
+    /// network's gateway takes a port); a network beyond it is not taken, with an error
+    /// naming this flag.
+    #[arg(long, default_value_t = crate::state::DEFAULT_MAX_NETWORKS)]
+    max_networks: usize,
     /// UMEM frames (2 KiB each) each port keeps ready to receive into: more absorbs longer
     /// bursts to one container, fewer costs less memory per container.
     #[arg(long, default_value_t = dataplane::afxdp::port::DEFAULT_FILL_SHARE)]
@@ -257,9 +265,10 @@ struct DataplaneArgs {
 
 #[derive(clap::Args, Debug)]
 struct RestoreArgs {
-    /// The bridge to give back.
-    #[arg(long, default_value = "docker0")]
-    bridge: String,
+    /// The bridge to give back; default: every bridge with a takeover recorded in the
+    /// state directory for this namespace.
+    #[arg(long)]
+    bridge: Option<String>,
     /// The network namespace the bridge lives in (a name under /run/netns or a path).
     #[arg(long)]
     netns: Option<String>,
@@ -333,12 +342,11 @@ struct EngineArgs {
     /// The Docker engine: unix:///path, /path or tcp://host:port.
     #[arg(long, env = "DOCKER_HOST")]
     docker_host: Option<String>,
-    /// The kernel bridge the Docker network uses.
-    #[arg(long, default_value = "docker0")]
-    bridge: String,
-    /// The Docker network to follow.
-    #[arg(long, default_value = "bridge")]
-    network: String,
+    /// A Docker network to follow, by name, id or kernel bridge (`bridge`, `myapp_default`,
+    /// `docker0`, `br-1234abcd5678`); repeat for several. Default: every network whose
+    /// driver is `bridge`, as they are created and removed.
+    #[arg(long = "network", alias = "bridge", value_name = "NETWORK")]
+    networks: Vec<String>,
     /// The network namespace the engine and its bridge live in (a name under /run/netns
     /// or a path); default: ours.
     #[arg(long)]
@@ -375,6 +383,10 @@ struct RunArgs {
 struct LabArgs {
     /// The lab file (TOML); default: the seed's walkthrough.
     file: Option<PathBuf>,
+    /// Run the networks walkthrough (two user-defined networks, one --internal, beside the
+    /// default bridge) instead of the seed's.
+    #[arg(long, conflicts_with = "file")]
+    networks: bool,
     /// How long a probe waits before calling it dropped, in milliseconds.
     #[arg(long, default_value_t = 1500)]
     probe_timeout_ms: u64,
@@ -451,6 +463,7 @@ pub fn main() -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut cmd, "bridgewall", &mut out);
             write_stdout(&out)
         }
+        Command::Bench(args) => crate::commands::bench::bench(&args),
         Command::Man => {
             let mut out = Vec::new();
             clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
@@ -569,7 +582,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn tracker_config(args: &EngineArgs) -> anyhow::Result<TrackerConfig> {
     let address = EngineAddress::from_flag_or_env(args.docker_host.as_deref())?;
     let mut cfg = TrackerConfig::new(address);
-    cfg.network = args.network.clone();
+    cfg.networks = args.networks.clone();
     cfg.bridge_netns = args.netns.clone();
     cfg.icc_override = match args.icc {
         IccMode::Auto => None,
@@ -594,26 +607,31 @@ fn docker_hint(e: DockerError) -> anyhow::Error {
     anyhow::anyhow!("{e}{hint}")
 }
 
-async fn check_bridge(args: &EngineArgs) -> anyhow::Result<Rtnl> {
+/// Checks before anything changes: the networks asked for exist on the engine (as bridge
+/// networks), and ip_forward (a warning when off).
+async fn check_networks(engine: &crate::docker::Engine, args: &EngineArgs) -> anyhow::Result<()> {
     let ns = match &args.netns {
         Some(n) => Netns::open(n).with_context(|| format!("--netns {n}"))?,
         None => Netns::current()?,
     };
     let rtnl = ns.rtnl().await.map_err(permission_hint)?;
-    match rtnl.link_by_name(&args.bridge).await {
-        Ok(l) if Rtnl::is_bridge(&l) => {}
-        Ok(l) => bail!(
-            "{} in {} is a {} interface, not a bridge (use --bridge NAME)",
-            args.bridge,
-            rtnl.netns_label(),
-            l.kind.as_deref().unwrap_or("plain")
-        ),
-        Err(NetlinkError::NoSuchLink { .. }) => bail!(
-            "no such bridge {:?} in {} (Docker creates docker0 when it starts; use --bridge NAME, or --netns if the engine runs in another namespace)",
-            args.bridge,
-            rtnl.netns_label()
-        ),
-        Err(e) => return Err(permission_hint(e)),
+    let nets = crate::docker::bridge_networks(engine)
+        .await
+        .map_err(docker_hint)?;
+    for wanted in &args.networks {
+        if !nets
+            .iter()
+            .any(|n| [&n.name, &n.id, &n.bridge].contains(&wanted))
+        {
+            let known: Vec<String> = nets
+                .iter()
+                .map(|n| format!("{} ({})", n.name, n.bridge))
+                .collect();
+            bail!(
+                "no such bridge network {wanted:?} on the engine; its bridge networks: {} (--network takes a network's name, id or kernel bridge)",
+                known.join(", ")
+            );
+        }
     }
     let forward = ns.run(ip_forward_enabled)?.map_err(permission_hint)?;
     if !forward {
@@ -622,7 +640,7 @@ async fn check_bridge(args: &EngineArgs) -> anyhow::Result<Rtnl> {
             rtnl.netns_label()
         );
     }
-    Ok(rtnl)
+    Ok(())
 }
 
 fn permission_hint(e: NetlinkError) -> anyhow::Error {
@@ -663,14 +681,10 @@ fn read_rules(path: Option<&PathBuf>, ipsets: Option<&PathBuf>) -> anyhow::Resul
     })
 }
 
-fn runtime_options(
-    bridge: &str,
-    args: &DataplaneArgs,
-    rules: UserRules,
-) -> anyhow::Result<RuntimeOptions> {
-    let mut o = RuntimeOptions::for_bridge(bridge);
+fn runtime_options(args: &DataplaneArgs, rules: UserRules) -> anyhow::Result<RuntimeOptions> {
+    let mut o = RuntimeOptions::new();
     o.workers = args.workers.max(1);
-    o.takeover.state_dir = args.state_dir.clone();
+    o.state_dir = args.state_dir.clone();
     o.user_rules = rules;
     o.user_modules = UserModules::from_files(&args.modules)?;
     for m in &args.audit_modules {
@@ -689,7 +703,21 @@ fn runtime_options(
             args.fill_frames
         );
     }
-    o.frames.max_ports = args.max_containers + 1;
+    if args.max_networks > 4096 {
+        bail!(
+            "--max-networks {} is out of range (0..=4096)",
+            args.max_networks
+        );
+    }
+    if args.max_containers + 1 + args.max_networks > usize::from(u16::MAX) {
+        bail!(
+            "--max-containers {} plus --max-networks {} is more ports than the dataplane holds (65,534)",
+            args.max_containers,
+            args.max_networks
+        );
+    }
+    // Containers and the default network's gateway, then the other networks' gateways.
+    o.frames.max_ports = args.max_containers + 1 + args.max_networks;
     o.frames.fill_share = args.fill_frames;
     o.xdp.rings = o.xdp.rings.at_least(args.fill_frames.next_power_of_two());
     Ok(o)
@@ -729,7 +757,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 "connected to Docker {} (API {}) at {}",
                 engine.engine_version, engine.api_version, engine.address
             );
-            check_bridge(&args.engine).await.map(|_| ())
+            check_networks(&engine, &args.engine).await
         })?;
     }
     if rules.count() > 0 {
@@ -741,7 +769,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     let netns = open_netns(args.engine.netns.as_deref())?;
-    let mut options = runtime_options(&args.engine.bridge, &args.dataplane, rules)?;
+    let mut options = runtime_options(&args.dataplane, rules)?;
     options.rules_path = Some(rules_path);
     let surface = crate::commands::run::Surface {
         socket: match &args.control_socket {
@@ -752,7 +780,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics: args.metrics,
     };
     let cfg = TrackerConfig {
-        max_ports: options.frames.max_ports,
+        max_ports: args.dataplane.max_containers + 1,
+        max_networks: args.dataplane.max_networks,
         ..cfg
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -762,14 +791,31 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 
 fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let netns = open_netns(args.netns.as_deref())?;
-    match crate::takeover::restore_from_state(&netns, &args.bridge, &args.state_dir)
-        .with_context(|| format!("restoring bridge {} in {}", args.bridge, netns.label()))?
-    {
-        None => println!(
-            "nothing to restore: no record of a takeover of {} in {} under {}",
-            args.bridge,
+    let bridges = match &args.bridge {
+        Some(b) => vec![b.clone()],
+        None => crate::takeover::recorded_bridges(&netns, &args.state_dir)?,
+    };
+    if bridges.is_empty() {
+        println!(
+            "nothing to restore: no takeover recorded in {} under {}",
             netns.label(),
             args.state_dir.display()
+        );
+    }
+    for bridge in bridges {
+        restore_one(&netns, &bridge, &args.state_dir)?;
+    }
+    Ok(())
+}
+
+fn restore_one(netns: &Netns, bridge: &str, state_dir: &std::path::Path) -> anyhow::Result<()> {
+    match crate::takeover::restore_from_state(netns, bridge, state_dir)
+        .with_context(|| format!("restoring bridge {bridge} in {}", netns.label()))?
+    {
+        None => println!(
+            "nothing to restore: no record of a takeover of {bridge} in {} under {}",
+            netns.label(),
+            state_dir.display()
         ),
         Some(r) => {
             println!(
@@ -883,17 +929,7 @@ fn trace(args: TraceArgs, socket: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn lab(args: LabArgs) -> anyhow::Result<()> {
-    let (text, origin) = match &args.file {
-        Some(p) => (
-            std::fs::read_to_string(p)
-                .with_context(|| format!("reading the lab file {}", p.display()))?,
-            p.display().to_string(),
-        ),
-        None => (
-            WALKTHROUGH_TOML.to_string(),
-            "the embedded walkthrough".to_string(),
-        ),
-    };
+    let (text, origin) = crate::commands::lab::lab_text(args.file.as_deref(), args.networks)?;
     if !is_root() {
         bail!("bridgewall lab needs root: it builds network namespaces (run it with sudo)");
     }
@@ -906,7 +942,7 @@ fn lab(args: LabArgs) -> anyhow::Result<()> {
         hold: args.hold,
         control_socket: args.control_socket.clone(),
         metrics: args.metrics,
-        options: runtime_options("docker0", &args.dataplane, UserRules::default())?,
+        options: runtime_options(&args.dataplane, UserRules::default())?,
     };
     let all_ok = crate::commands::lab::lab(run, stop)?;
     if !all_ok {

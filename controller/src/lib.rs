@@ -1,6 +1,7 @@
 //! bridgewall's control plane: the CLI, Docker tracking, the lab, and the glue that keeps
 //! the dataplane's policy equal to what Docker and the user say.
 #![forbid(unsafe_code)]
+pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -1,23 +1,100 @@
-//! What the controller knows about a bridge at one moment, in the one shape both sources
-//! (Docker tracking and the lab) produce and the policy updater consumes: the
-//! [`BridgeNetwork`] for the rule compiler plus the host-side interfaces the dataplane
-//! attaches to, with stable port ids.
+//! What the controller knows about the host's bridge networks at one moment, in the one
+//! shape both sources (Docker tracking and the lab) produce and the policy updater consumes:
+//! per network the [`BridgeNetwork`] for the rule compiler plus the host-side interfaces the
+//! dataplane attaches to, with stable port ids (one id space for every network).
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use rules_wasm::docker::{BridgeNetwork, PortId};
+use rules_wasm::docker::{BridgeNetwork, HostNetworks, PortId};
 
-/// Port id reserved for the gateway side (the link that leads to the bridge itself, the host
-/// and the outside world); containers get ids from 1 up.
+/// Port id reserved for the gateway side of Docker's default network (or the lab's first):
+/// the link that leads to the bridge itself, the host and the outside world. Other
+/// networks' gateways and containers get ids from 1 up.
 pub const GATEWAY_PORT: PortId = 0;
 
-/// A bridge and its containers as the compiler and the dataplane need them.
+/// Every bridge network bridgewall serves, each with its containers. One policy is compiled
+/// from all of them ([`HostState::policy_input`]); the dataplane keeps each network its own
+/// L2 domain.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct HostState {
+    /// The networks, sorted by Docker network name.
+    pub networks: Vec<BridgeState>,
+}
+
+impl HostState {
+    /// A host with one network (the seed's lab, `--network bridge`).
+    pub fn single(net: BridgeState) -> HostState {
+        HostState {
+            networks: vec![net],
+        }
+    }
+
+    /// The network called `name` (Docker's network name, or its kernel bridge's name).
+    pub fn network(&self, name: &str) -> Option<&BridgeState> {
+        self.networks
+            .iter()
+            .find(|n| n.network.name == name)
+            .or_else(|| self.networks.iter().find(|n| n.network.bridge == name))
+    }
+
+    /// The network whose gateway port is `port`, or that `port` is a container port of.
+    pub fn network_of_port(&self, port: PortId) -> Option<&BridgeState> {
+        self.networks.iter().find(|n| {
+            n.network.gateway_port == port || n.attachments.iter().any(|a| a.port == port)
+        })
+    }
+
+    /// Every attached container interface, network by network.
+    pub fn attachments(&self) -> impl Iterator<Item = &Attachment> {
+        self.networks.iter().flat_map(|n| n.attachments.iter())
+    }
+
+    /// Every container interface left without a port (see [`BridgeState::unplaced`]).
+    pub fn unplaced(&self) -> impl Iterator<Item = &Attachment> {
+        self.networks.iter().flat_map(|n| n.unplaced.iter())
+    }
+
+    /// The attachment of the host interface `ifname`.
+    pub fn attachment_of(&self, ifname: &str) -> Option<&Attachment> {
+        self.attachments().find(|a| a.host_ifname == ifname)
+    }
+
+    /// The first attachment of the container called `name` (a container on several networks
+    /// has one per network; see [`HostState::attachments_of`]).
+    pub fn attachment(&self, name: &str) -> Option<&Attachment> {
+        self.attachments().find(|a| a.container == name)
+    }
+
+    /// Every attachment of the container called `name`, one per network it is on.
+    pub fn attachments_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Attachment> {
+        self.attachments().filter(move |a| a.container == name)
+    }
+
+    /// Host interface name → port id of every container, the map the dataplane attach needs.
+    pub fn ports(&self) -> BTreeMap<String, PortId> {
+        self.networks.iter().flat_map(|n| n.ports()).collect()
+    }
+
+    /// The compiler's input: every network with its containers.
+    pub fn policy_input(&self) -> HostNetworks {
+        HostNetworks {
+            networks: self.networks.iter().map(|n| n.network.clone()).collect(),
+        }
+    }
+
+    /// How many containers are attached, over every network (a container on two networks
+    /// counts twice).
+    pub fn attached_count(&self) -> usize {
+        self.networks.iter().map(|n| n.attachments.len()).sum()
+    }
+}
+
+/// One bridge network and its containers as the compiler and the dataplane need them.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct BridgeState {
-    /// The kernel bridge's name (`docker0`).
-    pub bridge: String,
-    /// The compiler's input: icc, gateway, containers with their port ids.
+    /// The compiler's input: name, bridge, icc, gateway, subnets, containers with their
+    /// port ids.
     pub network: BridgeNetwork,
     /// Per container (same order as `network.containers`): where it plugs in.
     pub attachments: Vec<Attachment>,
@@ -31,13 +108,16 @@ pub struct BridgeState {
 /// The port id of a container that got none (see [`BridgeState::unplaced`]).
 pub const UNPLACED: PortId = PortId::MAX;
 
-/// Where one container plugs into the bridge.
+/// Where one container plugs into one network's bridge.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attachment {
     /// Container name (as in [`rules_wasm::docker::ContainerInfo::name`]).
     pub container: String,
     /// Docker's container id (the lab uses the container name).
     pub id: String,
+    /// The Docker network this interface is on (a container on several networks has one
+    /// attachment per network).
+    pub network: String,
     /// The host-side veth's name in the bridge's namespace.
     pub host_ifname: String,
     /// The host-side veth's index in the bridge's namespace.
@@ -47,6 +127,11 @@ pub struct Attachment {
 }
 
 impl BridgeState {
+    /// The kernel bridge's name (`docker0`, `br-<id>`).
+    pub fn bridge(&self) -> &str {
+        &self.network.bridge
+    }
+
     /// The attachment of the container called `name`.
     pub fn attachment(&self, name: &str) -> Option<&Attachment> {
         self.attachments.iter().find(|a| a.container == name)
@@ -66,6 +151,16 @@ impl BridgeState {
 pub enum SnapshotCause {
     /// The full state was read (first connection, or after the engine came back).
     Resync,
+    /// A network appeared (created, or first seen with containers).
+    NetworkCreated {
+        /// Its Docker name.
+        name: String,
+    },
+    /// A network was removed: its bridge is given back.
+    NetworkRemoved {
+        /// Its Docker name.
+        name: String,
+    },
     /// A container started (or joined the network).
     ContainerStarted {
         /// Its name.
@@ -87,7 +182,7 @@ pub struct Snapshot {
     /// Increases by one per publication.
     pub generation: u64,
     /// The state itself.
-    pub state: BridgeState,
+    pub state: HostState,
     /// What led to it.
     pub cause: SnapshotCause,
     /// When it was published.
@@ -108,8 +203,13 @@ pub type SnapshotReceiver = tokio::sync::watch::Receiver<Option<Arc<Snapshot>>>;
 pub struct PortAllocator {
     by_name: BTreeMap<String, PortId>,
     next: PortId,
+    first: u32,
     limit: u32,
 }
+
+/// Networks beyond the default one a dataplane serves by default: each network's gateway
+/// takes a port id above the containers' (see [`PortAllocator::for_gateways`]).
+pub const DEFAULT_MAX_NETWORKS: usize = 64;
 
 /// Port ids the dataplane's tables hold by default (the gateway and 1,023 containers).
 pub const DEFAULT_MAX_PORTS: usize = 1024;
@@ -131,7 +231,22 @@ impl PortAllocator {
         PortAllocator {
             by_name: BTreeMap::new(),
             next: GATEWAY_PORT + 1,
+            first: 1,
             limit: limit.clamp(2, PortId::MAX as usize + 1) as u32,
+        }
+    }
+
+    /// The allocator of the other networks' gateway ports: `networks` ids right above the
+    /// containers' `container_limit`, so gateways never take a container's place and the
+    /// dataplane's table is `container_limit + networks` ports.
+    pub fn for_gateways(container_limit: usize, networks: usize) -> Self {
+        let first = container_limit.clamp(1, PortId::MAX as usize) as u32;
+        let limit = (first as usize + networks.max(1)).min(PortId::MAX as usize) as u32;
+        PortAllocator {
+            by_name: BTreeMap::new(),
+            next: first as PortId,
+            first,
+            limit,
         }
     }
 
@@ -141,15 +256,17 @@ impl PortAllocator {
             return Some(id);
         }
         let in_use = |id: PortId, m: &BTreeMap<String, PortId>| m.values().any(|&v| v == id);
-        let mut candidate = u32::from(self.next) % self.limit;
-        for _ in 0..self.limit {
+        let span = self.limit - self.first;
+        let wrap = |c: u32| self.first + (c.saturating_sub(self.first) % span);
+        let mut candidate = wrap(u32::from(self.next));
+        for _ in 0..span {
             let id = candidate as PortId;
             if id != GATEWAY_PORT && !in_use(id, &self.by_name) {
                 self.by_name.insert(ifname.to_string(), id);
-                self.next = ((candidate + 1) % self.limit) as PortId;
+                self.next = wrap(candidate + 1) as PortId;
                 return Some(id);
             }
-            candidate = (candidate + 1) % self.limit;
+            candidate = wrap(candidate + 1);
         }
         None
     }
@@ -188,6 +305,16 @@ mod tests {
             assert!(id.is_some_and(|id| id < 4 && id != GATEWAY_PORT));
             alloc.release(&name);
         }
+    }
+
+    #[test]
+    fn gateway_ids_sit_above_the_containers() {
+        let mut gws = PortAllocator::for_gateways(4, 2);
+        assert_eq!(gws.port_for("gateway:br-a"), Some(4));
+        assert_eq!(gws.port_for("gateway:br-b"), Some(5));
+        assert_eq!(gws.port_for("gateway:br-c"), None, "two networks at most");
+        gws.release("gateway:br-a");
+        assert_eq!(gws.port_for("gateway:br-c"), Some(4));
     }
 
     #[test]

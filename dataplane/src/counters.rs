@@ -68,11 +68,15 @@ pub enum DropReason {
     /// the gateway is the router, and a container announcing itself as one would take its
     /// neighbours' traffic.
     RouterMessage,
+    /// A unicast frame addressed to a MAC registered on a port of another Docker network:
+    /// each network is an L2 domain of its own, and nothing crosses between two inside the
+    /// dataplane (traffic between networks goes through the host, as Docker routes it).
+    CrossNetwork,
 }
 
 impl DropReason {
     /// Number of distinct reasons (the size of the counter array).
-    pub const COUNT: usize = Malformed::ALL.len() + 19;
+    pub const COUNT: usize = Malformed::ALL.len() + 20;
 
     /// Every reason, in counter order.
     pub fn all() -> impl Iterator<Item = DropReason> {
@@ -99,6 +103,7 @@ impl DropReason {
                 DropReason::FlowTableFull,
                 DropReason::SpoofedMac,
                 DropReason::RouterMessage,
+                DropReason::CrossNetwork,
             ])
     }
 
@@ -127,6 +132,7 @@ impl DropReason {
             DropReason::FlowTableFull => m + 16,
             DropReason::SpoofedMac => m + 17,
             DropReason::RouterMessage => m + 18,
+            DropReason::CrossNetwork => m + 19,
         }
     }
 
@@ -161,6 +167,7 @@ impl DropReason {
             DropReason::FlowTableFull => "flow_table_full",
             DropReason::SpoofedMac => "spoofed_mac",
             DropReason::RouterMessage => "router_message",
+            DropReason::CrossNetwork => "cross_network",
         }
     }
 }

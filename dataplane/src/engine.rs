@@ -22,6 +22,13 @@
 //! elsewhere, so every frame is always accounted for. Everything it needs per packet is
 //! allocated when it is built: processing allocates nothing, takes no lock and logs nothing.
 //!
+//! One engine serves every Docker bridge network of a host. Each port belongs to a network
+//! ([`PortConfig::network`]), an L2 domain with its own gateway port (the port to that
+//! network's kernel bridge); nothing is switched from a port of one network to a port of
+//! another (see [`crate::switch`]), and everything the engine looks up by address — who owns
+//! an IP (directed ARP, frames the host sends back onto a bridge), the gateway replies go back
+//! through, the flow table — is looked up within the ingress port's network.
+//!
 //! Audit mode ([`EngineConfig::audit`], [`Engine::set_audit`]) runs the policy without
 //! enforcing it: a denial is counted, emitted as an event and otherwise treated as an accept,
 //! so an operator can see what a policy would break before it does.
@@ -55,7 +62,14 @@ use std::time::Instant;
 pub struct PortConfig {
     /// Dataplane port id (< [`EngineConfig::max_ports`]).
     pub id: PortId,
-    /// MACs frames are switched to this port by (a container's MAC; the bridge's for the gateway).
+    /// The network (L2 domain: one Docker bridge network) the port belongs to. By
+    /// convention the id of the network's gateway port, so it is < [`EngineConfig::max_ports`]
+    /// and unique per network; in a single-network setup every port uses 0 (the gateway is
+    /// port 0 there). Frames are only switched between ports of the same network; a
+    /// network's gateway may come and go (at most one at a time) while its containers stay.
+    pub network: PortId,
+    /// MACs frames are switched to this port by (a container's MAC; the bridge's for the
+    /// gateway). Unique within the network; ports of different networks may share one.
     pub macs: Vec<[u8; 6]>,
     /// The container's IPs. When non-empty (and the port is not the gateway), the port is
     /// guarded: its frames must come from one of `macs` (Ethernet source, and an ARP
@@ -64,7 +78,8 @@ pub struct PortConfig {
     /// decides by source address and ARP and neighbour discovery are switched without it,
     /// so a container must not borrow another's address or MAC.
     pub ips: Vec<IpAddr>,
-    /// The bridge's own port: the host and the outside world.
+    /// The network's gateway: the port to its kernel bridge, the host and the outside world
+    /// (at most one per network).
     pub is_gateway: bool,
     /// Complete TCP/UDP checksums of frames received here before they leave (veth
     /// tx-checksum offload leaves them partial; AF_XDP ports on veths set this).
@@ -85,7 +100,8 @@ pub struct EngineConfig {
     /// Switch ethertypes other than ARP/IPv4/IPv6 without a policy decision (a Linux bridge
     /// does; Docker's iptables does not see them). When false they are dropped.
     pub switch_non_ip: bool,
-    /// Learn the gateway port's MACs from its traffic (besides the configured ones).
+    /// Learn each gateway port's MACs from its traffic (besides the configured ones), for
+    /// its own network only.
     pub learn_gateway_mac: bool,
     /// Flow-table slots swept for expired flows per processed batch.
     pub sweep_budget: usize,
@@ -133,6 +149,14 @@ pub enum EngineError {
         /// The configured bound.
         max: usize,
     },
+    /// The network id is beyond `max_ports` (it names a gateway port id).
+    #[error("network {network} is out of range (max_ports = {max})")]
+    NetworkOutOfRange {
+        /// The network id.
+        network: PortId,
+        /// The configured bound.
+        max: usize,
+    },
     /// The switch refused the port.
     #[error(transparent)]
     Switch(#[from] SwitchError),
@@ -149,6 +173,8 @@ pub struct DriveReport {
 
 #[derive(Clone, Debug)]
 struct PortState {
+    /// The port's network (see [`PortConfig::network`]).
+    network: PortId,
     complete_checksums: bool,
     /// A container port with addresses: its frames must come from its own MACs and
     /// addresses (see [`Engine::spoofed`]).
@@ -156,6 +182,9 @@ struct PortState {
     ips: Vec<[u8; 16]>,
     macs: Vec<[u8; 6]>,
 }
+
+/// A network's gateway port and its bridge's MAC.
+type Gateway = (PortId, [u8; 6]);
 
 /// 0.0.0.0 in the 16-byte form: the sender address of an ARP probe.
 const UNSPECIFIED_V4: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
@@ -298,7 +327,8 @@ impl Batch {
     }
 }
 
-/// The sans-IO switching and filtering core of one bridge.
+/// The sans-IO switching and filtering core of a host's bridge networks (one or many, each
+/// its own L2 domain: see [`PortConfig::network`]).
 pub struct Engine<M: FrameMemory> {
     config: EngineConfig,
     switch: Switch,
@@ -317,13 +347,14 @@ pub struct Engine<M: FrameMemory> {
     slot_of: Box<[u16]>,
     /// The memory segment each port sends from (frames of other segments are copied in).
     segment: Box<[SegmentId]>,
-    /// Which port owns each registered IP address: an ARP request is sent to its owner
-    /// alone, and a frame the host sends back onto the bridge with a container's source is
-    /// judged as that container's. Changed only when ports are added or removed.
-    ip_owner: std::collections::HashMap<[u8; 16], PortId>,
-    /// The gateway port and the bridge's MAC: where replies of flows that came through the
-    /// host go back to.
-    gateway: Option<(PortId, [u8; 6])>,
+    /// Which port owns each registered IP address of each network, keyed by (network,
+    /// address): an ARP request is sent to its owner alone, and a frame the host sends back
+    /// onto a bridge with a container's source is judged as that container's — both only
+    /// within the network. Changed only when ports are added or removed.
+    ip_owner: std::collections::HashMap<(PortId, [u8; 16]), PortId>,
+    /// Per network id: its gateway port and its bridge's MAC, where replies of flows that
+    /// came through the host go back to.
+    gateways: Box<[Option<Gateway>]>,
     /// Datagrams whose first fragment was decided, and later fragments awaiting theirs.
     frags: FragTable,
     /// Held fragments released by a first fragment, handled after the table lets go
@@ -401,7 +432,7 @@ impl<M: FrameMemory> Engine<M> {
             slot_of: vec![NOT_DRIVEN; max].into_boxed_slice(),
             segment: vec![0; max].into_boxed_slice(),
             ip_owner: std::collections::HashMap::new(),
-            gateway: None,
+            gateways: vec![None; max].into_boxed_slice(),
             frags: FragTable::new(config.fragments),
             released: Vec::with_capacity(config.fragments.held),
             reject_bucket: TokenBucket::new(config.reject_limit),
@@ -414,8 +445,10 @@ impl<M: FrameMemory> Engine<M> {
         }
     }
 
-    /// Registers a port (a container's veth or the gateway) whose frames live in memory
-    /// segment 0.
+    /// Registers a port (a container's veth or a network's gateway) whose frames live in
+    /// memory segment 0. A new network needs nothing more than its ports: its gateway is
+    /// added like any port (with `is_gateway`, at run time too), and each network has at
+    /// most one gateway at a time.
     pub fn add_port(&mut self, cfg: PortConfig) -> Result<(), EngineError> {
         self.add_port_in_segment(cfg, 0)
     }
@@ -434,15 +467,24 @@ impl<M: FrameMemory> Engine<M> {
                 max: self.config.max_ports,
             });
         }
-        self.switch.add_port(cfg.id, &cfg.macs, cfg.is_gateway)?;
+        let net = usize::from(cfg.network);
+        if net >= self.config.max_ports {
+            return Err(EngineError::NetworkOutOfRange {
+                network: cfg.network,
+                max: self.config.max_ports,
+            });
+        }
+        self.switch
+            .add_port(cfg.id, cfg.network, &cfg.macs, cfg.is_gateway)?;
         self.segment[idx] = seg;
         for ip in &cfg.ips {
-            self.ip_owner.insert(addr_bytes(*ip), cfg.id);
+            self.ip_owner.insert((cfg.network, addr_bytes(*ip)), cfg.id);
         }
         if cfg.is_gateway {
-            self.gateway = cfg.macs.first().map(|mac| (cfg.id, *mac));
+            self.gateways[net] = cfg.macs.first().map(|mac| (cfg.id, *mac));
         }
         self.ports[idx] = Some(PortState {
+            network: cfg.network,
             complete_checksums: cfg.complete_checksums,
             guard_source: !cfg.is_gateway && !cfg.ips.is_empty(),
             ips: cfg.ips.iter().map(|ip| addr_bytes(*ip)).collect(),
@@ -453,15 +495,18 @@ impl<M: FrameMemory> Engine<M> {
 
     /// Unregisters a port: its MACs leave the switch, its flows leave the table, and the
     /// frames queued for it return to the free list. The caller stops driving the port and
-    /// reclaims the frames the port itself holds.
+    /// reclaims the frames the port itself holds. A network's gateway is removed like any
+    /// port: its network keeps its other ports and may get a gateway again later.
     pub fn remove_port(&mut self, id: PortId) -> Result<(), EngineError> {
         self.switch.remove_port(id)?;
         let idx = usize::from(id);
-        self.ports[idx] = None;
-        self.ip_owner.retain(|_, owner| *owner != id);
-        if self.gateway.is_some_and(|(g, _)| g == id) {
-            self.gateway = None;
+        if let Some(state) = self.ports.get_mut(idx).and_then(Option::take)
+            && let Some(gw) = self.gateways.get_mut(usize::from(state.network))
+            && gw.is_some_and(|(g, _)| g == id)
+        {
+            *gw = None;
         }
+        self.ip_owner.retain(|_, owner| *owner != id);
         let (frags, free, counters) = (&mut self.frags, &mut self.free, &self.counters);
         frags.remove_port(id, |d, port| {
             counters.count_drop_at(DropReason::FragmentOrphan, port);
@@ -525,6 +570,11 @@ impl<M: FrameMemory> Engine<M> {
         &self.switch
     }
 
+    /// The gateway port of `network` and its bridge's MAC, if the network has one.
+    pub fn gateway(&self, network: PortId) -> Option<(PortId, [u8; 6])> {
+        self.gateways.get(usize::from(network)).copied().flatten()
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> &EngineConfig {
         &self.config
@@ -579,11 +629,11 @@ impl<M: FrameMemory> Engine<M> {
     /// for transmit or returned to the free list.
     pub fn process(&mut self, now: u64, in_port: PortId, mem: &mut M, rx: &mut DescBatch) {
         let idx = usize::from(in_port);
-        let Some((complete, guard)) = self
+        let Some((complete, guard, net)) = self
             .ports
             .get(idx)
             .and_then(Option::as_ref)
-            .map(|p| (p.complete_checksums, p.guard_source))
+            .map(|p| (p.complete_checksums, p.guard_source, p.network))
         else {
             for &d in rx.as_slice() {
                 self.drop_frame(d, DropReason::UnknownPort, in_port);
@@ -641,7 +691,7 @@ impl<M: FrameMemory> Engine<M> {
             };
             if switched {
                 self.counters.switched_without_policy.add(1);
-                let egress = self.direct_arp(&parsed, in_port, egress);
+                let egress = self.direct_arp(&parsed, in_port, net, egress);
                 self.forward(mem, in_port, d, &parsed, egress, false);
                 continue;
             }
@@ -656,13 +706,13 @@ impl<M: FrameMemory> Engine<M> {
             }
             if parsed.is_icmp_error()
                 && let Some(inner) = parsed.inner
-                && let Some(kind) = self.related(&parsed, &inner, guard, generation, now)
+                && let Some(kind) = self.related(&parsed, &inner, net, guard, generation, now)
             {
                 match kind {
                     Related::AskPolicy => self.enqueue_pending(
                         now,
                         mem,
-                        (in_port, self.policy_ingress(in_port, &parsed.src)),
+                        (in_port, self.policy_ingress(in_port, net, &parsed.src)),
                         d,
                         parsed,
                         egress,
@@ -677,7 +727,7 @@ impl<M: FrameMemory> Engine<M> {
                 continue;
             }
             let tr = tracking(&parsed);
-            let hk = self.flows.hash_tuple(&tr.tuple);
+            let hk = self.flows.hash_tuple_in(&tr.tuple, net);
             // A one-way or denied flow says nothing about the other direction: such a reply
             // is a miss like an unknown flow.
             let known = self.flows.lookup(&hk, now).filter(|&slot| {
@@ -689,7 +739,7 @@ impl<M: FrameMemory> Engine<M> {
                 self.enqueue_pending(
                     now,
                     mem,
-                    (in_port, self.policy_ingress(in_port, &parsed.src)),
+                    (in_port, self.policy_ingress(in_port, net, &parsed.src)),
                     d,
                     parsed,
                     egress,
@@ -703,7 +753,7 @@ impl<M: FrameMemory> Engine<M> {
             let (accept, audited) = (e.verdict.accept, e.audited);
             let revisit = e.generation != generation || self.audit_revisits(accept, audited);
             let egress = if e.via_host && dir == Dir::Reply {
-                self.back_through_host(mem, d, egress)
+                self.back_through_host(mem, d, net, egress)
             } else {
                 egress
             };
@@ -716,7 +766,7 @@ impl<M: FrameMemory> Engine<M> {
                 } else {
                     PendingKind::New
                 };
-                let ports = (in_port, self.policy_ingress(in_port, &parsed.src));
+                let ports = (in_port, self.policy_ingress(in_port, net, &parsed.src));
                 self.enqueue_pending(now, mem, ports, d, parsed, egress, kind, Some((hk, tr)));
                 continue;
             }
@@ -901,13 +951,14 @@ impl<M: FrameMemory> Engine<M> {
     /// every port: only the owner answers anyway, and on a host with hundreds of containers a
     /// flood per request would cost hundreds of frame copies (each container asks for the
     /// gateway when it starts). Gratuitous ARP and unknown targets are flooded as a bridge
-    /// does.
+    /// does. Only an owner in the asker's network `net` counts: an address owned in another
+    /// network is unknown here, and the request floods within the network.
     #[inline]
-    fn direct_arp(&self, p: &Parsed, in_port: PortId, egress: Egress) -> Egress {
+    fn direct_arp(&self, p: &Parsed, in_port: PortId, net: PortId, egress: Egress) -> Egress {
         if p.l3 != L3::Arp || p.arp_op != 1 || p.src == p.dst || egress != Egress::Flood {
             return egress;
         }
-        match self.ip_owner.get(&p.dst) {
+        match self.ip_owner.get(&(net, p.dst)) {
             Some(&port) if port != in_port => {
                 self.counters.arp_directed.add(1);
                 Egress::Unicast(port)
@@ -917,18 +968,20 @@ impl<M: FrameMemory> Engine<M> {
     }
 
     /// The ingress port the policy and the flow table see: `in_port`, except for a frame
-    /// from the gateway port whose source is a container of this bridge — the host sent it
-    /// back onto the bridge (a container reaching another through a published port, DNATed
-    /// by the host's kernel with the source kept) — which is that container's. Docker judges
-    /// such traffic by its FORWARD rules for `-i docker0 -o docker0`, i.e. as
-    /// container-to-container traffic (icc, links), and so does the policy here. Looked up
-    /// only for packets the policy decides (misses), never for flow-table hits.
+    /// from the gateway port of `in_port`'s network `net` whose source is a container of
+    /// that same network — the host sent it back onto the bridge (a container reaching
+    /// another through a published port, DNATed by the host's kernel with the source kept) —
+    /// which is that container's. Docker judges such traffic by its FORWARD rules for
+    /// `-i docker0 -o docker0`, i.e. as container-to-container traffic (icc, links), and so
+    /// does the policy here. A source of another network (routed between bridges by the
+    /// host) stays the gateway's. Looked up only for packets the policy decides (misses),
+    /// never for flow-table hits.
     #[inline]
-    fn policy_ingress(&self, in_port: PortId, src: &[u8; 16]) -> PortId {
-        match self.gateway {
+    fn policy_ingress(&self, in_port: PortId, net: PortId, src: &[u8; 16]) -> PortId {
+        match self.gateway(net) {
             Some((gw, _)) if gw == in_port => self
                 .ip_owner
-                .get(src)
+                .get(&(net, *src))
                 .copied()
                 .filter(|&p| p != gw)
                 .unwrap_or(in_port),
@@ -937,10 +990,18 @@ impl<M: FrameMemory> Engine<M> {
     }
 
     /// Sends a reply of a flow that came through the host back to the host (the gateway
-    /// port, addressed to the bridge's MAC), whose conntrack un-NATs it and routes it on to
-    /// the container that opened the flow — as a kernel bridge with br_netfilter does.
-    fn back_through_host(&mut self, mem: &mut M, d: FrameDesc, egress: Egress) -> Egress {
-        let Some((gw, mac)) = self.gateway else {
+    /// port of the reply's network `net`, addressed to that bridge's MAC), whose conntrack
+    /// un-NATs it and routes it on to the container that opened the flow — as a kernel
+    /// bridge with br_netfilter does. Without a gateway (removed meanwhile) the reply goes
+    /// where the switch sent it.
+    fn back_through_host(
+        &mut self,
+        mem: &mut M,
+        d: FrameDesc,
+        net: PortId,
+        egress: Egress,
+    ) -> Egress {
+        let Some((gw, mac)) = self.gateway(net) else {
             return egress;
         };
         let dst = mem.bytes_mut(d.addr, 6);
@@ -1024,13 +1085,15 @@ impl<M: FrameMemory> Engine<M> {
         }
     }
 
-    /// Is this ICMP error about an admitted flow? `None` when it relates to no admitted flow.
-    /// `from_container`: it came in on a container's (source-guarded) port.
+    /// Is this ICMP error about an admitted flow of network `net` (the ingress port's)? `None`
+    /// when it relates to no admitted flow. `from_container`: it came in on a container's
+    /// (source-guarded) port.
     #[inline]
     fn related(
         &mut self,
         p: &Parsed,
         inner: &Tuple,
+        net: PortId,
         from_container: bool,
         generation: u64,
         now: u64,
@@ -1047,7 +1110,7 @@ impl<M: FrameMemory> Engine<M> {
         if from_container && p.src != inner.dst {
             return None;
         }
-        let hk = self.flows.hash_tuple(inner);
+        let hk = self.flows.hash_tuple_in(inner, net);
         let slot = self.flows.lookup(&hk, now)?;
         let e = self.flows.entry(slot);
         if !e.verdict.accept || (e.audited && !self.audit_now) {
@@ -1353,12 +1416,13 @@ impl<M: FrameMemory> Engine<M> {
         self.send(mem, in_port, d, egress);
     }
 
+    /// Copies `d` to every other port of `in_port`'s network (never beyond it).
     fn flood(&mut self, mem: &mut M, in_port: PortId, d: FrameDesc) {
         let len = d.len as usize;
-        let n = self.switch.ports().len();
+        let n = self.switch.flood_ports(in_port).len();
         let others = self
             .switch
-            .ports()
+            .flood_ports(in_port)
             .iter()
             .filter(|&&p| p != in_port)
             .count();
@@ -1375,7 +1439,7 @@ impl<M: FrameMemory> Engine<M> {
         }
         let mut left = others;
         for i in 0..n {
-            let port = self.switch.ports()[i];
+            let port = self.switch.flood_ports(in_port)[i];
             if port == in_port {
                 continue;
             }

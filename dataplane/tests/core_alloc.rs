@@ -348,3 +348,90 @@ fn forwarding_through_lossy_ports_allocates_nothing() {
         "allocations with faults injected"
     );
 }
+
+#[test]
+fn two_networks_allocate_nothing() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let policy = Box::new(ConstPolicy {
+        action: Action::Accept,
+        generation: 1,
+    });
+    let mut lab = lab(EngineConfig::default(), policy, 4096);
+    // A second network (id 4): its gateway on port 4, a container on port 5.
+    let gw4 = Host {
+        port: 4,
+        mac: [2, 0x42, 0xbb, 0, 0, 1],
+        ip: [172, 18, 0, 1],
+    };
+    let c5 = Host {
+        port: 5,
+        mac: [2, 0x42, 172, 18, 0, 2],
+        ip: [172, 18, 0, 2],
+    };
+    for (h, is_gateway) in [(gw4, true), (c5, false)] {
+        let config = dataplane::engine::PortConfig {
+            network: 4,
+            is_gateway,
+            ..host_port(h, true)
+        };
+        lab.engine.add_port(config).unwrap();
+        lab.ports.push((
+            h.port,
+            MemoryPort::new(lab_config(EngineConfig::default(), 0).ports),
+        ));
+    }
+    let bcast_a = udp_frame(PARENT, BROADCAST, [255; 4], 68, 67, b"discover");
+    let bcast_b = udp_frame(c5, BROADCAST, [255; 4], 68, 67, b"discover");
+    let arp_b = arp(c5, BROADCAST, gw4, false);
+    let cross = udp_frame(PARENT, c5.mac, c5.ip, 1000, 53, b"x");
+    // Frames from outside hosts behind bridge 4: its gateway learns their MACs (up to its
+    // bound, reached during the measured stretch).
+    let outside: Vec<Vec<u8>> = (0..200u16)
+        .map(|i| {
+            let [hi, lo] = i.to_be_bytes();
+            let h = Host {
+                port: 99,
+                mac: [2, 0xee, 0, 0, hi, lo],
+                ip: [10, 0, hi, lo],
+            };
+            udp_frame(h, c5.mac, c5.ip, 1000, 53, b"y")
+        })
+        .collect();
+    let counters = lab.engine.counters();
+    let round = |lab: &mut Lab, r: usize| {
+        lab.inject(PARENT, &bcast_a);
+        lab.inject(c5, &bcast_b);
+        lab.inject(c5, &arp_b);
+        lab.inject(PARENT, &cross);
+        lab.inject(gw4, &outside[r % 200]);
+        lab.now += 1_000_000;
+        for _ in 0..4 {
+            lab.drive();
+        }
+    };
+    for r in 0..8 {
+        round(&mut lab, r);
+    }
+    let before = counters.snapshot();
+    COUNTING.with(|c| c.set(true));
+    for r in 8..108 {
+        round(&mut lab, r);
+    }
+    COUNTING.with(|c| c.set(false));
+    let after = counters.snapshot();
+    let cross_drops =
+        after.drops(DropReason::CrossNetwork) - before.drops(DropReason::CrossNetwork);
+    assert_eq!(cross_drops, 100);
+    assert!(after.flood_copies >= before.flood_copies + 100 * 2);
+    assert_eq!(after.arp_directed - before.arp_directed, 100);
+    assert_eq!(
+        lab.engine.switch().lookup(4, &[2, 0xee, 0, 0, 0, 63]),
+        Some(4),
+        "the gateway learned"
+    );
+    assert_eq!(
+        ALLOCATIONS.load(Ordering::Relaxed),
+        0,
+        "allocations on the forwarding path"
+    );
+}

@@ -59,6 +59,7 @@ impl Bridge {
             engine
                 .add_port(PortConfig {
                     id: h.port,
+                    network: 0,
                     macs: vec![h.mac],
                     ips: vec![IpAddr::V4(Ipv4Addr::from(h.ip))],
                     is_gateway: h.port == 0,

@@ -511,6 +511,7 @@ fn checksums_are_completed_for_ports_that_ask() {
     lab.engine
         .add_port(PortConfig {
             id: PARENT.port,
+            network: 0,
             macs: vec![PARENT.mac],
             ips: vec![IpAddr::V4(Ipv4Addr::from(PARENT.ip))],
             is_gateway: false,

@@ -71,6 +71,7 @@ impl WorkerPort<Umem> for SharedPort {
 fn port_config(h: Host) -> PortConfig {
     PortConfig {
         id: h.port,
+        network: 0,
         macs: vec![h.mac],
         ips: vec![IpAddr::V4(Ipv4Addr::from(h.ip))],
         is_gateway: h == GW,
@@ -322,5 +323,75 @@ fn audit_switches_every_worker_and_each_reports_its_events() {
             == 1
     });
     assert!(ports[CHILD.port as usize].take_sent().is_empty());
+    drop(dp.stop());
+}
+
+#[test]
+fn a_second_networks_gateway_comes_and_goes_while_the_workers_run() {
+    use dataplane::counters::DropReason;
+    let (mut dp, ports) = start(accept_all);
+    // `docker network create`: network 5 with its gateway (port 5, on worker 1) and a
+    // container (port 6, on worker 0) arrives while network 0 runs.
+    let gw5 = Host {
+        port: 5,
+        mac: [2, 0x42, 0xbb, 0, 0, 1],
+        ip: [172, 18, 0, 1],
+    };
+    let c6 = Host {
+        port: 6,
+        mac: [2, 0x42, 172, 18, 0, 2],
+        ip: [172, 18, 0, 2],
+    };
+    let in_net5 = |h: Host, is_gateway: bool| PortConfig {
+        network: 5,
+        is_gateway,
+        ..port_config(h)
+    };
+    let (p5, p6) = (SharedPort::new(), SharedPort::new());
+    dp.add_port(in_net5(gw5, true), p5.clone(), 1).unwrap();
+    dp.add_port(in_net5(c6, false), p6.clone(), 0).unwrap();
+    // A second gateway in network 5 is refused by every worker.
+    let again = Host {
+        port: 9,
+        mac: [2, 0x42, 0xbb, 0, 0, 9],
+        ip: [172, 18, 0, 9],
+    };
+    assert!(
+        dp.add_port(in_net5(again, true), SharedPort::new(), 1)
+            .is_err()
+    );
+    // The container's broadcast crosses workers to its own gateway, and nowhere else.
+    let bcast = udp_frame(c6, BROADCAST, [255; 4], 68, 67, b"discover");
+    assert!(p6.inject(&bcast));
+    wait_until("the broadcast to reach gateway 5", || {
+        !p5.take_sent().is_empty()
+    });
+    // A container of network 0 addressing network 5's container is dropped.
+    assert!(ports[CHILD.port as usize].inject(&tcp_frame(CHILD, c6, 7000, 80, 0x02, &[])));
+    wait_until("the cross-network frame to be counted", || {
+        dp.counters()
+            .iter()
+            .map(|c| c.snapshot().drops(DropReason::CrossNetwork))
+            .sum::<u64>()
+            == 1
+    });
+    // Gateway 5 answers its container across workers.
+    assert!(p5.inject(&ping(gw5, c6, 1, false)));
+    wait_until("the ping to reach port 6", || !p6.take_sent().is_empty());
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(
+        ports.iter().all(|p| p.take_sent().is_empty()),
+        "network 0 heard nothing"
+    );
+    // `docker network rm`: its ports go, their frames come back, network 0 runs on.
+    dp.remove_port(gw5.port).unwrap();
+    dp.remove_port(c6.port).unwrap();
+    assert!(ports[PARENT.port as usize].inject(&tcp_frame(PARENT, CHILD, 7001, 80, 0x02, &[])));
+    wait_until("network 0 to keep switching", || {
+        !ports[CHILD.port as usize].take_sent().is_empty()
+    });
+    wait_until("frame accounting to balance", || {
+        dp.frames().unwrap().balanced()
+    });
     drop(dp.stop());
 }

@@ -47,6 +47,17 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// Every address of both families (`::/0`): the universe a negated IPv6 (or
+    /// family-less) prefix is complemented in.
+    pub const ALL: Self = Self { addr: 0, len: 0 };
+
+    /// Every IPv4 address (`0.0.0.0/0`, i.e. `::ffff:0:0/96`): the universe a negated IPv4
+    /// prefix is complemented in, so that it never matches an IPv6 packet.
+    pub const V4_ALL: Self = Self {
+        addr: 0xffff << 32,
+        len: 96,
+    };
+
     /// A prefix from an address and a prefix length in that address's own family
     /// (`/24` for IPv4 means 24 bits of the IPv4 address). Host bits are cleared, as
     /// `iptables` does; `None` when the length is too long for the family.

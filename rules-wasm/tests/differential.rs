@@ -482,7 +482,7 @@ fn empty_rule_set_gives_the_default() {
 #[test]
 fn compiled_docker_policy_equals_reference() {
     use rules_wasm::docker::{
-        BridgeNetwork, ContainerInfo, LinkSpec, PortProto, Published, docker_ruleset,
+        BridgeNetwork, ContainerInfo, HostNetworks, LinkSpec, PortProto, Published, docker_ruleset,
     };
     use rules_wasm::iptables;
     let ip = |d: u8| IpAddr::V4(Ipv4Addr::new(172, 17, 0, d));
@@ -507,12 +507,13 @@ fn compiled_docker_policy_equals_reference() {
         proto: proto::TCP,
         port: 5432,
     }];
-    let net = BridgeNetwork {
+    let net = HostNetworks::from(BridgeNetwork {
         icc: false,
         gateway_port: 1,
         gateway_ips: vec![ip(1)],
         containers: vec![web, db, c("other", 4, 4)],
-    };
+        ..Default::default()
+    });
     let user = iptables::parse(
         "-I -s 172.16.80.47 -d web -p tcp --dport 80 -j DROP\n-A -s other -j REJECT",
         &net,

@@ -1,11 +1,16 @@
-//! Docker 20.10's bridge semantics as `docker_rules` encodes them, judged by the reference
-//! interpreter: icc on and off, a link (both directions, exposed ports only), a published
-//! port, the host itself versus forwarded traffic, containers reaching out, non-IP frames.
+//! Docker 20.10's bridge semantics as `docker_rules` encodes them for one network, judged by
+//! the reference interpreter and the compiled module alike: icc on and off, a link (both
+//! directions, exposed ports only), a published port, the host itself (also from its IPv6
+//! link-local address) versus forwarded traffic, containers reaching out, non-IP frames.
+//! Several networks: `docker_networks.rs`.
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr};
 
 use rules_wasm::abi::{Action, FlowState, PacketRecord, addr_bytes, proto};
 use rules_wasm::docker::{
-    BridgeNetwork, ContainerInfo, DIFFERENCES, LinkSpec, PortProto, Published, docker_ruleset,
+    BridgeNetwork, ContainerInfo, DIFFERENCES, HostNetworks, LinkSpec, PortProto, Published,
+    docker_ruleset,
 };
 use rules_wasm::iptables;
 use rules_wasm::model::{Chain, RuleSet};
@@ -21,7 +26,7 @@ fn ip(d: u8) -> IpAddr {
 }
 const OUTSIDE: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
 
-fn net(icc: bool) -> BridgeNetwork {
+fn net(icc: bool) -> HostNetworks {
     let c = |name: &str, port: u16, d: u8| ContainerInfo {
         name: name.into(),
         port,
@@ -49,12 +54,16 @@ fn net(icc: bool) -> BridgeNetwork {
         container_port: 80,
         host_port: 8080,
     }];
-    BridgeNetwork {
+    HostNetworks::from(BridgeNetwork {
+        name: "bridge".into(),
+        bridge: "docker0".into(),
+        subnets: vec![rules_wasm::model::Cidr::new(ip(0), 16).unwrap()],
         icc,
         gateway_port: GW,
         gateway_ips: vec![ip(1)],
         containers: vec![web, db, c("other", OTHER, 4)],
-    }
+        ..Default::default()
+    })
 }
 
 fn pkt(
@@ -79,8 +88,12 @@ fn pkt(
     }
 }
 
+/// The action and deciding chain; the compiled module must give the same verdict.
 fn verdict(set: &RuleSet, p: &PacketRecord) -> (Action, Option<Chain>) {
     let v = evaluate(set, p);
+    let wasm = rules_wasm::compiler::compile(set).unwrap().wasm;
+    let mut module = common::Host::load(&wasmtime::Engine::default(), &wasm).unwrap();
+    assert_eq!(module.run(&[*p])[0], v, "compiled: {p:?}");
     (v.action, set.rule(v.rule).map(|r| r.chain))
 }
 
@@ -155,6 +168,31 @@ fn the_host_reaches_any_port_and_containers_reach_out() {
         verdict(&set, &pkt(ip(2), WEB, ip(1), GW, proto::UDP, 40000, 53)).0,
         Action::Accept
     );
+}
+
+#[test]
+fn the_hosts_link_local_traffic_from_the_gateway_passes() {
+    let set = docker_ruleset(&net(false), vec![], 1);
+    let mld = |src: &str| PacketRecord {
+        src: addr_bytes(src.parse().unwrap()),
+        dst: addr_bytes("ff02::16".parse().unwrap()),
+        ip_version: 6,
+        protocol: proto::ICMPV6,
+        icmp_type: 143,
+        in_port: GW,
+        out_port: rules_wasm::abi::PORT_FLOOD,
+        ..Default::default()
+    };
+    assert_eq!(
+        verdict(&set, &mld("fe80::42:acff:fe11:1")),
+        (Action::Accept, Some(Chain::Docker))
+    );
+    // A routed source is forwarded traffic: the FORWARD policy.
+    assert_eq!(verdict(&set, &mld("2001:db8::1")).0, Action::Drop);
+    // From a container, link-local is container-to-container (icc=false here).
+    let mut from_web = mld("fe80::42:acff:fe11:2");
+    from_web.in_port = WEB;
+    assert_eq!(verdict(&set, &from_web), (Action::Drop, Some(Chain::Icc)));
 }
 
 #[test]

@@ -13,7 +13,7 @@ use common::Host;
 use rules_wasm::abi::{Action, FlowState, PacketRecord, RULE_NONE, addr_bytes, proto};
 use rules_wasm::algebra::complement_cidrs;
 use rules_wasm::compiler::compile;
-use rules_wasm::docker::{BridgeNetwork, ContainerInfo, Published};
+use rules_wasm::docker::{BridgeNetwork, ContainerInfo, HostNetworks, Published};
 use rules_wasm::iptables::{UserRules, WithHostRoutes};
 use rules_wasm::model::{Cidr, RuleSet};
 use rules_wasm::reference::evaluate;
@@ -382,7 +382,7 @@ const EXPECT: &[(usize, &[(&str, &str)])] = &[
     ),
 ];
 
-fn net() -> BridgeNetwork {
+fn net() -> HostNetworks {
     let ip = |d: u8| IpAddr::from([172, 17, 0, d]);
     let c = |name: &str, port: u16, d: u8, published: Vec<Published>| ContainerInfo {
         name: name.into(),
@@ -397,7 +397,7 @@ fn net() -> BridgeNetwork {
         container_port: cont,
         host_port: host,
     };
-    BridgeNetwork {
+    HostNetworks::from(BridgeNetwork {
         icc: true,
         gateway_port: 1,
         gateway_ips: vec![ip(1), "198.51.100.2".parse().unwrap()],
@@ -405,7 +405,8 @@ fn net() -> BridgeNetwork {
             c("web", 2, 2, vec![tcp(8080, 80), tcp(443, 443)]),
             c("db", 3, 3, vec![tcp(5432, 5432)]),
         ],
-    }
+        ..Default::default()
+    })
 }
 
 fn probe(text: &str) -> PacketRecord {

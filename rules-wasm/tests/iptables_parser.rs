@@ -4,20 +4,20 @@ use std::net::IpAddr;
 
 use rules_wasm::abi::RejectWith;
 use rules_wasm::abi::{FlowState, proto};
-use rules_wasm::docker::{BridgeNetwork, ContainerInfo};
+use rules_wasm::docker::{BridgeNetwork, ContainerInfo, HostNetworks};
 use rules_wasm::iptables::{
     NoNames, ParseError, ParseErrorKind as K, UserRules, parse, parse_full,
 };
 use rules_wasm::model::{Chain, Cidr, Neg, PortRange, StateSet, Target};
 
-fn net() -> BridgeNetwork {
+fn net() -> HostNetworks {
     let c = |name: &str, port: u16, ips: &[&str]| ContainerInfo {
         name: name.into(),
         port,
         ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
         ..Default::default()
     };
-    BridgeNetwork {
+    HostNetworks::from(BridgeNetwork {
         icc: true,
         gateway_port: 1,
         gateway_ips: vec!["172.17.0.1".parse().unwrap()],
@@ -25,7 +25,8 @@ fn net() -> BridgeNetwork {
             c("web", 2, &["172.17.0.2", "fd00::2"]),
             c("db", 3, &["172.17.0.3"]),
         ],
-    }
+        ..Default::default()
+    })
 }
 
 fn ip(s: &str) -> IpAddr {

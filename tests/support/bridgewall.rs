@@ -44,7 +44,7 @@ impl Bridgewall {
 
     /// Starts `bridgewall run` like [`Bridgewall::start`] on a docker0 where `containers`
     /// containers already run, and waits until it enforces the bridge with every one of them
-    /// taken over: its "enforcing" line counts them ("(N containers") and no container's veth
+    /// taken over: its "enforcing" line counts them ("(N container interfaces") and no container's veth
     /// is left on docker0. Enforcing alone is not enough there: the takeover of the running
     /// containers may still be under way.
     pub(crate) fn start_taking_over(engine: &DockerEngine, containers: usize) -> Bridgewall {
@@ -59,7 +59,7 @@ impl Bridgewall {
         extra: &[&std::ffi::OsStr],
     ) -> Bridgewall {
         let mut bw = Self::spawn_with(engine, extra);
-        let enforcing = format!("({containers} containers");
+        let enforcing = format!("({containers} container interfaces");
         bw.wait_until(
             "bridgewall enforcing docker0 with the containers taken over",
             Duration::from_secs(30),
@@ -133,11 +133,11 @@ impl Bridgewall {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
-    /// How many times each container was reported attached ("… (attached: [a, b], …)").
+    /// How many times each container was reported attached ("… attached: [a, b], …").
     pub(crate) fn attach_counts(&self) -> HashMap<String, usize> {
         let mut counts = HashMap::new();
         for line in self.lines() {
-            let Some(rest) = line.split("(attached: [").nth(1) else {
+            let Some(rest) = line.split("attached: [").nth(1) else {
                 continue;
             };
             let list = rest.split(']').next().unwrap_or("");

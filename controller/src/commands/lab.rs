@@ -1,6 +1,8 @@
-//! `bridgewall lab`: the Docker-free lab with the dataplane in front of its bridge, its
+//! `bridgewall lab`: the Docker-free lab with the dataplane in front of its bridges, its
 //! walkthrough step by step (what was expected, what happened, which rule decided and how
 //! its counter moved), the counters, then a clean teardown.
+use std::net::IpAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -9,82 +11,157 @@ use anyhow::Context;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use rules_wasm::abi::proto;
 
+use crate::commands::trace::{End, hops};
 use crate::control::session::ControlPlane;
-use crate::lab::{Expect, Lab, Proto, StepResult};
+use crate::lab::{Expect, Lab, NETWORKS_TOML, Proto, StepResult, WALKTHROUGH_TOML};
 use crate::runtime::policy::{PacketSpec, TraceAnswer};
 use crate::runtime::{BridgeRuntime, RuntimeOptions};
-use crate::state::GATEWAY_PORT;
+use crate::state::HostState;
 
-/// The packet the dataplane judges for a lab step, and how it gets there; `None` when the
-/// step's traffic does not cross the bridge (e.g. an outside host talking to the lab host).
-pub fn step_packet(
+/// The lab file `bridgewall lab` runs: `file` when given, else the networks walkthrough
+/// when `networks` is set, else the seed's walkthrough; with the name messages give it.
+pub fn lab_text(file: Option<&Path>, networks: bool) -> anyhow::Result<(String, String)> {
+    Ok(match file {
+        Some(p) => (
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading the lab file {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None if networks => (
+            NETWORKS_TOML.to_string(),
+            "the embedded networks walkthrough".to_string(),
+        ),
+        None => (
+            WALKTHROUGH_TOML.to_string(),
+            "the embedded walkthrough".to_string(),
+        ),
+    })
+}
+
+/// The packets the dataplane judges for a lab step, in order, and how the traffic gets
+/// there; `None` when the step's traffic does not cross a bridge (e.g. an outside host
+/// talking to the lab host). A step between two networks crosses the dataplane twice: out
+/// through its network's gateway, then (routed by the host) in through the other's.
+pub fn step_packets(
     lab: &Lab,
     from: &str,
     to: &str,
     p: Proto,
     port: u16,
-) -> Option<(PacketSpec, &'static str)> {
+) -> Option<(Vec<PacketSpec>, &'static str)> {
     let state = lab.state();
-    let gateway_ip = *state.network.gateway_ips.first()?;
     let protocol = match p {
         Proto::Tcp => proto::TCP,
         Proto::Udp => proto::UDP,
     };
-    let container = |name: &str| state.network.containers.iter().find(|c| c.name == name);
-    let (src, in_port) = if from == "host" {
-        (gateway_ip, GATEWAY_PORT)
-    } else if let Some(c) = container(from) {
-        (*c.ips.first()?, c.port)
-    } else {
-        let o = lab.outside_hosts().iter().find(|o| o.name == from)?;
-        (std::net::IpAddr::V4(o.ip), GATEWAY_PORT)
-    };
     if to == "host" {
-        // Only a published port crosses the bridge: the lab's proxy (like docker-proxy)
-        // connects to the container from the bridge's address.
-        let target = state.network.containers.iter().find(|c| {
-            c.published
-                .iter()
-                .any(|p| p.host_port == port && p.proto == protocol)
+        // Only a published port crosses a bridge: the lab's proxy (like docker-proxy)
+        // connects to the container from its network's address.
+        let (net, target, cport) = state.networks.iter().find_map(|n| {
+            n.network.containers.iter().find_map(|c| {
+                c.published
+                    .iter()
+                    .find(|p| p.host_port == port && p.proto == protocol)
+                    .map(|p| (n, c, p.container_port))
+            })
         })?;
-        let cport = target
-            .published
-            .iter()
-            .find(|p| p.host_port == port && p.proto == protocol)?
-            .container_port;
         let spec = PacketSpec {
-            src: gateway_ip,
+            src: *net.network.gateway_ips.first()?,
             dst: *target.ips.first()?,
             protocol,
             dst_port: cport,
-            in_port: GATEWAY_PORT,
+            in_port: net.network.gateway_port,
             out_port: target.port,
         };
-        return Some((spec, "via the published-port proxy"));
+        return Some((vec![spec], "via the published-port proxy"));
     }
-    let alias = lab
-        .spec()
-        .container(from)
-        .and_then(|c| c.links.iter().find(|l| l.alias == to))
-        .map(|l| l.child.as_str());
-    let (dst, out_port) = match container(alias.unwrap_or(to)) {
-        Some(c) => (*c.ips.first()?, c.port),
-        None => {
-            let o = lab.outside_hosts().iter().find(|o| o.name == to)?;
-            (std::net::IpAddr::V4(o.ip), GATEWAY_PORT)
+    let dst_ip = IpAddr::V4(lab.resolve(from, to).ok()?);
+    let dst = end_at(state, to, dst_ip);
+    let src = if from == "host" {
+        let net = state.network(dst.network.as_deref()?)?;
+        End {
+            name: "host".into(),
+            ip: *net.network.gateway_ips.first()?,
+            network: dst.network.clone(),
+            port: None,
+        }
+    } else if let Some(c) = lab.spec().container(from) {
+        // The interface the container's routing picks: on the destination's subnet, else
+        // the default route's.
+        let on_subnet = lab
+            .spec()
+            .networks
+            .iter()
+            .find(|n| matches!(dst_ip, IpAddr::V4(ip) if n.contains(ip)) && c.is_on(&n.name));
+        let net = on_subnet.or_else(|| lab.spec().route_network(c))?;
+        let att = state.network(&net.name)?.attachment(&c.name)?;
+        End {
+            name: c.name.clone(),
+            ip: IpAddr::V4(c.ip_on(&net.name)?),
+            network: Some(net.name.clone()),
+            port: Some(att.port),
+        }
+    } else {
+        let o = lab.outside_hosts().iter().find(|o| o.name == from)?;
+        End {
+            name: o.name.clone(),
+            ip: IpAddr::V4(o.ip),
+            network: None,
+            port: None,
         }
     };
-    Some((
-        PacketSpec {
-            src,
-            dst,
-            protocol,
-            dst_port: port,
-            in_port,
-            out_port,
-        },
-        "",
-    ))
+    let packets = hops(state, &src, &dst, protocol, port).ok()?;
+    let path = if packets.len() > 1 {
+        "between networks: out through one gateway, in through the other"
+    } else {
+        ""
+    };
+    Some((packets, path))
+}
+
+/// The end a lab address stands for: a container's interface, a gateway (the host on that
+/// network), or an address outside every network.
+fn end_at(state: &HostState, name: &str, ip: IpAddr) -> End {
+    for n in &state.networks {
+        if let Some(c) = n.network.containers.iter().find(|c| c.ips.contains(&ip)) {
+            return End {
+                name: c.name.clone(),
+                ip,
+                network: Some(n.network.name.clone()),
+                port: Some(c.port),
+            };
+        }
+        if n.network.gateway_ips.contains(&ip) {
+            return End {
+                name: "host".into(),
+                ip,
+                network: Some(n.network.name.clone()),
+                port: None,
+            };
+        }
+    }
+    End {
+        name: name.to_string(),
+        ip,
+        network: None,
+        port: None,
+    }
+}
+
+/// The crossing that decides a step: the first the policy does not accept, else the
+/// last; a crossing where the compiled module and the reference disagree is returned
+/// first, so a disagreement is never hidden behind an accept.
+fn deciding(rt: &BridgeRuntime, packets: &[PacketSpec]) -> anyhow::Result<Option<TraceAnswer>> {
+    let mut last = None;
+    for p in packets {
+        let t = rt.trace(p)?;
+        let stop = !t.agree() || t.verdict() != "accept";
+        last = Some(t);
+        if stop {
+            break;
+        }
+    }
+    Ok(last)
 }
 
 /// One step with its explanation.
@@ -92,9 +169,10 @@ pub fn step_packet(
 pub struct ExplainedStep {
     /// The probe's result.
     pub result: StepResult,
-    /// The trace of the packet the dataplane judged, if the step crosses the bridge.
+    /// The trace of the crossing that decided, if the step crosses a bridge (see
+    /// [`step_packets`]).
     pub trace: Option<TraceAnswer>,
-    /// How the traffic crosses the bridge ("via the published-port proxy"), if notable.
+    /// How the traffic crosses the bridges ("via the published-port proxy"), if notable.
     pub path: &'static str,
     /// How many new decisions the deciding rule made during the step.
     pub hits: u64,
@@ -113,9 +191,9 @@ pub fn run_explained(
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let packet = step_packet(lab, &step.from, &step.to, step.proto, step.port);
-        let trace = match &packet {
-            Some((p, _)) => Some(rt.trace(p)?),
+        let packets = step_packets(lab, &step.from, &step.to, step.proto, step.port);
+        let trace = match &packets {
+            Some((p, _)) => deciding(rt, p)?,
             None => None,
         };
         let rule = trace.as_ref().map(|t| t.reference_rule);
@@ -131,9 +209,7 @@ pub fn run_explained(
                 outcome,
             },
             trace,
-            path: packet
-                .map(|(_, p)| p)
-                .unwrap_or("does not cross the bridge"),
+            path: packets.map(|(_, p)| p).unwrap_or("does not cross a bridge"),
             hits: after.saturating_sub(before),
         };
         on_step(&e);
@@ -282,12 +358,17 @@ pub fn lab(run: LabRun, stop: Arc<AtomicBool>) -> anyhow::Result<bool> {
     }
     let host = lab.host_netns().context("the lab has no host namespace")?;
     let mut rt = BridgeRuntime::start(host, lab.state().clone(), options)
-        .context("starting the dataplane on the lab's bridge")?;
+        .context("starting the dataplane on the lab's bridges")?;
+    let taken: Vec<String> = rt
+        .gateways()
+        .map(|(net, bridge, ifname, port)| {
+            format!("{net} on {bridge} (gateway {ifname}, port {port})")
+        })
+        .collect();
     println!(
-        "bridgewall took bridge {} in {}: gateway port {} + {} container ports, policy generation {} ({} rules, compiled to {} bytes of Wasm)",
-        lab.state().bridge,
+        "bridgewall took {} in {}: {} container ports, policy generation {} ({} rules, compiled to {} bytes of Wasm)",
+        taken.join(", "),
         host.label(),
-        rt.gateway_ifname(),
         rt.attached().count(),
         rt.policy().generation,
         rt.policy().ruleset.rules.len(),
@@ -314,8 +395,11 @@ pub fn lab(run: LabRun, stop: Arc<AtomicBool>) -> anyhow::Result<bool> {
     );
     println!(
         "\n{}",
-        rt.counters()
-            .tables(rt.state(), Some(rt.policy()), rt.gateway_ifname())
+        rt.counters().tables(
+            rt.state(),
+            Some(rt.policy()),
+            &crate::commands::run::gateway_names(&rt)
+        )
     );
     if run.hold && !stop.load(Ordering::Relaxed) {
         let mut control =
@@ -334,11 +418,12 @@ pub fn lab(run: LabRun, stop: Arc<AtomicBool>) -> anyhow::Result<bool> {
         }
     }
     let report = rt.stop().context("stopping the dataplane")?;
-    println!(
-        "dataplane stopped; ports back on {}: {}",
-        report.restore.bridge,
-        report.restore.returned.join(", ")
-    );
+    let back: Vec<String> = report
+        .restore
+        .iter()
+        .map(|r| format!("{}: {}", r.bridge, r.returned.join(", ")))
+        .collect();
+    println!("dataplane stopped; ports back on {}", back.join("; "));
     let names = lab.netns_names();
     lab.teardown().context("tearing the lab down")?;
     println!("lab removed ({} namespaces)", names.len());

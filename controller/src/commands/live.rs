@@ -204,6 +204,7 @@ fn print_stats(s: &StatsReply, last: Option<&StatsReply>) {
     );
     let mut t = table(&[
         "container",
+        "network",
         "port",
         "in pkts",
         "in bytes",
@@ -217,9 +218,10 @@ fn print_stats(s: &StatsReply, last: Option<&StatsReply>) {
         "drops",
     ]);
     for p in &s.ports {
-        let before = last.and_then(|l| l.ports.iter().find(|q| q.name == p.name));
+        let before = last.and_then(|l| l.ports.iter().find(|q| q.port == p.port));
         t.add_row(vec![
             p.name.clone(),
+            p.network.clone(),
             p.port.to_string(),
             count(p.rx_packets),
             bytes(p.rx_bytes),
@@ -237,7 +239,7 @@ fn print_stats(s: &StatsReply, last: Option<&StatsReply>) {
                 .join(", "),
         ]);
     }
-    numeric(&mut t, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    numeric(&mut t, &[2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
     println!("{t}");
     let mut w = table(&["worker", "rx pkts", "rate", "busy", "frames by place"]);
     for k in &s.workers {

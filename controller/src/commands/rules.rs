@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use rules_wasm::docker::BridgeNetwork;
+use rules_wasm::docker::{BridgeNetwork, HostNetworks};
 use rules_wasm::iptables::parse_full;
 
 use crate::runtime::host::HostView;
@@ -28,10 +28,10 @@ pub struct ImportInput<'a> {
 /// without the engine: iptables-save holds addresses only), writes it with its sets to
 /// `input.output`, and reports.
 pub fn import(input: &ImportInput<'_>) -> anyhow::Result<()> {
-    let net = BridgeNetwork {
+    let net = HostNetworks::from(BridgeNetwork {
         gateway_port: GATEWAY_PORT,
         ..BridgeNetwork::default()
-    };
+    });
     let parsed = parse_full(input.text, input.ipsets, &input.host.names(&net))
         .context("standard input: the rules were not imported")?;
     let origins: std::collections::BTreeSet<&str> =

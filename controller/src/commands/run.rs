@@ -56,9 +56,10 @@ pub fn follow(
     );
     let mut rt = BridgeRuntime::start(netns, first.state.clone(), options).map_err(|e| {
         let hint = memlock_hint(&e, segment);
+        let bridges: Vec<&str> = first.state.networks.iter().map(|n| n.bridge()).collect();
         let e = anyhow::Error::new(e).context(format!(
-            "taking bridge {} in {}",
-            first.state.bridge,
+            "taking the bridges [{}] in {}",
+            bridges.join(", "),
             netns.label()
         ));
         match hint {
@@ -67,9 +68,19 @@ pub fn follow(
         }
     })?;
     // ip_forward was checked (and a warning printed) before the takeover; see `cli::run`.
+    let networks: Vec<String> = first
+        .state
+        .networks
+        .iter()
+        .map(|n| format!("{} on {}", n.network.name, n.bridge()))
+        .collect();
     println!(
-        "bridgewall is enforcing bridge {} ({} containers, policy generation {}, {} rules); Ctrl-C or SIGTERM gives the bridge back",
-        first.state.bridge,
+        "bridgewall is enforcing {} ({} container interfaces, policy generation {}, {} rules); Ctrl-C or SIGTERM gives the bridges back",
+        if networks.is_empty() {
+            "no network yet".to_string()
+        } else {
+            networks.join(", ")
+        },
         rt.attached().count(),
         rt.policy().generation,
         rt.policy().ruleset.rules.len()
@@ -159,15 +170,7 @@ pub fn follow(
                     r.latency
                         .map(|d| format!(", {:.1} ms after the snapshot", d.as_secs_f64() * 1e3))
                         .unwrap_or_default(),
-                    if r.attached.is_empty() && r.detached.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            " (attached: [{}], detached: [{}])",
-                            r.attached.join(", "),
-                            r.detached.join(", ")
-                        )
-                    }
+                    apply_summary(&r)
                 ),
                 Some(e) => println!(
                     "ERROR: the new policy was not built; generation {} stays in force: {e}",
@@ -193,18 +196,20 @@ pub fn follow(
         }
     }
     drop(control);
-    println!("stopping: giving the bridge back");
+    println!("stopping: giving the bridges back");
     let state = rt.state().clone();
     let policy = rt.policy().clone();
-    let gateway = rt.gateway_ifname().to_string();
+    let gateways = gateway_names(&rt);
     let report = rt.stop().context("stopping the dataplane")?;
-    println!("{}", report.totals.tables(&state, Some(&policy), &gateway));
-    println!(
-        "ports back on {}: [{}]; gone meanwhile: [{}]",
-        report.restore.bridge,
-        report.restore.returned.join(", "),
-        report.restore.vanished.join(", ")
-    );
+    println!("{}", report.totals.tables(&state, Some(&policy), &gateways));
+    for r in &report.restore {
+        println!(
+            "ports back on {}: [{}]; gone meanwhile: [{}]",
+            r.bridge,
+            r.returned.join(", "),
+            r.vanished.join(", ")
+        );
+    }
     let lat = tracker.metrics().start_to_snapshot();
     if lat.count > 0 {
         println!("container start event -> snapshot: {lat}");
@@ -216,6 +221,33 @@ pub fn follow(
         );
     }
     Ok(())
+}
+
+/// Each network's gateway port, for the closing tables: (port, network, interface).
+pub fn gateway_names(rt: &BridgeRuntime) -> Vec<(u16, String, String)> {
+    rt.gateways()
+        .map(|(network, _, ifname, port)| (port, network.to_string(), ifname.to_string()))
+        .collect()
+}
+
+/// What an applied snapshot changed, for the line `run` prints.
+fn apply_summary(r: &crate::runtime::ApplyReport) -> String {
+    let mut parts = Vec::new();
+    for (what, list) in [
+        ("networks taken", &r.networks_taken),
+        ("networks given back", &r.networks_given_back),
+        ("attached", &r.attached),
+        ("detached", &r.detached),
+    ] {
+        if !list.is_empty() {
+            parts.push(format!("{what}: [{}]", list.join(", ")));
+        }
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join(", "))
+    }
 }
 
 /// What to do when the kernel would not pin the dataplane's packet buffers: registering a

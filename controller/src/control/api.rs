@@ -198,6 +198,9 @@ pub struct PortStats {
     pub port: u16,
     /// The host-side interface.
     pub ifname: String,
+    /// The Docker network the port is on.
+    #[serde(default)]
+    pub network: String,
     /// Frames and bytes the container sent (received by the dataplane).
     pub rx_packets: u64,
     /// Bytes of those.

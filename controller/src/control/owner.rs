@@ -70,14 +70,17 @@ pub fn names(rt: &BridgeRuntime) -> Names {
 }
 
 fn address_names(rt: &BridgeRuntime) -> BTreeMap<IpAddr, String> {
-    let net = &rt.state().network;
-    let mut m: BTreeMap<IpAddr, String> = net
-        .containers
-        .iter()
-        .flat_map(|c| c.ips.iter().map(move |ip| (*ip, c.name.clone())))
-        .collect();
-    for ip in &net.gateway_ips {
-        m.insert(*ip, "gateway".to_string());
+    let mut m = BTreeMap::new();
+    for net in &rt.state().networks {
+        let net = &net.network;
+        for c in &net.containers {
+            for ip in &c.ips {
+                m.insert(*ip, c.name.clone());
+            }
+        }
+        for ip in &net.gateway_ips {
+            m.insert(*ip, format!("gateway of {}", net.name));
+        }
     }
     m
 }
@@ -277,6 +280,7 @@ fn stats(rt: &BridgeRuntime, snaps: &[CounterSnapshot], extras: &OwnerExtras) ->
             name: p.name,
             port: p.port,
             ifname: p.ifname,
+            network: p.network,
             ..PortStats::default()
         };
         let mut drops = [0u64; DropReason::COUNT];
@@ -444,13 +448,12 @@ pub fn metrics_input(rt: &BridgeRuntime, docker_sync: LatencyHistogram) -> Metri
     // One reading of the counters for both the stats and the rule listing.
     let snaps = rt.counter_snapshots();
     let s = stats(rt, &snaps, &OwnerExtras::default());
-    let network = rt.state().bridge.clone();
     let containers = s
         .ports
         .iter()
         .map(|p| ContainerMetrics {
             name: p.name.clone(),
-            network: network.clone(),
+            network: p.network.clone(),
             rx_packets: p.rx_packets,
             rx_bytes: p.rx_bytes,
             tx_packets: p.tx_packets,

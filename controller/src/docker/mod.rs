@@ -5,6 +5,7 @@ mod connect;
 mod error;
 mod metrics;
 pub mod parse;
+mod read;
 mod tracker;
 mod veth;
 
@@ -15,3 +16,12 @@ pub use tracker::{
     Tracker, TrackerChannels, TrackerConfig, TrackerHandle, TrackerStatus, read_state,
 };
 pub use veth::{fmt_mac, host_veth_of};
+
+/// Every network of the engine whose driver is `bridge` (for checks before following them).
+pub async fn bridge_networks(engine: &Engine) -> Result<Vec<parse::NetworkFacts>, DockerError> {
+    Ok(read::list_networks(engine)
+        .await?
+        .into_iter()
+        .filter(|n| n.driver == "bridge")
+        .collect())
+}

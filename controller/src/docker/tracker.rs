@@ -7,50 +7,63 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bollard::models::{EventMessage, EventMessageTypeEnum};
-use bollard::query_parameters::{EventsOptions, InspectContainerOptions, ListContainersOptions};
+use bollard::query_parameters::EventsOptions;
 use futures_util::StreamExt;
-use rules_wasm::docker::{BridgeNetwork, ContainerInfo};
 use tokio::sync::watch;
 
-use super::parse::{NetworkFacts, ParsedContainer, parse_container, parse_network};
-use super::{DockerError, Engine, EngineAddress, TrackerMetrics, connect, host_veth_of};
+use super::parse::NetworkFacts;
+use super::read::{self, Followed, Tracked};
+use super::{DockerError, Engine, EngineAddress, TrackerMetrics, connect};
 use crate::netlink::{Netns, Rtnl};
-use crate::state::{
-    Attachment, BridgeState, PortAllocator, Snapshot, SnapshotCause, SnapshotReceiver, UNPLACED,
-};
+use crate::state::{HostState, PortAllocator, Snapshot, SnapshotCause, SnapshotReceiver, UNPLACED};
 
 /// What to follow and how.
 #[derive(Clone, Debug)]
 pub struct TrackerConfig {
     /// The engine.
     pub address: EngineAddress,
-    /// Docker's network name (`bridge`, the default network on `docker0`).
-    pub network: String,
-    /// The namespace the engine's bridge lives in (a `/run/netns` name or a path); `None`
+    /// Docker networks to follow (names or ids); empty follows every network whose driver
+    /// is `bridge` — the default network and every user-defined one, as they come and go.
+    pub networks: Vec<String>,
+    /// The namespace the engine's bridges live in (a `/run/netns` name or a path); `None`
     /// is ours. Tests run the engine in a namespace of their own.
     pub bridge_netns: Option<String>,
-    /// Overrides the network's `enable_icc` option.
+    /// Overrides every network's `enable_icc` option.
     pub icc_override: Option<bool>,
     /// First reconnection delay.
     pub backoff_initial: Duration,
     /// Longest reconnection delay.
     pub backoff_max: Duration,
-    /// Dataplane port ids are handed out below this (the dataplane's port table size).
+    /// Container ports get ids below this (with the default network's gateway, port 0).
     pub max_ports: usize,
+    /// Other networks' gateways get ids from `max_ports` up to `max_ports + max_networks`:
+    /// the dataplane's port table holds both.
+    pub max_networks: usize,
 }
 
 impl TrackerConfig {
-    /// Follows Docker's default `bridge` network at `address`, with a 100 ms → 5 s backoff.
+    /// Follows every bridge network at `address`, with a 100 ms → 5 s backoff.
     pub fn new(address: EngineAddress) -> TrackerConfig {
         TrackerConfig {
             address,
-            network: "bridge".into(),
+            networks: Vec::new(),
             bridge_netns: None,
             icc_override: None,
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             max_ports: crate::state::DEFAULT_MAX_PORTS,
+            max_networks: crate::state::DEFAULT_MAX_NETWORKS,
         }
+    }
+
+    /// Whether `facts` is a network this configuration follows.
+    fn follows(&self, facts: &NetworkFacts) -> bool {
+        read::wanted(facts, &self.networks)
+    }
+
+    /// Whether exactly one network is asked for (it then gets gateway port 0).
+    fn single(&self) -> bool {
+        self.networks.len() == 1
     }
 }
 
@@ -90,14 +103,7 @@ pub struct TrackerChannels {
     pub metrics: Arc<TrackerMetrics>,
 }
 
-/// One container as tracked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Tracked {
-    info: ContainerInfo,
-    attachment: Attachment,
-}
-
-/// Follows one engine's bridge network. Drive it with [`Tracker::run`].
+/// Follows one engine's bridge networks. Drive it with [`Tracker::run`].
 #[derive(Debug)]
 pub struct Tracker {
     cfg: TrackerConfig,
@@ -105,9 +111,12 @@ pub struct Tracker {
     status_tx: watch::Sender<TrackerStatus>,
     metrics: Arc<TrackerMetrics>,
     ports: PortAllocator,
-    net: Option<NetworkFacts>,
-    /// By container id.
-    containers: BTreeMap<String, Tracked>,
+    /// Gateway port ids of the networks other than the default one.
+    gateway_ports: PortAllocator,
+    /// Followed networks by id; `None` until the first sync.
+    nets: Option<BTreeMap<String, Followed>>,
+    /// Container interfaces by (container id, network id).
+    containers: BTreeMap<(String, String), Tracked>,
     generation: u64,
     bridge_ns: Option<Rtnl>,
     /// When each tracked container (by id) first appeared in a published snapshot.
@@ -119,7 +128,7 @@ pub struct Tracker {
 impl Tracker {
     /// A tracker and the channels it will publish on.
     pub fn new(cfg: TrackerConfig) -> (Tracker, TrackerChannels) {
-        let max_ports = cfg.max_ports;
+        let (max_ports, max_networks) = (cfg.max_ports, cfg.max_networks);
         let (snap_tx, snapshots) = watch::channel(None);
         let (status_tx, status) = watch::channel(TrackerStatus::Starting);
         let metrics = Arc::new(TrackerMetrics::default());
@@ -134,7 +143,8 @@ impl Tracker {
             status_tx,
             metrics,
             ports: PortAllocator::with_limit(max_ports),
-            net: None,
+            gateway_ports: PortAllocator::for_gateways(max_ports, max_networks),
+            nets: None,
             containers: BTreeMap::new(),
             generation: 0,
             bridge_ns: None,
@@ -215,12 +225,12 @@ impl Tracker {
             resyncs,
         });
         tracing::info!(
-            "following Docker {} (API {}) at {}: {} containers on {}",
+            "following Docker {} (API {}) at {}: {} container interfaces on {} networks",
             engine.engine_version,
             engine.api_version,
             engine.address,
             self.containers.len(),
-            self.cfg.network
+            self.nets.as_ref().map_or(0, BTreeMap::len)
         );
         while let Some(ev) = events.next().await {
             let ev = ev.map_err(|source| DockerError::Request {
@@ -237,13 +247,17 @@ impl Tracker {
     /// Reads everything again and publishes if anything changed.
     async fn resync(&mut self, engine: &Engine) -> Result<(), DockerError> {
         let bridge_ns = self.bridge_ns_ref()?.clone();
-        let (net, containers) = read_all(engine, &self.cfg, &bridge_ns, &mut self.ports).await?;
+        let mut alloc = (&mut self.ports, &mut self.gateway_ports);
+        let (nets, containers) = read_all(engine, &self.cfg, &bridge_ns, &mut alloc).await?;
         let live: Vec<&str> = containers
             .values()
             .map(|t| t.attachment.host_ifname.as_str())
             .collect();
         self.ports.retain(&live);
-        self.net = Some(net);
+        let gateways: Vec<String> = nets.values().map(|n| read::gateway_key(&n.facts)).collect();
+        self.gateway_ports
+            .retain(&gateways.iter().map(String::as_str).collect::<Vec<_>>());
+        self.nets = Some(nets);
         self.containers = containers;
         TrackerMetrics::bump(&self.metrics.resyncs);
         self.publish(SnapshotCause::Resync);
@@ -254,7 +268,7 @@ impl Tracker {
         self.bridge_ns.as_ref().ok_or_else(|| {
             DockerError::Netlink(crate::netlink::NetlinkError::Unexpected {
                 op: "Docker tracking".into(),
-                msg: "the bridge's namespace is not open".into(),
+                msg: "the bridges' namespace is not open".into(),
             })
         })
     }
@@ -271,74 +285,173 @@ impl Tracker {
         let actor = ev.actor.as_ref();
         let actor_id = actor.and_then(|a| a.id.clone()).unwrap_or_default();
         let attrs = actor.and_then(|a| a.attributes.clone()).unwrap_or_default();
-        let container_id = match ev.typ {
-            Some(EventMessageTypeEnum::CONTAINER) => actor_id.clone(),
-            Some(EventMessageTypeEnum::NETWORK) => {
-                let net = self.net.as_ref();
-                let ours = net.is_some_and(|n| n.id == actor_id || n.name == actor_id)
-                    || attrs.get("name").map(String::as_str) == Some(self.cfg.network.as_str());
-                if !ours {
-                    return Ok(());
-                }
-                match attrs.get("container") {
-                    Some(c) => c.clone(),
-                    None => return Ok(()),
-                }
-            }
-            _ => return Ok(()),
-        };
-        tracing::debug!("event {:?} {verb} {container_id}", ev.typ);
+        tracing::debug!("event {:?} {verb} {actor_id}", ev.typ);
         match (ev.typ, verb) {
-            (Some(EventMessageTypeEnum::CONTAINER), "start" | "rename" | "unpause")
-            | (Some(EventMessageTypeEnum::NETWORK), "connect") => {
-                let bridge_ns = self.bridge_ns_ref()?.clone();
-                let found = inspect_one(
-                    engine,
-                    &self.cfg,
-                    self.net.as_ref(),
-                    &bridge_ns,
-                    &mut self.ports,
-                    &container_id,
-                )
-                .await?;
-                let Some(tracked) = found else {
+            (Some(EventMessageTypeEnum::NETWORK), "create") => {
+                self.network_created(engine, &actor_id).await
+            }
+            (Some(EventMessageTypeEnum::NETWORK), "destroy") => {
+                self.network_removed(&actor_id);
+                Ok(())
+            }
+            (Some(EventMessageTypeEnum::NETWORK), "connect") => {
+                let Some(container) = attrs.get("container") else {
                     return Ok(());
                 };
-                let event_time = ev
+                if !self.is_followed(&actor_id) {
+                    return Ok(());
+                }
+                self.container_up(engine, container, None, received).await
+            }
+            (Some(EventMessageTypeEnum::NETWORK), "disconnect") => {
+                if let Some(container) = attrs.get("container") {
+                    self.container_left(container, Some(&actor_id));
+                }
+                Ok(())
+            }
+            (Some(EventMessageTypeEnum::CONTAINER), "start" | "rename" | "unpause") => {
+                let time = ev
                     .time_nano
                     .and_then(|ns| u64::try_from(ns).ok())
                     .map(|ns| UNIX_EPOCH + Duration::from_nanos(ns));
-                if self.containers.get(&container_id) != Some(&tracked) {
-                    let name = tracked.info.name.clone();
-                    self.containers.insert(container_id.clone(), tracked);
-                    self.publish(SnapshotCause::ContainerStarted { name });
-                }
-                if verb == "start" {
-                    self.record_start_latency(&container_id, event_time, received);
-                }
+                let started = (verb == "start").then_some(time);
+                self.container_up(engine, &actor_id, started, received)
+                    .await
             }
             (
                 Some(EventMessageTypeEnum::CONTAINER),
                 "die" | "stop" | "destroy" | "kill" | "pause",
-            )
-            | (Some(EventMessageTypeEnum::NETWORK), "disconnect") => {
+            ) => {
                 // kill and pause do not always end the process, so check before dropping it.
-                if matches!(verb, "kill" | "pause")
-                    && self.still_running(engine, &container_id).await
-                {
+                if matches!(verb, "kill" | "pause") && self.still_running(engine, &actor_id).await {
                     return Ok(());
                 }
-                if let Some(gone) = self.containers.remove(&container_id) {
-                    self.ports.release(&gone.attachment.host_ifname);
-                    self.place_unplaced();
-                    self.publish(SnapshotCause::ContainerGone {
-                        name: gone.info.name,
-                    });
-                }
+                self.container_left(&actor_id, None);
+                Ok(())
             }
-            _ => {}
+            _ => Ok(()),
+        }
+    }
+
+    fn is_followed(&self, net_id: &str) -> bool {
+        self.nets.as_ref().is_some_and(|n| n.contains_key(net_id))
+    }
+
+    /// A network appeared: followed from now on if it is a bridge network we want.
+    async fn network_created(&mut self, engine: &Engine, net_id: &str) -> Result<(), DockerError> {
+        if self.is_followed(net_id) {
+            return Ok(());
+        }
+        let Some(mut facts) = read::inspect_network(engine, net_id).await? else {
+            return Ok(());
+        };
+        if !self.cfg.follows(&facts) {
+            return Ok(());
+        }
+        let bridge_ns = self.bridge_ns_ref()?.clone();
+        read::add_bridge_addresses(&mut facts, &bridge_ns).await?;
+        let Some(gateway_port) =
+            read::gateway_port(&facts, &mut self.gateway_ports, self.cfg.single())
+        else {
+            tracing::error!(
+                "no dataplane port left for network {}'s gateway (raise --max-containers)",
+                facts.name
+            );
+            return Ok(());
+        };
+        let name = facts.name.clone();
+        if let Some(nets) = self.nets.as_mut() {
+            nets.insert(
+                net_id.to_string(),
+                Followed {
+                    facts,
+                    gateway_port,
+                },
+            );
+        }
+        self.publish(SnapshotCause::NetworkCreated { name });
+        Ok(())
+    }
+
+    /// A network was removed: its containers' interfaces go with it (Docker refuses to
+    /// remove a network with endpoints, so normally there are none).
+    fn network_removed(&mut self, net_id: &str) {
+        let Some(gone) = self.nets.as_mut().and_then(|n| n.remove(net_id)) else {
+            return;
+        };
+        let ifaces: Vec<(String, String)> = self
+            .containers
+            .keys()
+            .filter(|(_, n)| n == net_id)
+            .cloned()
+            .collect();
+        for key in ifaces {
+            if let Some(t) = self.containers.remove(&key) {
+                self.ports.release(&t.attachment.host_ifname);
+            }
+        }
+        read::release_gateway(&gone.facts, &mut self.gateway_ports);
+        self.place_unplaced();
+        self.publish(SnapshotCause::NetworkRemoved {
+            name: gone.facts.name,
+        });
+    }
+
+    /// A container started, or joined a network (`only_net`: a connect event names the
+    /// network): its interfaces on the followed networks are (re)read.
+    async fn container_up(
+        &mut self,
+        engine: &Engine,
+        container_id: &str,
+        started: Option<Option<SystemTime>>,
+        received: Instant,
+    ) -> Result<(), DockerError> {
+        let Some(nets) = self.nets.clone() else {
+            return Ok(());
+        };
+        let Some(resp) = read::inspect_container(engine, container_id).await? else {
+            return Ok(());
+        };
+        let bridge_ns = self.bridge_ns_ref()?.clone();
+        let placed = read::place(&resp, &nets, &bridge_ns, &mut self.ports).await?;
+        let mut changed = false;
+        let mut name = None;
+        for (net_id, tracked) in placed {
+            let key = (container_id.to_string(), net_id);
+            name = Some(tracked.info.name.clone());
+            if self.containers.get(&key) != Some(&tracked) {
+                self.containers.insert(key, tracked);
+                changed = true;
+            }
+        }
+        if changed && let Some(name) = name {
+            self.publish(SnapshotCause::ContainerStarted { name });
+        }
+        if let Some(event_time) = started {
+            self.record_start_latency(container_id, event_time, received);
         }
         Ok(())
+    }
+
+    /// A container stopped (`net_id` `None`: every interface goes) or left one network.
+    fn container_left(&mut self, container_id: &str, net_id: Option<&str>) {
+        let keys: Vec<(String, String)> = self
+            .containers
+            .keys()
+            .filter(|(c, n)| c == container_id && net_id.is_none_or(|id| id == n))
+            .cloned()
+            .collect();
+        let mut name = None;
+        for key in keys {
+            if let Some(gone) = self.containers.remove(&key) {
+                self.ports.release(&gone.attachment.host_ifname);
+                name = Some(gone.info.name);
+            }
+        }
+        if let Some(name) = name {
+            self.place_unplaced();
+            self.publish(SnapshotCause::ContainerGone { name });
+        }
     }
 
     /// Records how long after its start event the container was in a published snapshot.
@@ -361,16 +474,12 @@ impl Tracker {
     }
 
     async fn still_running(&self, engine: &Engine, id: &str) -> bool {
-        match engine
-            .docker
-            .inspect_container(id, None::<InspectContainerOptions>)
-            .await
-        {
-            Ok(c) => c
+        match read::inspect_container(engine, id).await {
+            Ok(Some(c)) => c
                 .state
                 .and_then(|s| Some(s.running? && !s.paused.unwrap_or(false)))
                 .unwrap_or(false),
-            Err(_) => false,
+            _ => false,
         }
     }
 
@@ -407,9 +516,10 @@ impl Tracker {
         }
         self.generation += 1;
         let now = SystemTime::now();
-        let live = &self.containers;
-        self.first_published.retain(|id, _| live.contains_key(id));
-        for id in self.containers.keys() {
+        let live: std::collections::BTreeSet<&String> =
+            self.containers.keys().map(|(c, _)| c).collect();
+        self.first_published.retain(|id, _| live.contains(id));
+        for (id, _) in self.containers.keys() {
             self.first_published.entry(id.clone()).or_insert(now);
         }
         let snap = Snapshot {
@@ -424,187 +534,74 @@ impl Tracker {
         true
     }
 
-    fn current_state(&self) -> Option<BridgeState> {
-        let net = self.net.as_ref()?;
-        Some(build_state(
-            net,
+    fn current_state(&self) -> Option<HostState> {
+        let nets = self.nets.as_ref()?;
+        Some(read::build_state(
+            nets,
             self.cfg.icc_override,
-            self.containers.values(),
+            self.containers.iter().map(|((_, n), t)| (n, t)),
         ))
     }
 }
 
-fn build_state<'a>(
-    net: &NetworkFacts,
-    icc_override: Option<bool>,
-    tracked: impl Iterator<Item = &'a Tracked>,
-) -> BridgeState {
-    let (mut list, mut unplaced): (Vec<&Tracked>, Vec<&Tracked>) =
-        tracked.partition(|t| t.attachment.port != UNPLACED);
-    list.sort_by(|a, b| a.info.name.cmp(&b.info.name));
-    unplaced.sort_by(|a, b| a.info.name.cmp(&b.info.name));
-    BridgeState {
-        bridge: net.bridge.clone(),
-        network: BridgeNetwork {
-            icc: icc_override.unwrap_or(net.icc),
-            gateway_port: crate::state::GATEWAY_PORT,
-            gateway_ips: net.gateways.clone(),
-            containers: list.iter().map(|t| t.info.clone()).collect(),
-        },
-        attachments: list.iter().map(|t| t.attachment.clone()).collect(),
-        unplaced: unplaced.iter().map(|t| t.attachment.clone()).collect(),
-    }
-}
-
-/// Reads the network and every running container on it.
+/// Reads every followed network and every running container on them.
 async fn read_all(
     engine: &Engine,
     cfg: &TrackerConfig,
     bridge_ns: &Rtnl,
-    ports: &mut PortAllocator,
-) -> Result<(NetworkFacts, BTreeMap<String, Tracked>), DockerError> {
-    let net = match engine.docker.inspect_network(&cfg.network, None).await {
-        Ok(n) => parse_network(&n)?,
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => {
-            return Err(DockerError::NoSuchNetwork(cfg.network.clone()));
+    (ports, gateway_ports): &mut (&mut PortAllocator, &mut PortAllocator),
+) -> Result<
+    (
+        BTreeMap<String, Followed>,
+        BTreeMap<(String, String), Tracked>,
+    ),
+    DockerError,
+> {
+    let mut nets = BTreeMap::new();
+    for mut facts in read::list_networks(engine).await? {
+        if !cfg.follows(&facts) {
+            continue;
         }
-        Err(source) => {
-            return Err(DockerError::Request {
-                what: format!("GET /networks/{}", cfg.network),
-                source,
-            });
-        }
-    };
-    let mut net = net;
-    add_bridge_addresses(&mut net, bridge_ns).await?;
-    let filters = HashMap::from([("network".to_string(), vec![net.id.clone()])]);
-    let list = engine
-        .docker
-        .list_containers(Some(ListContainersOptions {
-            all: false,
-            filters: Some(filters),
-            ..Default::default()
-        }))
-        .await
-        .map_err(|source| DockerError::Request {
-            what: "GET /containers/json".into(),
-            source,
-        })?;
-    let mut out = BTreeMap::new();
-    for summary in list {
-        let Some(id) = summary.id else { continue };
-        if let Some(t) = inspect_one(engine, cfg, Some(&net), bridge_ns, ports, &id).await? {
-            out.insert(id, t);
-        }
-    }
-    Ok((net, out))
-}
-
-/// Adds the bridge's own addresses to the gateways: Docker 20.10 leaves `Gateway` out of the
-/// default network's IPAM config, and the kernel's view is the authority on which addresses
-/// are "the host" on the bridge anyway.
-async fn add_bridge_addresses(net: &mut NetworkFacts, bridge_ns: &Rtnl) -> Result<(), DockerError> {
-    let bridge = match bridge_ns.link_by_name(&net.bridge).await {
-        Ok(b) => b,
-        // No bridge yet (the engine creates it lazily for user networks): IPAM is all we have.
-        Err(crate::netlink::NetlinkError::NoSuchLink { .. }) => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
-    for (ip, _) in bridge_ns.addresses(bridge.index).await? {
-        if !net.gateways.contains(&ip) {
-            net.gateways.push(ip);
-        }
-    }
-    Ok(())
-}
-
-/// Inspects one container; `None` when it is not running on our network (or vanished while
-/// we looked, which its die event will confirm).
-async fn inspect_one(
-    engine: &Engine,
-    cfg: &TrackerConfig,
-    net: Option<&NetworkFacts>,
-    bridge_ns: &Rtnl,
-    ports: &mut PortAllocator,
-    id: &str,
-) -> Result<Option<Tracked>, DockerError> {
-    let Some(net) = net else { return Ok(None) };
-    let resp = match engine
-        .docker
-        .inspect_container(id, None::<InspectContainerOptions>)
-        .await
-    {
-        Ok(r) => r,
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => {
-            return Ok(None);
-        }
-        Err(source) => {
-            return Err(DockerError::Request {
-                what: format!("GET /containers/{id}/json"),
-                source,
-            });
-        }
-    };
-    let Some(parsed) = parse_container(&resp, &cfg.network, &net.id)? else {
-        return Ok(None);
-    };
-    let ParsedContainer {
-        id,
-        name,
-        running,
-        pid,
-        ips,
-        mac,
-        exposed,
-        published,
-        links,
-    } = parsed;
-    let (true, Some(pid)) = (running, pid) else {
-        return Ok(None);
-    };
-    let host = match host_veth_of(pid, mac, bridge_ns).await {
-        Ok(h) => h,
-        Err(e) => {
-            // A container that died between inspect and here has no namespace any more.
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                return Ok(None);
-            }
-            return Err(DockerError::Veth {
-                container: name,
-                source: e,
-            });
-        }
-    };
-    // Beyond the port table the container is still tracked, unplaced: the runtime cuts
-    // it off until a port frees up, so it never stays on the kernel bridge unseen.
-    let port = ports.port_for(&host.name).unwrap_or_else(|| {
-        tracing::error!(
-            "no dataplane port left for {name}: it stays cut off (raise --max-containers)"
+        read::add_bridge_addresses(&mut facts, bridge_ns).await?;
+        let Some(gateway_port) = read::gateway_port(&facts, gateway_ports, cfg.single()) else {
+            tracing::error!(
+                "no dataplane port left for network {}'s gateway (raise --max-containers)",
+                facts.name
+            );
+            continue;
+        };
+        nets.insert(
+            facts.id.clone(),
+            Followed {
+                facts,
+                gateway_port,
+            },
         );
-        UNPLACED
-    });
-    Ok(Some(Tracked {
-        info: ContainerInfo {
-            name: name.clone(),
-            port,
-            ips,
-            mac: mac.unwrap_or([0; 6]),
-            exposed,
-            published,
-            links,
-        },
-        attachment: Attachment {
-            container: name,
-            id,
-            host_ifname: host.name,
-            host_ifindex: host.index,
-            port,
-        },
-    }))
+    }
+    for wanted in &cfg.networks {
+        let found = nets
+            .values()
+            .any(|n| [&n.facts.name, &n.facts.id, &n.facts.bridge].contains(&wanted));
+        if !found {
+            tracing::warn!(
+                "Docker has no bridge network {wanted:?} (yet): it is followed once created"
+            );
+        }
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for net_id in nets.keys() {
+        ids.extend(read::containers_on(engine, net_id).await?);
+    }
+    let mut containers = BTreeMap::new();
+    for id in ids {
+        let Some(resp) = read::inspect_container(engine, &id).await? else {
+            continue;
+        };
+        for (net_id, t) in read::place(&resp, &nets, bridge_ns, ports).await? {
+            containers.insert((id.clone(), net_id), t);
+        }
+    }
+    Ok((nets, containers))
 }
 
 fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
@@ -612,8 +609,8 @@ fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
     initial.saturating_mul(factor).min(max)
 }
 
-/// One-shot read of the engine's bridge state (for `bridgewall docker-state`).
-pub async fn read_state(cfg: &TrackerConfig) -> Result<(Engine, BridgeState), DockerError> {
+/// One-shot read of the engine's bridge networks (for `bridgewall docker-state`).
+pub async fn read_state(cfg: &TrackerConfig) -> Result<(Engine, HostState), DockerError> {
     let engine = connect(&cfg.address).await?;
     let ns = match &cfg.bridge_netns {
         Some(n) => Netns::open(n)?,
@@ -621,8 +618,14 @@ pub async fn read_state(cfg: &TrackerConfig) -> Result<(Engine, BridgeState), Do
     };
     let rtnl = ns.rtnl().await?;
     let mut ports = PortAllocator::with_limit(cfg.max_ports);
-    let (net, containers) = read_all(&engine, cfg, &rtnl, &mut ports).await?;
-    let state = build_state(&net, cfg.icc_override, containers.values());
+    let mut gateway_ports = PortAllocator::for_gateways(cfg.max_ports, cfg.max_networks);
+    let (nets, containers) =
+        read_all(&engine, cfg, &rtnl, &mut (&mut ports, &mut gateway_ports)).await?;
+    let state = read::build_state(
+        &nets,
+        cfg.icc_override,
+        containers.iter().map(|((_, n), t)| (n, t)),
+    );
     Ok((engine, state))
 }
 

@@ -1,37 +1,45 @@
 //! Building the lab from a [`LabSpec`], probing it, and taking it down.
 //!
 //! Layout (N is unique per lab: pid and a counter, so labs can run in parallel):
-//! - `bwlab-N-host`: the "Docker host": the bridge with the gateway address, one veth per
-//!   container (host side, enslaved), one veth per outside host, ip_forward on, the
+//! - `bwlab-N-host`: the "Docker host": one kernel bridge per network with that network's
+//!   gateway address, one veth per container interface (host side, enslaved to its
+//!   network's bridge), one veth per outside host, ip_forward on (so the kernel routes
+//!   between the networks, as on a Docker host: isolating them is bridgewall's job), the
 //!   published-port proxies.
-//! - `bwlab-N-cI`: container I: `eth0` with its address, a Docker-style MAC and a default
-//!   route via the gateway; its responders.
-//! - `bwlab-N-xJ`: outside host J: `eth0` on its own link to the host, a route to the bridge
-//!   subnet via the host.
+//! - `bwlab-N-cI`: container I: `eth0`, `eth1`… one per network, in the order the lab file
+//!   lists them, each with its address and a Docker-style MAC; a default route via the
+//!   gateway of its first network that is not `--internal` (see [`LabSpec::route_network`]);
+//!   its responders.
+//! - `bwlab-N-xJ`: outside host J: `eth0` on its own link to the host, a route to every
+//!   network's subnet via the host.
+//!
+//! Names, MACs and port ids all come from [`LabSpec::host_state`], so the state the lab
+//! reports is the one `bridgewall trace --lab` computes from the file.
 //!
 //! Nothing is created in the caller's namespace: veths are created inside the lab's host
 //! namespace with their peer placed straight into the target namespace.
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use rules_wasm::docker::{BridgeNetwork, ContainerInfo, PortId};
+use rules_wasm::docker::PortId;
 
 use super::LabError;
 use super::probe::{Outcome, Proto, probe};
 use super::service::{self, Service};
-use super::spec::LabSpec;
+use super::spec::{LabSpec, docker_mac};
 use crate::netlink::{Netns, Rtnl, VethPeer, is_root, set_ip_forward};
-use crate::state::{Attachment, BridgeState, GATEWAY_PORT, PortAllocator};
+use crate::state::HostState;
 
-/// A lab container as built.
+/// One interface of a lab container, on one network.
 #[derive(Debug)]
-pub struct LabContainer {
-    /// Its name.
-    pub name: String,
-    /// Its namespace.
-    pub netns: Netns,
+pub struct LabInterface {
+    /// The network's name.
+    pub network: String,
+    /// Its name inside the container (`eth0`, `eth1`…).
+    pub ifname: String,
     /// Its address.
     pub ip: Ipv4Addr,
     /// Its MAC (Docker's scheme: 02:42 and the IPv4 address).
@@ -42,6 +50,37 @@ pub struct LabContainer {
     pub host_ifindex: u32,
     /// Its dataplane port id.
     pub port: PortId,
+}
+
+/// A lab container as built.
+#[derive(Debug)]
+pub struct LabContainer {
+    /// Its name.
+    pub name: String,
+    /// Its namespace.
+    pub netns: Netns,
+    /// Its interfaces, one per network, `eth0` first.
+    pub interfaces: Vec<LabInterface>,
+}
+
+impl LabContainer {
+    /// Its first interface's address (where its published ports lead); 0.0.0.0 before any
+    /// interface exists.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.interfaces
+            .first()
+            .map_or(Ipv4Addr::UNSPECIFIED, |i| i.ip)
+    }
+
+    /// Its first interface's dataplane port id.
+    pub fn port(&self) -> Option<PortId> {
+        self.interfaces.first().map(|i| i.port)
+    }
+
+    /// Its interface on `network`.
+    pub fn interface(&self, network: &str) -> Option<&LabInterface> {
+        self.interfaces.iter().find(|i| i.network == network)
+    }
 }
 
 /// A lab outside host as built.
@@ -60,7 +99,7 @@ pub struct LabOutside {
 }
 
 /// A built lab. Dropping it stops its services and deletes its namespaces (and with them
-/// every veth and the bridge).
+/// every veth and bridge).
 #[derive(Debug)]
 pub struct Lab {
     spec: LabSpec,
@@ -71,17 +110,11 @@ pub struct Lab {
     outside: Vec<LabOutside>,
     /// Last, so it is deleted after the namespaces that hang off it.
     host: Option<Netns>,
-    state: BridgeState,
+    state: HostState,
 }
 
 /// Counter that makes lab names unique within the process.
 static LAB_SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// Docker's MAC scheme for bridge endpoints: 02:42 followed by the IPv4 address.
-fn docker_mac(ip: Ipv4Addr) -> [u8; 6] {
-    let o = ip.octets();
-    [0x02, 0x42, o[0], o[1], o[2], o[3]]
-}
 
 /// Shortens `s` to an interface name (15 bytes), keeping it ASCII-safe.
 fn ifname(s: String) -> String {
@@ -97,6 +130,7 @@ impl Lab {
         }
         let seq = LAB_SEQ.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("bwlab-{}-{seq}", std::process::id());
+        let state = spec.host_state();
         let mut lab = Lab {
             spec,
             prefix,
@@ -105,7 +139,7 @@ impl Lab {
             containers: Vec::new(),
             outside: Vec::new(),
             host: None,
-            state: BridgeState::default(),
+            state,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -119,12 +153,11 @@ impl Lab {
         runtime.block_on(lab.build_topology())?;
         drop(runtime);
         lab.start_services()?;
-        lab.state = lab.compute_state();
+        lab.fill_in_ifindexes();
         Ok(lab)
     }
 
     async fn build_topology(&mut self) -> Result<(), LabError> {
-        let b = self.spec.bridge.clone();
         let host_name = format!("{}-host", self.prefix);
         let host =
             Netns::create(&host_name).map_err(LabError::setup("creating the host namespace"))?;
@@ -134,65 +167,33 @@ impl Lab {
             .await
             .map_err(LabError::setup("opening the host namespace"))?;
         lo_up(&h).await?;
-        let br = h
-            .add_bridge(&b.name)
-            .await
-            .map_err(LabError::setup(format!("creating bridge {}", b.name)))?;
-        h.add_address(br, IpAddr::V4(b.gateway), b.prefix)
-            .await
-            .map_err(LabError::setup("addressing the bridge"))?;
-        h.set_up(br)
-            .await
-            .map_err(LabError::setup("bringing the bridge up"))?;
         host.run(|| set_ip_forward(true))
             .and_then(|r| r)
             .map_err(LabError::setup("turning ip_forward on in the lab host"))?;
-
-        let mut ports = PortAllocator::new();
-        for (i, c) in self.spec.containers.clone().into_iter().enumerate() {
-            let what = format!("container {}", c.name);
-            let ns = Netns::create(&format!("{}-c{i}", self.prefix))
-                .map_err(LabError::setup(format!("{what}: namespace")))?;
-            let mac = docker_mac(c.ip);
-            let host_ifname = ifname(format!("veth{i}-{}", c.name));
-            let idx = h
-                .add_veth(
-                    &host_ifname,
-                    VethPeer {
-                        name: "eth0",
-                        netns: Some(&ns),
-                        mac: Some(mac),
-                        mtu: None,
-                    },
-                )
+        let mut bridges = BTreeMap::new();
+        for n in &self.spec.networks {
+            let what = format!("network {}: bridge {}", n.name, n.bridge);
+            let br = h
+                .add_bridge(&n.bridge)
                 .await
-                .map_err(LabError::setup(format!("{what}: veth")))?;
-            let port = ports.port_for(&host_ifname).ok_or_else(|| LabError::Spec {
-                origin: "lab".into(),
-                msg: "more containers than dataplane port ids".into(),
-            })?;
-            self.containers.push(LabContainer {
-                name: c.name.clone(),
-                netns: ns,
-                ip: c.ip,
-                mac,
-                host_ifname,
-                host_ifindex: idx,
-                port,
-            });
-            h.set_master(idx, br)
+                .map_err(LabError::setup(format!("{what}: creating")))?;
+            h.add_address(br, IpAddr::V4(n.gateway), n.prefix())
                 .await
-                .map_err(LabError::setup(format!("{what}: enslaving")))?;
-            h.set_up(idx)
+                .map_err(LabError::setup(format!("{what}: addressing")))?;
+            h.set_up(br)
                 .await
-                .map_err(LabError::setup(format!("{what}: host side up")))?;
-            let Some(built) = self.containers.last() else {
-                continue;
-            };
-            let route = (Ipv4Addr::UNSPECIFIED, 0, b.gateway);
-            configure_eth0(&built.netns, &what, c.ip, b.prefix, route).await?;
+                .map_err(LabError::setup(format!("{what}: bringing up")))?;
+            bridges.insert(n.name.clone(), br);
         }
-
+        for i in 0..self.spec.containers.len() {
+            self.build_container(&h, &bridges, i).await?;
+        }
+        let routes: Vec<(Ipv4Addr, u8)> = self
+            .spec
+            .networks
+            .iter()
+            .map(|n| (n.subnet_addr(), n.prefix()))
+            .collect();
         for (j, o) in self.spec.outside.clone().into_iter().enumerate() {
             let what = format!("outside host {}", o.name);
             let ns = Netns::create(&format!("{}-x{j}", self.prefix))
@@ -226,10 +227,112 @@ impl Lab {
             let Some(built) = self.outside.last() else {
                 continue;
             };
-            let route = (b.subnet, b.prefix, o.host_ip);
-            configure_eth0(&built.netns, &what, o.ip, o.prefix, route).await?;
+            let routes: Vec<_> = routes
+                .iter()
+                .map(|&(dst, len)| (dst, len, o.host_ip))
+                .collect();
+            let links = [("eth0".to_string(), o.ip, o.prefix)];
+            configure_inside(&built.netns, &what, &links, &routes).await?;
         }
         Ok(())
+    }
+
+    /// Container `i`: its namespace, one veth per network (names, MACs and ports from the
+    /// lab's [`HostState`]) enslaved to that network's bridge, addresses and the default
+    /// route inside.
+    async fn build_container(
+        &mut self,
+        h: &Rtnl,
+        bridges: &BTreeMap<String, u32>,
+        i: usize,
+    ) -> Result<(), LabError> {
+        let Some(c) = self.spec.containers.get(i).cloned() else {
+            return Ok(());
+        };
+        let what = format!("container {}", c.name);
+        let ns = Netns::create(&format!("{}-c{i}", self.prefix))
+            .map_err(LabError::setup(format!("{what}: namespace")))?;
+        self.containers.push(LabContainer {
+            name: c.name.clone(),
+            netns: ns,
+            interfaces: Vec::new(),
+        });
+        let mut links = Vec::new();
+        for (k, iface) in c.interfaces.iter().enumerate() {
+            let att = self
+                .state
+                .network(&iface.network)
+                .and_then(|n| n.attachment(&c.name))
+                .cloned()
+                // The spec caps the interfaces at the port ids there are, so every one has
+                // a port; this only guards against a hand-made spec.
+                .ok_or_else(|| LabError::Unknown {
+                    role: "dataplane port for the container",
+                    name: c.name.clone(),
+                })?;
+            let (Some(&br), Some(built)) =
+                (bridges.get(&iface.network), self.containers.last_mut())
+            else {
+                continue;
+            };
+            let peer = format!("eth{k}");
+            let mac = docker_mac(iface.ip);
+            let what = format!("{what}: {peer} on network {}", iface.network);
+            let idx = h
+                .add_veth(
+                    &att.host_ifname,
+                    VethPeer {
+                        name: &peer,
+                        netns: Some(&built.netns),
+                        mac: Some(mac),
+                        mtu: None,
+                    },
+                )
+                .await
+                .map_err(LabError::setup(format!("{what}: veth")))?;
+            built.interfaces.push(LabInterface {
+                network: iface.network.clone(),
+                ifname: peer.clone(),
+                ip: iface.ip,
+                mac,
+                host_ifname: att.host_ifname.clone(),
+                host_ifindex: idx,
+                port: att.port,
+            });
+            h.set_master(idx, br)
+                .await
+                .map_err(LabError::setup(format!("{what}: enslaving")))?;
+            h.set_up(idx)
+                .await
+                .map_err(LabError::setup(format!("{what}: host side up")))?;
+            let prefix = self.spec.network(&iface.network).map_or(32, |n| n.prefix());
+            links.push((peer, iface.ip, prefix));
+        }
+        let route = self
+            .spec
+            .route_network(&c)
+            .map(|n| (Ipv4Addr::UNSPECIFIED, 0, n.gateway));
+        let Some(built) = self.containers.last() else {
+            return Ok(());
+        };
+        configure_inside(&built.netns, &what, &links, route.as_slice()).await
+    }
+
+    /// Puts the built veths' indexes into the lab's state.
+    fn fill_in_ifindexes(&mut self) {
+        let built: BTreeMap<&str, u32> = self
+            .containers
+            .iter()
+            .flat_map(|c| &c.interfaces)
+            .map(|i| (i.host_ifname.as_str(), i.host_ifindex))
+            .collect();
+        for net in &mut self.state.networks {
+            for a in net.attachments.iter_mut().chain(net.unplaced.iter_mut()) {
+                if let Some(&idx) = built.get(a.host_ifname.as_str()) {
+                    a.host_ifindex = idx;
+                }
+            }
+        }
     }
 
     fn start_services(&mut self) -> Result<(), LabError> {
@@ -266,7 +369,9 @@ impl Lab {
                     "host", p.host_port, c.name, p.container_port
                 );
                 let listen = SocketAddr::from(([0, 0, 0, 0], p.host_port));
-                let target = SocketAddr::from((c.ip, p.container_port));
+                // Docker maps published ports to the container's address on its first
+                // network (the lab refuses those whose first network is --internal).
+                let target = SocketAddr::from((c.ip(), p.container_port));
                 let listener = host
                     .run(move || {
                         let l = TcpListener::bind(listen)?;
@@ -304,51 +409,9 @@ impl Lab {
         Ok(())
     }
 
-    fn compute_state(&self) -> BridgeState {
-        let mut containers: Vec<(&LabContainer, ContainerInfo)> = self
-            .containers
-            .iter()
-            .zip(&self.spec.containers)
-            .map(|(c, s)| {
-                (
-                    c,
-                    ContainerInfo {
-                        name: c.name.clone(),
-                        port: c.port,
-                        ips: vec![IpAddr::V4(c.ip)],
-                        mac: c.mac,
-                        exposed: s.exposed.clone(),
-                        published: s.published.clone(),
-                        links: s.links.clone(),
-                    },
-                )
-            })
-            .collect();
-        containers.sort_by(|a, b| a.1.name.cmp(&b.1.name));
-        BridgeState {
-            bridge: self.spec.bridge.name.clone(),
-            network: BridgeNetwork {
-                icc: self.spec.bridge.icc,
-                gateway_port: GATEWAY_PORT,
-                gateway_ips: vec![IpAddr::V4(self.spec.bridge.gateway)],
-                containers: containers.iter().map(|(_, i)| i.clone()).collect(),
-            },
-            attachments: containers
-                .iter()
-                .map(|(c, _)| Attachment {
-                    container: c.name.clone(),
-                    id: c.name.clone(),
-                    host_ifname: c.host_ifname.clone(),
-                    host_ifindex: c.host_ifindex,
-                    port: c.port,
-                })
-                .collect(),
-            unplaced: Vec::new(),
-        }
-    }
-
-    /// The lab's bridge state: the same shape Docker tracking publishes.
-    pub fn state(&self) -> &BridgeState {
+    /// The lab's state: every network with its containers, the same shape Docker tracking
+    /// publishes ([`LabSpec::host_state`] with the veths' interface indexes).
+    pub fn state(&self) -> &HostState {
         &self.state
     }
 
@@ -362,7 +425,7 @@ impl Lab {
         &self.spec.rules
     }
 
-    /// The lab's host namespace (where the bridge is; the dataplane attaches there).
+    /// The lab's host namespace (where the bridges are; the dataplane attaches there).
     pub fn host_netns(&self) -> Option<&Netns> {
         self.host.as_ref()
     }
@@ -445,25 +508,38 @@ impl Lab {
             })
     }
 
-    /// Resolves a probe target as seen from `from`.
-    fn resolve(&self, from: &str, to: &str) -> Result<Ipv4Addr, LabError> {
+    /// Resolves a probe target as seen from `from`, as a person in `from` would address
+    /// it: an IPv4 address as given; `host` as the lab host's address on `from`'s link (an
+    /// outside host's `host_ip`, a container's gateway on its default-route network, else
+    /// the default network's gateway); a link alias of `from` as its child; a container by
+    /// its address on the first network (in `from`'s order) the two share, like Docker's
+    /// DNS on user-defined networks, else by its first address; an outside host by its
+    /// address.
+    pub fn resolve(&self, from: &str, to: &str) -> Result<Ipv4Addr, LabError> {
         if let Ok(ip) = to.parse::<Ipv4Addr>() {
             return Ok(ip);
         }
+        let from_container = self.spec.container(from);
         if to == "host" {
             if let Some(o) = self.outside.iter().find(|o| o.name == from) {
                 return Ok(o.host_ip);
             }
-            return Ok(self.spec.bridge.gateway);
+            let net = from_container
+                .and_then(|c| self.spec.route_network(c))
+                .or(self.spec.default_network());
+            return net.map(|n| n.gateway).ok_or(LabError::Unknown {
+                role: "network",
+                name: "of the lab host".into(),
+            });
         }
-        let by_alias = self
-            .spec
-            .container(from)
+        let by_alias = from_container
             .and_then(|c| c.links.iter().find(|l| l.alias == to))
             .map(|l| l.child.as_str());
         let name = by_alias.unwrap_or(to);
-        if let Some(c) = self.containers.iter().find(|c| c.name == name) {
-            return Ok(c.ip);
+        if let Some(c) = self.spec.container(name) {
+            let shared =
+                from_container.and_then(|f| f.interfaces.iter().find_map(|i| c.ip_on(&i.network)));
+            return Ok(shared.unwrap_or_else(|| c.ip()));
         }
         if let Some(o) = self.outside.iter().find(|o| o.name == name) {
             return Ok(o.ip);
@@ -518,34 +594,38 @@ impl Drop for Lab {
     }
 }
 
-/// Inside a lab namespace: loopback up, `eth0` addressed and up, and one IPv4 route
-/// (`destination/prefix via gateway`): what a container or an outside host needs.
-async fn configure_eth0(
+/// Inside a lab namespace: loopback up, each link (`ifname`, address, prefix) addressed
+/// and up, and the IPv4 routes (`destination/prefix via gateway`): what a container or an
+/// outside host needs.
+async fn configure_inside(
     netns: &Netns,
     what: &str,
-    ip: Ipv4Addr,
-    prefix: u8,
-    route: (Ipv4Addr, u8, Ipv4Addr),
+    links: &[(String, Ipv4Addr, u8)],
+    routes: &[(Ipv4Addr, u8, Ipv4Addr)],
 ) -> Result<(), LabError> {
     let inner = netns.rtnl().await.map_err(LabError::setup(what))?;
     lo_up(&inner).await?;
-    let eth0 = inner
-        .index_of("eth0")
-        .await
-        .map_err(LabError::setup(what))?;
-    inner
-        .add_address(eth0, IpAddr::V4(ip), prefix)
-        .await
-        .map_err(LabError::setup(format!("{what}: address")))?;
-    inner
-        .set_up(eth0)
-        .await
-        .map_err(LabError::setup(format!("{what}: eth0 up")))?;
-    let (dst, len, via) = route;
-    inner
-        .add_route_v4(dst, len, via)
-        .await
-        .map_err(LabError::setup(format!("{what}: route to {dst}/{len}")))
+    for (name, ip, prefix) in links {
+        let idx = inner
+            .index_of(name)
+            .await
+            .map_err(LabError::setup(format!("{what}: finding {name}")))?;
+        inner
+            .add_address(idx, IpAddr::V4(*ip), *prefix)
+            .await
+            .map_err(LabError::setup(format!("{what}: {name} address")))?;
+        inner
+            .set_up(idx)
+            .await
+            .map_err(LabError::setup(format!("{what}: {name} up")))?;
+    }
+    for &(dst, len, via) in routes {
+        inner
+            .add_route_v4(dst, len, via)
+            .await
+            .map_err(LabError::setup(format!("{what}: route to {dst}/{len}")))?;
+    }
+    Ok(())
 }
 
 async fn lo_up(rtnl: &Rtnl) -> Result<(), LabError> {

@@ -1,17 +1,19 @@
 //! Errors of the lab: a bad lab file says which file and what; setup failures say which
 //! step; everything built before the failure is removed by the lab's drop.
+use super::spec::SpecError;
 use crate::netlink::NetlinkError;
 
 /// A lab that could not be described, built or probed.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
     /// The lab file does not parse or does not make sense.
-    #[error("lab file {origin}: {msg}")]
+    #[error("lab file {origin}: {error}")]
     Spec {
         /// Which file (or "the embedded walkthrough").
         origin: String,
-        /// What is wrong, naming the item.
-        msg: String,
+        /// What is wrong, naming the item (in the message already, so not a `source`:
+        /// error chains would print it twice).
+        error: Box<SpecError>,
     },
     /// The lab needs root (namespaces, veths, bridges).
     #[error("the lab creates network namespaces and needs root: run it with sudo")]

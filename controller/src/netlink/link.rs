@@ -416,6 +416,28 @@ impl Rtnl {
             .map_err(|e| NetlinkError::rtnl(op, e))
     }
 
+    /// Adds or replaces a permanent neighbour entry: `ip` reached at `mac` on link `index`
+    /// (`ip neigh replace IP lladdr MAC dev DEV nud permanent`), so no ARP or neighbour
+    /// discovery is needed to reach it.
+    pub async fn replace_neighbour(
+        &self,
+        index: u32,
+        ip: IpAddr,
+        mac: [u8; 6],
+    ) -> Result<(), NetlinkError> {
+        use rtnetlink::packet_route::neighbour::NeighbourState;
+        let op = format!("setting neighbour {ip} on link {index} in {}", self.netns);
+        self.handle
+            .neighbours()
+            .add(index, ip)
+            .link_layer_address(&mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::rtnl(op, e))
+    }
+
     /// Whether a link of this kind is a bridge (used to tell "no such bridge" apart from
     /// "that is not a bridge").
     pub fn is_bridge(facts: &LinkFacts) -> bool {

@@ -21,8 +21,8 @@ pub struct FrameBudget {
     /// Frames per segment beyond its ports' shares: in flight to transmit, flood copies and
     /// copies in from other segments.
     pub reserve: u32,
-    /// Most ports (the gateway and the containers) the dataplane holds; `--max-containers`
-    /// raises it.
+    /// Most ports (the containers, the default network's gateway, then the other networks'
+    /// gateways) the dataplane holds; `--max-containers` and `--max-networks` set it.
     pub max_ports: usize,
 }
 
@@ -34,7 +34,7 @@ impl Default for FrameBudget {
             fill_share: dataplane::afxdp::port::DEFAULT_FILL_SHARE,
             ports_per_segment: 16,
             reserve: 1024,
-            max_ports: crate::state::DEFAULT_MAX_PORTS,
+            max_ports: crate::state::DEFAULT_MAX_PORTS + crate::state::DEFAULT_MAX_NETWORKS,
         }
     }
 }
@@ -182,8 +182,8 @@ mod tests {
     fn default_budget_keeps_segments_small() {
         let b = FrameBudget::default();
         assert_eq!(b.segment_frames(), 2048);
-        // 1,024 ports → 64 segments: the kernel's per-socket heads cover 2,048 frames,
-        // not the 131,072 of one shared UMEM.
-        assert_eq!(b.max_ports.div_ceil(usize::from(b.ports_per_segment)), 64);
+        // 1,088 ports (1,023 containers and 65 gateways) → 68 segments: the kernel's
+        // per-socket heads cover 2,048 frames, not the 139,264 of one shared UMEM.
+        assert_eq!(b.max_ports.div_ceil(usize::from(b.ports_per_segment)), 68);
     }
 }

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use rules_wasm::docker::BridgeNetwork;
+use rules_wasm::docker::HostNetworks;
 use rules_wasm::iptables::WithHostRoutes;
 use rules_wasm::model::Cidr;
 
@@ -54,9 +54,9 @@ impl HostView {
             .and_then(|r| r)
     }
 
-    /// The resolver user rules are read with: the bridge's containers and gateway, plus
+    /// The resolver user rules are read with: the networks' containers and gateways, plus
     /// this view's interfaces and addresses.
-    pub fn names<'a>(&'a self, net: &'a BridgeNetwork) -> WithHostRoutes<'a, BridgeNetwork> {
+    pub fn names<'a>(&'a self, net: &'a HostNetworks) -> WithHostRoutes<'a, HostNetworks> {
         WithHostRoutes {
             inner: net,
             routes: &self.routes,

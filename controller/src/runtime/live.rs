@@ -11,7 +11,6 @@ use dataplane::worker::WorkerError;
 
 use super::policy::{self, UserModules, UserRules};
 use super::{BridgeRuntime, RuntimeError};
-use crate::state::GATEWAY_PORT;
 
 /// A port of the dataplane as people name it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,6 +21,8 @@ pub struct PortName {
     pub name: String,
     /// The host-side interface.
     pub ifname: String,
+    /// The Docker network the port is on.
+    pub network: String,
 }
 
 impl BridgeRuntime {
@@ -81,12 +82,17 @@ impl BridgeRuntime {
         self.opts.audit
     }
 
-    /// The capture switch of the port called `name` (a container, or `gateway`).
+    /// The capture switch of the port called `name`: a container (its first network), a
+    /// host interface, `gateway` (the first network's gateway) or `gateway:NETWORK`.
     pub fn tap(&self, name: &str) -> Option<Arc<TapControl>> {
         let port = self
             .port_names()
             .into_iter()
-            .find(|p| p.name == name || p.ifname == name)?
+            .find(|p| {
+                p.name == name
+                    || p.ifname == name
+                    || (p.name == "gateway" && name == format!("gateway:{}", p.network))
+            })?
             .port;
         self.taps.get(&port).cloned()
     }
@@ -99,13 +105,19 @@ impl BridgeRuntime {
             .unwrap_or_default()
     }
 
-    /// Every port with its name: the gateway first, then the containers by port id.
+    /// Every port with its name: the gateways first (by port id), then the containers by
+    /// port id.
     pub fn port_names(&self) -> Vec<PortName> {
-        let mut v = vec![PortName {
-            port: GATEWAY_PORT,
-            name: "gateway".to_string(),
-            ifname: self.gateway_ifname.clone(),
-        }];
+        let mut v: Vec<PortName> = self
+            .gateways()
+            .map(|(network, _, ifname, port)| PortName {
+                port,
+                name: "gateway".to_string(),
+                ifname: ifname.to_string(),
+                network: network.to_string(),
+            })
+            .collect();
+        v.sort_by_key(|p| p.port);
         let mut containers: Vec<PortName> = self
             .attached
             .values()
@@ -113,6 +125,7 @@ impl BridgeRuntime {
                 port: a.port,
                 name: a.container.clone(),
                 ifname: a.host_ifname.clone(),
+                network: a.network.clone(),
             })
             .collect();
         containers.sort_by_key(|p| p.port);

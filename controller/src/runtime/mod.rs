@@ -1,6 +1,8 @@
-//! The dataplane on a bridge: [`BridgeRuntime`] takes a Linux bridge (Docker's `docker0` or
-//! the lab's), attaches the AF_XDP dataplane to the gateway pair and every container veth,
-//! and keeps the Wasm policy equal to the latest [`Snapshot`] of the bridge's state.
+//! The dataplane on the host's bridges: [`BridgeRuntime`] takes every Linux bridge of the
+//! [`HostState`] (Docker's `docker0` and the user-defined `br-<id>` networks, or the lab's),
+//! attaches the AF_XDP dataplane to each bridge's gateway pair and every container veth —
+//! one engine, each network its own L2 domain — and keeps the Wasm policy equal to the
+//! latest [`Snapshot`]; networks are taken and given back as they come and go.
 //!
 //! Ordering guarantees:
 //! - The dataplane starts with a fail-closed policy (everything dropped) and the compiled
@@ -18,10 +20,11 @@
 pub mod frames;
 pub mod host;
 mod live;
+pub mod plan;
 pub mod policy;
 pub mod report;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -38,7 +41,7 @@ use dataplane::worker::{Dataplane, DataplaneConfig, FrameAccount, WorkerError};
 
 use crate::docker::LatencySummary;
 use crate::netlink::{NetlinkError, Netns, ip_forward_enabled};
-use crate::state::{Attachment, BridgeState, GATEWAY_PORT, Snapshot};
+use crate::state::{Attachment, BridgeState, HostState, Snapshot};
 use crate::takeover::{RestoreReport, Takeover, TakeoverError, TakeoverOptions};
 
 use frames::{FrameBudget, PlaceError, Placement, SegmentTable};
@@ -97,8 +100,9 @@ pub struct RuntimeOptions {
     pub user_rules: UserRules,
     /// The user's own policy modules, run before the compiled policy.
     pub user_modules: UserModules,
-    /// Gateway pair names and the state directory of the takeover.
-    pub takeover: TakeoverOptions,
+    /// Where the takeovers record what they did (one state file per bridge), so a crash
+    /// can be undone.
+    pub state_dir: PathBuf,
     /// How UMEM frames are budgeted per port and grouped into segments.
     pub frames: FrameBudget,
     /// How each AF_XDP port is opened.
@@ -111,16 +115,22 @@ pub struct RuntimeOptions {
     pub rules_path: Option<PathBuf>,
 }
 
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl RuntimeOptions {
-    /// One worker, no user rules, the takeover's defaults for `bridge`, the default frame
-    /// budget (64 frames per port, segments of 16 ports, up to 1,023 containers) and
+    /// One worker, no user rules, the takeover's default state directory, the default
+    /// frame budget (64 frames per port, segments of 16 ports, up to 1,023 ports) and
     /// 512-entry rings.
-    pub fn for_bridge(bridge: &str) -> RuntimeOptions {
+    pub fn new() -> RuntimeOptions {
         RuntimeOptions {
             workers: 1,
             user_rules: UserRules::default(),
             user_modules: UserModules::default(),
-            takeover: TakeoverOptions::for_bridge(bridge),
+            state_dir: PathBuf::from(crate::takeover::DEFAULT_STATE_DIR),
             frames: FrameBudget::default(),
             xdp: XdpPortConfig {
                 rings: RingSizes {
@@ -141,10 +151,14 @@ impl RuntimeOptions {
 /// What applying a snapshot did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ApplyReport {
-    /// Containers attached to the dataplane.
+    /// Containers attached to the dataplane (once per network interface).
     pub attached: Vec<String>,
-    /// Containers detached (gone or changed).
+    /// Containers detached (gone or changed; once per network interface).
     pub detached: Vec<String>,
+    /// Networks whose bridge was taken.
+    pub networks_taken: Vec<String>,
+    /// Networks whose bridge was given back.
+    pub networks_given_back: Vec<String>,
     /// The generation of the policy now in force.
     pub generation: u64,
     /// Why the policy was not replaced (the old one stays), if it was not.
@@ -158,13 +172,25 @@ pub struct ApplyReport {
 pub struct StopReport {
     /// The last counters.
     pub totals: CounterTotals,
-    /// The bridge's ports given back.
-    pub restore: RestoreReport,
+    /// Each bridge's ports given back.
+    pub restore: Vec<RestoreReport>,
     /// Snapshot → enforced latencies.
     pub latency: LatencySummary,
 }
 
-/// The dataplane running on a bridge.
+/// One bridge the runtime holds: its takeover and its gateway port.
+#[derive(Debug)]
+struct HeldBridge {
+    /// The Docker network's name.
+    network: String,
+    takeover: Takeover,
+    /// The gateway pair's inner end, the dataplane's gateway port for this network.
+    gateway_ifname: String,
+    /// Its dataplane port id (also the network's L2 domain id in the dataplane).
+    gateway_port: u16,
+}
+
+/// The dataplane running on the host's bridges.
 pub struct BridgeRuntime {
     netns: Netns,
     /// Running while `Some`; taken by stop.
@@ -185,13 +211,12 @@ pub struct BridgeRuntime {
     /// Per port: starvation count already reported by [`BridgeRuntime::newly_starved`].
     starved_seen: BTreeMap<u16, u64>,
     umem: Umem,
-    takeover: Option<Takeover>,
-    gateway_ifname: String,
-    bridge_mac: [u8; 6],
+    /// The bridges held, by bridge name.
+    bridges: BTreeMap<String, HeldBridge>,
     wasm: WasmRuntime,
     opts: RuntimeOptions,
-    state: BridgeState,
-    /// Containers attached to the dataplane, by name.
+    state: HostState,
+    /// Container interfaces attached to the dataplane, by host interface name.
     attached: BTreeMap<String, Attachment>,
     policy: PolicyBuild,
     next_generation: u64,
@@ -204,7 +229,7 @@ pub struct BridgeRuntime {
 impl std::fmt::Debug for BridgeRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BridgeRuntime")
-            .field("bridge", &self.state.bridge)
+            .field("bridges", &self.bridges.keys().collect::<Vec<_>>())
             .field("netns", &self.netns.label())
             .field("attached", &self.attached.keys().collect::<Vec<_>>())
             .field("generation", &self.policy.generation)
@@ -213,17 +238,17 @@ impl std::fmt::Debug for BridgeRuntime {
 }
 
 impl BridgeRuntime {
-    /// Takes `bridge` in `netns` and runs the dataplane on it with the policy `state` and
-    /// `opts.user_rules` say. The policy is compiled first, so bad rules fail before anything
-    /// changes; any later failure gives the bridge back before returning.
+    /// Takes every bridge of `state` in `netns` and runs the dataplane on them with the
+    /// policy `state` and `opts.user_rules` say. The policy is compiled first, so bad rules
+    /// fail before anything changes; any later failure gives the bridges back before
+    /// returning.
     pub fn start(
         netns: &Netns,
-        state: BridgeState,
+        state: HostState,
         opts: RuntimeOptions,
     ) -> Result<BridgeRuntime, RuntimeError> {
-        let bridge = state.bridge.clone();
         let netns = netns.try_clone().map_err(|error| RuntimeError::Netlink {
-            what: "holding the bridge's namespace".into(),
+            what: "holding the bridges' namespace".into(),
             error,
         })?;
         let ip_forward = netns
@@ -246,47 +271,14 @@ impl BridgeRuntime {
             error,
         })?;
         let policy = policy::build(&wasm, &state, &host, &opts.user_rules, &user_modules, 1)?;
-        let mut takeover = Takeover::take(&netns, &bridge, opts.takeover.clone())?;
-        for a in &state.attachments {
-            takeover.adopt(&a.host_ifname)?;
-        }
-        for p in takeover.containers() {
-            if !state.attachments.iter().any(|a| a.host_ifname == p.name) {
-                tracing::warn!(
-                    ifname = p.name,
-                    "a port of the bridge belongs to no known container: it stays cut off"
-                );
-            }
-        }
-        let bridge_mac = bridge_mac(&netns, &bridge)?;
         let umem = Umem::new(UmemConfig {
             frame_count: opts.frames.segment_frames(),
             frame_size: 2048,
         })
         .map_err(|error| RuntimeError::AfXdp {
-            ifname: bridge.clone(),
+            ifname: "the UMEM".into(),
             error,
         })?;
-        let gateway_ifname = takeover.gateway().name;
-        let xdp = port_config(&opts);
-        let (gateway, share) = {
-            let umem = &umem;
-            let gw_name = gateway_ifname.as_str();
-            netns
-                .run_scoped(move || -> Result<_, RuntimeError> {
-                    let afxdp = |error| RuntimeError::AfXdp {
-                        ifname: gw_name.to_string(),
-                        error,
-                    };
-                    let gateway = XdpPort::open(umem, gw_name, &xdp, None).map_err(afxdp)?;
-                    let share = gateway.umem_share().map_err(afxdp)?;
-                    Ok((gateway, share))
-                })
-                .map_err(|error| RuntimeError::Netlink {
-                    what: "entering the bridge's namespace".into(),
-                    error,
-                })??
-        };
         let workers = opts.workers.max(1);
         let config = DataplaneConfig {
             workers,
@@ -298,28 +290,27 @@ impl BridgeRuntime {
             poll: opts.poll,
             ..DataplaneConfig::default()
         };
-        let mut dp = Dataplane::start(config, umem.clone(), |_| fail_closed())?;
+        let dp = Dataplane::start(config, umem.clone(), |_| fail_closed())?;
         let mut segments = SegmentTable::default();
-        segments.joined(GATEWAY_PORT, 0);
+        // Segment 0 is the UMEM's own; the first port opened registers it.
+        segments.segment_added(0);
         let mut rt = BridgeRuntime {
             netns,
-            dataplane: None,
+            dataplane: Some(dp),
             taps: BTreeMap::new(),
             started: Instant::now(),
             swaps: (0, Duration::ZERO, Duration::ZERO),
             swap_hist: crate::metrics::LatencyHistogram::with_bounds(
                 crate::metrics::CONTROL_BOUNDS_NS,
             ),
-            shares: vec![Some(share)],
+            shares: Vec::new(),
             segments,
             starved_seen: BTreeMap::new(),
             umem,
-            takeover: Some(takeover),
-            gateway_ifname,
-            bridge_mac,
+            bridges: BTreeMap::new(),
             wasm,
             opts,
-            state: BridgeState::default(),
+            state: HostState::default(),
             attached: BTreeMap::new(),
             policy,
             next_generation: 2,
@@ -327,34 +318,116 @@ impl BridgeRuntime {
             ip_forward,
             host,
         };
-        // From here on `rt`'s drop undoes everything, the dataplane included.
-        let gw_config = PortConfig {
-            id: GATEWAY_PORT,
-            macs: vec![rt.bridge_mac],
-            ips: state.network.gateway_ips.clone(),
-            is_gateway: true,
-            complete_checksums: true,
-        };
-        let gateway = Tap::new(gateway);
-        rt.taps.insert(GATEWAY_PORT, gateway.control());
-        let added = dp.add_port(gw_config, gateway, 0);
-        rt.dataplane = Some(dp);
-        added?;
-        for a in &state.attachments {
+        // From here on `rt`'s drop undoes everything, the dataplane and the takeovers included.
+        for net in &state.networks {
+            rt.take_bridge(net)?;
+        }
+        for a in state.unplaced() {
+            rt.cut_off(a);
+        }
+        for a in state.attachments() {
             let port = rt.open_port(&a.host_ifname)?;
             rt.add_container(&state, a, port)?;
         }
         rt.install_policy()?;
         rt.state = state;
         tracing::info!(
-            bridge,
+            bridges = ?rt.bridges.keys().collect::<Vec<_>>(),
             netns = rt.netns.label(),
             containers = rt.attached.len(),
             workers,
             generation = rt.policy.generation,
-            "dataplane running on the bridge"
+            "dataplane running on the bridges"
         );
         Ok(rt)
+    }
+
+    /// Takes `net`'s bridge (every container veth off it, a gateway pair on it), claims the
+    /// veths of its known containers and attaches the gateway port.
+    fn take_bridge(&mut self, net: &BridgeState) -> Result<(), RuntimeError> {
+        let bridge = net.bridge().to_string();
+        let opts = TakeoverOptions {
+            state_dir: self.opts.state_dir.clone(),
+            ..TakeoverOptions::for_bridge(&bridge)
+        };
+        let mut takeover = Takeover::take(&self.netns, &bridge, opts)?;
+        for a in &net.attachments {
+            takeover.adopt(&a.host_ifname)?;
+        }
+        for p in takeover.containers() {
+            if !net.attachments.iter().any(|a| a.host_ifname == p.name)
+                && !net.unplaced.iter().any(|a| a.host_ifname == p.name)
+            {
+                tracing::warn!(
+                    ifname = p.name,
+                    bridge,
+                    "a port of the bridge belongs to no known container: it stays cut off"
+                );
+            }
+        }
+        let gateway_ifname = takeover.gateway().name;
+        let gateway_port = net.network.gateway_port;
+        // Held before the port opens, so a failure below still gives the bridge back.
+        self.bridges.insert(
+            bridge.clone(),
+            HeldBridge {
+                network: net.network.name.clone(),
+                takeover,
+                gateway_ifname: gateway_ifname.clone(),
+                gateway_port,
+            },
+        );
+        let mac = bridge_mac(&self.netns, &bridge)?;
+        let port = self.open_port(&gateway_ifname)?;
+        let config = PortConfig {
+            id: gateway_port,
+            macs: vec![mac],
+            ips: net.network.gateway_ips.clone(),
+            is_gateway: true,
+            network: gateway_port,
+            complete_checksums: true,
+        };
+        self.add_port(config, port)?;
+        tracing::info!(
+            network = net.network.name,
+            bridge,
+            gateway_port,
+            "bridge taken"
+        );
+        Ok(())
+    }
+
+    /// Detaches a removed network's gateway port and gives its bridge back.
+    fn give_back_bridge(&mut self, bridge: &str) -> Option<RestoreReport> {
+        let held = self.bridges.remove(bridge)?;
+        self.remove_port(held.gateway_port, &held.gateway_ifname);
+        match held.takeover.restore() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(bridge, "giving the bridge back: {e}");
+                None
+            }
+        }
+    }
+
+    /// Takes a container veth off its bridge without attaching it: cut off.
+    fn cut_off(&mut self, a: &Attachment) {
+        let Some(held) = self.held_for(&a.network) else {
+            tracing::error!(
+                container = a.container,
+                network = a.network,
+                "its network's bridge is not held: it stays on the kernel bridge"
+            );
+            return;
+        };
+        if let Err(e) = held.takeover.adopt(&a.host_ifname) {
+            tracing::error!(container = a.container, "cutting off: {e}");
+        }
+    }
+
+    /// The held bridge of the Docker network `network`.
+    fn held_for(&mut self, network: &str) -> Option<&mut HeldBridge> {
+        self.bridges.values_mut().find(|b| b.network == network)
     }
 
     /// Whether ip_forward was on in the bridge's namespace at start.
@@ -363,7 +436,7 @@ impl BridgeRuntime {
     }
 
     /// The state the policy in force was built from.
-    pub fn state(&self) -> &BridgeState {
+    pub fn state(&self) -> &HostState {
         &self.state
     }
 
@@ -372,12 +445,29 @@ impl BridgeRuntime {
         &self.policy
     }
 
-    /// The gateway port's interface (the inner end of the gateway pair).
-    pub fn gateway_ifname(&self) -> &str {
-        &self.gateway_ifname
+    /// The gateway port's interface (the inner end of the gateway pair) of the bridge
+    /// `bridge`; with one bridge held, `gateway_ifname(None)` names it.
+    pub fn gateway_ifname(&self, bridge: Option<&str>) -> Option<&str> {
+        match bridge {
+            Some(b) => self.bridges.get(b),
+            None => self.bridges.values().next(),
+        }
+        .map(|h| h.gateway_ifname.as_str())
     }
 
-    /// Containers attached to the dataplane.
+    /// Every held bridge's gateway: (Docker network, bridge, gateway interface, port id).
+    pub fn gateways(&self) -> impl Iterator<Item = (&str, &str, &str, u16)> {
+        self.bridges.iter().map(|(b, h)| {
+            (
+                h.network.as_str(),
+                b.as_str(),
+                h.gateway_ifname.as_str(),
+                h.gateway_port,
+            )
+        })
+    }
+
+    /// Container interfaces attached to the dataplane.
     pub fn attached(&self) -> impl Iterator<Item = &Attachment> {
         self.attached.values()
     }
@@ -401,29 +491,35 @@ impl BridgeRuntime {
         CounterTotals::sum(&snaps)
     }
 
-    /// Brings the dataplane in line with `snap`: detaches containers that left, attaches new
-    /// ones, swaps in the policy built from it. Errors of single containers are logged and
-    /// reported, not returned; the policy in force is replaced only by one that built.
+    /// Brings the dataplane in line with `snap` by the [`plan::plan`]: detaches interfaces
+    /// that left, takes new networks' bridges, attaches new interfaces, swaps in the policy
+    /// built from it, gives removed networks' bridges back. Errors of single containers or
+    /// networks are logged and reported, not returned; the policy in force is replaced only
+    /// by one that built.
     pub fn apply(&mut self, snap: &Snapshot) -> ApplyReport {
         let new = &snap.state;
+        let held: BTreeSet<String> = self.bridges.keys().cloned().collect();
+        let plan = plan::plan(&self.attached, &held, new);
         let mut report = ApplyReport::default();
-        let gone: Vec<Attachment> = self
-            .attached
-            .values()
-            .filter(|a| new.attachment(&a.container) != Some(*a))
-            .cloned()
-            .collect();
-        for a in gone {
-            self.remove_container(&a);
+        for a in &plan.detach {
+            self.remove_container(a);
             report.detached.push(a.container.clone());
         }
-        // Containers beyond --max-containers: off the bridge, not attached.
-        for u in &new.unplaced {
-            if let Some(t) = self.takeover.as_mut()
-                && let Err(e) = t.adopt(&u.host_ifname)
-            {
-                tracing::error!(container = u.container, "cutting off: {e}");
+        for bridge in &plan.take {
+            let Some(net) = new.networks.iter().find(|n| n.bridge() == bridge) else {
+                continue;
+            };
+            match self.take_bridge(net) {
+                Ok(()) => report.networks_taken.push(net.network.name.clone()),
+                Err(e) => {
+                    tracing::error!(network = net.network.name, "taking the bridge: {e}");
+                    // Whatever was held is given back; retried with the next snapshot.
+                    self.give_back_bridge(bridge);
+                }
             }
+        }
+        for a in &plan.cut_off {
+            self.cut_off(a);
         }
         let generation = self.next_generation;
         self.next_generation += 1;
@@ -435,25 +531,14 @@ impl BridgeRuntime {
             &self.policy.user_modules,
             generation,
         );
-        let fresh: Vec<Attachment> = new
-            .attachments
-            .iter()
-            .filter(|a| !self.attached.contains_key(&a.container))
-            .cloned()
-            .collect();
-        for a in fresh {
-            if let Some(t) = self.takeover.as_mut()
-                && let Err(e) = t.adopt(&a.host_ifname)
-            {
-                tracing::error!(container = a.container, "{e}");
-                continue;
-            }
-            if built.is_err() {
+        for a in &plan.attach {
+            self.cut_off(a);
+            if built.is_err() || self.held_for(&a.network).is_none() {
                 // Cut off (off the bridge) but not attached until a policy covers it.
                 continue;
             }
             let opened = self.open_port(&a.host_ifname);
-            match opened.and_then(|port| self.add_container(new, &a, port)) {
+            match opened.and_then(|port| self.add_container(new, a, port)) {
                 Ok(()) => report.attached.push(a.container.clone()),
                 Err(e) => tracing::error!(container = a.container, "{e}"),
             }
@@ -482,6 +567,14 @@ impl BridgeRuntime {
                 report.policy_error = Some(e.to_string());
             }
         }
+        for bridge in &plan.give_back {
+            let network = self.bridges.get(bridge).map(|h| h.network.clone());
+            if self.give_back_bridge(bridge).is_some()
+                && let Some(network) = network
+            {
+                report.networks_given_back.push(network);
+            }
+        }
         report.generation = self.policy.generation;
         report
     }
@@ -492,10 +585,10 @@ impl BridgeRuntime {
         let totals = self.counters();
         let latency = self.latency.summary();
         self.stop_dataplane();
-        let restore = match self.takeover.take() {
-            Some(t) => t.restore()?,
-            None => RestoreReport::default(),
-        };
+        let mut restore = Vec::new();
+        for (_, held) in std::mem::take(&mut self.bridges) {
+            restore.push(held.takeover.restore()?);
+        }
         Ok(StopReport {
             totals,
             restore,
@@ -596,7 +689,13 @@ impl BridgeRuntime {
                     .values()
                     .find(|a| a.port == port)
                     .map(|a| format!("{} ({})", a.container, a.host_ifname))
-                    .unwrap_or_else(|| format!("gateway ({})", self.gateway_ifname));
+                    .or_else(|| {
+                        self.bridges
+                            .values()
+                            .find(|h| h.gateway_port == port)
+                            .map(|h| format!("gateway of {} ({})", h.network, h.gateway_ifname))
+                    })
+                    .unwrap_or_else(|| format!("port {port}"));
                 out.push((name, n - seen));
             }
         }
@@ -614,54 +713,62 @@ impl BridgeRuntime {
 
     fn add_container(
         &mut self,
-        state: &BridgeState,
+        state: &HostState,
         a: &Attachment,
         port: XdpPort,
     ) -> Result<(), RuntimeError> {
-        let info = state
-            .network
-            .containers
-            .iter()
-            .find(|c| c.name == a.container);
+        let net = state.network(&a.network);
+        let info = net.and_then(|n| n.network.containers.iter().find(|c| c.name == a.container));
         let config = PortConfig {
             id: a.port,
             macs: info.map(|c| vec![c.mac]).unwrap_or_default(),
             ips: info.map(|c| c.ips.clone()).unwrap_or_default(),
             is_gateway: false,
+            network: net.map_or(0, |n| n.network.gateway_port),
             complete_checksums: true,
         };
+        self.add_port(config, port)?;
+        self.attached.insert(a.host_ifname.clone(), a.clone());
+        Ok(())
+    }
+
+    /// Hands an opened port to the worker owning its UMEM segment, behind a capture tap.
+    fn add_port(&mut self, config: PortConfig, port: XdpPort) -> Result<(), RuntimeError> {
         let dp = self.dataplane.as_mut().ok_or(WorkerError::WorkerGone(0))?;
         // A segment's ports share one worker, so most frames between them stay descriptors.
         let seg: SegmentId = dataplane::phy::Port::segment(&port);
         let owner = usize::from(seg) % dp.workers();
         let port = Tap::new(port);
         let tap = port.control();
+        let id = config.id;
         dp.add_port(config, port, owner)?;
-        self.taps.insert(a.port, tap);
-        self.segments.joined(a.port, seg);
-        self.attached.insert(a.container.clone(), a.clone());
+        self.taps.insert(id, tap);
+        self.segments.joined(id, seg);
         Ok(())
     }
 
-    fn remove_container(&mut self, a: &Attachment) {
+    /// Takes port `id` off the dataplane (its frames back, its tap disarmed).
+    fn remove_port(&mut self, id: u16, what: &str) {
         if let Some(dp) = self.dataplane.as_mut() {
-            match dp.remove_port(a.port) {
-                Ok(frames) => {
-                    tracing::debug!(container = a.container, frames, "port closed, frames back")
-                }
-                Err(e) => tracing::warn!(container = a.container, "{e}"),
+            match dp.remove_port(id) {
+                Ok(frames) => tracing::debug!(port = what, frames, "port closed, frames back"),
+                Err(e) => tracing::warn!(port = what, "{e}"),
             }
         }
-        self.segments.left(a.port);
-        if let Some(tap) = self.taps.remove(&a.port) {
+        self.segments.left(id);
+        if let Some(tap) = self.taps.remove(&id) {
             tap.disarm();
         }
-        if let Some(t) = self.takeover.as_mut()
-            && let Err(e) = t.release(&a.host_ifname)
+    }
+
+    fn remove_container(&mut self, a: &Attachment) {
+        self.remove_port(a.port, &a.container);
+        if let Some(held) = self.held_for(&a.network)
+            && let Err(e) = held.takeover.release(&a.host_ifname)
         {
             tracing::warn!(container = a.container, "{e}");
         }
-        self.attached.remove(&a.container);
+        self.attached.remove(&a.host_ifname);
     }
 
     /// Takes a new view of the host's routes and addresses (they changed) and swaps in the
@@ -732,8 +839,8 @@ impl BridgeRuntime {
 impl Drop for BridgeRuntime {
     fn drop(&mut self) {
         self.stop_dataplane();
-        // The takeover's own drop gives the bridge back.
-        self.takeover = None;
+        // Each takeover's own drop gives its bridge back.
+        self.bridges.clear();
     }
 }
 

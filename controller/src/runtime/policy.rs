@@ -23,7 +23,7 @@ use rules_wasm::model::{Chain, RuleSet, Target};
 use rules_wasm::reference;
 
 use crate::runtime::host::HostView;
-use crate::state::BridgeState;
+use crate::state::HostState;
 
 /// Why a policy could not be built. The policy in force stays in force.
 #[derive(Debug, thiserror::Error)]
@@ -313,23 +313,21 @@ pub const COMPILED_POLICY_CAPS: Caps = Caps {
 /// may name containers and host interfaces.
 pub fn build(
     wasm: &WasmRuntime,
-    state: &BridgeState,
+    state: &HostState,
     host: &HostView,
     user: &UserRules,
     user_modules: &[LoadedModule],
     generation: u64,
 ) -> Result<PolicyBuild, PolicyError> {
-    let parsed = parse_full(
-        &user.text,
-        user.ipsets.as_deref(),
-        &host.names(&state.network),
-    )
-    .map_err(|error| PolicyError::Rules {
-        origin: user.origin.clone(),
-        error,
-    })?;
+    let networks = state.policy_input();
+    let parsed = parse_full(&user.text, user.ipsets.as_deref(), &host.names(&networks)).map_err(
+        |error| PolicyError::Rules {
+            origin: user.origin.clone(),
+            error,
+        },
+    )?;
     let user_lines = parsed.lines;
-    let ruleset = docker_ruleset(&state.network, parsed.rules, generation);
+    let ruleset = docker_ruleset(&networks, parsed.rules, generation);
     let logs = parsed
         .logs
         .into_iter()
@@ -676,15 +674,15 @@ mod tests {
     use crate::lab::{LabSpec, WALKTHROUGH_TOML};
     use dataplane::wasm::WasmConfig;
 
-    fn walkthrough() -> (BridgeState, UserRules) {
+    fn walkthrough() -> (HostState, UserRules) {
         let spec = LabSpec::from_toml(WALKTHROUGH_TOML, "walkthrough").unwrap();
         let rules = UserRules::from_lines(&spec.rules, "walkthrough");
         (lab_state(&spec), rules)
     }
 
-    fn packet(state: &BridgeState, src: &str, dst: &str, port: u16) -> PacketSpec {
+    fn packet(state: &HostState, src: &str, dst: &str, port: u16) -> PacketSpec {
         let c = |n: &str| {
-            state
+            state.networks[0]
                 .network
                 .containers
                 .iter()

@@ -8,7 +8,7 @@ use dataplane::counters::{DropReason, Snapshot as CounterSnapshot};
 use hdrhistogram::Histogram;
 
 use crate::docker::LatencySummary;
-use crate::state::{BridgeState, GATEWAY_PORT};
+use crate::state::HostState;
 
 use super::policy::PolicyBuild;
 
@@ -108,13 +108,13 @@ impl CounterTotals {
             .sum()
     }
 
-    /// The per-port, per-rule and drop tables.
-    /// `gateway` names the gateway pair's inner end (the gateway port's interface).
+    /// The per-port, per-rule and drop tables. `gateways` names each network's gateway
+    /// port: (port id, network, the gateway pair's inner end).
     pub fn tables(
         &self,
-        state: &BridgeState,
+        state: &HostState,
         policy: Option<&PolicyBuild>,
-        gateway: &str,
+        gateways: &[(u16, String, String)],
     ) -> String {
         let mut out = String::new();
         let mut t = Table::new();
@@ -126,16 +126,21 @@ impl CounterTotals {
             "tx packets",
         ]);
         for &(id, rx, tx) in &self.ports {
-            let (who, ifname) = if id == GATEWAY_PORT {
-                ("gateway (host, outside)".to_string(), gateway.to_string())
-            } else {
-                state
-                    .attachments
-                    .iter()
-                    .find(|a| a.port == id)
-                    .map_or(("(gone)".to_string(), String::new()), |a| {
-                        (a.container.clone(), a.host_ifname.clone())
-                    })
+            let gateway = gateways.iter().find(|(port, _, _)| *port == id);
+            let (who, ifname) = match gateway {
+                Some((_, network, ifname)) => (
+                    format!("gateway of {network} (host, outside)"),
+                    ifname.clone(),
+                ),
+                None => state.attachments().find(|a| a.port == id).map_or(
+                    ("(gone)".to_string(), String::new()),
+                    |a| {
+                        (
+                            format!("{} on {}", a.container, a.network),
+                            a.host_ifname.clone(),
+                        )
+                    },
+                ),
             };
             t.add_row(vec![
                 id.to_string(),

@@ -60,15 +60,32 @@ impl Default for TakeoverOptions {
 }
 
 impl TakeoverOptions {
-    /// Gateway names derived from the bridge's (`bwg0-<bridge>`, `bwg1-<bridge>`, cut to the
-    /// kernel's 15 characters), so several bridges of one namespace can be taken at once.
+    /// Gateway names derived from the bridge's (`bwg0-<bridge>`, `bwg1-<bridge>`), so several
+    /// bridges of one namespace can be taken at once. A bridge name longer than the 10
+    /// characters the kernel's 15 leave is cut to 6 and followed by 4 hex digits of a hash
+    /// of the whole name: Docker's `br-<id>` bridges share their first characters.
     pub fn for_bridge(bridge: &str) -> Self {
-        let stem: String = bridge.chars().take(10).collect();
+        let stem = gateway_stem(bridge);
         TakeoverOptions {
             gateway_names: (format!("bwg0-{stem}"), format!("bwg1-{stem}")),
             ..TakeoverOptions::default()
         }
     }
+}
+
+/// At most 10 characters naming `bridge` in its gateway pair's names (see
+/// [`TakeoverOptions::for_bridge`]).
+fn gateway_stem(bridge: &str) -> String {
+    if bridge.chars().count() <= 10 {
+        return bridge.to_string();
+    }
+    // FNV-1a, folded to 16 bits: stable across runs and versions, unlike std's hasher.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in bridge.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    let head: String = bridge.chars().take(6).collect();
+    format!("{head}{:04x}", (h ^ (h >> 16)) & 0xffff)
 }
 
 /// What a port the dataplane attaches to stands for.
@@ -289,6 +306,41 @@ pub fn restore_from_state(
     }
     let nl = NlSession::open(netns)?;
     restore_recorded(&nl, bridge, &path)
+}
+
+/// The bridges of `netns` with a takeover recorded under `state_dir` (a crashed `run` may
+/// have held several): what `bridgewall restore` without `--bridge` gives back.
+pub fn recorded_bridges(netns: &Netns, state_dir: &Path) -> Result<Vec<String>, TakeoverError> {
+    let probe = state_path(state_dir, netns, "x");
+    let stem = probe
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix("-x.json"))
+        .unwrap_or_default()
+        .to_string();
+    let entries = match std::fs::read_dir(state_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(TakeoverError::StateUnreadable {
+                path: state_dir.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut bridges = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !(name.starts_with(&format!("{stem}-")) && name.ends_with(".json")) {
+            continue;
+        }
+        if let Some(record) = state::read(&entry.path())? {
+            bridges.push(record.bridge);
+        }
+    }
+    bridges.sort();
+    Ok(bridges)
 }
 
 /// Reads the record at `path` and, if there is one for `bridge`, undoes it.
@@ -705,5 +757,27 @@ async fn delete_gateway(
             Err(e) if is_gone(&e) => {}
             Err(e) => failures.push(format!("{name}: {e}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_names_fit_and_tell_docker_bridges_apart() {
+        let short = TakeoverOptions::for_bridge("docker0");
+        assert_eq!(
+            short.gateway_names,
+            ("bwg0-docker0".into(), "bwg1-docker0".into())
+        );
+        let a = TakeoverOptions::for_bridge("br-0123456789ab");
+        let b = TakeoverOptions::for_bridge("br-0123456789ac");
+        assert_ne!(a.gateway_names, b.gateway_names);
+        for name in [&a.gateway_names.0, &a.gateway_names.1, &b.gateway_names.0] {
+            assert!(name.len() <= 15, "{name}");
+            assert!(name.starts_with("bwg"), "{name}");
+        }
+        assert_eq!(a, TakeoverOptions::for_bridge("br-0123456789ab"), "stable");
     }
 }

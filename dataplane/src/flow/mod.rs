@@ -56,6 +56,9 @@ use std::sync::Arc;
 pub const BUCKET_SLOTS: usize = 8;
 
 /// A flow's key, the same for both directions: the endpoint that sorts first is side `a`.
+/// It includes the network (L2 domain, see [`crate::engine::PortConfig::network`]) the flow
+/// travels in: every packet of a flow enters by a port of one network (nothing is switched
+/// between networks), so a flow of one network never answers for a packet of another.
 ///
 /// Addresses are held as big-endian numbers (`u128::from_be_bytes` of the 16-byte form) so
 /// normalising, comparing and hashing are a few register operations rather than byte loops.
@@ -71,12 +74,15 @@ pub struct FlowKey {
     pub b_port: u16,
     /// IP protocol.
     pub proto: u8,
+    /// The network the flow travels in (0 in a single-network setup).
+    pub network: PortId,
 }
 
 impl FlowKey {
-    /// Normalises a directional tuple; the flag is true when the tuple's source is side `a`.
+    /// Normalises a directional tuple of `network`; the flag is true when the tuple's source
+    /// is side `a`.
     #[inline]
-    pub fn from_tuple(t: &Tuple) -> (FlowKey, bool) {
+    pub fn from_tuple(t: &Tuple, network: PortId) -> (FlowKey, bool) {
         let s = u128::from_be_bytes(t.src);
         let d = u128::from_be_bytes(t.dst);
         let src_first = s < d || (s == d && t.src_port <= t.dst_port);
@@ -87,6 +93,7 @@ impl FlowKey {
                 a_port: t.src_port,
                 b_port: t.dst_port,
                 proto: t.proto,
+                network,
             }
         } else {
             FlowKey {
@@ -95,6 +102,7 @@ impl FlowKey {
                 a_port: t.dst_port,
                 b_port: t.src_port,
                 proto: t.proto,
+                network,
             }
         };
         (key, src_first)
@@ -261,6 +269,7 @@ const EMPTY_ENTRY: FlowEntry = FlowEntry {
         a_port: 0,
         b_port: 0,
         proto: 0,
+        network: 0,
     },
     orig_is_a: true,
     one_way: false,
@@ -581,12 +590,21 @@ impl FlowTable {
         self.timeouts = TimeoutTable::new(t);
     }
 
-    /// Normalises and hashes a tuple.
+    /// Normalises and hashes a tuple of network 0 (the single-network setup); see
+    /// [`FlowTable::hash_tuple_in`].
     #[inline]
     pub fn hash_tuple(&self, t: &Tuple) -> HashedKey {
-        let (key, src_is_a) = FlowKey::from_tuple(t);
-        let ports =
-            (u64::from(key.a_port) << 32) | (u64::from(key.b_port) << 16) | u64::from(key.proto);
+        self.hash_tuple_in(t, 0)
+    }
+
+    /// Normalises and hashes a tuple travelling in `network` (see [`FlowKey`]).
+    #[inline]
+    pub fn hash_tuple_in(&self, t: &Tuple, network: PortId) -> HashedKey {
+        let (key, src_is_a) = FlowKey::from_tuple(t, network);
+        let ports = (u64::from(key.network) << 48)
+            | (u64::from(key.a_port) << 32)
+            | (u64::from(key.b_port) << 16)
+            | u64::from(key.proto);
         let h = mix(
             (key.a >> 64) as u64 ^ self.seed[0],
             key.a as u64 ^ self.seed[1],
@@ -995,6 +1013,29 @@ mod tests {
             ports: [1, 2],
             via_host: false,
         }
+    }
+
+    #[test]
+    fn the_same_tuple_in_two_networks_is_two_flows() {
+        let mut ft = FlowTable::new(64, &Timeouts::default());
+        let t = tuple(1, 40000, 80);
+        let k0 = ft.hash_tuple_in(&t, 0);
+        assert_eq!(
+            k0,
+            ft.hash_tuple(&t),
+            "network 0 is the single-network default"
+        );
+        let k5 = ft.hash_tuple_in(&t, 5);
+        assert_ne!(k0.key, k5.key);
+        let s = ft
+            .decide(&k5, &first(t, tcp_flags::SYN), ACCEPT, true, 0)
+            .unwrap();
+        // Network 5's flow answers for network 5's packets, both ways, and for no other.
+        assert_eq!(ft.lookup(&k5, 1), Some(s));
+        assert_eq!(ft.lookup(&ft.hash_tuple_in(&reverse(&t), 5), 1), Some(s));
+        assert_eq!(ft.lookup(&k0, 1), None);
+        assert_eq!(ft.lookup(&ft.hash_tuple_in(&reverse(&t), 0), 1), None);
+        assert_eq!(ft.entry(s).key.network, 5);
     }
 
     #[test]

@@ -63,11 +63,13 @@ pub fn mapped(ip: [u8; 4]) -> [u8; 16] {
     rules_wasm::abi::addr_bytes(IpAddr::V4(Ipv4Addr::from(ip)))
 }
 
-/// The port configuration of host `h`: its MAC, its IPv4 and IPv6 ([`v6`]) addresses, the
-/// gateway flag, and whether the engine completes TCP/UDP checksums on its frames.
+/// The port configuration of host `h`: in network 0 (the simulated bridge is a single
+/// network, its gateway port 0), its MAC, its IPv4 and IPv6 ([`v6`]) addresses, the gateway
+/// flag, and whether the engine completes TCP/UDP checksums on its frames.
 pub fn host_port(h: Host, complete_checksums: bool) -> PortConfig {
     PortConfig {
         id: h.port,
+        network: 0,
         macs: vec![h.mac],
         ips: vec![IpAddr::V4(Ipv4Addr::from(h.ip)), IpAddr::V6(v6(h).into())],
         is_gateway: h == GW,

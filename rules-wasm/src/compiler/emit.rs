@@ -19,8 +19,8 @@ use wasm_encoder::{
 
 use super::classes::Program;
 use super::tables::{
-    BUCKET_SIZE, BUCKET_SLOTS, ENTRY_SIZE, IO_BASE, K_MIX, MASKS, RULE_SIZE, SHAPE_SIZE, SHAPES,
-    ShapeInfo, Tables, entry, neg, neg2, rec, shape,
+    BUCKET_SIZE, BUCKET_SLOTS, CLASS_SIZE, ENTRY_SIZE, IO_BASE, K_MIX, MASKS, RULE_SIZE,
+    SHAPE_SIZE, SHAPES, ShapeInfo, Tables, entry, neg, neg2, rec, shape,
 };
 use crate::abi::{
     ABI_VERSION, EXPORT_ABI_VERSION, EXPORT_EVALUATE, EXPORT_INIT, EXPORT_MEMORY, MAX_BATCH,
@@ -168,7 +168,7 @@ pub(crate) fn module(t: &Tables) -> Vec<u8> {
 }
 
 /// `bw_evaluate(n)`: for each record, find its class and run the class's program: start from
-/// its terminal rule, probe its shapes in order (stopping as soon as a shape cannot hold an
+/// the class's terminal rule, probe the program's shapes in order (stopping as soon as a shape cannot hold an
 /// earlier match), and write the first match's verdict.
 fn evaluate_body(s: &mut InstructionSink<'_>, t: &Tables) {
     // END = IO_BASE + min(n as u32, MAX_BATCH) * RECORD_SIZE: a misbehaving host cannot make
@@ -265,8 +265,9 @@ fn key_word(s: &mut InstructionSink<'_>, rec: u32, i: usize, small: Option<(u32,
     }
 }
 
-/// Pushes the value the class table holds for the record's class: a program number when the
-/// programs are inlined, else the byte offset of its words. A handful of loads (see
+/// Sets BEST and ACT to the record's class's terminal rule and action, and pushes the class's
+/// program: a number when the programs are inlined, else the byte offset of its words. A
+/// handful of loads (see
 /// [`super::classes`]); every index is bounded by construction (u16 port ids, byte-sized
 /// protocol, version and state).
 fn class_value(s: &mut InstructionSink<'_>, t: &Tables) {
@@ -298,7 +299,17 @@ fn class_value(s: &mut InstructionSink<'_>, t: &Tables) {
         .i32_add();
     field(s, ev::REC, OFF_FLOW_STATE, false);
     s.i32_load8_u(mem(at(t.state_tab), 0)).i32_add();
-    s.i32_const(2).i32_shl().i32_load(mem(at(t.class_tab), 2));
+    // The class's entry: its terminal and that rule's action start the search as BEST and
+    // ACT; its program is left on the stack.
+    s.i32_const(CLASS_SIZE as i32)
+        .i32_mul()
+        .local_tee(ev::SA)
+        .i32_load(mem(at(t.class_tab) + 4, 2))
+        .local_set(ev::BEST);
+    s.local_get(ev::SA)
+        .i32_load(mem(at(t.class_tab) + 8, 2))
+        .local_set(ev::ACT);
+    s.local_get(ev::SA).i32_load(mem(at(t.class_tab), 2));
 }
 
 /// Inlined programs: `br_table` on the program number into one block of straight-line code
@@ -314,8 +325,6 @@ fn dispatch(s: &mut InstructionSink<'_>, t: &Tables, programs: &[Program]) {
     s.local_get(ev::T).br_table(targets, k.saturating_sub(1));
     for (i, p) in (0u32..).zip(programs) {
         s.end();
-        s.i32_const(p.terminal as i32).local_set(ev::BEST);
-        s.i32_const(p.terminal_action as i32).local_set(ev::ACT);
         for &(shape, min_id) in &p.steps {
             inline_step(s, t, shape, min_id);
         }
@@ -525,19 +534,9 @@ fn found(s: &mut InstructionSink<'_>, t: &Tables) {
 }
 
 /// Interpreted programs: the class value is the offset of the program's words from
-/// `programs`: the terminal and its action, then (shape address, lowest id) steps ending
-/// with a sentinel `(0, u32::MAX)`.
+/// `programs`: (shape address, bound) steps ending with a sentinel `(0, u32::MAX)`.
 fn interpret(s: &mut InstructionSink<'_>, t: &Tables) {
-    s.i32_const(t.programs as i32)
-        .i32_add()
-        .local_tee(ev::STEP)
-        .i32_load(mem(0, 2))
-        .local_set(ev::BEST);
-    s.local_get(ev::STEP).i32_load(mem(4, 2)).local_set(ev::ACT);
-    s.local_get(ev::STEP)
-        .i32_const(8)
-        .i32_add()
-        .local_set(ev::STEP);
+    s.i32_const(t.programs as i32).i32_add().local_set(ev::STEP);
     s.block(BlockType::Empty).loop_(BlockType::Empty);
     {
         // Ends at the sentinel step, whose lowest id is u32::MAX.

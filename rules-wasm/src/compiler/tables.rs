@@ -42,6 +42,9 @@ pub(crate) const SHAPE_SIZE: u32 = 64;
 /// Slots per hash bucket: four 32-bit tags (0 = empty) then their four entry indices, so one
 /// SIMD compare checks a whole bucket.
 pub(crate) const BUCKET_SLOTS: u32 = 4;
+/// Bytes per class-table entry: the program (its number, or its words' offset), the terminal
+/// rule id and that rule's action (the default's when the id is `u32::MAX`).
+pub(crate) const CLASS_SIZE: u32 = 12;
 /// Bytes per hash bucket.
 pub(crate) const BUCKET_SIZE: u32 = 32;
 /// Bytes per entry record (see [`entry`]).
@@ -405,7 +408,7 @@ pub(crate) struct Tables {
     pub ipv_tab: u32,
     /// State table: u8 per state byte.
     pub state_tab: u32,
-    /// Class table: u32 program offset per class.
+    /// Class table: per class, [`CLASS_SIZE`] bytes (program, terminal rule, its action).
     pub class_tab: u32,
     /// Programs (see [`super::classes::Classes::programs`]).
     pub programs: u32,
@@ -453,8 +456,10 @@ pub(crate) struct ShapeInfo {
 
 /// Programs are emitted as straight-line code (one block per program, constants for every
 /// shape) when there are at most this many of them and [`MAX_INLINE_STEPS`] steps in all:
-/// the usual case, since a Docker rule set has a few dozen. More, and the module interprets
-/// them from memory instead, so its code size stays bounded whatever the rule set.
+/// the usual case, since a Docker rule set has a few dozen (a host with fifty bridge networks
+/// and a thousand user rules: some sixty programs, 250 steps). More, and the module
+/// interprets them from memory instead, so its code size (and cranelift's time) stays
+/// bounded whatever the rule set.
 pub(crate) const MAX_INLINE_PROGRAMS: usize = 128;
 /// See [`MAX_INLINE_PROGRAMS`].
 pub(crate) const MAX_INLINE_STEPS: usize = 256;
@@ -625,25 +630,37 @@ pub(crate) fn build(
     default_action: u32,
 ) -> Option<Tables> {
     let mut level = max;
-    let (plan, (order, groups)) = loop {
+    let (plan, order, cls) = loop {
         let plan = Plan::new(rules, level);
-        let built = shapes_and_groups(rules, &plan)?;
-        if level == Classify::None || classes::fits(&plan, &built.1, &classes::BUDGET) {
-            break (plan, built);
+        let (order, groups) = shapes_and_groups(rules, &plan)?;
+        let budget = if level == Classify::None {
+            // One class: always within any budget.
+            classes::Budget {
+                pairs: u64::MAX,
+                classes: u64::MAX,
+                work: u64::MAX,
+            }
+        } else {
+            classes::BUDGET
+        };
+        if classes::fits(&plan, &groups, &budget)
+            && let Some(cls) = classes::build(&plan, groups, &budget)
+        {
+            break (plan, order, cls);
         }
         level = match level {
             Classify::Full => Classify::NoPorts,
             _ => Classify::None,
         };
     };
-    build_with(rules, &plan, order, groups, inline, k_words, default_action)
+    build_with(rules, &plan, order, cls, inline, k_words, default_action)
 }
 
 fn build_with(
     rules: &[Rule],
     plan: &Plan,
     order: Vec<ShapeBuild>,
-    groups: Groups,
+    cls: classes::Classes,
     inline: bool,
     k_words: [u64; 6],
     default_action: u32,
@@ -726,28 +743,30 @@ fn build_with(
         rule_record(r, &mut rule_bytes);
     }
 
-    let mut cls = classes::build(plan, groups);
-    for p in &mut cls.programs {
-        p.terminal_action = rules
-            .get(p.terminal as usize)
-            .map_or(default_action, action_of);
-    }
     let words = |v: &[u32]| -> Vec<u8> { v.iter().flat_map(|w| w.to_le_bytes()).collect() };
     let steps: usize = cls.programs.iter().map(|p| p.steps.len()).sum();
     let inline = inline && cls.programs.len() <= MAX_INLINE_PROGRAMS && steps <= MAX_INLINE_STEPS;
-    // Inlined programs are code, so the class table holds program numbers; otherwise it holds
-    // the byte offset of each program's words.
+    // Inlined programs are code, so a class names its program by number; otherwise by the
+    // byte offset of the program's words.
     let mut program_words: Vec<u32> = Vec::new();
-    let class_words: Vec<u32> = if inline {
-        cls.class.clone()
+    let program_value: Vec<u32> = if inline {
+        (0..cls.programs.len() as u32).collect()
     } else {
         let mut offsets = Vec::with_capacity(cls.programs.len());
         for p in &cls.programs {
             offsets.push(u32::try_from(program_words.len() * 4).ok()?);
             program_words.extend(p.words(shape_addr));
         }
-        cls.class.iter().map(|&p| offsets[p as usize]).collect()
+        offsets
     };
+    // Per class, [`CLASS_SIZE`] bytes: the program, the terminal rule and its action.
+    let mut class_words: Vec<u32> = Vec::with_capacity(cls.class.len() * 3);
+    for &(p, terminal) in &cls.class {
+        let action = rules
+            .get(terminal as usize)
+            .map_or(default_action, action_of);
+        class_words.extend([program_value[p as usize], terminal, action]);
+    }
 
     // Layout, each part 64-byte aligned after the shape records.
     let mut at = u64::from(SHAPES) + u64::from(n_shapes) * u64::from(SHAPE_SIZE);

@@ -39,8 +39,28 @@ pub enum ParseErrorKind {
     #[error("port match needs -p tcp or -p udp")]
     PortWithoutTcpUdp,
     /// A name that the resolver does not know.
-    #[error("unknown name: not a container, `docker0`, or an interface of the host")]
+    #[error(
+        "unknown name: not a container, a network, a bridge such as `docker0`, or an interface of the host"
+    )]
     UnknownName,
+    /// `network:NAME` naming no bridge network bridgewall follows (or, for `-s`/`-d`, one
+    /// whose subnets are not known).
+    #[error(
+        "unknown network: `network:NAME` needs the name of a bridge network bridgewall serves \
+         (as `docker network ls` shows it), with known subnets for -s/-d"
+    )]
+    UnknownNetwork,
+    /// A Docker network's name where an address is expected: its subnets are written
+    /// `network:NAME`, so that a container of the same name keeps its meaning.
+    #[error("this is a network, not a container: write `network:NAME` for its subnets")]
+    NetworkAsAddress,
+    /// `! -i NAME` / `! -o NAME` where NAME stands for several ports.
+    #[error(
+        "cannot negate a name that stands for several ports (a network, a container on \
+         several networks, a wildcard over several bridges): one negated rule cannot express it; \
+         match the ports you want with RETURN rules first"
+    )]
+    NegatedManyPorts,
     /// No `-j` on the line.
     #[error("missing -j (ACCEPT, DROP, REJECT, RETURN, LOG or a user chain)")]
     MissingTarget,

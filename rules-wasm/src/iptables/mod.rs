@@ -17,17 +17,22 @@
 //! # Grammar
 //! - Targets: `ACCEPT`, `DROP`, `REJECT [--reject-with KIND]`, `RETURN`, a user chain; a rule
 //!   without `-j` only counts in iptables and decides nothing here either.
-//! - `-s`/`-d`: addresses, CIDRs (`/len` or a contiguous dotted mask), container names, or
-//!   comma lists of them; `!` negates within the address's family.
+//! - `-s`/`-d`: addresses, CIDRs (`/len` or a contiguous dotted mask), container names (every
+//!   address the container has, on every network), `network:NAME` (a Docker network's
+//!   subnets), or comma lists of them; `!` negates within the address's family.
 //! - `-p` by name or number; `-m tcp|udp` `--sport/--dport` (ranges, service names),
 //!   `--syn`, `--tcp-flags MASK COMP`; `-m icmp --icmp-type`, `-m icmp6 --icmpv6-type` (names
 //!   and `TYPE[/CODE]`); `-m multiport --sports|--dports|--ports`; `-m iprange
 //!   --src-range|--dst-range`; `-m conntrack --ctstate`, `-m state --state` (NEW, ESTABLISHED,
 //!   RELATED, INVALID), `--ctorigdst`, `--ctorigdstport`, `--ctdir`; `-m comment --comment`;
 //!   `-m mac --mac-source` (a container's MAC); `-m set --match-set NAME FLAGS`.
-//! - `-i`/`-o`: a container, `docker0`, a dataplane port id, `+`, or a host interface
-//!   (`eth0`, `eth+`), which means "through the gateway, from (to) an address the host routes
-//!   through that interface" ([`Names::host_routes`]).
+//! - `-i`/`-o`: a dataplane port id, `+`, a container (its port on each of its networks), a
+//!   kernel bridge (`docker0`, `br-…`: that network's gateway port), a Docker network or
+//!   `network:NAME` (every container port of the network), a wildcard over bridges (`br-+`),
+//!   or a host interface (`eth0`, `eth+`), which means "through a gateway, from (to) an address
+//!   the host routes through that interface" ([`Names::host_routes`]; see
+//!   [`crate::docker`] for the details). A name standing for several ports makes one rule per
+//!   port, and cannot be negated.
 //! - Options may be written `--opt=value` and short options glued (`-ptcp`), as getopt allows.
 //!
 //! Reading is atomic: if any line is rejected, the rules are left exactly as they were, and
@@ -263,40 +268,17 @@ impl UserRules {
         Ok(())
     }
 
+    /// A rule line (`-N`, `-A`, `-I`, or a bare rule): the words a pasted line may start
+    /// with are set aside, the syntax read ([`line::parse`]), and the command applied.
     fn rule_line(
         &mut self,
-        mut toks: Vec<Token>,
+        toks: Vec<Token>,
         lineno: usize,
         names: &dyn Names,
         st: &mut SaveState,
     ) -> Result<(), ParseError> {
-        // `iptables-save -c` puts `[packets:bytes]` first.
-        if toks
-            .first()
-            .is_some_and(|t| t.text.starts_with('[') && t.text.ends_with(']'))
-        {
-            toks.remove(0);
-        }
-        let mut family = st.family.filter(|_| st.save_form);
-        let mut skip = 0;
-        if let Some(t) = toks.first() {
-            match t.text.as_str() {
-                "iptables" | "iptables-legacy" | "iptables-nft" => (family, skip) = (Some(4), 1),
-                "ip6tables" | "ip6tables-legacy" | "ip6tables-nft" => (family, skip) = (Some(6), 1),
-                _ => {}
-            }
-        }
-        let shown = toks
-            .iter()
-            .map(|t| {
-                if t.quoted || t.text.contains(char::is_whitespace) {
-                    format!("\"{}\"", t.text.replace('"', "\\\""))
-                } else {
-                    t.text.clone()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
+        let (toks, family, skip) = leading_words(toks, st);
+        let shown = shown(&toks);
         let toks = expand_glued(&toks[skip..]);
         if toks.is_empty() {
             return Ok(());
@@ -310,22 +292,8 @@ impl UserRules {
             e.pos += skip;
             e
         };
-        let cmd = line::parse(&line, family).map_err(shift)?;
-        match cmd {
-            Command::NewChain { name, at } => {
-                if !values::chain_name_ok(&name) || docker_owned(&name) || name == ROOT {
-                    return Err(shift(line.err(
-                        at + 1,
-                        ParseErrorKind::Unsupported(
-                            "this chain name (Docker's own, or not a valid name)",
-                        ),
-                    )));
-                }
-                if !self.program.new_chain(&name) && !st.save_form {
-                    return Err(shift(line.err(at + 1, ParseErrorKind::Duplicate)));
-                }
-                Ok(())
-            }
+        match line::parse(&line, family).map_err(shift)? {
+            Command::NewChain { name, at } => self.new_chain(&line, &name, at, st).map_err(shift),
             Command::Rule {
                 chain,
                 placement,
@@ -346,36 +314,9 @@ impl UserRules {
                         None => return Err(shift(line.err(*at, ParseErrorKind::UnknownChain))),
                     },
                 };
-                let mut warnings = Vec::new();
-                let cond = {
-                    let mut cx = resolve::Ctx {
-                        names,
-                        sets: &self.sets,
-                        warnings: &mut warnings,
-                    };
-                    resolve::condition(&line, &spec, &mut cx).map_err(shift)?
-                };
-                self.warnings.append(&mut warnings);
-                if spec.target.is_none() {
-                    self.warnings.push(Warning {
-                        line: lineno,
-                        message: "no -j: the rule decides nothing (iptables only counts it)".into(),
-                    });
-                }
-                let tpos = spec.target.as_ref().map_or(toks.len(), |t| t.vat);
-                let body = shown;
-                let stmt = Stmt {
-                    line: lineno,
-                    tpos: tpos + skip,
-                    ttext: toks.get(tpos).map_or_else(String::new, |t| t.text.clone()),
-                    cond,
-                    limit: spec.limit.map(|(_, rate, burst)| (rate, burst)),
-                    target: spec.target.map(|t| t.v),
-                    origin: match &spec.comment {
-                        Some(c) => format!("{c} ({body})"),
-                        None => body,
-                    },
-                };
+                let stmt = self
+                    .statement(&line, *spec, names, shown, skip)
+                    .map_err(shift)?;
                 self.program
                     .place(&target_chain, placement, stmt)
                     .map_err(|max| {
@@ -386,6 +327,70 @@ impl UserRules {
                     })
             }
         }
+    }
+
+    /// `-N NAME`: a user chain (declared twice only in `iptables-save` output).
+    fn new_chain(
+        &mut self,
+        line: &Line<'_>,
+        name: &str,
+        at: usize,
+        st: &SaveState,
+    ) -> Result<(), ParseError> {
+        if !values::chain_name_ok(name) || docker_owned(name) || name == ROOT {
+            return Err(line.err(
+                at + 1,
+                ParseErrorKind::Unsupported("this chain name (Docker's own, or not a valid name)"),
+            ));
+        }
+        if !self.program.new_chain(name) && !st.save_form {
+            return Err(line.err(at + 1, ParseErrorKind::Duplicate));
+        }
+        Ok(())
+    }
+
+    /// A rule's statement: its options resolved into a condition (the expansion phase,
+    /// [`resolve`]), its target, and the text it was written as.
+    fn statement(
+        &mut self,
+        line: &Line<'_>,
+        spec: line::Spec,
+        names: &dyn Names,
+        shown: String,
+        skip: usize,
+    ) -> Result<Stmt, ParseError> {
+        let mut warnings = Vec::new();
+        let cond = {
+            let mut cx = resolve::Ctx {
+                names,
+                sets: &self.sets,
+                warnings: &mut warnings,
+            };
+            resolve::condition(line, &spec, &mut cx)?
+        };
+        self.warnings.append(&mut warnings);
+        if spec.target.is_none() {
+            self.warnings.push(Warning {
+                line: line.lineno,
+                message: "no -j: the rule decides nothing (iptables only counts it)".into(),
+            });
+        }
+        let tpos = spec.target.as_ref().map_or(line.toks.len(), |t| t.vat);
+        Ok(Stmt {
+            line: line.lineno,
+            tpos: tpos + skip,
+            ttext: line
+                .toks
+                .get(tpos)
+                .map_or_else(String::new, |t| t.text.clone()),
+            cond,
+            limit: spec.limit.map(|(_, rate, burst)| (rate, burst)),
+            target: spec.target.map(|t| t.v),
+            origin: match &spec.comment {
+                Some(c) => format!("{c} ({shown})"),
+                None => shown,
+            },
+        })
     }
 
     /// The chain a rule for `name` goes to: `Some(Some(chain))`, `Some(None)` when the rule is
@@ -414,6 +419,42 @@ fn docker_owned(name: &str) -> bool {
         name,
         "FORWARD" | "INPUT" | "OUTPUT" | "DOCKER" | "DOCKER-INGRESS"
     ) || name.starts_with("DOCKER-ISOLATION")
+}
+
+/// The words a line may start with that are not options: `iptables-save -c`'s
+/// `[packets:bytes]` (dropped) and a leading `iptables`/`ip6tables` (kept, but to be skipped:
+/// its count is returned, with the family it means).
+fn leading_words(mut toks: Vec<Token>, st: &SaveState) -> (Vec<Token>, Option<u8>, usize) {
+    if toks
+        .first()
+        .is_some_and(|t| t.text.starts_with('[') && t.text.ends_with(']'))
+    {
+        toks.remove(0);
+    }
+    let mut family = st.family.filter(|_| st.save_form);
+    let mut skip = 0;
+    if let Some(t) = toks.first() {
+        match t.text.as_str() {
+            "iptables" | "iptables-legacy" | "iptables-nft" => (family, skip) = (Some(4), 1),
+            "ip6tables" | "ip6tables-legacy" | "ip6tables-nft" => (family, skip) = (Some(6), 1),
+            _ => {}
+        }
+    }
+    (toks, family, skip)
+}
+
+/// The line as the user wrote it (quoting what needs it): a rule's origin.
+fn shown(toks: &[Token]) -> String {
+    toks.iter()
+        .map(|t| {
+            if t.quoted || t.text.contains(char::is_whitespace) {
+                format!("\"{}\"", t.text.replace('"', "\\\""))
+            } else {
+                t.text.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// getopt's spellings, unfolded: `--opt=value` → `--opt value`, and a short option with its

@@ -5,9 +5,12 @@ use std::net::IpAddr;
 
 use bollard::models::{ContainerInspectResponse, NetworkInspect, PortMap};
 use rules_wasm::docker::{LinkSpec, PortProto, Published};
+use rules_wasm::model::Cidr;
 
 /// Docker's network option holding the kernel bridge's name.
 pub const OPT_BRIDGE_NAME: &str = "com.docker.network.bridge.name";
+/// Docker's network option marking the default network (`docker0`).
+pub const OPT_DEFAULT_BRIDGE: &str = "com.docker.network.bridge.default_bridge";
 /// Docker's network option holding inter-container communication (`"true"`/`"false"`).
 pub const OPT_ENABLE_ICC: &str = "com.docker.network.bridge.enable_icc";
 
@@ -40,6 +43,15 @@ pub struct NetworkFacts {
     pub icc: bool,
     /// The bridge's own addresses (IPAM gateways).
     pub gateways: Vec<IpAddr>,
+    /// The network's driver (`bridge`; only those are followed).
+    pub driver: String,
+    /// `--internal`: no way in or out of the subnets.
+    pub internal: bool,
+    /// Docker's default network (`com.docker.network.bridge.default_bridge`): the only one
+    /// where legacy links exist.
+    pub default_bridge: bool,
+    /// The IPAM subnets (IPv4, and IPv6 where enabled).
+    pub subnets: Vec<Cidr>,
 }
 
 /// One container as inspected, before its host-side veth is found.
@@ -90,7 +102,16 @@ pub fn parse_network(net: &NetworkInspect) -> Result<NetworkFacts, ParseError> {
         })?,
     };
     let mut gateways = Vec::new();
+    let mut subnets = Vec::new();
     for cfg in net.ipam.iter().flat_map(|i| i.config.iter().flatten()) {
+        if let Some(sub) = cfg.subnet.as_deref().filter(|s| !s.is_empty()) {
+            subnets.push(parse_cidr(sub).ok_or_else(|| {
+                err(
+                    "IPAM.Config.Subnet",
+                    format!("{sub:?} is not an address/prefix"),
+                )
+            })?);
+        }
         if let Some(gw) = cfg.gateway.as_deref().filter(|g| !g.is_empty()) {
             // Some engines write the gateway with a prefix length.
             let addr = gw.split('/').next().unwrap_or(gw);
@@ -100,13 +121,27 @@ pub fn parse_network(net: &NetworkInspect) -> Result<NetworkFacts, ParseError> {
             gateways.push(ip);
         }
     }
+    let default_bridge = options
+        .get(OPT_DEFAULT_BRIDGE)
+        .and_then(|v| parse_bool(v))
+        .unwrap_or(false);
     Ok(NetworkFacts {
         id,
         name,
         bridge,
         icc,
         gateways,
+        driver: net.driver.clone().unwrap_or_default(),
+        internal: net.internal.unwrap_or(false),
+        default_bridge,
+        subnets,
     })
+}
+
+/// Parses `172.18.0.0/16` or `fd00::/64`.
+fn parse_cidr(s: &str) -> Option<Cidr> {
+    let (addr, len) = s.split_once('/')?;
+    Cidr::new(addr.parse().ok()?, len.parse().ok()?)
 }
 
 fn parse_bool(v: &str) -> Option<bool> {

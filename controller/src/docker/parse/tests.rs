@@ -236,6 +236,37 @@ fn default_bridge_network_options() {
 }
 
 #[test]
+fn user_defined_network_facts() {
+    // A Compose-style network: no bridge-name option, an IPv6 subnet beside the IPv4 one,
+    // --internal, not the default bridge.
+    let user = DEFAULT_BRIDGE
+        .replace("\"Name\": \"bridge\"", "\"Name\": \"myapp_default\"")
+        .replace("com.docker.network.bridge.name", "y")
+        .replace("com.docker.network.bridge.default_bridge", "z")
+        .replace("\"Internal\": false", "\"Internal\": true")
+        .replace(
+            r#"[{"Subnet": "172.17.0.0/16", "Gateway": "172.17.0.1"}]"#,
+            r#"[{"Subnet": "172.20.0.0/16", "Gateway": "172.20.0.1"},
+                {"Subnet": "fd00:20::/64", "Gateway": "fd00:20::1"}]"#,
+        );
+    let f = parse_network(&serde_json::from_str(&user).unwrap()).unwrap();
+    assert_eq!(f.name, "myapp_default");
+    assert_eq!(f.bridge, "br-5e1d6c0f0a2b");
+    assert_eq!(f.driver, "bridge");
+    assert!(f.internal && !f.default_bridge);
+    let subnets: Vec<String> = f.subnets.iter().map(|c| c.to_string()).collect();
+    assert_eq!(subnets, vec!["172.20.0.0/16", "fd00:20::/64"]);
+    assert_eq!(f.gateways.len(), 2);
+
+    let f = parse_network(&serde_json::from_str(DEFAULT_BRIDGE).unwrap()).unwrap();
+    assert!(f.default_bridge && !f.internal);
+
+    let bad = DEFAULT_BRIDGE.replace("172.17.0.0/16", "172.17.0.0/99");
+    let e = parse_network(&serde_json::from_str(&bad).unwrap()).unwrap_err();
+    assert_eq!(e.field, "IPAM.Config.Subnet");
+}
+
+#[test]
 fn small_parsers() {
     assert_eq!(
         parse_port_proto("8080"),
