@@ -2,7 +2,8 @@
 //! the checks that make a spec the builder can trust.
 //!
 //! Properties, beyond "never panics": a spec that is accepted keeps what the checks promise —
-//! a 1–15-byte bridge name, the gateway and every container inside the subnet, names used
+//! 1–15-byte bridge names, gateways and every container interface inside its network's
+//! subnet, names used
 //! once, addresses taken once, host ports published once, links to other containers, and
 //! steps from known names.
 use std::collections::BTreeSet;
@@ -20,17 +21,26 @@ pub fn run(data: &[u8]) {
             return;
         }
     };
-    let b = &spec.bridge;
-    assert!((1..=15).contains(&b.name.len()), "bridge name {:?}", b.name);
-    assert!(b.prefix <= 32);
-    assert!(in_subnet(b.gateway, b.subnet, b.prefix), "gateway outside");
+    let mut ips = BTreeSet::new();
+    for n in &spec.networks {
+        assert!((1..=15).contains(&n.bridge.len()), "bridge name {:?}", n.bridge);
+        assert!(n.contains(n.gateway), "gateway outside");
+        assert!(ips.insert(n.gateway), "gateway {} twice", n.gateway);
+    }
     let mut names = BTreeSet::new();
-    let mut ips = BTreeSet::from([b.gateway]);
     let mut host_ports = BTreeSet::new();
     for c in &spec.containers {
         assert!(names.insert(c.name.as_str()), "name {:?} twice", c.name);
-        assert!(ips.insert(c.ip), "address {} twice", c.ip);
-        assert!(in_subnet(c.ip, b.subnet, b.prefix), "{} outside", c.ip);
+        assert!(!c.interfaces.is_empty(), "{} on no network", c.name);
+        for i in &c.interfaces {
+            assert!(ips.insert(i.ip), "address {} twice", i.ip);
+            assert!(
+                spec.network(&i.network).is_some_and(|n| n.contains(i.ip)),
+                "{} outside {}",
+                i.ip,
+                i.network
+            );
+        }
         assert!(valid_name(&c.name), "container name {:?}", c.name);
         for p in &c.published {
             assert!(host_ports.insert(p.host_port), "host port twice");
