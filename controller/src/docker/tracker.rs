@@ -406,14 +406,17 @@ impl Tracker {
         started: Option<Option<SystemTime>>,
         received: Instant,
     ) -> Result<(), DockerError> {
-        let Some(nets) = self.nets.clone() else {
+        if self.nets.is_none() {
             return Ok(());
-        };
+        }
         let Some(resp) = read::inspect_container(engine, container_id).await? else {
             return Ok(());
         };
         let bridge_ns = self.bridge_ns_ref()?.clone();
-        let placed = read::place(&resp, &nets, &bridge_ns, &mut self.ports).await?;
+        let Some(nets) = self.nets.as_ref() else {
+            return Ok(());
+        };
+        let placed = read::place(&resp, nets, &bridge_ns, &mut self.ports).await?;
         let mut changed = false;
         let mut name = None;
         for (net_id, tracked) in placed {

@@ -47,9 +47,13 @@ pub fn plan(
     held: &BTreeSet<String>,
     new: &HostState,
 ) -> Plan {
+    let wanted_ifaces: BTreeMap<&str, &Attachment> = new
+        .attachments()
+        .map(|a| (a.host_ifname.as_str(), a))
+        .collect();
     let detach: Vec<Attachment> = attached
         .values()
-        .filter(|a| new.attachment_of(&a.host_ifname) != Some(*a))
+        .filter(|a| wanted_ifaces.get(a.host_ifname.as_str()) != Some(a))
         .cloned()
         .collect();
     let wanted: BTreeSet<&str> = new.networks.iter().map(|n| n.bridge()).collect();

@@ -322,23 +322,21 @@ fn rate_median(
     quiet: bool,
     f: &dyn Fn(&crate::bench::report::RateSample) -> f64,
 ) -> f64 {
-    let v: Vec<f64> = r
-        .rate
-        .iter()
-        .filter(|x| {
-            // Quiet: bridgewall's quiet samples at any rule count (its per-packet path does
-            // not depend on the rules: a verdict is cached per flow); the kernel paths run in
-            // softirq and are taken as they are.
-            let quiet_bw = quiet && path == "bridgewall";
+    // Quiet: bridgewall's quiet samples at any rule count (its per-packet path does not
+    // depend on the rules: a verdict is cached per flow); the kernel paths run in softirq
+    // and are taken as they are.
+    let quiet_bw = quiet && path == "bridgewall";
+    median_of(
+        &r.rate,
+        |x| {
             x.path == path
                 && (x.rules == rules || path == "bridge" || quiet_bw)
                 && x.size == size
                 && x.flows == flows
                 && (!quiet_bw || x.other_cores < QUIET_OTHER_CORES)
-        })
-        .map(f)
-        .collect();
-    summary(&v).0
+        },
+        f,
+    )
 }
 
 /// The targets, computed from the samples (all, and quiet ones only).
@@ -417,19 +415,16 @@ fn targets(s: &mut String, r: &Report) {
             }
         };
         let quiet_at = |n: usize| {
-            summary(
-                &r.rate
-                    .iter()
-                    .filter(|x| {
-                        x.path == "bridgewall"
-                            && x.rules == n
-                            && x.size == size
-                            && x.other_cores < QUIET_OTHER_CORES
-                    })
-                    .map(|x| x.pps)
-                    .collect::<Vec<_>>(),
+            median_of(
+                &r.rate,
+                |x| {
+                    x.path == "bridgewall"
+                        && x.rules == n
+                        && x.size == size
+                        && x.other_cores < QUIET_OTHER_CORES
+                },
+                |x| x.pps,
             )
-            .0
         };
         let (q10, q10k) = (quiet_at(lo), quiet_at(hi));
         let quiet_cell = if q10.is_finite() && q10k.is_finite() && q10 > 0.0 {
@@ -467,16 +462,7 @@ fn targets(s: &mut String, r: &Report) {
         best(false),
         best(true)
     );
-    let lat = |p: &str| {
-        summary(
-            &r.latency
-                .iter()
-                .filter(|x| x.path == p)
-                .map(|x| x.p99_us)
-                .collect::<Vec<_>>(),
-        )
-        .0
-    };
+    let lat = |p: &str| median_of(&r.latency, |x| x.path == p, |x| x.p99_us);
     if !r.latency.is_empty() {
         let _ = writeln!(
             s,
@@ -485,16 +471,7 @@ fn targets(s: &mut String, r: &Report) {
             lat("bridge")
         );
     }
-    let tcp = |p: &str| {
-        summary(
-            &r.tcp
-                .iter()
-                .filter(|x| x.path == p)
-                .map(|x| x.gbps)
-                .collect::<Vec<_>>(),
-        )
-        .0
-    };
+    let tcp = |p: &str| median_of(&r.tcp, |x| x.path == p, |x| x.gbps);
     if !r.tcp.is_empty() {
         let (a, b) = (tcp("bridgewall"), tcp("bridge"));
         let _ = writeln!(
@@ -503,16 +480,7 @@ fn targets(s: &mut String, r: &Report) {
             100.0 * a / b
         );
     }
-    let nf = |p: &str| {
-        summary(
-            &r.new_flows
-                .iter()
-                .filter(|x| x.path == p)
-                .map(|x| x.tcp_per_s)
-                .collect::<Vec<_>>(),
-        )
-        .0
-    };
+    let nf = |p: &str| median_of(&r.new_flows, |x| x.path == p, |x| x.tcp_per_s);
     if !r.new_flows.is_empty() {
         let _ = writeln!(
             s,
@@ -521,4 +489,10 @@ fn targets(s: &mut String, r: &Report) {
             nf("docker-nft")
         );
     }
+}
+
+/// The median of `value` over the samples `keep` selects (NaN when none).
+fn median_of<T>(samples: &[T], keep: impl Fn(&T) -> bool, value: impl Fn(&T) -> f64) -> f64 {
+    let v: Vec<f64> = samples.iter().filter(|x| keep(x)).map(value).collect();
+    summary(&v).0
 }
