@@ -15,8 +15,8 @@ use crate::commands::live;
 use crate::docker::{DockerError, EngineAddress, TrackerConfig, connect, read_state};
 use crate::lab::LabSpec;
 use crate::netlink::{NetlinkError, Netns, ip_forward_enabled, is_root};
-use crate::runtime::RuntimeOptions;
 use crate::runtime::policy::{UserModules, UserRules};
+use crate::runtime::{Datapath, RuntimeOptions};
 
 /// Where live rule edits are kept when `run` is given no `--rules` file.
 pub const DEFAULT_RULES_FILE: &str = "/var/lib/bridgewall/user.rules";
@@ -261,6 +261,11 @@ struct DataplaneArgs {
     /// but everything is forwarded (try a policy before enforcing it).
     #[arg(long)]
     audit: bool,
+    /// Where packets are switched: `afxdp`, every packet through the userspace loop;
+    /// `tiered`, admitted flows forwarded in the kernel (tc/TCX, keeping TSO) and only new
+    /// flows and everything unusual through the userspace loop.
+    #[arg(long, value_enum, default_value_t = Datapath::Afxdp)]
+    datapath: Datapath,
 }
 
 #[derive(clap::Args, Debug)]
@@ -691,6 +696,7 @@ fn runtime_options(args: &DataplaneArgs, rules: UserRules) -> anyhow::Result<Run
         o.user_modules.add_file(m, true)?;
     }
     o.audit = args.audit;
+    o.datapath = args.datapath;
     if args.max_containers == 0 || args.max_containers > usize::from(u16::MAX) {
         bail!(
             "--max-containers {} is out of range (1..=65535)",
@@ -804,6 +810,12 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     }
     for bridge in bridges {
         restore_one(&netns, &bridge, &args.state_dir)?;
+    }
+    // A tiered datapath killed before it could clean up leaves its upcall veth pair.
+    let stale = crate::runtime::tiered::remove_stale_upcalls(&netns)
+        .context("removing the tiered datapath's leftover upcall veths")?;
+    if stale > 0 {
+        println!("leftover upcall veth pairs removed: {stale}");
     }
     Ok(())
 }

@@ -129,6 +129,9 @@ pub struct MetricsInput {
     pub verdict_events: VerdictEventMetrics,
     /// Whether audit mode is on, denials only logged (`bridgewall_audit_mode`, 0 or 1).
     pub audit_mode: bool,
+    /// The tiered datapath's upcalls, kernel entries and kernel-forwarded traffic
+    /// (`bridgewall_offload_*`; zeros in the AF_XDP datapath).
+    pub offload: crate::control::api::OffloadStats,
 }
 
 /// One container's numbers. Traffic is counted on the container's port as the dataplane
@@ -650,6 +653,56 @@ fn registry(input: &MetricsInput) -> Registry {
         ConstCounter::new(flows.expirations),
     );
 
+    let o = &input.offload;
+    for (name, help, v) in [
+        (
+            "offload_upcalls",
+            "Frames the tiered datapath's kernel program upcalled to the engine",
+            o.upcalls,
+        ),
+        (
+            "offload_flows_installed",
+            "Flows given kernel entries by the tiered datapath",
+            o.installed,
+        ),
+        (
+            "offload_requests_refused",
+            "Kernel flow-table requests refused because the table was full",
+            o.refused_full,
+        ),
+        (
+            "offload_requests_failed",
+            "Kernel flow-table requests that failed otherwise",
+            o.failed,
+        ),
+        (
+            "offload_kernel_forwarded_packets",
+            "Packets the kernel forwarded for offloaded flows (GSO segments counted)",
+            o.kernel_forwarded,
+        ),
+        (
+            "offload_kernel_forwarded_bytes",
+            "Bytes the kernel forwarded for offloaded flows",
+            o.kernel_forwarded_bytes,
+        ),
+        (
+            "offload_kernel_dropped_packets",
+            "Packets the kernel dropped for denied flows",
+            o.kernel_dropped,
+        ),
+    ] {
+        r.register(name, help, ConstCounter::new(v));
+    }
+    r.register(
+        "offload_kernel_upcalls",
+        "Frames the kernel program upcalled, by reason",
+        counters(
+            o.kernel_upcalls
+                .iter()
+                .map(|(reason, n)| (vec![("reason", reason.clone())], *n)),
+        ),
+    );
+
     r.register_with_unit(
         "policy_evaluation_duration",
         "Time one policy evaluation takes",
@@ -851,6 +904,7 @@ mod tests {
                 lost: 13,
             },
             audit_mode: true,
+            offload: crate::control::api::OffloadStats::default(),
         }
     }
 

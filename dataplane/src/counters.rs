@@ -290,6 +290,128 @@ impl PortCounters {
     }
 }
 
+/// The tiered datapath's activity (see [`crate::offload`]): what crossed the upcall port,
+/// what the kernel flow cache was asked for, and what it forwarded or dropped itself (read
+/// back at each sync).
+#[derive(Debug, Default)]
+pub struct OffloadCounters {
+    /// Frames received on the upcall port.
+    pub upcalls: Counter,
+    /// Of those, frames without a valid tag (dropped).
+    pub upcalls_untagged: Counter,
+    /// Flows given kernel entries (both directions).
+    pub installed: Counter,
+    /// Requests the kernel carried out.
+    pub applied: Counter,
+    /// Requests refused because the kernel's flow map was full (the flow stays in userspace).
+    pub refused_full: Counter,
+    /// Requests that failed otherwise.
+    pub failed: Counter,
+    /// Kernel entries removed at a sync because the engine no longer owned them.
+    pub reconciled: Counter,
+    /// Packets the kernel forwarded for offloaded flows.
+    pub kernel_forwarded: Counter,
+    /// Their bytes.
+    pub kernel_forwarded_bytes: Counter,
+    /// Packets the kernel dropped by drop entries (denied flows).
+    pub kernel_dropped: Counter,
+    /// The kernel program's own counters at the last sync (gauges of its running totals).
+    pub kernel: KernelPathCounters,
+}
+
+/// [`crate::offload::KernelPathStats`] as the worker last read them.
+#[derive(Debug, Default)]
+pub struct KernelPathCounters {
+    /// See [`crate::offload::KernelPathStats::upcall_miss`].
+    pub upcall_miss: Counter,
+    /// See [`crate::offload::KernelPathStats::upcall_unparsed`].
+    pub upcall_unparsed: Counter,
+    /// See [`crate::offload::KernelPathStats::upcall_flags`].
+    pub upcall_flags: Counter,
+    /// See [`crate::offload::KernelPathStats::upcall_stale`].
+    pub upcall_stale: Counter,
+    /// See [`crate::offload::KernelPathStats::upcall_truncated`].
+    pub upcall_truncated: Counter,
+    /// See [`crate::offload::KernelPathStats::upcall_failed`].
+    pub upcall_failed: Counter,
+    /// See [`crate::offload::KernelPathStats::redirect_failed`].
+    pub redirect_failed: Counter,
+    /// See [`crate::offload::KernelPathStats::unknown_port`].
+    pub unknown_port: Counter,
+}
+
+impl KernelPathCounters {
+    /// Stores the kernel program's counters read at a sync.
+    pub fn store(&self, s: &crate::offload::KernelPathStats) {
+        self.upcall_miss.set(s.upcall_miss);
+        self.upcall_unparsed.set(s.upcall_unparsed);
+        self.upcall_flags.set(s.upcall_flags);
+        self.upcall_stale.set(s.upcall_stale);
+        self.upcall_truncated.set(s.upcall_truncated);
+        self.upcall_failed.set(s.upcall_failed);
+        self.redirect_failed.set(s.redirect_failed);
+        self.unknown_port.set(s.unknown_port);
+    }
+
+    fn snapshot(&self) -> crate::offload::KernelPathStats {
+        crate::offload::KernelPathStats {
+            upcall_miss: self.upcall_miss.get(),
+            upcall_unparsed: self.upcall_unparsed.get(),
+            upcall_flags: self.upcall_flags.get(),
+            upcall_stale: self.upcall_stale.get(),
+            upcall_truncated: self.upcall_truncated.get(),
+            upcall_failed: self.upcall_failed.get(),
+            redirect_failed: self.redirect_failed.get(),
+            unknown_port: self.unknown_port.get(),
+        }
+    }
+}
+
+/// [`OffloadCounters`] at snapshot time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct OffloadSnapshot {
+    /// See [`OffloadCounters::upcalls`].
+    pub upcalls: u64,
+    /// See [`OffloadCounters::upcalls_untagged`].
+    pub upcalls_untagged: u64,
+    /// See [`OffloadCounters::installed`].
+    pub installed: u64,
+    /// See [`OffloadCounters::applied`].
+    pub applied: u64,
+    /// See [`OffloadCounters::refused_full`].
+    pub refused_full: u64,
+    /// See [`OffloadCounters::failed`].
+    pub failed: u64,
+    /// See [`OffloadCounters::reconciled`].
+    pub reconciled: u64,
+    /// See [`OffloadCounters::kernel_forwarded`].
+    pub kernel_forwarded: u64,
+    /// See [`OffloadCounters::kernel_forwarded_bytes`].
+    pub kernel_forwarded_bytes: u64,
+    /// See [`OffloadCounters::kernel_dropped`].
+    pub kernel_dropped: u64,
+    /// See [`OffloadCounters::kernel`].
+    pub kernel: crate::offload::KernelPathStats,
+}
+
+impl OffloadCounters {
+    fn snapshot(&self) -> OffloadSnapshot {
+        OffloadSnapshot {
+            upcalls: self.upcalls.get(),
+            upcalls_untagged: self.upcalls_untagged.get(),
+            installed: self.installed.get(),
+            applied: self.applied.get(),
+            refused_full: self.refused_full.get(),
+            failed: self.failed.get(),
+            reconciled: self.reconciled.get(),
+            kernel_forwarded: self.kernel_forwarded.get(),
+            kernel_forwarded_bytes: self.kernel_forwarded_bytes.get(),
+            kernel_dropped: self.kernel_dropped.get(),
+            kernel: self.kernel.snapshot(),
+        }
+    }
+}
+
 /// Flow-table activity.
 #[derive(Debug, Default)]
 pub struct FlowCounters {
@@ -412,6 +534,8 @@ pub struct Counters {
     rule_traffic: Box<[Counter]>,
     /// Flow-table activity.
     pub flows: FlowCounters,
+    /// Tiered-datapath activity.
+    pub offload: OffloadCounters,
     /// Policy-stage activity.
     pub policy: PolicyCounters,
     /// Frames forwarded without a policy decision because they are ARP, IPv6 neighbour
@@ -464,6 +588,7 @@ impl Counters {
             rule_default: Counter::default(),
             rule_overflow: Counter::default(),
             flows: FlowCounters::default(),
+            offload: OffloadCounters::default(),
             policy: PolicyCounters::default(),
             switched_without_policy: Counter::default(),
             flood_copies: Counter::default(),
@@ -500,6 +625,16 @@ impl Counters {
         self.drops[reason.index()].add(1);
     }
 
+    /// Counts `n` frames that came in on `port` and were dropped for `reason` elsewhere (by
+    /// the kernel fast path's drop entries), as [`Counters::count_drop_at`] does one.
+    #[inline]
+    pub fn count_drops_at(&self, reason: DropReason, port: PortId, n: u64) {
+        self.drops[reason.index()].add(n);
+        if let Some(p) = self.port(port) {
+            p.drops[reason.index()].add(n);
+        }
+    }
+
     /// Counts one dropped frame that came in on `port`: in the totals and in the port's
     /// counters (a port out of range counts in the totals only).
     #[inline]
@@ -524,6 +659,15 @@ impl Counters {
     /// Decisions made by rule `rule`; ids ≥ [`RULE_SLOTS`] share one overflow bucket.
     pub fn rule_hits(&self, rule: u32) -> u64 {
         self.rule_counter(rule).get()
+    }
+
+    /// Counts `packets` packets of `bytes` bytes in all that got rule `rule`'s verdict (the
+    /// kernel fast path forwarded them by their flow's entry).
+    #[inline]
+    pub fn rule_traffic_n(&self, rule: u32, packets: u64, bytes: u64) {
+        let slot = traffic_slot(rule);
+        self.rule_traffic[2 * slot].add(packets);
+        self.rule_traffic[2 * slot + 1].add(bytes);
     }
 
     /// Counts one packet of `bytes` that got rule `rule`'s verdict: the first of its flow,
@@ -574,6 +718,7 @@ impl Counters {
                 .filter(|(_, c)| c[0].get() != 0)
                 .map(|(i, c)| (slot_rule(i), c[0].get(), c[1].get()))
                 .collect(),
+            offload: self.offload.snapshot(),
             flows: FlowSnapshot {
                 entries: self.flows.entries.get(),
                 hits: self.flows.hits.get(),
@@ -727,6 +872,8 @@ pub struct Snapshot {
     pub rule_traffic: Vec<(u32, u64, u64)>,
     /// Flow-table activity.
     pub flows: FlowSnapshot,
+    /// Tiered-datapath activity.
+    pub offload: OffloadSnapshot,
     /// `Policy::decide` calls.
     pub policy_batches: u64,
     /// Records decided.

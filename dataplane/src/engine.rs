@@ -52,6 +52,9 @@ use crate::switch::{Egress, Switch, SwitchError};
 use crate::wire::{self, Fragment, L3, Malformed, Parsed, Tuple};
 use rules_wasm::abi::{PORT_FLOOD, addr_bytes, proto};
 use std::marker::PhantomData;
+mod tiered;
+
+use crate::offload::PortRole;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -371,6 +374,8 @@ pub struct Engine<M: FrameMemory> {
     audit: Arc<AtomicBool>,
     /// Audit mode for the batch being processed.
     audit_now: bool,
+    /// What each port is to the tiered datapath (indexed by port id).
+    roles: Box<[PortRole]>,
     _memory: PhantomData<fn(&mut M)>,
 }
 
@@ -440,6 +445,7 @@ impl<M: FrameMemory> Engine<M> {
             events: EventProducer::new(EVENT_RING_CAPACITY),
             audit: Arc::new(AtomicBool::new(config.audit)),
             audit_now: config.audit,
+            roles: vec![PortRole::Plain; max].into_boxed_slice(),
             config,
             _memory: PhantomData,
         }
@@ -507,6 +513,9 @@ impl<M: FrameMemory> Engine<M> {
             *gw = None;
         }
         self.ip_owner.retain(|_, owner| *owner != id);
+        if let Some(role) = self.roles.get_mut(idx) {
+            *role = PortRole::Plain;
+        }
         let (frags, free, counters) = (&mut self.frags, &mut self.free, &self.counters);
         frags.remove_port(id, |d, port| {
             counters.count_drop_at(DropReason::FragmentOrphan, port);
@@ -629,6 +638,10 @@ impl<M: FrameMemory> Engine<M> {
     /// for transmit or returned to the free list.
     pub fn process(&mut self, now: u64, in_port: PortId, mem: &mut M, rx: &mut DescBatch) {
         let idx = usize::from(in_port);
+        if self.roles.get(idx) == Some(&PortRole::Upcall) {
+            self.process_upcalls(now, mem, rx);
+            return;
+        }
         let Some((complete, guard, net)) = self
             .ports
             .get(idx)
@@ -778,6 +791,7 @@ impl<M: FrameMemory> Engine<M> {
                 self.drop_frame(d, reason, in_port);
             } else if accept {
                 self.forward(mem, in_port, d, &parsed, egress, complete);
+                self.maybe_offload(slot);
             } else {
                 let entry = *self.flows.entry(slot);
                 self.deny_cached(mem, in_port, d, &parsed, &entry, now);
@@ -805,7 +819,11 @@ impl<M: FrameMemory> Engine<M> {
     #[inline(always)]
     fn begin_batch(&mut self) {
         self.events.begin();
-        self.audit_now = self.audit.load(Relaxed);
+        let audit = self.audit.load(Relaxed);
+        if audit != self.audit_now && self.flows.offload_log().enabled() {
+            self.audit_flipped();
+        }
+        self.audit_now = audit;
     }
 
     /// Whether a packet of a cached flow must go back to the policy because audit mode
@@ -1359,6 +1377,11 @@ impl<M: FrameMemory> Engine<M> {
             return false;
         };
         self.flows.mark_audited(slot, r.audited);
+        if r.admit {
+            self.maybe_offload(slot);
+        } else {
+            self.offload_denial(slot, p, r, in_port);
+        }
         true
     }
 

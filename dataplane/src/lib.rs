@@ -18,6 +18,7 @@ pub mod events;
 pub mod flow;
 pub mod frag;
 pub mod phy;
+pub mod offload;
 pub mod policy;
 pub mod reject;
 #[cfg(feature = "testing")]

@@ -187,6 +187,41 @@ pub struct StatsReply {
     pub docker_sync: Option<(u64, f64, f64)>,
     /// The user's modules.
     pub modules: Vec<PolicyInfo>,
+    /// The datapath: `afxdp` or `tiered`.
+    #[serde(default)]
+    pub datapath: String,
+    /// The tiered datapath's activity (zeros in the AF_XDP datapath).
+    #[serde(default)]
+    pub offload: OffloadStats,
+}
+
+/// The tiered datapath: upcalls, kernel flow entries, what the kernel forwarded itself
+/// (summed over workers).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffloadStats {
+    /// Frames upcalled to the engine.
+    pub upcalls: u64,
+    /// Flows given kernel entries.
+    pub installed: u64,
+    /// Kernel flow-table requests carried out.
+    pub applied: u64,
+    /// Requests refused because the kernel flow table was full.
+    pub refused_full: u64,
+    /// Requests that failed otherwise.
+    pub failed: u64,
+    /// Kernel entries removed because the engine no longer owned them.
+    pub reconciled: u64,
+    /// Packets the kernel forwarded (GSO segments counted).
+    pub kernel_forwarded: u64,
+    /// Their bytes.
+    pub kernel_forwarded_bytes: u64,
+    /// Packets the kernel dropped for denied flows.
+    pub kernel_dropped: u64,
+    /// The kernel program's upcalls by reason: (reason, frames).
+    pub kernel_upcalls: Vec<(String, u64)>,
+    /// Frames the kernel program dropped because an upcall or a redirect failed, or the
+    /// interface was unknown.
+    pub kernel_failures: Vec<(String, u64)>,
 }
 
 /// One port's traffic and decisions.

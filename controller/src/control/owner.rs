@@ -309,6 +309,7 @@ fn stats(rt: &BridgeRuntime, snaps: &[CounterSnapshot], extras: &OwnerExtras) ->
         uptime_seconds: rt.uptime().as_secs_f64(),
         docker_sync: extras.docker_sync,
         modules: policies(rt),
+        datapath: rt.datapath().name().to_string(),
         ..StatsReply::default()
     };
     for s in snaps {
@@ -320,6 +321,7 @@ fn stats(rt: &BridgeRuntime, snaps: &[CounterSnapshot], extras: &OwnerExtras) ->
         reply.flows.evictions += s.flows.evictions;
         reply.flows.expirations += s.flows.expirations;
         reply.flows.redecisions += s.flows.redecisions;
+        add_offload(&mut reply.offload, &s.offload);
         for &(bound, n) in &s.policy_latency_buckets {
             *latency.entry(bound).or_default() += n;
         }
@@ -519,6 +521,44 @@ pub fn metrics_input(rt: &BridgeRuntime, docker_sync: LatencyHistogram) -> Metri
             lost: s.events[2],
         },
         audit_mode: s.audit,
+        offload: s.offload.clone(),
+    }
+}
+
+/// Adds one worker's tiered-datapath counters to the reply's.
+fn add_offload(o: &mut api::OffloadStats, s: &dataplane::counters::OffloadSnapshot) {
+    o.upcalls += s.upcalls;
+    o.installed += s.installed;
+    o.applied += s.applied;
+    o.refused_full += s.refused_full;
+    o.failed += s.failed;
+    o.reconciled += s.reconciled;
+    o.kernel_forwarded += s.kernel_forwarded;
+    o.kernel_forwarded_bytes += s.kernel_forwarded_bytes;
+    o.kernel_dropped += s.kernel_dropped;
+    let k = &s.kernel;
+    let upcalls = [
+        ("miss", k.upcall_miss),
+        ("unparsed", k.upcall_unparsed),
+        ("tcp_flags", k.upcall_flags),
+        ("stale", k.upcall_stale),
+        ("truncated", k.upcall_truncated),
+    ];
+    let failures = [
+        ("upcall_failed", k.upcall_failed),
+        ("redirect_failed", k.redirect_failed),
+        ("unknown_port", k.unknown_port),
+    ];
+    for (list, items) in [
+        (&mut o.kernel_upcalls, &upcalls[..]),
+        (&mut o.kernel_failures, &failures[..]),
+    ] {
+        for &(name, n) in items {
+            match list.iter_mut().find(|(r, _)| r == name) {
+                Some((_, total)) => *total += n,
+                None => list.push((name.to_string(), n)),
+            }
+        }
     }
 }
 

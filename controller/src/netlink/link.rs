@@ -444,3 +444,204 @@ impl Rtnl {
         facts.kind.as_deref() == Some(&InfoKind::Bridge.to_string())
     }
 }
+
+/// The root queueing discipline of a link and its counters (`tc -s qdisc show dev DEV`,
+/// root only).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QdiscStats {
+    /// The qdisc's kind (`pfifo`, `noqueue`, `fq_codel`, …).
+    pub kind: String,
+    /// Packets it has sent on to the device.
+    pub packets: u64,
+    /// Packets it dropped (queue full, or its own policy).
+    pub drops: u64,
+    /// Packets waiting in it now.
+    pub qlen: u64,
+    /// Bytes waiting in it now.
+    pub backlog: u64,
+    /// Packets the device handed back (queue stopped) to be sent again.
+    pub requeues: u64,
+    /// Times it was over its limit.
+    pub overlimits: u64,
+}
+
+/// A link's packet counters (`IFLA_STATS64`), the part metrics need.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkCounters {
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Received packets dropped.
+    pub rx_dropped: u64,
+    /// Packets dropped on transmit (for a veth: its peer's ring was full or the peer down).
+    pub tx_dropped: u64,
+}
+
+impl Rtnl {
+    /// Sets a link's MTU (`ip link set DEV mtu N`).
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
+        self.set(
+            LinkUnspec::new_with_index(index).mtu(mtu).build(),
+            "mtu",
+            index,
+        )
+        .await
+    }
+
+    /// Sets a link's transmit queue length (`ip link set DEV txqueuelen N`): the default
+    /// limit of a fifo qdisc added afterwards.
+    pub async fn set_txqueuelen(&self, index: u32, len: u32) -> Result<(), NetlinkError> {
+        self.set(
+            LinkUnspec::new_with_index(index).txqueuelen(len).build(),
+            "txqueuelen",
+            index,
+        )
+        .await
+    }
+
+    /// Puts a root qdisc of `kind` with the kernel's default options on a link, replacing
+    /// the one there (`tc qdisc replace dev DEV root KIND`). A veth defaults to `noqueue`,
+    /// whose full ring drops; under a real qdisc (`pfifo`, `pfifo_fast`, `fq_codel`, whose
+    /// limit defaults to the link's txqueuelen) the veth stops its queue instead and the
+    /// qdisc holds the excess, and its drops are counted ([`Rtnl::root_qdisc`]).
+    pub async fn replace_root_qdisc(&self, index: u32, kind: &str) -> Result<(), NetlinkError> {
+        use futures_util::StreamExt;
+        use netlink_packet_core::{
+            NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+        };
+        use rtnetlink::packet_route::RouteNetlinkMessage;
+        use rtnetlink::packet_route::tc::{TcAttribute, TcHandle, TcMessage};
+
+        let op = format!(
+            "putting a root {kind} qdisc on link {index} in {}",
+            self.netns
+        );
+        let index_i32 = i32::try_from(index).map_err(|_| NetlinkError::Unexpected {
+            op: op.clone(),
+            msg: "interface index out of range".into(),
+        })?;
+        let mut msg = TcMessage::with_index(index_i32);
+        msg.header.parent = TcHandle::ROOT;
+        msg.attributes.push(TcAttribute::Kind(kind.to_string()));
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewQueueDiscipline(msg));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+        let mut handle = self.handle.clone();
+        let mut replies = handle
+            .request(req)
+            .map_err(|e| NetlinkError::rtnl(&op, e))?;
+        while let Some(reply) = replies.next().await {
+            if let NetlinkPayload::Error(err) = reply.payload
+                && err.code.is_some()
+            {
+                return Err(NetlinkError::rtnl(&op, rtnetlink::Error::NetlinkError(err)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The root qdisc of link `index` with its counters, or `None` when the dump lists none.
+    pub async fn root_qdisc(&self, index: u32) -> Result<Option<QdiscStats>, NetlinkError> {
+        use rtnetlink::packet_route::tc::{TcAttribute, TcHandle, TcMessage, TcStats2};
+
+        let op = format!("reading the qdisc of link {index} in {}", self.netns);
+        let index_i32 = i32::try_from(index).map_err(|_| NetlinkError::Unexpected {
+            op: op.clone(),
+            msg: "interface index out of range".into(),
+        })?;
+        let msgs: Vec<TcMessage> = self
+            .handle
+            .qdisc()
+            .get()
+            .index(index_i32)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetlinkError::rtnl(&op, e))?;
+        let Some(root) = msgs
+            .iter()
+            .find(|m| m.header.index == index_i32 && m.header.parent == TcHandle::ROOT)
+        else {
+            return Ok(None);
+        };
+        let mut stats = QdiscStats::default();
+        let mut have_stats2 = false;
+        for attr in &root.attributes {
+            match attr {
+                TcAttribute::Kind(k) => stats.kind = k.clone(),
+                TcAttribute::Stats2(list) => {
+                    have_stats2 = true;
+                    for s in list {
+                        match s {
+                            TcStats2::Basic(b) => stats.packets = u64::from(b.packets),
+                            TcStats2::Queue(q) => {
+                                stats.drops = u64::from(q.drops);
+                                stats.qlen = u64::from(q.qlen);
+                                stats.backlog = u64::from(q.backlog);
+                                stats.requeues = u64::from(q.requeues);
+                                stats.overlimits = u64::from(q.overlimits);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !have_stats2 {
+            // Old kernels: the compat `TCA_STATS` block only.
+            if let Some(s) = root.attributes.iter().find_map(|a| match a {
+                TcAttribute::Stats(s) => Some(s),
+                _ => None,
+            }) {
+                stats.packets = u64::from(s.packets);
+                stats.drops = u64::from(s.drops);
+                stats.qlen = u64::from(s.qlen);
+                stats.backlog = u64::from(s.backlog);
+                stats.overlimits = u64::from(s.overlimits);
+            }
+        }
+        Ok(Some(stats))
+    }
+
+    /// The packet counters of link `index`.
+    pub async fn link_counters(&self, index: u32) -> Result<LinkCounters, NetlinkError> {
+        let op = format!("reading the counters of link {index} in {}", self.netns);
+        let mut stream = self.handle.link().get().match_index(index).execute();
+        let msg = match stream.try_next().await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return Err(self.no_such(format!("with index {index}"))),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ENODEV => {
+                return Err(self.no_such(format!("with index {index}")));
+            }
+            Err(e) => return Err(NetlinkError::rtnl(op, e)),
+        };
+        let mut counters = None;
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::Stats64(s) => {
+                    counters = Some(LinkCounters {
+                        rx_packets: s.rx_packets,
+                        tx_packets: s.tx_packets,
+                        rx_dropped: s.rx_dropped,
+                        tx_dropped: s.tx_dropped,
+                    });
+                    break;
+                }
+                LinkAttribute::Stats(s) if counters.is_none() => {
+                    counters = Some(LinkCounters {
+                        rx_packets: u64::from(s.rx_packets),
+                        tx_packets: u64::from(s.tx_packets),
+                        rx_dropped: u64::from(s.rx_dropped),
+                        tx_dropped: u64::from(s.tx_dropped),
+                    });
+                }
+                _ => {}
+            }
+        }
+        counters.ok_or_else(|| NetlinkError::Unexpected {
+            op,
+            msg: "the kernel reported no link statistics".into(),
+        })
+    }
+}

@@ -12,9 +12,10 @@ mod link;
 mod netns;
 mod routes;
 mod sysctl;
+pub mod upcall;
 
 pub use error::NetlinkError;
-pub use link::{LinkFacts, Rtnl, VethPeer};
+pub use link::{LinkCounters, LinkFacts, QdiscStats, Rtnl, VethPeer};
 pub use netns::{Netns, NsThread, is_root};
 pub use routes::{
     MAIN_TABLE, RouteEntry, RouteEvent, RouteKind, RouteReader, RouteWatch, reverse_path_prefixes,

@@ -23,6 +23,7 @@ mod live;
 pub mod plan;
 pub mod policy;
 pub mod report;
+pub mod tiered;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -33,8 +34,9 @@ use dataplane::afxdp::{
     AfXdpError, PollConfig, RingSizes, Umem, UmemConfig, UmemShare, XdpPort, XdpPortConfig,
 };
 use dataplane::engine::{EngineConfig, PortConfig};
-use dataplane::phy::SegmentId;
+use dataplane::offload::{OffloadTarget, PortRole};
 use dataplane::phy::tap::{Tap, TapControl};
+use dataplane::phy::{PortId, SegmentId};
 use dataplane::policy::{Action, ConstPolicy, Policy};
 use dataplane::wasm::{WasmConfig, WasmRuntime};
 use dataplane::worker::{Dataplane, DataplaneConfig, FrameAccount, WorkerError};
@@ -48,6 +50,10 @@ use frames::{FrameBudget, PlaceError, Placement, SegmentTable};
 use host::HostView;
 use policy::{PacketSpec, PolicyBuild, PolicyError, TraceAnswer, UserModules, UserRules};
 use report::{CounterTotals, EnforceLatency};
+use tiered::TieredPath;
+
+/// Entries of the tiered datapath's kernel flow table (two per offloaded flow).
+const TIERED_MAX_FLOWS: u32 = 65_536;
 
 /// Why the runtime could not start or apply a change.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +95,17 @@ pub enum RuntimeError {
     /// A port found no place in the frame budget.
     #[error(transparent)]
     Frames(#[from] PlaceError),
+    /// The kernel fast path of the tiered datapath failed.
+    #[error("{what}: {error}")]
+    FastPath {
+        /// What was being done.
+        what: String,
+        /// The cause (in the message, so not also a `source()`).
+        error: dataplane::afxdp::fastpath::FastPathError,
+    },
+    /// The options ask for something the chosen datapath cannot do.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// How to run the dataplane on a bridge.
@@ -113,6 +130,30 @@ pub struct RuntimeOptions {
     pub audit: bool,
     /// Where live rule edits are written (the rules file `user_rules` came from).
     pub rules_path: Option<PathBuf>,
+    /// Which datapath carries the packets.
+    pub datapath: Datapath,
+}
+
+/// Which datapath carries the packets (`--datapath`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Datapath {
+    /// Every packet through the AF_XDP + Wasm loop (an XDP program on every port).
+    #[default]
+    Afxdp,
+    /// Admitted flows forwarded in the kernel by a tc/TCX program on every port, which
+    /// keeps the containers' TSO; new flows and everything unusual upcalled to the AF_XDP +
+    /// Wasm loop, which decides and installs the flows.
+    Tiered,
+}
+
+impl Datapath {
+    /// Its name as `--datapath` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Datapath::Afxdp => "afxdp",
+            Datapath::Tiered => "tiered",
+        }
+    }
 }
 
 impl Default for RuntimeOptions {
@@ -144,6 +185,7 @@ impl RuntimeOptions {
             poll: PollConfig::default(),
             audit: false,
             rules_path: None,
+            datapath: Datapath::Afxdp,
         }
     }
 }
@@ -195,6 +237,8 @@ pub struct BridgeRuntime {
     netns: Netns,
     /// Running while `Some`; taken by stop.
     dataplane: Option<Dataplane<Umem, Tap<XdpPort>>>,
+    /// The tiered datapath's kernel side (`--datapath tiered`).
+    tiered: Option<TieredPath>,
     /// Per port: the switch of its capture tap.
     taps: BTreeMap<u16, Arc<TapControl>>,
     /// When the dataplane started.
@@ -280,10 +324,20 @@ impl BridgeRuntime {
             error,
         })?;
         let workers = opts.workers.max(1);
+        let tiered_mode = opts.datapath == Datapath::Tiered;
+        if tiered_mode && workers > 1 {
+            return Err(RuntimeError::Unsupported(format!(
+                "--datapath tiered runs one worker (its upcalls arrive on one AF_XDP socket); \
+                 --workers {workers} needs --datapath afxdp"
+            )));
+        }
+        // The tiered datapath's upcall port takes the id after every container's and
+        // gateway's.
+        let upcall_port = opts.frames.max_ports;
         let config = DataplaneConfig {
             workers,
             engine: EngineConfig {
-                max_ports: opts.frames.max_ports,
+                max_ports: opts.frames.max_ports + usize::from(tiered_mode),
                 audit: opts.audit,
                 ..EngineConfig::default()
             },
@@ -297,6 +351,7 @@ impl BridgeRuntime {
         let mut rt = BridgeRuntime {
             netns,
             dataplane: Some(dp),
+            tiered: None,
             taps: BTreeMap::new(),
             started: Instant::now(),
             swaps: (0, Duration::ZERO, Duration::ZERO),
@@ -319,6 +374,9 @@ impl BridgeRuntime {
             host,
         };
         // From here on `rt`'s drop undoes everything, the dataplane and the takeovers included.
+        if tiered_mode {
+            rt.start_tiered(upcall_port as PortId)?;
+        }
         for net in &state.networks {
             rt.take_bridge(net)?;
         }
@@ -326,7 +384,7 @@ impl BridgeRuntime {
             rt.cut_off(a);
         }
         for a in state.attachments() {
-            let port = rt.open_port(&a.host_ifname)?;
+            let port = rt.open_port(&a.host_ifname, rt.tiered.is_none())?;
             rt.add_container(&state, a, port)?;
         }
         rt.install_policy()?;
@@ -378,7 +436,7 @@ impl BridgeRuntime {
             },
         );
         let mac = bridge_mac(&self.netns, &bridge)?;
-        let port = self.open_port(&gateway_ifname)?;
+        let port = self.open_port(&gateway_ifname, self.tiered.is_none())?;
         let config = PortConfig {
             id: gateway_port,
             macs: vec![mac],
@@ -387,7 +445,7 @@ impl BridgeRuntime {
             network: gateway_port,
             complete_checksums: true,
         };
-        self.add_port(config, port)?;
+        self.add_port(config, port, &gateway_ifname)?;
         tracing::info!(
             network = net.network.name,
             bridge,
@@ -467,6 +525,11 @@ impl BridgeRuntime {
         })
     }
 
+    /// The datapath in use.
+    pub fn datapath(&self) -> Datapath {
+        self.opts.datapath
+    }
+
     /// Container interfaces attached to the dataplane.
     pub fn attached(&self) -> impl Iterator<Item = &Attachment> {
         self.attached.values()
@@ -537,7 +600,7 @@ impl BridgeRuntime {
                 // Cut off (off the bridge) but not attached until a policy covers it.
                 continue;
             }
-            let opened = self.open_port(&a.host_ifname);
+            let opened = self.open_port(&a.host_ifname, self.tiered.is_none());
             match opened.and_then(|port| self.add_container(new, a, port)) {
                 Ok(()) => report.attached.push(a.container.clone()),
                 Err(e) => tracing::error!(container = a.container, "{e}"),
@@ -608,11 +671,40 @@ impl BridgeRuntime {
             drop(dp.stop());
         }
         self.shares.clear();
+        // After the upcall port closed: its veth pair goes.
+        if let Some(t) = self.tiered.take() {
+            t.stop(&self.netns);
+        }
+    }
+
+    /// Starts the tiered datapath's kernel side: the fast path, the upcall pair and its
+    /// AF_XDP port (`upcall_port`, a network of its own so nothing is ever flooded to it),
+    /// and hands the kernel flow cache to the worker.
+    fn start_tiered(&mut self, upcall_port: PortId) -> Result<(), RuntimeError> {
+        let (tiered, offload) = TieredPath::start(&self.netns, TIERED_MAX_FLOWS)?;
+        let ifname = tiered.upcall_ifname().to_string();
+        self.tiered = Some(tiered);
+        let dp = self.dataplane.as_mut().ok_or(WorkerError::WorkerGone(0))?;
+        dp.set_offload(0, Box::new(offload))?;
+        let port = self.open_port(&ifname, true)?;
+        let config = PortConfig {
+            id: upcall_port,
+            network: upcall_port,
+            macs: Vec::new(),
+            ips: Vec::new(),
+            is_gateway: false,
+            complete_checksums: false,
+        };
+        let seg: SegmentId = dataplane::phy::Port::segment(&port);
+        let dp = self.dataplane.as_mut().ok_or(WorkerError::WorkerGone(0))?;
+        dp.add_port_as(config, Tap::new(port), 0, PortRole::Upcall)?;
+        self.segments.joined(upcall_port, seg);
+        Ok(())
     }
 
     /// Opens the AF_XDP port of `ifname` in the bridge's namespace, in a UMEM segment with
     /// room (adding a segment when every other is full).
-    fn open_port(&mut self, ifname: &str) -> Result<XdpPort, RuntimeError> {
+    fn open_port(&mut self, ifname: &str, receive: bool) -> Result<XdpPort, RuntimeError> {
         let afxdp = |error| RuntimeError::AfXdp {
             ifname: ifname.to_string(),
             error,
@@ -638,7 +730,10 @@ impl BridgeRuntime {
             }
         };
         let umem = &self.umem;
-        let xdp = port_config(&self.opts);
+        let xdp = XdpPortConfig {
+            receive,
+            ..port_config(&self.opts)
+        };
         let share = self.shares.get(usize::from(seg)).and_then(Option::as_ref);
         let opened = self
             .netns
@@ -727,21 +822,40 @@ impl BridgeRuntime {
             network: net.map_or(0, |n| n.network.gateway_port),
             complete_checksums: true,
         };
-        self.add_port(config, port)?;
+        self.add_port(config, port, &a.host_ifname)?;
         self.attached.insert(a.host_ifname.clone(), a.clone());
         Ok(())
     }
 
-    /// Hands an opened port to the worker owning its UMEM segment, behind a capture tap.
-    fn add_port(&mut self, config: PortConfig, port: XdpPort) -> Result<(), RuntimeError> {
+    /// Hands an opened port (on `ifname`) to the worker owning its UMEM segment, behind a
+    /// capture tap; in the tiered datapath, attaches the kernel fast path to it too (a
+    /// container's frames go into its namespace, the gateway's out of its veth).
+    fn add_port(
+        &mut self,
+        config: PortConfig,
+        port: XdpPort,
+        ifname: &str,
+    ) -> Result<(), RuntimeError> {
+        let id = config.id;
+        let role = match self.tiered.as_mut() {
+            Some(t) => PortRole::Tiered(OffloadTarget {
+                ifindex: t.attach(&self.netns, ifname, id)?,
+                peer: !config.is_gateway,
+            }),
+            None => PortRole::Plain,
+        };
         let dp = self.dataplane.as_mut().ok_or(WorkerError::WorkerGone(0))?;
         // A segment's ports share one worker, so most frames between them stay descriptors.
         let seg: SegmentId = dataplane::phy::Port::segment(&port);
         let owner = usize::from(seg) % dp.workers();
         let port = Tap::new(port);
         let tap = port.control();
-        let id = config.id;
-        dp.add_port(config, port, owner)?;
+        if let Err(e) = dp.add_port_as(config, port, owner, role) {
+            if let Some(t) = self.tiered.as_mut() {
+                t.detach(id);
+            }
+            return Err(e.into());
+        }
         self.taps.insert(id, tap);
         self.segments.joined(id, seg);
         Ok(())
@@ -749,6 +863,11 @@ impl BridgeRuntime {
 
     /// Takes port `id` off the dataplane (its frames back, its tap disarmed).
     fn remove_port(&mut self, id: u16, what: &str) {
+        // The fast path first: from then on its frames reach nothing, and removing the port
+        // takes its flows' kernel entries with it.
+        if let Some(t) = self.tiered.as_mut() {
+            t.detach(id);
+        }
         if let Some(dp) = self.dataplane.as_mut() {
             match dp.remove_port(id) {
                 Ok(frames) => tracing::debug!(port = what, frames, "port closed, frames back"),

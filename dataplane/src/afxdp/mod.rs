@@ -30,7 +30,9 @@
 //! between threads.
 pub mod bpf;
 pub mod error;
+pub mod fastpath;
 pub mod iface;
+pub mod kernel_offload;
 pub mod poll;
 pub mod port;
 mod ring;

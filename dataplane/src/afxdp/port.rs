@@ -1,5 +1,6 @@
 //! An AF_XDP port: one interface queue, its socket, XSKMAP, redirect program and link,
-//! behind the [`Port`] trait.
+//! behind the [`Port`] trait. A port opened with `receive: false` is the socket alone, bound
+//! TX-only: no XDP program on the device, so its veth peer keeps TSO/GSO.
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use super::bpf::{RedirectProgram, XdpLink, XdpMode, XskMap};
@@ -38,6 +39,13 @@ pub struct XdpPortConfig {
     /// share of the UMEM. `fill` tops up to this, never to the ring's size, so frames are
     /// budgeted per port instead of parked in proportion to ring sizes.
     pub fill_share: u32,
+    /// True (default): the port receives — XSKMAP, redirect program and bpf_link on the
+    /// device, `fill_share` frames posted. False: the port only transmits — the socket is
+    /// bound without an RX ring (fill ring of one entry, left empty), no map, no program,
+    /// no link. Why: native XDP on a veth clears its peer's TSO/GSO and caps the peer's MTU;
+    /// a TX-only socket leaves the device (and the container behind it) as it was, while
+    /// frames decided in userspace are still re-injected through it (`__dev_direct_xmit`).
+    pub receive: bool,
 }
 
 impl Default for XdpPortConfig {
@@ -50,6 +58,7 @@ impl Default for XdpPortConfig {
             max_kicks: 16,
             bind_retry: BindRetry::default(),
             fill_share: DEFAULT_FILL_SHARE,
+            receive: true,
         }
     }
 }
@@ -101,9 +110,10 @@ impl UmemShare {
 pub struct XdpPort {
     // Drop order: detach the program, then the program and map, then the socket (whose rings
     // are unmapped before its fd closes), so no frame is redirected to a closing socket.
-    _link: XdpLink,
-    _prog: RedirectProgram,
-    _map: XskMap,
+    // All three are `None` on a TX-only port.
+    _link: Option<XdpLink>,
+    _prog: Option<RedirectProgram>,
+    _map: Option<XskMap>,
     socket: XskSocket,
     ifname: String,
     frame_mask: u64,
@@ -126,7 +136,11 @@ pub struct XdpPort {
 
 impl XdpPort {
     /// Opens a port on `ifname` in the calling thread's network namespace: socket bound in
-    /// copy mode with need_wakeup, redirect program attached through a bpf_link.
+    /// copy mode with need_wakeup, redirect program attached through a bpf_link (with
+    /// `config.receive`; without it the socket alone, bound TX-only).
+    ///
+    /// Any port may register a UMEM or segment, a TX-only one included: ports opened later
+    /// share through it as through any other.
     ///
     /// The first port of a UMEM registers it (`share_with: None`); every other port shares it
     /// through an already open port (`share_with: Some(first)`), so frames move between ports
@@ -207,7 +221,8 @@ impl XdpPort {
         how: UmemBinding<'_>,
     ) -> Result<Self, AfXdpError> {
         let ifindex = if_index(ifname)?;
-        if config.mode == XdpMode::Native {
+        // The MTU limits are those of native XDP on a veth: a TX-only port attaches nothing.
+        if config.receive && config.mode == XdpMode::Native {
             let mtu = interface_mtu(ifname)?;
             if mtu > VETH_NATIVE_XDP_MAX_MTU {
                 return Err(AfXdpError::MtuTooLarge {
@@ -231,7 +246,12 @@ impl XdpPort {
             ifindex,
             queue: config.queue,
         };
-        let socket = XskSocket::bind_sharing(umem, target, config.rings, how, config.bind_retry)?;
+        let rings = if config.receive {
+            config.rings
+        } else {
+            config.rings.tx_only()
+        };
+        let socket = XskSocket::bind_sharing(umem, target, rings, how, config.bind_retry)?;
         if let Some(budget) = config.tx_budget
             && !socket.set_tx_budget(budget)?
         {
@@ -240,11 +260,16 @@ impl XdpPort {
                 "kernel has no XDP_MAX_TX_SKB_BUDGET: 32 TX descriptors per kick"
             );
         }
-        let map = XskMap::new(config.queue + 1)?;
-        map.insert(config.queue, socket.fd())?;
-        let prog = RedirectProgram::load(&map)?;
-        let link = XdpLink::attach(&prog, ifname, ifindex, config.mode)?;
-        tracing::debug!(ifname, ifindex, queue = config.queue, mode = ?config.mode, "AF_XDP port open");
+        let (map, prog, link) = if config.receive {
+            let map = XskMap::new(config.queue + 1)?;
+            map.insert(config.queue, socket.fd())?;
+            let prog = RedirectProgram::load(&map)?;
+            let link = XdpLink::attach(&prog, ifname, ifindex, config.mode)?;
+            (Some(map), Some(prog), Some(link))
+        } else {
+            (None, None, None)
+        };
+        tracing::debug!(ifname, ifindex, queue = config.queue, mode = ?config.mode, receive = config.receive, "AF_XDP port open");
         Ok(Self {
             _link: link,
             _prog: prog,
@@ -257,7 +282,12 @@ impl XdpPort {
             max_kicks: config.max_kicks.max(1),
             segment: seg,
             base: segment_base(seg),
-            fill_share: config.fill_share.max(1),
+            // A TX-only port posts nothing: `fill` has no work and `fill_short` stays false.
+            fill_share: if config.receive {
+                config.fill_share.max(1)
+            } else {
+                0
+            },
             held: vec![0; umem.segment_frames(seg).div_ceil(64)].into_boxed_slice(),
             fill_posted: 0,
             rx_taken: 0,
@@ -270,6 +300,12 @@ impl XdpPort {
     /// Interface name.
     pub fn ifname(&self) -> &str {
         &self.ifname
+    }
+
+    /// False for a port opened TX-only (`XdpPortConfig::receive == false`): nothing is
+    /// attached to its device and it never receives.
+    pub fn receives(&self) -> bool {
+        self._link.is_some()
     }
 
     /// The socket's descriptor, for [`super::AdaptivePoller`].
@@ -328,8 +364,7 @@ impl XdpPort {
     /// The frame's index in the segment's `held` bitmap.
     #[inline(always)]
     fn bit(&self, addr: u64) -> (usize, u64) {
-        let i = ((addr & ((1 << SEGMENT_SHIFT) - 1)) >> self.frame_shift) as usize;
-        (i / 64, 1 << (i % 64))
+        frame_bit(self.frame_shift, addr)
     }
 
     #[inline(always)]
@@ -396,8 +431,20 @@ impl XdpPort {
     }
 }
 
+/// Word and bit of frame `addr` in a segment's `held` bitmap, for frames of
+/// `1 << frame_shift` bytes.
+#[inline(always)]
+fn frame_bit(frame_shift: u32, addr: u64) -> (usize, u64) {
+    let i = ((addr & ((1 << SEGMENT_SHIFT) - 1)) >> frame_shift) as usize;
+    (i / 64, 1 << (i % 64))
+}
+
 impl Port<Umem> for XdpPort {
     fn fill(&mut self, _mem: &mut Umem, free: &mut FreeList) {
+        if self.fill_share == 0 {
+            // TX-only: no RX ring, nothing to post or wake.
+            return;
+        }
         let want = self.fill_share.saturating_sub(self.rx_side());
         if want > 0 {
             let n = self.socket.rings.fill.free(want).min(want);
@@ -426,15 +473,29 @@ impl Port<Umem> for XdpPort {
     }
 
     fn receive(&mut self, _mem: &mut Umem, out: &mut DescBatch) {
-        let n = self.socket.rings.rx.available(out.spare() as u32);
+        // Split borrows: the RX ring (in the socket) and the `held` bitmap.
+        let Self {
+            socket,
+            held,
+            base,
+            frame_shift,
+            ..
+        } = self;
+        let Some(rx) = socket.rings.rx.as_mut() else {
+            return;
+        };
+        let n = rx.available(out.spare() as u32);
         for i in 0..n {
-            let d = self.socket.rings.rx.read(i);
-            let addr = self.base | d.addr;
-            self.mark_returned(addr);
+            let d = rx.read(i);
+            let addr = *base | d.addr;
+            let (w, b) = frame_bit(*frame_shift, addr);
+            if let Some(word) = held.get_mut(w) {
+                *word &= !b;
+            }
             // Cannot fail: n <= spare.
             let _ = out.push(FrameDesc { addr, len: d.len });
         }
-        self.socket.rings.rx.release(n);
+        rx.release(n);
         self.rx_taken += u64::from(n);
         self.counters.rx_frames += u64::from(n);
     }
@@ -490,7 +551,7 @@ impl Port<Umem> for XdpPort {
     }
 
     fn frames_held(&self) -> PortFrames {
-        let rx_ring = u64::from(self.socket.rings.rx.pending());
+        let rx_ring = u64::from(self.socket.rings.rx.as_ref().map_or(0, |rx| rx.pending()));
         let rx_side = self.fill_posted - self.rx_taken;
         let tx_ring = u64::from(self.socket.rings.tx.outstanding());
         let tx_side = self.tx_posted - self.comp_taken;

@@ -10,14 +10,16 @@ use super::sys::*;
 use super::umem::{Umem, UmemRegion};
 use crate::phy::SegmentId;
 
-/// Ring sizes of one socket (each a power of two).
+/// Ring sizes of one socket (each a power of two, except `rx`, which may be 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RingSizes {
-    /// Fill ring: free frames offered to the kernel for receive.
+    /// Fill ring: free frames offered to the kernel for receive. The kernel wants one on
+    /// every socket that has its own UMEM binding (also a TX-only one), so at least 1.
     pub fill: u32,
     /// Completion ring: frames the kernel has finished sending.
     pub completion: u32,
-    /// RX ring: received frames.
+    /// RX ring: received frames. 0 means no RX ring at all: a TX-only socket, which the
+    /// kernel accepts as long as it has a TX ring (nothing can then be redirected to it).
     pub rx: u32,
     /// TX ring: frames to send.
     pub tx: u32,
@@ -42,6 +44,18 @@ impl RingSizes {
         Self {
             fill: self.fill.max(n),
             rx: self.rx.max(n),
+            ..self
+        }
+    }
+
+    /// These sizes for a socket that only transmits: no RX ring and the smallest fill ring
+    /// the kernel accepts (it requires one per UMEM binding but nothing is ever posted to
+    /// it), completion and TX rings kept. Saves the receive side's ring memory (an RX entry
+    /// is 16 bytes, a fill entry 8) on sockets that never receive.
+    pub fn tx_only(self) -> Self {
+        Self {
+            fill: 1,
+            rx: 0,
             ..self
         }
     }
@@ -90,7 +104,8 @@ impl Default for BindRetry {
 pub(crate) struct Rings {
     pub(crate) fill: ProducerRing<u64>,
     pub(crate) completion: ConsumerRing<u64>,
-    pub(crate) rx: ConsumerRing<XdpDesc>,
+    /// `None` on a TX-only socket (bound without an RX ring).
+    pub(crate) rx: Option<ConsumerRing<XdpDesc>>,
     pub(crate) tx: ProducerRing<XdpDesc>,
 }
 
@@ -186,7 +201,9 @@ impl XskSocket {
             ("rx", sizes.rx),
             ("tx", sizes.tx),
         ] {
-            if !n.is_power_of_two() {
+            // rx = 0: no RX ring (a TX-only socket).
+            let no_rx_ring = what == "rx" && n == 0;
+            if !(n.is_power_of_two() || no_rx_ring) {
                 return Err(AfXdpError::Config(format!(
                     "{what} ring size {n} is not a power of two"
                 )));
@@ -270,12 +287,14 @@ impl XskSocket {
             &sizes.completion,
             "setsockopt(XDP_UMEM_COMPLETION_RING)",
         )?;
-        setsockopt(
-            fd.as_fd(),
-            XDP_RX_RING,
-            &sizes.rx,
-            "setsockopt(XDP_RX_RING)",
-        )?;
+        if sizes.rx > 0 {
+            setsockopt(
+                fd.as_fd(),
+                XDP_RX_RING,
+                &sizes.rx,
+                "setsockopt(XDP_RX_RING)",
+            )?;
+        }
         setsockopt(
             fd.as_fd(),
             XDP_TX_RING,
@@ -310,18 +329,22 @@ impl XskSocket {
                 &off.cr,
                 sizes.completion,
             ),
-            rx: ConsumerRing::new(
-                RingMap::map(
-                    fd.as_fd(),
+            rx: if sizes.rx > 0 {
+                Some(ConsumerRing::new(
+                    RingMap::map(
+                        fd.as_fd(),
+                        &off.rx,
+                        sizes.rx,
+                        16,
+                        XDP_PGOFF_RX_RING,
+                        "mmap(rx ring)",
+                    )?,
                     &off.rx,
                     sizes.rx,
-                    16,
-                    XDP_PGOFF_RX_RING,
-                    "mmap(rx ring)",
-                )?,
-                &off.rx,
-                sizes.rx,
-            ),
+                ))
+            } else {
+                None
+            },
             tx: ProducerRing::new(
                 RingMap::map(
                     fd.as_fd(),
@@ -370,6 +393,11 @@ impl XskSocket {
     /// Queue it is bound to.
     pub fn queue(&self) -> u32 {
         self.queue
+    }
+
+    /// True when the socket has an RX ring (false: bound TX-only, `rx: 0`).
+    pub fn has_rx_ring(&self) -> bool {
+        self.rings.rx.is_some()
     }
 
     /// Sets how many TX descriptors the kernel handles per copy-mode kick

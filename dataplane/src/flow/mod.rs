@@ -44,6 +44,7 @@ use state::TimeoutTable;
 pub use state::{ConnState, Dir, FinSeen, Timeouts, tcp_transition};
 
 use crate::counters::Counters;
+use crate::offload::{OffloadLog, OffloadOp, reversed};
 use crate::phy::PortId;
 use crate::wire::{Fragment, Parsed, Tuple};
 use rules_wasm::abi::{RejectWith, proto};
@@ -216,7 +217,14 @@ pub struct FlowEntry {
     pub src_next: u32,
     /// See `src_next`.
     pub src_prev: u32,
+    /// The policy generation of the kernel entries this flow has in the tiered datapath's
+    /// flow cache ([`NOT_OFFLOADED`]: none), so they are removed with it and replaced when
+    /// it is re-decided.
+    pub offloaded: u64,
 }
+
+/// [`FlowEntry::offloaded`] of a flow with no kernel entries.
+pub const NOT_OFFLOADED: u64 = u64::MAX;
 
 impl FlowEntry {
     /// Direction of a packet whose tuple source is side a (`src_is_a`).
@@ -293,6 +301,7 @@ const EMPTY_ENTRY: FlowEntry = FlowEntry {
     audited: false,
     src_next: NO_SLOT,
     src_prev: NO_SLOT,
+    offloaded: NOT_OFFLOADED,
 };
 
 /// What the table needs to create or re-decide a flow.
@@ -361,6 +370,9 @@ pub struct FlowTable {
     held: Box<[Holding]>,
     /// Ports holding at least one flow: the fair share is `len / holders`.
     holders: u32,
+    /// Requests to the kernel flow cache (tiered datapath): removals are recorded here as
+    /// flows with kernel entries leave.
+    offload: OffloadLog,
 }
 
 /// Entries of [`FlowTable::held`]: one per possible port id.
@@ -432,7 +444,74 @@ impl FlowTable {
             gauges: None,
             held: vec![Holding::default(); PORT_IDS].into_boxed_slice(),
             holders: 0,
+            offload: OffloadLog::with_capacity(0),
         }
+    }
+
+    /// Turns on the kernel flow cache's request log (the tiered datapath), with room for
+    /// `capacity` requests between two drains. Allocates: configuration time.
+    pub fn enable_offload(&mut self, capacity: usize) {
+        if self.offload.pending().is_empty() && capacity > 0 {
+            self.offload = OffloadLog::with_capacity(capacity);
+        }
+    }
+
+    /// The kernel flow cache's pending requests.
+    pub fn offload_log(&mut self) -> &mut OffloadLog {
+        &mut self.offload
+    }
+
+    /// Gives slot `s`'s flow a new verdict from a re-decision made without a packet (the
+    /// tiered datapath re-decides its offloaded flows when the policy changes): as
+    /// [`FlowTable::decide`] does for a re-decided packet, without advancing the state.
+    /// Kernel entries of another verdict are removed.
+    pub fn redecide_slot(&mut self, s: usize, verdict: Verdict, generation: u64, now: u64) {
+        let was = self.entries[s].confirmed();
+        if self.entries[s].verdict != verdict {
+            self.unoffload(s);
+        }
+        self.uncount(s);
+        let denied = self.timeouts.denied;
+        let e = &mut self.entries[s];
+        e.verdict = verdict;
+        e.generation = generation;
+        if !verdict.accept {
+            e.one_way = true;
+            e.last_seen = now;
+            e.expires_at = now.saturating_add(denied);
+        }
+        self.count(s);
+        self.reclassify(s, was);
+    }
+
+    /// True when slot `s` holds a flow (live or expired but not yet swept).
+    pub fn slot_live(&self, s: usize) -> bool {
+        self.tags.get(s).is_some_and(|&t| t != 0)
+    }
+
+    /// Records that slot `s`'s flow has kernel entries of `generation`.
+    pub fn mark_offloaded(&mut self, s: usize, generation: u64) {
+        self.entries[s].offloaded = generation;
+    }
+
+    /// Removes slot `s`'s kernel entries (both directions), if it has any; false when the
+    /// request log had no room (the entries are then reconciled by the next sync).
+    pub fn unoffload(&mut self, s: usize) -> bool {
+        let e = &mut self.entries[s];
+        if e.offloaded == NOT_OFFLOADED {
+            return true;
+        }
+        e.offloaded = NOT_OFFLOADED;
+        let orig = e.original_tuple();
+        let [a, b] = e.ports;
+        let ok = self.offload.push(OffloadOp::Remove {
+            in_port: a,
+            tuple: orig,
+        });
+        ok & self.offload.push(OffloadOp::Remove {
+            in_port: b,
+            tuple: reversed(&orig),
+        })
     }
 
     /// Keeps each port's live-flow gauge in `counters` (`PortCounters::flows`, by the port
@@ -650,6 +729,7 @@ impl FlowTable {
 
     #[inline(always)]
     fn remove_slot(&mut self, s: usize) {
+        self.unoffload(s);
         self.hold(s, false);
         self.uncount(s);
         self.tags[s] = 0;
@@ -777,6 +857,10 @@ impl FlowTable {
             if !first || (same_orig && just_created && d.verdict.accept) {
                 let dir = e.dir(k.src_is_a);
                 let was = e.confirmed();
+                if e.verdict != d.verdict {
+                    // Kernel entries of another verdict must not outlive it.
+                    self.unoffload(s);
+                }
                 self.uncount(s);
                 let e = &mut self.entries[s];
                 e.verdict = d.verdict;
@@ -792,6 +876,7 @@ impl FlowTable {
                 self.reclassify(s, was);
                 return Some(s);
             }
+            self.unoffload(s);
             self.hold(s, false);
             self.uncount(s);
             self.entries[s] = self.new_entry(k, pkt, d, now);
@@ -840,6 +925,7 @@ impl FlowTable {
             audited: false,
             src_next: NO_SLOT,
             src_prev: NO_SLOT,
+            offloaded: NOT_OFFLOADED,
         }
     }
 
@@ -945,6 +1031,7 @@ impl FlowTable {
     pub fn clear(&mut self) {
         for s in 0..self.capacity() {
             if self.tags[s] != 0 {
+                self.unoffload(s);
                 self.hold(s, false);
             }
         }

@@ -36,6 +36,7 @@ use crate::afxdp::{PollConfig, Umem, XdpPort};
 use crate::counters::Counters;
 use crate::engine::{Engine, EngineConfig, EngineError, PortConfig};
 use crate::events::EventRing;
+use crate::offload::{FlowOffload, PortRole};
 use crate::phy::memory::MemoryPort;
 use crate::phy::{FrameDesc, FrameMemory, FreeList, Port, PortFrames, PortId, SegmentId};
 use crate::policy::Policy;
@@ -220,6 +221,7 @@ impl FrameAccount {
 enum Control<P> {
     AddPort {
         config: PortConfig,
+        role: PortRole,
         port: Option<P>,
         owner: usize,
         segment: SegmentId,
@@ -239,6 +241,7 @@ enum Control<P> {
         reply: Sender<Option<P>>,
     },
     SetPolicy(Box<dyn Policy>),
+    SetOffload(Box<dyn FlowOffload>),
     Frames {
         reply: Sender<WorkerFrames>,
     },
@@ -417,6 +420,19 @@ where
         port: P,
         owner: usize,
     ) -> Result<(), WorkerError> {
+        self.add_port_as(config, port, owner, PortRole::Plain)
+    }
+
+    /// [`Dataplane::add_port`] for a port with a part in the tiered datapath (see
+    /// [`crate::offload`]): every worker learns its role, since any of them may offload a
+    /// flow leaving by it.
+    pub fn add_port_as(
+        &mut self,
+        config: PortConfig,
+        port: P,
+        owner: usize,
+        role: PortRole,
+    ) -> Result<(), WorkerError> {
         let n = self.workers.len();
         if owner >= n {
             return Err(WorkerError::NoSuchWorker(owner, n));
@@ -431,6 +447,7 @@ where
             let (tx, rx) = channel::bounded(1);
             let msg = Control::AddPort {
                 config: config.clone(),
+                role,
                 port: if i == owner { port.take() } else { None },
                 owner,
                 segment,
@@ -496,6 +513,26 @@ where
         }
         self.announce_sharing(segment)?;
         Ok(back)
+    }
+
+    /// Gives worker `worker` the kernel flow cache its engine offloads flows to (the tiered
+    /// datapath); it applies the engine's requests after every round and syncs the kernel's
+    /// activity back about once a second.
+    pub fn set_offload(
+        &self,
+        worker: usize,
+        offload: Box<dyn FlowOffload>,
+    ) -> Result<(), WorkerError> {
+        let n = self.workers.len();
+        let w = self
+            .workers
+            .get(worker)
+            .ok_or(WorkerError::NoSuchWorker(worker, n))?;
+        w.control
+            .send(Control::SetOffload(offload))
+            .map_err(|_| WorkerError::WorkerGone(worker))?;
+        w.shared.wake();
+        Ok(())
     }
 
     /// Installs a new policy on every worker, built by `policy(i)` on the calling thread

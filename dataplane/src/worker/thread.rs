@@ -19,6 +19,7 @@ use super::{Control, Handoff, Shared, WorkerFrames, WorkerPort};
 use crate::afxdp::PollConfig;
 use crate::counters::DropReason;
 use crate::engine::{ANY_SEGMENT, Engine};
+use crate::offload::{FlowOffload, OffloadError};
 use crate::phy::{FrameMemory, PortFrames, PortId};
 use crate::wasm::swap::Reaper;
 
@@ -58,7 +59,19 @@ pub(super) struct Worker<M: FrameMemory, P> {
     poll: PollConfig,
     cpu: Option<usize>,
     rounds: Rounds,
+    /// The kernel flow cache of the tiered datapath, if any.
+    offload: Option<Box<dyn FlowOffload>>,
+    /// When (engine clock) the kernel's activity is next read back.
+    next_sync: u64,
+    /// The monotonic time (ns) at which the engine clock read 0.
+    clock_origin: u64,
+    /// The engine clock at the last round (control messages are handled between rounds).
+    last_now: u64,
 }
+
+/// How often the kernel flow cache's counters and last-seen stamps are read back (ns):
+/// often enough for counters and flow timeouts, rarely enough to cost nothing.
+const OFFLOAD_SYNC_NS: u64 = 1_000_000_000;
 
 /// The per-round bookkeeping of which ports to visit, sized when ports change, so a round
 /// allocates nothing.
@@ -139,6 +152,10 @@ impl<M: FrameMemory, P: WorkerPort<M>> Worker<M, P> {
             poll: parts.poll,
             cpu: parts.cpu,
             rounds: Rounds::default(),
+            offload: None,
+            next_sync: 0,
+            clock_origin: 0,
+            last_now: 0,
         })
     }
 
@@ -165,6 +182,7 @@ impl<M: FrameMemory, P: WorkerPort<M>> Worker<M, P> {
             }
         };
         let start = Instant::now();
+        self.clock_origin = monotonic_ns();
         loop {
             match self.handle_control(&ready) {
                 ControlOutcome::Stop => break,
@@ -176,6 +194,7 @@ impl<M: FrameMemory, P: WorkerPort<M>> Worker<M, P> {
             let mut progress = self.take_inbox();
             self.pick_active(&mut ready);
             let now = start.elapsed().as_nanos() as u64;
+            self.last_now = now;
             let r = &mut self.rounds;
             r.transmitted.clear();
             let (sent, marks) = (&mut r.transmitted, &mut r.sent_marked);
@@ -197,6 +216,7 @@ impl<M: FrameMemory, P: WorkerPort<M>> Worker<M, P> {
                 marks[i] = false;
             }
             progress |= report.received > 0 || report.transmitted > 0;
+            self.offload_round(now);
             self.carry_over();
             progress |= self.hand_off();
             self.end_round(&mut ready, progress);
@@ -352,6 +372,7 @@ impl<M: FrameMemory, P: WorkerPort<M>> Worker<M, P> {
             match msg {
                 Control::AddPort {
                     config,
+                    role,
                     port,
                     owner,
                     segment,
@@ -362,6 +383,7 @@ impl<M: FrameMemory, P: WorkerPort<M>> Worker<M, P> {
                     let seg = if local { segment } else { ANY_SEGMENT };
                     let r = self.engine.add_port_in_segment(config, seg);
                     if r.is_ok() {
+                        self.engine.set_port_role(id, role);
                         match port {
                             Some(p) => {
                                 if let Some(fd) = p.wait_fd()
@@ -395,6 +417,8 @@ impl<M: FrameMemory, P: WorkerPort<M>> Worker<M, P> {
                 }
                 Control::RemovePort { id, reply } => {
                     let _ = self.engine.remove_port(id);
+                    // The port's kernel entries go before the port does.
+                    self.apply_offload();
                     self.remote.remove(&id);
                     let port = self
                         .ports
@@ -414,7 +438,21 @@ impl<M: FrameMemory, P: WorkerPort<M>> Worker<M, P> {
                 }
                 Control::SetPolicy(policy) => {
                     let old = self.engine.set_policy(policy);
+                    // Every kernel entry of the old generation is stale from now on: its
+                    // flow's next packet is upcalled and re-decided.
+                    let generation = self.engine.policy_generation();
+                    if let Some(o) = self.offload.as_mut() {
+                        o.set_generation(generation);
+                        // Then every offloaded flow is re-decided and its entries updated,
+                        // so only those whose verdict changed are upcalled.
+                        self.engine.revalidate_offloaded(self.last_now);
+                        self.apply_offload();
+                    }
                     self.reaper.retire(Box::new(old));
+                }
+                Control::SetOffload(mut offload) => {
+                    offload.set_generation(self.engine.policy_generation());
+                    self.offload = Some(offload);
                 }
                 Control::Frames { reply } => {
                     let _ = reply.send(self.frames());
@@ -422,6 +460,56 @@ impl<M: FrameMemory, P: WorkerPort<M>> Worker<M, P> {
                 Control::Stop => return ControlOutcome::Stop,
             }
         }
+    }
+
+    /// Carries out the engine's requests to the kernel flow cache, counting what failed.
+    fn apply_offload(&mut self) {
+        let Some(off) = self.offload.as_mut() else {
+            return;
+        };
+        let counters = self.engine.counters();
+        let log = self.engine.offload_log();
+        for op in log.pending() {
+            match off.apply(op) {
+                Ok(()) => counters.offload.applied.add(1),
+                Err(OffloadError::Full) => counters.offload.refused_full.add(1),
+                Err(e) => {
+                    counters.offload.failed.add(1);
+                    tracing::debug!(worker = self.index, error = %e, "kernel flow cache request failed");
+                }
+            }
+        }
+        log.clear();
+    }
+
+    /// After a round: the engine's kernel requests, and now and then the kernel's activity
+    /// read back into the engine (entries the engine disowns are removed by the sync).
+    fn offload_round(&mut self, now: u64) {
+        if self.offload.is_none() {
+            return;
+        }
+        self.apply_offload();
+        if now < self.next_sync {
+            return;
+        }
+        self.next_sync = now + OFFLOAD_SYNC_NS;
+        let Some(off) = self.offload.as_mut() else {
+            return;
+        };
+        let engine = &mut self.engine;
+        let counters = engine.counters();
+        off.sync(self.clock_origin, &mut |seen| {
+            let owned = engine.kernel_seen(seen, now);
+            if !owned {
+                counters.offload.reconciled.add(1);
+            }
+            owned
+        });
+        if let Some(k) = off.kernel_stats() {
+            counters.offload.kernel.store(&k);
+        }
+        // Flows that expired while being looked up asked for their entries' removal.
+        self.apply_offload();
     }
 
     fn frames(&self) -> WorkerFrames {
@@ -513,4 +601,11 @@ impl<M: FrameMemory, P: WorkerPort<M>> Worker<M, P> {
         }
         any
     }
+}
+
+/// CLOCK_MONOTONIC now, in ns: the kernel's `bpf_ktime_get_ns` clock, and `Instant`'s on
+/// Linux, so the kernel's last-seen stamps convert to the engine's clock.
+fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
 }
