@@ -15,7 +15,7 @@ use std::time::Duration;
 use controller::commands::lab::run_explained;
 use controller::lab::{Lab, LabError, LabSpec, NETWORKS_TOML, Outcome, Proto, WALKTHROUGH_TOML};
 use controller::runtime::policy::UserRules;
-use controller::runtime::{BridgeRuntime, RuntimeOptions};
+use controller::runtime::{BridgeRuntime, Datapath, RuntimeOptions};
 use controller::state::{DEFAULT_MAX_NETWORKS, DEFAULT_MAX_PORTS};
 use support::netns::{TempDir, xdp_links};
 
@@ -457,6 +457,29 @@ fn root_netns_lab_networks_bridges_interfaces_and_routes() {
 /// not go as expected (or whose trace disagrees), described; checks the dataplane lets go
 /// of every bridge on stop.
 fn run_walkthrough(text: &str, origin: &str) -> Vec<String> {
+    run_walkthrough_on(text, origin, Datapath::Afxdp)
+}
+
+/// The TCX ingress programs of every interface in `netns` (by interface name).
+fn tcx_programs(netns: &controller::netlink::Netns) -> Vec<(String, Vec<String>)> {
+    let names: Vec<String> = ip_link_names(netns.label());
+    netns
+        .run(move || {
+            names
+                .into_iter()
+                .filter_map(|n| {
+                    let progs = dataplane::afxdp::fastpath::tcx_ingress_programs(&n).ok()?;
+                    (!progs.is_empty()).then_some((n, progs))
+                })
+                .collect()
+        })
+        .unwrap()
+}
+
+/// [`run_walkthrough`] on a chosen datapath. In the tiered one, every gateway and
+/// container interface carries the fast path at TCX ingress (no XDP program: the only XDP
+/// link is the upcall veth's), and stopping removes them all with the upcall pair.
+fn run_walkthrough_on(text: &str, origin: &str, datapath: Datapath) -> Vec<String> {
     let state_dir = TempDir::new("walk-inproc");
     let spec = LabSpec::from_toml(text, origin).unwrap();
     let lab = Lab::build(spec).unwrap();
@@ -467,14 +490,24 @@ fn run_walkthrough(text: &str, origin: &str) -> Vec<String> {
     // defaults give.
     opts.frames.max_ports = DEFAULT_MAX_PORTS + DEFAULT_MAX_NETWORKS;
     opts.user_rules = UserRules::from_lines(lab.user_rules(), origin);
+    opts.datapath = datapath;
     let rt = BridgeRuntime::start(lab.host_netns().unwrap(), lab.state().clone(), opts).unwrap();
     let state = lab.state();
-    assert_eq!(
-        xdp_links(&host).len(),
-        state.networks.len() + state.attached_count(),
-        "every gateway and container interface is attached: {:?}",
-        xdp_links(&host)
-    );
+    let ports = state.networks.len() + state.attached_count();
+    match datapath {
+        Datapath::Afxdp => assert_eq!(
+            xdp_links(&host).len(),
+            ports,
+            "every gateway and container interface is attached: {:?}",
+            xdp_links(&host)
+        ),
+        Datapath::Tiered => {
+            assert_eq!(xdp_links(&host).len(), 1, "only the upcall veth: {:?}", xdp_links(&host));
+            let tcx = tcx_programs(lab.host_netns().unwrap());
+            assert_eq!(tcx.len(), ports, "the fast path on every port: {tcx:?}");
+            assert!(tcx.iter().all(|(_, p)| p == &["bw_fastpath"]), "{tcx:?}");
+        }
+    }
     let stop = AtomicBool::new(false);
     let steps = run_explained(&lab, &rt, T, &stop, |_| {}).unwrap();
     assert_eq!(steps.len(), lab.spec().steps.len());
@@ -506,6 +539,12 @@ fn run_walkthrough(text: &str, origin: &str) -> Vec<String> {
     bridges.sort();
     assert_eq!(given_back, bridges, "every bridge is given back");
     assert!(xdp_links(&host).is_empty(), "{:?}", xdp_links(&host));
+    assert!(tcx_programs(lab.host_netns().unwrap()).is_empty());
+    assert!(
+        !ip_link_names(&host).iter().any(|n| n.starts_with("bwu")),
+        "the upcall pair is removed: {:?}",
+        ip_link_names(&host)
+    );
     for n in &state.networks {
         let mut want: Vec<String> = n
             .attachments
@@ -529,6 +568,19 @@ fn root_netns_lab_both_walkthroughs_every_step_as_expected_with_the_dataplane() 
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut failures = run_walkthrough(WALKTHROUGH_TOML, "walkthrough");
     failures.extend(run_walkthrough(NETWORKS_TOML, "networks"));
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(
+        our_namespaces().is_empty(),
+        "left behind: {:?}",
+        our_namespaces()
+    );
+}
+
+#[test]
+fn root_netns_lab_both_walkthroughs_every_step_as_expected_with_the_tiered_datapath() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut failures = run_walkthrough_on(WALKTHROUGH_TOML, "walkthrough", Datapath::Tiered);
+    failures.extend(run_walkthrough_on(NETWORKS_TOML, "networks", Datapath::Tiered));
     assert!(failures.is_empty(), "{failures:#?}");
     assert!(
         our_namespaces().is_empty(),

@@ -1353,6 +1353,19 @@ impl<M: FrameMemory> Engine<M> {
         if !r.admit && r.verdict.rule == RULE_FAIL_CLOSED {
             return true;
         }
+        // The other side of a connection the policy has since denied (admitted, then a new
+        // rule cut it): its packets are judged one by one — Linux's conntrack keeps the
+        // connection, and a DOCKER-USER rule drops only the originator's packets — and must
+        // not take the flow over, or the originator's packets would pass as replies of an
+        // admitted flow. (A flow denied at its first packet was never a connection: the other
+        // side's packet opens one of its own, as in Linux.)
+        if p.kind == PendingKind::New
+            && self.flows.peek(&hk, now).is_some_and(|e| {
+                !e.verdict.accept && e.was_admitted && e.dir(hk.src_is_a) == Dir::Reply
+            })
+        {
+            return true;
+        }
         let first = FirstPacket {
             tracking: p.tracking,
             tcp_flags: p.parsed.tcp_flags,

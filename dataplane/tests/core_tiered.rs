@@ -1103,7 +1103,8 @@ fn no_parent_to_child_80(generation: u64) -> Box<dyn Policy> {
 /// next packets as new (a denied flow is one-way, its replies are misses), so a kernel
 /// drop entry for it would drop what the engine would ask the policy about — and admit.
 /// `reply`: the child's packet that notices the swap.
-fn reply_direction_denial(b: &mut Tiered, reply: &[u8]) {
+/// `original`: a packet of the parent's direction, which must stay denied.
+fn reply_direction_denial(b: &mut Tiered, reply: &[u8], original: &[u8]) {
     let _old = b.engine.set_policy(no_parent_to_child_80(2));
     // As the worker does right after a swap (nothing to do for a flow not offloaded).
     b.engine.revalidate_offloaded(b.now);
@@ -1116,6 +1117,10 @@ fn reply_direction_denial(b: &mut Tiered, reply: &[u8]) {
     // The engine admits the child's next packet as a flow of its own...
     let got = b.upcall(CHILD.port, reply);
     assert_eq!(got.keys().copied().collect::<Vec<_>>(), [PARENT.port]);
+    // ...but does not take the denied flow over: the parent's packets stay denied (they
+    // would pass as replies of an admitted flow).
+    let parent = b.upcall(PARENT.port, original);
+    assert_eq!(parent, BTreeMap::new(), "the parent's packets stay denied");
     // ...which a drop entry for the child's direction would have dropped in the kernel
     // (until the denial expires, 5 s later).
     assert!(
@@ -1131,7 +1136,11 @@ fn a_denial_noticed_by_an_unoffloaded_flows_reply_drops_nothing_the_engine_would
     let mut b = Tiered::new(accept_all(1, 1));
     b.upcall(PARENT.port, &udp(PARENT, CHILD, 4000, 80));
     assert_eq!(b.ops(), []);
-    reply_direction_denial(&mut b, &udp(CHILD, PARENT, 80, 4000));
+    reply_direction_denial(
+        &mut b,
+        &udp(CHILD, PARENT, 80, 4000),
+        &udp(PARENT, CHILD, 4000, 80),
+    );
 }
 
 #[test]
@@ -1155,6 +1164,14 @@ fn a_denial_noticed_by_a_stale_entrys_reply_drops_nothing_the_engine_would_admit
     assert_eq!(&ops[..2], removes(PARENT, CHILD, t));
     let got = b.upcall(CHILD.port, &reply);
     assert_eq!(got.keys().copied().collect::<Vec<_>>(), [PARENT.port]);
+    // The child's packets pass one by one; the parent's stay denied.
+    let data = tcp_frame(PARENT, CHILD, 4000, 80, PSH | ACK, b"x");
+    assert_eq!(b.upcall(PARENT.port, &data), BTreeMap::new());
+    assert!(
+        b.ops()
+            .iter()
+            .all(|o| !matches!(o, OffloadOp::Forward { .. }))
+    );
     assert!(
         !ops.iter()
             .any(|o| matches!(o, OffloadOp::Drop { in_port, .. } if *in_port == CHILD.port)),

@@ -189,6 +189,35 @@ fn rate(now: u64, then: Option<u64>, secs: f64) -> String {
     }
 }
 
+/// The tiered datapath's line: what the kernel forwarded itself, what came up and why.
+fn print_offload(o: &crate::control::api::OffloadStats) {
+    let list = |l: &[(String, u64)]| {
+        l.iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| format!("{r} {}", count(*n)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "tiered datapath: kernel forwarded {} packets ({}), dropped {}; {} flows offloaded; {} upcalls ({}){}{}",
+        count(o.kernel_forwarded),
+        bytes(o.kernel_forwarded_bytes),
+        count(o.kernel_dropped),
+        count(o.installed),
+        count(o.upcalls),
+        list(&o.kernel_upcalls),
+        if o.refused_full > 0 {
+            format!("; kernel flow table full {} times", count(o.refused_full))
+        } else {
+            String::new()
+        },
+        match list(&o.kernel_failures) {
+            f if f.is_empty() => String::new(),
+            f => format!("; kernel failures: {f}"),
+        }
+    );
+}
+
 fn print_stats(s: &StatsReply, last: Option<&StatsReply>) {
     let secs = last.map_or(0.0, |l| s.uptime_seconds - l.uptime_seconds);
     println!(
@@ -278,6 +307,9 @@ fn print_stats(s: &StatsReply, last: Option<&StatsReply>) {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+    }
+    if s.datapath == "tiered" {
+        print_offload(&s.offload);
     }
     let batches: u64 = s.policy_latency_ns.iter().map(|(_, n)| n).sum();
     if batches > 0 {

@@ -102,6 +102,14 @@ pub fn follow(
     for w in &rt.policy().warnings {
         println!("note: user rules: {w}");
     }
+    match rt.datapath() {
+        crate::runtime::Datapath::Tiered => println!(
+            "datapath: tiered (admitted flows forwarded in the kernel at TCX ingress; new flows and the rest through the AF_XDP + Wasm loop)"
+        ),
+        crate::runtime::Datapath::Afxdp => {
+            println!("datapath: afxdp (every packet through the AF_XDP + Wasm loop)")
+        }
+    }
     if rt.audit() {
         println!(
             "AUDIT mode: verdicts are counted and shown (monitor, stats), everything is forwarded"

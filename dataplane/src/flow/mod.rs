@@ -221,6 +221,9 @@ pub struct FlowEntry {
     /// flow cache ([`NOT_OFFLOADED`]: none), so they are removed with it and replaced when
     /// it is re-decided.
     pub offloaded: u64,
+    /// The policy admitted this flow at some point (a denial since came from a re-decision,
+    /// not from its first packet): its other side's packets must not take it over.
+    pub was_admitted: bool,
 }
 
 /// [`FlowEntry::offloaded`] of a flow with no kernel entries.
@@ -302,6 +305,7 @@ const EMPTY_ENTRY: FlowEntry = FlowEntry {
     src_next: NO_SLOT,
     src_prev: NO_SLOT,
     offloaded: NOT_OFFLOADED,
+    was_admitted: false,
 };
 
 /// What the table needs to create or re-decide a flow.
@@ -475,6 +479,7 @@ impl FlowTable {
         let e = &mut self.entries[s];
         e.verdict = verdict;
         e.generation = generation;
+        e.was_admitted |= verdict.accept;
         if !verdict.accept {
             e.one_way = true;
             e.last_seen = now;
@@ -865,6 +870,7 @@ impl FlowTable {
                 let e = &mut self.entries[s];
                 e.verdict = d.verdict;
                 e.generation = d.generation;
+                e.was_admitted |= d.verdict.accept;
                 if d.verdict.accept {
                     self.advance(s, dir, pkt.tcp_flags, now);
                 } else {
@@ -926,6 +932,7 @@ impl FlowTable {
             src_next: NO_SLOT,
             src_prev: NO_SLOT,
             offloaded: NOT_OFFLOADED,
+            was_admitted: d.verdict.accept,
         }
     }
 
