@@ -3,6 +3,7 @@
 //! builds namespaces and attaches XDP programs); skips with a message otherwise. Everything
 //! it creates lives in namespaces the harness removes on drop.
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use controller::bench::{Args, PathKind};
 
@@ -16,6 +17,10 @@ fn is_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+/// The tests share the machine's two cores and the `bwb-<pid>-` namespace prefix: one at a
+/// time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A temporary output directory, removed on drop.
 struct TempDir(PathBuf);
@@ -65,6 +70,9 @@ fn root_quick_mode_runs_every_path_and_writes_well_formed_files() {
         eprintln!("skipped: needs root (namespaces, XDP); CI runs it as root");
         return;
     }
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = TempDir(std::env::temp_dir().join(format!("bwbench-quick-{}", std::process::id())));
     let out = controller::bench::run(&Args::quick(dir.0.clone())).expect("quick run");
     let r = &out.report;
@@ -148,4 +156,49 @@ fn root_quick_mode_runs_every_path_and_writes_well_formed_files() {
         }
     }
     assert!(out.plots.iter().any(|p| p.ends_with("latency-cdf.svg")));
+}
+
+/// The tiered path on its own: TCP through it and a 64-byte UDP flood on established flows
+/// are forwarded by the kernel fast path (its counters say so), and a policy change stops an
+/// offloaded flow. Sanity only, no timing assertion.
+#[test]
+fn root_tiered_path_offloads_flows() {
+    use controller::bench::paths::Path;
+    use controller::bench::paths::tiered::{Tiered, established_rate};
+    if !is_root() {
+        eprintln!("skipped: needs root (namespaces, XDP, BPF); CI runs it as root");
+        return;
+    }
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut t = Tiered::new().expect("tiered path");
+    t.set_user_rules(10).expect("rules");
+    let r = established_rate(&mut t, 1000, 0.5).expect("established rate");
+    assert!(r.pps > 1000.0, "tiered carried no traffic: {r:?}");
+    let forwarded = r.extra["kernel_forwarded"].as_u64().unwrap_or(0);
+    assert!(
+        forwarded > 0,
+        "the established flows were not forwarded in the kernel: {r:?}"
+    );
+    if controller::bench::measure::tcp::available() {
+        let _ = t.stats();
+        let tcp = controller::bench::measure::tcp::measure(&mut t, 0, 10, 1.0).expect("tcp");
+        let s = t.stats();
+        assert!(tcp.gbps > 0.0, "no TCP: {tcp:?}");
+        assert!(
+            s["kernel_forwarded"].as_u64().unwrap_or(0) > 0,
+            "TCP not forwarded in the kernel: {s}"
+        );
+    }
+    let d = t
+        .deny_latency(20_000.0, Duration::from_millis(50))
+        .expect("a policy change stops the offloaded flow");
+    assert!(d.kernel_forwarded_before > 0, "{d:?}");
+    drop(t);
+    assert!(
+        namespaces().is_empty(),
+        "namespaces left: {:?}",
+        namespaces()
+    );
 }

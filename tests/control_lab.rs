@@ -282,6 +282,64 @@ fn root_lab_control_api_end_to_end() {
     capture_pcap(&lab, &client, web);
     non_root_refused(&lab);
     metrics_scrape(&lab, metrics);
+    stops_with_a_monitor_attached(lab);
+}
+
+/// SIGINT while a `monitor` client streams: the lab stops promptly (its server closes the
+/// open stream after a short grace, it used to wait for it forever) and the client ends
+/// cleanly.
+fn stops_with_a_monitor_attached(mut lab: Lab) {
+    let mut monitor = Command::new(BIN)
+        .arg("--socket")
+        .arg(&lab.socket)
+        .args(["monitor", "--json"])
+        .env("RUST_LIB_BACKTRACE", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        matches!(monitor.try_wait(), Ok(None)),
+        "the monitor streams"
+    );
+    let pid = lab.child.id().to_string();
+    let asked = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let waited = |child: &mut Child, limit: Duration| {
+        while asked.elapsed() < limit {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    };
+    let lab_status = waited(&mut lab.child, Duration::from_secs(15));
+    let monitor_status = waited(&mut monitor, Duration::from_secs(20));
+    let _ = monitor.kill();
+    let mut err = String::new();
+    if let Some(mut e) = monitor.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    assert!(
+        lab_status.is_some(),
+        "the lab did not stop within 15 s of SIGINT with a monitor attached"
+    );
+    println!(
+        "lab stopped {:.1} s after SIGINT with a monitor attached",
+        asked.elapsed().as_secs_f64()
+    );
+    assert!(
+        monitor_status.is_some_and(|s| s.success()),
+        "the monitor ends cleanly when bridgewall stops: {monitor_status:?}\n{err}"
+    );
 }
 
 fn rules_list_and_live_edits(lab: &Lab, client: &str, web: &str) {

@@ -2,7 +2,8 @@
 //! a namespace of its own: the tracker reports names, addresses, MACs, exposed and published
 //! ports, links and host-side veths as the engine and the kernel see them; a start event
 //! yields a new snapshot (latency recorded); an engine restart leads to reconnection and a
-//! full resync while the last snapshot stays in force. Needs root; slow (~30–60 s).
+//! full resync while the last snapshot stays in force; `bridgewall run` (with each
+//! `--datapath`) follows start and removal events. Needs root; slow (~30–60 s).
 mod support;
 
 use std::net::IpAddr;
@@ -331,7 +332,18 @@ impl Lines {
 }
 
 #[test]
-fn root_docker_cli_run_follows_events_and_names_bad_bridges() {
+fn root_docker_cli_run_follows_events_and_names_bad_bridges_afxdp() {
+    cli_run_follows_events_and_names_bad_bridges("afxdp");
+}
+
+#[test]
+fn root_docker_cli_run_follows_events_and_names_bad_bridges_tiered() {
+    cli_run_follows_events_and_names_bad_bridges("tiered");
+}
+
+/// `bridgewall run --datapath DATAPATH`: a bridge that does not exist is named, and a
+/// running instance follows the engine's start and removal events.
+fn cli_run_follows_events_and_names_bad_bridges(datapath: &str) {
     let engine = DockerEngine::start(true);
     engine.run_container("first", &[], &[]);
     let bin = env!("CARGO_BIN_EXE_bridgewall");
@@ -345,6 +357,8 @@ fn root_docker_cli_run_follows_events_and_names_bad_bridges() {
             &engine.netns,
             "--bridge",
             "nosuch0",
+            "--datapath",
+            datapath,
         ])
         .output()
         .unwrap();
@@ -363,6 +377,8 @@ fn root_docker_cli_run_follows_events_and_names_bad_bridges() {
             &engine.netns,
             "--state-dir",
             state_dir.to_str().unwrap(),
+            "--datapath",
+            datapath,
         ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())

@@ -2,6 +2,9 @@
 //! network namespace of its own, with bridgewall running on that engine's docker0.
 //! Root tests: they install docker.io and nginx when missing, start dockerd inside a
 //! namespace, and remove everything (containers, daemon, namespaces) even when they fail.
+//! Each bridgewall scenario runs twice, once per datapath (issue 9): `--datapath afxdp`
+//! (every packet through the AF_XDP + Wasm loop) and `--datapath tiered` (admitted flows
+//! forwarded in the kernel from tc/TCX, the rest upcalled to that loop).
 mod support;
 
 use std::process::{Child, Command, Output, Stdio};
@@ -64,7 +67,8 @@ struct Bridgewall {
 }
 
 impl Bridgewall {
-    fn start(engine: &DockerEngine, rules: &str) -> Bridgewall {
+    /// `bridgewall run --datapath DATAPATH --rules FILE` (`rules` written to FILE).
+    fn start(engine: &DockerEngine, rules: &str, datapath: &str) -> Bridgewall {
         let rules_file = engine.dir.join("rules.txt");
         std::fs::write(&rules_file, rules).unwrap();
         let state_dir = engine.dir.join("bw-state");
@@ -80,6 +84,7 @@ impl Bridgewall {
             .arg(&state_dir)
             .arg("--rules")
             .arg(&rules_file)
+            .args(["--datapath", datapath])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -184,14 +189,23 @@ fn start_seed_containers(engine: &DockerEngine) {
 }
 
 #[test]
-fn root_docker_scenario_icc_true_and_a_link_through_bridgewall() {
+fn root_docker_scenario_icc_true_and_a_link_through_bridgewall_afxdp() {
+    icc_true_and_a_link("afxdp");
+}
+
+#[test]
+fn root_docker_scenario_icc_true_and_a_link_through_bridgewall_tiered() {
+    icc_true_and_a_link("tiered");
+}
+
+fn icc_true_and_a_link(datapath: &str) {
     let engine = DockerEngine::start(true);
     start_seed_containers(&engine);
     let (ip1, ip2) = (
         ip_of(&engine, "nginx_server1"),
         ip_of(&engine, "nginx_server2"),
     );
-    let bw = Bridgewall::start(&engine, "");
+    let bw = Bridgewall::start(&engine, "", datapath);
 
     // 1. icc=true: the two servers fetch each other's page by IP.
     let page = eventually("server1 → server2", || {
@@ -216,7 +230,16 @@ fn root_docker_scenario_icc_true_and_a_link_through_bridgewall() {
 }
 
 #[test]
-fn root_docker_scenario_icc_false_link_published_port_and_user_rule() {
+fn root_docker_scenario_icc_false_link_published_port_and_user_rule_afxdp() {
+    icc_false_link_published_port_and_user_rule("afxdp");
+}
+
+#[test]
+fn root_docker_scenario_icc_false_link_published_port_and_user_rule_tiered() {
+    icc_false_link_published_port_and_user_rule("tiered");
+}
+
+fn icc_false_link_published_port_and_user_rule(datapath: &str) {
     let engine = DockerEngine::start(false);
     let ext2 = OutsideHost::add(&engine, 1);
     start_seed_containers(&engine);
@@ -226,6 +249,7 @@ fn root_docker_scenario_icc_false_link_published_port_and_user_rule() {
     let bw = Bridgewall::start(
         &engine,
         "-I -s 198.18.0.2 -d nginx_server1 -p tcp --dport 80 -j DROP\n",
+        datapath,
     );
 
     // 3. The linked pair still talks on the exposed port...

@@ -690,6 +690,11 @@ fn registry(input: &MetricsInput) -> Registry {
             "Packets the kernel dropped for denied flows",
             o.kernel_dropped,
         ),
+        (
+            "offload_upcall_queue_drops",
+            "Upcalled frames dropped on the way to the engine (upcall veth queue full)",
+            o.upcall_queue_drops,
+        ),
     ] {
         r.register(name, help, ConstCounter::new(v));
     }

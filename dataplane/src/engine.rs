@@ -791,10 +791,11 @@ impl<M: FrameMemory> Engine<M> {
                 self.drop_frame(d, reason, in_port);
             } else if accept {
                 self.forward(mem, in_port, d, &parsed, egress, complete);
-                self.maybe_offload(slot);
+                self.maybe_offload(slot, true);
             } else {
                 let entry = *self.flows.entry(slot);
                 self.deny_cached(mem, in_port, d, &parsed, &entry, now);
+                self.offload_drop(slot, in_port, &tr.tuple);
             }
             self.send_released(mem, in_port);
         }
@@ -1391,7 +1392,7 @@ impl<M: FrameMemory> Engine<M> {
         };
         self.flows.mark_audited(slot, r.audited);
         if r.admit {
-            self.maybe_offload(slot);
+            self.maybe_offload(slot, false);
         } else {
             self.offload_denial(slot, p, r, in_port);
         }

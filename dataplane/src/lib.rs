@@ -17,8 +17,8 @@ pub mod engine;
 pub mod events;
 pub mod flow;
 pub mod frag;
-pub mod phy;
 pub mod offload;
+pub mod phy;
 pub mod policy;
 pub mod reject;
 #[cfg(feature = "testing")]

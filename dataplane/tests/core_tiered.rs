@@ -539,20 +539,27 @@ fn a_flow_seen_only_by_its_own_ports_is_offloaded_too() {
 }
 
 #[test]
-fn a_udp_flow_is_offloaded_once_the_reply_is_seen() {
+fn a_udp_flow_is_offloaded_at_its_second_packet_or_its_reply() {
     let mut b = Tiered::new(accept_all(1, 1));
     let t = tuple(PARENT, CHILD, 1000, 53, UDP);
-    // More requests before any reply: nothing.
+    // A lone datagram: nothing.
     b.upcall(PARENT.port, &udp(PARENT, CHILD, 1000, 53));
     assert_eq!(b.ops(), []);
-    let ops = b.udp_exchange(PARENT, CHILD, 1000, 53);
-    assert_eq!(ops, forwards(PARENT, CHILD, t, 1));
+    // Its second: a stream, offloaded although unanswered (the kernel forwards a reply).
+    b.upcall(PARENT.port, &udp(PARENT, CHILD, 1000, 53));
+    assert_eq!(b.ops(), forwards(PARENT, CHILD, t, 1));
+    // A request answered at once is offloaded by its reply.
+    let t2 = tuple(PARENT, CHILD, 1001, 53, UDP);
+    assert_eq!(
+        b.udp_exchange(PARENT, CHILD, 1001, 53),
+        forwards(PARENT, CHILD, t2, 1)
+    );
     for _ in 0..3 {
         b.upcall(PARENT.port, &udp(PARENT, CHILD, 1000, 53));
         b.upcall(CHILD.port, &udp(CHILD, PARENT, 53, 1000));
     }
     assert_eq!(b.ops(), []);
-    assert_eq!(b.snap().offload.installed, 1);
+    assert_eq!(b.snap().offload.installed, 2);
 }
 
 #[test]
@@ -994,12 +1001,18 @@ fn revalidation_after_a_swap_updates_or_removes_every_offloaded_flows_entries() 
         })));
     b.engine.revalidate_offloaded(b.now);
     let mut want = removes(PARENT, CHILD, web).to_vec();
+    // The denied flow's originator gets a drop entry: its packets stay in the kernel.
+    want.push(OffloadOp::Drop {
+        in_port: PARENT.port,
+        tuple: web,
+        generation: 3,
+    });
     want.extend(removes(CHILD, PARENT, dns));
     want.extend(forwards(CHILD, PARENT, dns, 3));
     assert_eq!(sorted(&b.ops()), sorted(&want));
     assert_eq!(
         b.flow(&web).map(|e| (e.verdict.accept, e.offloaded)),
-        Some((false, NOT_OFFLOADED))
+        Some((false, 3))
     );
     // The denied flow's next packet is dropped by the engine.
     let got = b.upcall(
@@ -1051,6 +1064,11 @@ fn revalidation_decides_more_flows_than_a_policy_batch() {
         let t = tuple(PARENT, CHILD, sport, 53, UDP);
         if sport % 2 == 1 {
             want.extend(removes(PARENT, CHILD, t));
+            want.push(OffloadOp::Drop {
+                in_port: PARENT.port,
+                tuple: t,
+                generation: 2,
+            });
         } else {
             want.extend(forwards(PARENT, CHILD, t, 2));
         }

@@ -81,10 +81,23 @@ impl Bridgewall {
 
     /// [`Bridgewall::spawn`] with further arguments for `bridgewall run`.
     fn spawn_with(engine: &DockerEngine, extra: &[&std::ffi::OsStr]) -> Bridgewall {
+        // Live rule edits are saved to the rules file; without --rules that is the host's
+        // /var/lib/bridgewall/user.rules, which every later run would read back. A test's
+        // instance keeps its rules in the engine's directory.
+        let mut rules = Vec::new();
+        if !extra.iter().any(|a| *a == "--rules") {
+            let file = engine.dir.join("user.rules");
+            if !file.exists() {
+                std::fs::write(&file, "").expect("an empty rules file");
+            }
+            rules.push(std::ffi::OsString::from("--rules"));
+            rules.push(file.into_os_string());
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_bridgewall"))
             .args(["run", "--docker-host", &engine.host()])
             .args(["--netns", &engine.netns, "--state-dir"])
             .arg(engine.dir.join("bridgewall-state"))
+            .args(&rules)
             .args(extra)
             .env("NO_COLOR", "1")
             // An error's cause, not a backtrace, should end the log tail a failure prints.
@@ -216,6 +229,45 @@ impl Bridgewall {
                 .all(|n| seen(&counts, n.as_ref()) > seen(before, n.as_ref()))
                 && no_veth_on_docker0(engine)
         });
+    }
+
+    /// The process id of the running child (None once it stopped or was killed).
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The control socket of an instance started by [`Bridgewall::start`] and friends on
+    /// `engine` (`bridgewall.sock` in the state directory they pass).
+    pub(crate) fn socket(engine: &DockerEngine) -> std::path::PathBuf {
+        engine.dir.join("bridgewall-state").join("bridgewall.sock")
+    }
+
+    /// Whether the child still runs.
+    pub(crate) fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// `kill -9` (SIGKILL sent directly), reaped, and the readers joined; panics if it had
+    /// already exited by itself, with its last lines.
+    pub(crate) fn kill9(&mut self) {
+        let mut child = self.child.take().expect("bridgewall runs");
+        if let Ok(Some(status)) = child.try_wait() {
+            for r in self.readers.drain(..) {
+                let _ = r.join();
+            }
+            panic!(
+                "bridgewall had exited ({status}) before kill -9:\n{}",
+                self.tail(40)
+            );
+        }
+        child.kill().expect("kill -9 bridgewall");
+        let status = child.wait().expect("reaping bridgewall");
+        assert!(!status.success(), "bridgewall survived kill -9: {status}");
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
     }
 
     /// SIGINT and wait (SIGKILL after 30 s), then join the readers so [`Bridgewall::lines`]

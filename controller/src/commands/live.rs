@@ -199,13 +199,18 @@ fn print_offload(o: &crate::control::api::OffloadStats) {
             .join(", ")
     };
     println!(
-        "tiered datapath: kernel forwarded {} packets ({}), dropped {}; {} flows offloaded; {} upcalls ({}){}{}",
+        "tiered datapath: kernel forwarded {} packets ({}), dropped {}; {} flows offloaded; {} upcalls ({}){}{}{}",
         count(o.kernel_forwarded),
         bytes(o.kernel_forwarded_bytes),
         count(o.kernel_dropped),
         count(o.installed),
         count(o.upcalls),
         list(&o.kernel_upcalls),
+        if o.upcall_queue_drops > 0 {
+            format!("; upcall queue dropped {}", count(o.upcall_queue_drops))
+        } else {
+            String::new()
+        },
         if o.refused_full > 0 {
             format!("; kernel flow table full {} times", count(o.refused_full))
         } else {

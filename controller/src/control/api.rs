@@ -222,6 +222,9 @@ pub struct OffloadStats {
     /// Frames the kernel program dropped because an upcall or a redirect failed, or the
     /// interface was unknown.
     pub kernel_failures: Vec<(String, u64)>,
+    /// Upcalled frames dropped on the way to the engine (the upcall veth's queue full).
+    #[serde(default)]
+    pub upcall_queue_drops: u64,
 }
 
 /// One port's traffic and decisions.

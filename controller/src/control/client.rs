@@ -131,7 +131,16 @@ impl Client {
             }
             let mut pending: Vec<u8> = Vec::new();
             while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| self.io("reading the stream", e))?;
+                let frame = match frame {
+                    Ok(f) => f,
+                    // The connection closed mid-stream: bridgewall stopped (it closes open
+                    // streams at shutdown). The stream is over, not broken.
+                    Err(e) if connection_closed(&e) => {
+                        tracing::info!("the stream ended: bridgewall closed the connection");
+                        return Ok(());
+                    }
+                    Err(e) => return Err(self.io("reading the stream", e)),
+                };
                 let Some(data) = frame.data_ref() else {
                     continue;
                 };
@@ -247,4 +256,14 @@ fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
         status: status.as_u16(),
         message,
     }
+}
+
+/// The error of a stream whose connection the server closed (it stopped), as opposed to a
+/// malformed answer.
+fn connection_closed(e: &hyper::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
+    e.is_incomplete_message()
+        || std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| matches!(io.kind(), UnexpectedEof | ConnectionReset | BrokenPipe))
 }

@@ -328,6 +328,7 @@ fn stats(rt: &BridgeRuntime, snaps: &[CounterSnapshot], extras: &OwnerExtras) ->
         reply.policy_latency_sum_ns += s.policy_latency_sum_ns;
     }
     reply.drops = drops_named(&drops);
+    reply.offload.upcall_queue_drops = rt.upcall_drops().unwrap_or(0);
     reply.policy_latency_ns = latency.into_iter().collect();
     for r in rt.event_rings() {
         let e = r.stats();

@@ -153,6 +153,10 @@ struct Pending {
     reply: oneshot::Sender<Reply>,
 }
 
+/// How long a shutdown waits for open connections (a `monitor` stream never ends by
+/// itself) before closing them.
+const STREAM_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What the handlers share.
 #[derive(Clone)]
 struct Ctx {
@@ -215,11 +219,29 @@ impl ControlServer {
                     };
                     tokio::spawn(pump.run());
                     let app = router(ctx).into_make_service_with_connect_info::<PeerCred>();
-                    let served = axum::serve(listener, app).with_graceful_shutdown(async {
+                    // Shutdown: requests in flight get to finish, but a stream (`monitor`,
+                    // `capture`) never does — after a grace period the runtime goes, and
+                    // with it every open connection (the client sees the stream end).
+                    let (stopping, stopped) = tokio::sync::watch::channel(false);
+                    tokio::spawn(async move {
                         let _ = stop.await;
+                        let _ = stopping.send(true);
                     });
-                    if let Err(e) = served.await {
-                        tracing::error!("control socket: {e}");
+                    let mut graceful = stopped.clone();
+                    let served = axum::serve(listener, app).with_graceful_shutdown(async move {
+                        let _ = graceful.wait_for(|s| *s).await;
+                    });
+                    let mut deadline = stopped;
+                    tokio::select! {
+                        r = served.into_future() => {
+                            if let Err(e) = r {
+                                tracing::error!("control socket: {e}");
+                            }
+                        }
+                        _ = async move {
+                            let _ = deadline.wait_for(|s| *s).await;
+                            tokio::time::sleep(STREAM_GRACE).await;
+                        } => tracing::debug!("control socket: open streams closed at shutdown"),
                     }
                 })
             })

@@ -16,9 +16,11 @@
 use super::link::{LinkCounters, QdiscStats};
 use super::{NetlinkError, Rtnl, VethPeer};
 
-/// MTU of both ends: room for the 14-byte tag on a 1500-byte-MTU frame with plenty to
-/// spare, below the 3506 that native XDP on the `r` end allows its peer.
-pub const UPCALL_MTU: u32 = 3000;
+/// MTU of both ends: the data room of a 2 KiB UMEM frame (2048 − 256 bytes of headroom −
+/// the 14-byte Ethernet header), what the AF_XDP socket on the `r` end can hold. A tagged
+/// frame of a 1500-byte-MTU container (1,528 bytes) fits; a bigger one could not be
+/// received anyway.
+pub const UPCALL_MTU: u32 = 1778;
 
 /// Transmit queue length of the `t` end: the limit of its fifo qdisc, in packets.
 pub const UPCALL_TXQUEUELEN: u32 = 1000;

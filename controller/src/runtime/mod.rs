@@ -384,7 +384,7 @@ impl BridgeRuntime {
             rt.cut_off(a);
         }
         for a in state.attachments() {
-            let port = rt.open_port(&a.host_ifname, rt.tiered.is_none())?;
+            let port = rt.open_port(&a.host_ifname, rt.container_port_config())?;
             rt.add_container(&state, a, port)?;
         }
         rt.install_policy()?;
@@ -436,7 +436,7 @@ impl BridgeRuntime {
             },
         );
         let mac = bridge_mac(&self.netns, &bridge)?;
-        let port = self.open_port(&gateway_ifname, self.tiered.is_none())?;
+        let port = self.open_port(&gateway_ifname, self.container_port_config())?;
         let config = PortConfig {
             id: gateway_port,
             macs: vec![mac],
@@ -525,6 +525,15 @@ impl BridgeRuntime {
         })
     }
 
+    /// Frames the tiered datapath's upcall path dropped (its queue full, the veths'
+    /// drops); `None` in the AF_XDP datapath or when they cannot be read.
+    pub fn upcall_drops(&self) -> Option<u64> {
+        let t = self.tiered.as_ref()?;
+        t.upcall_drops(&self.netns)
+            .map_err(|e| tracing::debug!("{e}"))
+            .ok()
+    }
+
     /// The datapath in use.
     pub fn datapath(&self) -> Datapath {
         self.opts.datapath
@@ -600,7 +609,7 @@ impl BridgeRuntime {
                 // Cut off (off the bridge) but not attached until a policy covers it.
                 continue;
             }
-            let opened = self.open_port(&a.host_ifname, self.tiered.is_none());
+            let opened = self.open_port(&a.host_ifname, self.container_port_config());
             match opened.and_then(|port| self.add_container(new, a, port)) {
                 Ok(()) => report.attached.push(a.container.clone()),
                 Err(e) => tracing::error!(container = a.container, "{e}"),
@@ -686,7 +695,13 @@ impl BridgeRuntime {
         self.tiered = Some(tiered);
         let dp = self.dataplane.as_mut().ok_or(WorkerError::WorkerGone(0))?;
         dp.set_offload(0, Box::new(offload))?;
-        let port = self.open_port(&ifname, true)?;
+        // Every upcall of every port arrives here: a deep receive side.
+        let xdp = XdpPortConfig {
+            fill_share: tiered::UPCALL_FILL_FRAMES,
+            rings: self.opts.xdp.rings.at_least(2 * tiered::UPCALL_FILL_FRAMES),
+            ..port_config(&self.opts)
+        };
+        let port = self.open_port(&ifname, xdp)?;
         let config = PortConfig {
             id: upcall_port,
             network: upcall_port,
@@ -704,7 +719,16 @@ impl BridgeRuntime {
 
     /// Opens the AF_XDP port of `ifname` in the bridge's namespace, in a UMEM segment with
     /// room (adding a segment when every other is full).
-    fn open_port(&mut self, ifname: &str, receive: bool) -> Result<XdpPort, RuntimeError> {
+    /// How a container's or a gateway's port is opened: receiving (its XDP program) in the
+    /// AF_XDP datapath, transmit-only (no program: the container keeps TSO) in the tiered one.
+    fn container_port_config(&self) -> XdpPortConfig {
+        XdpPortConfig {
+            receive: self.tiered.is_none(),
+            ..port_config(&self.opts)
+        }
+    }
+
+    fn open_port(&mut self, ifname: &str, xdp: XdpPortConfig) -> Result<XdpPort, RuntimeError> {
         let afxdp = |error| RuntimeError::AfXdp {
             ifname: ifname.to_string(),
             error,
@@ -730,10 +754,6 @@ impl BridgeRuntime {
             }
         };
         let umem = &self.umem;
-        let xdp = XdpPortConfig {
-            receive,
-            ..port_config(&self.opts)
-        };
         let share = self.shares.get(usize::from(seg)).and_then(Option::as_ref);
         let opened = self
             .netns

@@ -18,6 +18,10 @@ use crate::netlink::{NetlinkError, Netns, Rtnl};
 
 use super::RuntimeError;
 
+/// Frames the upcall port keeps posted for receive: every port's upcalls share it, so it
+/// gets sixteen times a container port's share (its receive ring twice that).
+pub const UPCALL_FILL_FRAMES: u32 = 1024;
+
 /// Name prefix of the upcall veth pairs (`bwu<pid>t` / `bwu<pid>r`).
 pub const UPCALL_PREFIX: &str = "bwu";
 
@@ -141,6 +145,16 @@ impl TieredPath {
         {
             tracing::warn!(port, "detaching the fast path: {e}");
         }
+    }
+
+    /// Frames the upcall path dropped so far: its queue's drops and the veths' own.
+    pub(super) fn upcall_drops(&self, netns: &Netns) -> Result<u64, RuntimeError> {
+        let Some(pair) = self.upcall.as_ref() else {
+            return Ok(0);
+        };
+        with_rtnl(netns, "reading the upcall veths' drops", async |rtnl| {
+            pair.drops(rtnl).await.map(|d| d.total())
+        })
     }
 
     /// Detaches everything and deletes the upcall pair (after the upcall port closed).

@@ -6,6 +6,7 @@ use crate::flow::{ConnState, FlowEntry, NOT_OFFLOADED, Verdict};
 use crate::offload::{KernelSeen, OffloadLog, OffloadOp, OffloadTarget, PortRole, reversed, tag};
 use crate::phy::{DescBatch, FrameDesc, FrameMemory, PortId};
 use crate::policy::{FlowState, MAX_BATCH, PacketRecord, RULE_FAIL_CLOSED};
+use crate::wire::Tuple;
 use rules_wasm::abi::proto;
 
 /// Room for kernel flow-cache requests between two drains by the worker (a round handles at
@@ -93,20 +94,29 @@ impl<M: FrameMemory> Engine<M> {
     }
 
     /// Asks for kernel entries of the flow in `slot` (both directions) when it has become
-    /// offloadable: admitted by the policy in force (not only by audit mode), confirmed
-    /// and established, TCP or UDP, between two ports the kernel fast path serves, and not
-    /// already offloaded with this verdict. No room in the log: the flow's next packet
-    /// tries again.
+    /// offloadable: admitted by the policy in force (not only by audit mode), a TCP
+    /// connection past its handshake or a UDP flow answered — or, `from_hit` (a packet of a
+    /// flow already known), one still unanswered — between two ports the kernel fast path
+    /// serves, and not already offloaded with this verdict. No room in the log: the flow's
+    /// next packet tries again.
     #[inline]
-    pub(super) fn maybe_offload(&mut self, slot: usize) {
+    pub(super) fn maybe_offload(&mut self, slot: usize, from_hit: bool) {
         let e = *self.flows.entry(slot);
-        if e.offloaded == e.generation
+        let settled = match e.state {
+            ConnState::TcpEstablished => e.confirmed(),
+            ConnState::UdpAssured => true,
+            // A stream not (yet) answered: offloaded at its second packet, so a lone
+            // datagram (a DNS query) costs no kernel entries; a reply the kernel then
+            // forwards assures the flow at the next sync.
+            ConnState::UdpUnreplied => from_hit,
+            _ => false,
+        };
+        if !settled
+            || e.offloaded == e.generation
             || !e.verdict.accept
             || e.audited
             || e.via_host
             || e.one_way
-            || !e.confirmed()
-            || !matches!(e.state, ConnState::TcpEstablished | ConnState::UdpAssured)
         {
             return;
         }
@@ -144,10 +154,10 @@ impl<M: FrameMemory> Engine<M> {
     /// After a denial was cached in `slot`: a drop entry in the kernel for the packets of
     /// the denied direction, so a flood of them never reaches the engine. Only for a packet
     /// travelling the flow's original direction: a re-decision noticed by a reply denies
-    /// the flow as its originator opened it, while the replier's own packets are new flows
-    /// of their own to the engine (and must not be dropped in the kernel). Not for rejects
-    /// (each packet is answered), audited denials, ICMP (always upcalled) or a packet
-    /// that came back through the host.
+    /// the flow as its originator opened it, while the replier's own packets are judged on
+    /// their own (and must not be dropped in the kernel). Not for rejects (each packet is
+    /// answered), audited denials, ICMP (always upcalled) or a packet that came back
+    /// through the host.
     pub(super) fn offload_denial(
         &mut self,
         slot: usize,
@@ -155,22 +165,33 @@ impl<M: FrameMemory> Engine<M> {
         r: &Resolved,
         in_port: PortId,
     ) {
+        if r.admit || p.from != in_port {
+            return;
+        }
+        self.offload_drop(slot, p.from, &p.tracking.tuple);
+    }
+
+    /// A drop entry for the denied flow in `slot`, whose packet `tuple` entered by
+    /// `in_port`, if that packet travels the flow's original direction and nothing needs to
+    /// see the flow's packets (no reject to answer, not audit mode, TCP or UDP, a port the
+    /// kernel fast path serves). Also for a flow denied by a re-decision: its packets come up
+    /// once (a miss) and stay down from then on.
+    pub(super) fn offload_drop(&mut self, slot: usize, in_port: PortId, tuple: &Tuple) {
         let e = *self.flows.entry(slot);
-        if r.admit
-            || r.reject().is_some()
-            || p.from != in_port
-            || e.ports[0] != p.from
-            || p.tracking.tuple != e.original_tuple()
-            || e.verdict.accept
+        if e.verdict.accept
+            || e.verdict.reject.is_some()
+            || self.audit_now
+            || e.ports[0] != in_port
+            || *tuple != e.original_tuple()
             || e.offloaded == e.generation
-            || !matches!(p.tracking.tuple.proto, proto::TCP | proto::UDP)
-            || self.kernel_target(p.from).is_none()
+            || !matches!(tuple.proto, proto::TCP | proto::UDP)
+            || self.kernel_target(in_port).is_none()
         {
             return;
         }
         if self.flows.offload_log().push(OffloadOp::Drop {
-            in_port: p.from,
-            tuple: p.tracking.tuple,
+            in_port,
+            tuple: *tuple,
             generation: e.generation,
         }) {
             self.flows.mark_offloaded(slot, e.generation);
@@ -311,7 +332,10 @@ impl<M: FrameMemory> Engine<M> {
             if r.audited {
                 self.flows.unoffload(s);
             } else if r.admit {
-                self.maybe_offload(s);
+                self.maybe_offload(s, false);
+            } else {
+                // Denied now: its originator's packets are dropped in the kernel from here on.
+                self.offload_drop(s, e.ports[0], &e.original_tuple());
             }
         }
     }

@@ -152,7 +152,7 @@ fn num_cpus() -> usize {
 }
 
 /// A compiled, loaded policy and whether it counts connections per source.
-struct Loaded {
+pub(super) struct Loaded {
     module: PolicyModule,
     /// Whether a rule uses `-m connlimit`: as `bridgewall run` does, the engine walks a
     /// source's flows on each new flow only then.
@@ -162,7 +162,7 @@ struct Loaded {
 impl Loaded {
     /// A chain of generation `generation` over this policy, configured as the controller
     /// configures it.
-    fn chain(&self, generation: u64) -> Result<PolicyChain> {
+    pub(super) fn chain(&self, generation: u64) -> Result<PolicyChain> {
         let mut c = PolicyChain::instantiate(generation, std::slice::from_ref(&self.module))
             .map_err(policy_err)?;
         c.set_counts_source_conns(self.counts_source_conns);
@@ -171,7 +171,7 @@ impl Loaded {
 }
 
 /// Parses the user rules against `net`, builds the Docker rule set and compiles and loads it.
-fn load_policy(
+pub(super) fn load_policy(
     wasm: &WasmRuntime,
     net: &BridgeNetwork,
     user: &[String],

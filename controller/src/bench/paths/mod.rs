@@ -1,9 +1,11 @@
 //! The forwarding paths compared, each over a [`Topology`] of its own: the kernel bridge
 //! with netfilter off ([`bridge`]), the kernel bridge running Docker's chains under
-//! iptables-nft or iptables-legacy ([`iptables`]), and bridgewall ([`bridgewall`]).
+//! iptables-nft or iptables-legacy ([`iptables`]), bridgewall ([`bridgewall`]) and
+//! bridgewall's tiered datapath ([`tiered`]).
 pub mod bridge;
 pub mod bridgewall;
 pub mod iptables;
+pub mod tiered;
 
 use std::time::Duration;
 
@@ -34,15 +36,19 @@ pub enum PathKind {
     DockerLegacy,
     /// bridgewall: AF_XDP ports, the engine and the compiled Docker policy.
     Bridgewall,
+    /// bridgewall's tiered datapath: admitted flows forwarded by a kernel fast path, misses
+    /// upcalled to the AF_XDP engine and its Wasm policy.
+    BridgewallTiered,
 }
 
 impl PathKind {
     /// Every path, in the order they run within a round.
-    pub const ALL: [PathKind; 4] = [
+    pub const ALL: [PathKind; 5] = [
         PathKind::Bridge,
         PathKind::DockerNft,
         PathKind::DockerLegacy,
         PathKind::Bridgewall,
+        PathKind::BridgewallTiered,
     ];
 
     /// The short name used in files and tables.
@@ -52,6 +58,7 @@ impl PathKind {
             PathKind::DockerNft => "docker-nft",
             PathKind::DockerLegacy => "docker-legacy",
             PathKind::Bridgewall => "bridgewall",
+            PathKind::BridgewallTiered => "bridgewall-tiered",
         }
     }
 
@@ -89,5 +96,6 @@ pub fn build(kind: PathKind) -> Result<Box<dyn Path>> {
             Box::new(iptables::DockerIptables::new(iptables::Flavour::Legacy)?)
         }
         PathKind::Bridgewall => Box::new(bridgewall::Bridgewall::new()?),
+        PathKind::BridgewallTiered => Box::new(tiered::Tiered::new()?),
     })
 }
