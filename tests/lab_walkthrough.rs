@@ -502,7 +502,12 @@ fn run_walkthrough_on(text: &str, origin: &str, datapath: Datapath) -> Vec<Strin
             xdp_links(&host)
         ),
         Datapath::Tiered => {
-            assert_eq!(xdp_links(&host).len(), 1, "only the upcall veth: {:?}", xdp_links(&host));
+            assert_eq!(
+                xdp_links(&host).len(),
+                1,
+                "only the upcall veth: {:?}",
+                xdp_links(&host)
+            );
             let tcx = tcx_programs(lab.host_netns().unwrap());
             assert_eq!(tcx.len(), ports, "the fast path on every port: {tcx:?}");
             assert!(tcx.iter().all(|(_, p)| p == &["bw_fastpath"]), "{tcx:?}");
@@ -580,7 +585,11 @@ fn root_netns_lab_both_walkthroughs_every_step_as_expected_with_the_dataplane() 
 fn root_netns_lab_both_walkthroughs_every_step_as_expected_with_the_tiered_datapath() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut failures = run_walkthrough_on(WALKTHROUGH_TOML, "walkthrough", Datapath::Tiered);
-    failures.extend(run_walkthrough_on(NETWORKS_TOML, "networks", Datapath::Tiered));
+    failures.extend(run_walkthrough_on(
+        NETWORKS_TOML,
+        "networks",
+        Datapath::Tiered,
+    ));
     assert!(failures.is_empty(), "{failures:#?}");
     assert!(
         our_namespaces().is_empty(),

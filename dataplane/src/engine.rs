@@ -783,6 +783,7 @@ impl<M: FrameMemory> Engine<M> {
                 self.enqueue_pending(now, mem, ports, d, parsed, egress, kind, Some((hk, tr)));
                 continue;
             }
+            let state_before = self.flows.entry(slot).state;
             self.flows.on_packet(slot, dir, parsed.tcp_flags, now);
             self.counters
                 .rule_traffic(self.flows.entry(slot).verdict.rule, u64::from(d.len));
@@ -791,7 +792,7 @@ impl<M: FrameMemory> Engine<M> {
                 self.drop_frame(d, reason, in_port);
             } else if accept {
                 self.forward(mem, in_port, d, &parsed, egress, complete);
-                self.maybe_offload(slot, true);
+                self.maybe_offload(slot, Some((state_before, dir)));
             } else {
                 let entry = *self.flows.entry(slot);
                 self.deny_cached(mem, in_port, d, &parsed, &entry, now);
@@ -1392,7 +1393,7 @@ impl<M: FrameMemory> Engine<M> {
         };
         self.flows.mark_audited(slot, r.audited);
         if r.admit {
-            self.maybe_offload(slot, false);
+            self.maybe_offload(slot, None);
         } else {
             self.offload_denial(slot, p, r, in_port);
         }

@@ -120,6 +120,12 @@ impl OffloadLog {
         true
     }
 
+    /// Counts a request that was not recorded because the log had no room for it (and its
+    /// companion: a flow's two entries go in together or not at all).
+    pub fn refuse(&mut self) {
+        self.overflow += 1;
+    }
+
     /// The pending requests, oldest first.
     pub fn pending(&self) -> &[OffloadOp] {
         &self.ops

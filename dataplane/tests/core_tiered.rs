@@ -207,13 +207,21 @@ impl Tiered {
         [after_syn, after_synack, self.ops()]
     }
 
-    /// A UDP request `a` → `b` and its reply, through the upcall port.
+    /// A UDP request `a` → `b`, its reply and a second request, through the upcall port:
+    /// offloaded at the second request (a flow past its first exchange).
     fn udp_exchange(&mut self, a: Host, b: Host, sport: u16, dport: u16) -> Vec<OffloadOp> {
         let req = self.upcall(a.port, &udp(a, b, sport, dport));
         assert_eq!(req.keys().copied().collect::<Vec<_>>(), [b.port], "request");
         assert_eq!(self.ops(), [], "an unanswered datagram is not offloaded");
         let rep = self.upcall(b.port, &udp(b, a, dport, sport));
         assert_eq!(rep.keys().copied().collect::<Vec<_>>(), [a.port], "reply");
+        assert_eq!(self.ops(), [], "a single request/reply is not offloaded");
+        let again = self.upcall(a.port, &udp(a, b, sport, dport));
+        assert_eq!(
+            again.keys().copied().collect::<Vec<_>>(),
+            [b.port],
+            "request"
+        );
         self.ops()
     }
 }
@@ -435,9 +443,10 @@ fn a_batch_of_upcalls_from_several_ports_is_split_by_port_in_order() {
     assert_eq!(s.port(PARENT.port).rx_packets, 2);
     assert_eq!(s.port(CHILD.port).rx_packets, 1);
     assert_eq!(s.port(GW.port).rx_packets, 1);
-    // The request was decided before the reply was looked up: the reply found its flow.
-    let t = tuple(PARENT, CHILD, 1000, 53, UDP);
-    assert_eq!(b.ops(), forwards(PARENT, CHILD, t, 1));
+    // The request was decided before the reply was looked up: the reply found its flow
+    // (and one request/reply is not offloaded).
+    assert_eq!(b.ops(), []);
+    assert_eq!(b.snap().flows.entries, 3);
     b.assert_frames_accounted();
 }
 
@@ -1044,6 +1053,14 @@ fn revalidation_decides_more_flows_than_a_policy_batch() {
             );
         }
         b.run();
+        // A second request each: past the first exchange, offloaded.
+        for i in start..end {
+            assert!(
+                b.port_mut(PARENT.port)
+                    .inject(&udp(PARENT, CHILD, 20_000 + i, 53))
+            );
+        }
+        b.run();
     }
     assert_eq!(b.ops().len(), 2 * usize::from(FLOWS));
     // Generation 2 denies the odd source ports.
@@ -1468,6 +1485,14 @@ fn a_full_log_defers_an_install_to_the_flows_next_packet() {
             );
         }
         b.run();
+        for i in 0..64 {
+            let sport = 10_000 + chunk * 64 + i;
+            assert!(
+                b.port_mut(PARENT.port)
+                    .inject(&udp(PARENT, CHILD, sport, 53))
+            );
+        }
+        b.run();
     }
     assert_eq!(
         b.engine.offload_log().pending().len(),
@@ -1479,6 +1504,7 @@ fn a_full_log_defers_an_install_to_the_flows_next_packet() {
     let t = tuple(PARENT, CHILD, 9000, 53, UDP);
     b.direct(PARENT, &udp(PARENT, CHILD, 9000, 53));
     b.direct(CHILD, &udp(CHILD, PARENT, 53, 9000));
+    b.direct(PARENT, &udp(PARENT, CHILD, 9000, 53));
     assert!(b.engine.offload_log().overflow() >= 1);
     assert_eq!(b.snap().offload.installed, u64::from(FLOWS));
     assert_eq!(b.flow(&t).unwrap().offloaded, NOT_OFFLOADED);

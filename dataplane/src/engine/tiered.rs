@@ -2,7 +2,7 @@
 //! kernel flow-cache requests out, the kernel's activity back into the flow table.
 use super::{Engine, Pending, Resolved};
 use crate::counters::DropReason;
-use crate::flow::{ConnState, FlowEntry, NOT_OFFLOADED, Verdict};
+use crate::flow::{ConnState, Dir, FlowEntry, NOT_OFFLOADED, Verdict};
 use crate::offload::{KernelSeen, OffloadLog, OffloadOp, OffloadTarget, PortRole, reversed, tag};
 use crate::phy::{DescBatch, FrameDesc, FrameMemory, PortId};
 use crate::policy::{FlowState, MAX_BATCH, PacketRecord, RULE_FAIL_CLOSED};
@@ -95,29 +95,37 @@ impl<M: FrameMemory> Engine<M> {
 
     /// Asks for kernel entries of the flow in `slot` (both directions) when it has become
     /// offloadable: admitted by the policy in force (not only by audit mode), a TCP
-    /// connection past its handshake or a UDP flow answered — or, `from_hit` (a packet of a
-    /// flow already known), one still unanswered — between two ports the kernel fast path
-    /// serves, and not already offloaded with this verdict. No room in the log: the flow's
-    /// next packet tries again.
+    /// connection past its handshake or a UDP flow past its first exchange (`hit`: the
+    /// packet that found the flow, with the flow's state before it and its direction),
+    /// between two ports the kernel fast path serves, and not already offloaded with this
+    /// verdict. No room in the log: the flow's next packet tries again.
     #[inline]
-    pub(super) fn maybe_offload(&mut self, slot: usize, from_hit: bool) {
+    pub(super) fn maybe_offload(&mut self, slot: usize, hit: Option<(ConnState, Dir)>) {
         let e = *self.flows.entry(slot);
-        let settled = match e.state {
-            ConnState::TcpEstablished => e.confirmed(),
-            ConnState::UdpAssured => true,
-            // A stream not (yet) answered: offloaded at its second packet, so a lone
-            // datagram (a DNS query) costs no kernel entries; a reply the kernel then
-            // forwards assures the flow at the next sync.
-            ConnState::UdpUnreplied => from_hit,
+        let settled = match (e.state, hit) {
+            (ConnState::TcpEstablished, _) => e.confirmed(),
+            // UDP: once it is more than one exchange — a packet after a request and its
+            // reply, or the originator's second packet unanswered — so a lone datagram or a
+            // single request/reply (a DNS lookup) costs no kernel entries. A reply the
+            // kernel forwards later assures the flow at the next sync.
+            (ConnState::UdpAssured | ConnState::UdpUnreplied, Some((before, dir))) => {
+                before == ConnState::UdpAssured
+                    || (before == ConnState::UdpUnreplied && dir == Dir::Original)
+            }
             _ => false,
         };
-        if !settled
-            || e.offloaded == e.generation
-            || !e.verdict.accept
-            || e.audited
-            || e.via_host
-            || e.one_way
-        {
+        if settled && e.offloaded != e.generation {
+            self.install_entries(slot);
+        }
+    }
+
+    /// Kernel entries for both directions of the flow in `slot`, with its generation, if it
+    /// is admitted by the policy in force (not only by audit mode), not one-way, not
+    /// hairpinned through the host, and between two ports the kernel fast path serves. No
+    /// room in the log: the flow's next packet tries again.
+    fn install_entries(&mut self, slot: usize) {
+        let e = *self.flows.entry(slot);
+        if !e.verdict.accept || e.audited || e.via_host || e.one_way {
             return;
         }
         let (Some(a), Some(b)) = (
@@ -128,10 +136,7 @@ impl<M: FrameMemory> Engine<M> {
         };
         let log = self.flows.offload_log();
         if !log.has_room(2) {
-            log.push(OffloadOp::Remove {
-                in_port: e.ports[0],
-                tuple: e.original_tuple(),
-            });
+            log.refuse();
             return;
         }
         let orig = e.original_tuple();
@@ -332,7 +337,8 @@ impl<M: FrameMemory> Engine<M> {
             if r.audited {
                 self.flows.unoffload(s);
             } else if r.admit {
-                self.maybe_offload(s, false);
+                // Offloaded before, so settled: its entries move to the new generation.
+                self.install_entries(s);
             } else {
                 // Denied now: its originator's packets are dropped in the kernel from here on.
                 self.offload_drop(s, e.ports[0], &e.original_tuple());
