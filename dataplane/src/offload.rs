@@ -202,10 +202,13 @@ pub trait FlowOffload: Send {
     fn apply(&mut self, op: &OffloadOp) -> Result<(), OffloadError>;
     /// Makes every entry of another generation stale (the next packet of each is upcalled).
     fn set_generation(&mut self, generation: u64);
-    /// Reports every entry's activity since the last sync to `seen`, whose answer says
-    /// whether the engine still owns the entry: one it disowns is removed. `clock_origin`:
-    /// the monotonic time (ns) at which the engine's clock read 0.
-    fn sync(&mut self, clock_origin: u64, seen: &mut dyn FnMut(&KernelSeen) -> bool);
+    /// Reports the activity of the next slice of entries since they were last reported to
+    /// `seen`, whose answer says whether the engine still owns the entry: one it disowns is
+    /// removed. Returns true when a walk over every entry has completed with this slice (the
+    /// worker then waits for the next sync; until then it calls again every round, so a big
+    /// table never stalls one round). `clock_origin`: the monotonic time (ns) at which the
+    /// engine's clock read 0.
+    fn sync(&mut self, clock_origin: u64, seen: &mut dyn FnMut(&KernelSeen) -> bool) -> bool;
     /// The kernel fast path's own counters, if it keeps any.
     fn kernel_stats(&self) -> Option<KernelPathStats> {
         None

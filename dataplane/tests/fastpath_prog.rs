@@ -523,6 +523,53 @@ fn root_netns_fastpath_flow_table_bookkeeping() {
 }
 
 #[test]
+fn root_netns_fastpath_flow_table_is_walked_in_slices_every_entry_once() {
+    const N: u32 = 3000;
+    let mut fp = FastPath::load(FastPathConfig { max_flows: 4096 }).unwrap();
+    let mut flows = fp.take_flows().unwrap();
+    for i in 0..N {
+        let key = FlowKey {
+            port: 1,
+            proto: UDP,
+            sport: (i & 0xffff) as u16,
+            dport: 53,
+            ..FlowKey::default()
+        };
+        flows
+            .install(&key, &FlowValue::forward(OUT_IF, OutMode::Peer, i))
+            .unwrap();
+    }
+    for walk in 0..2 {
+        let mut seen = std::collections::BTreeMap::new();
+        let mut slices = 0;
+        loop {
+            slices += 1;
+            assert!(slices <= 1000, "the walk never ends");
+            let done = flows
+                .walk_slice(|k, v| {
+                    *seen.entry(k.sport).or_insert(0u32) += 1;
+                    assert_eq!(
+                        u32::from(k.sport),
+                        v.generation,
+                        "key and value belong together"
+                    );
+                })
+                .unwrap();
+            if done {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), N as usize, "walk {walk}: every entry");
+        assert!(seen.values().all(|&n| n == 1), "walk {walk}: each once");
+        // Slices of at most 256 entries: the walk took several.
+        assert!(
+            slices >= (N as usize).div_ceil(256),
+            "walk {walk}: {slices} slices"
+        );
+    }
+}
+
+#[test]
 fn root_netns_fastpath_tcx_attach_and_detach_on_drop() {
     let ns = Netns::new("fastpath");
     let peer = Netns::new("fpeer");

@@ -130,7 +130,7 @@ impl FlowOffload for MemOffload {
         self.0.lock().unwrap().generations.push(generation);
     }
 
-    fn sync(&mut self, _clock_origin: u64, seen: &mut dyn FnMut(&KernelSeen) -> bool) {
+    fn sync(&mut self, _clock_origin: u64, seen: &mut dyn FnMut(&KernelSeen) -> bool) -> bool {
         let mut k = self.0.lock().unwrap();
         k.syncs += 1;
         let keys: Vec<(PortId, Tuple)> = k.entries.keys().copied().collect();
@@ -150,6 +150,8 @@ impl FlowOffload for MemOffload {
                 k.disowned.push(key);
             }
         }
+        // The whole table in one slice.
+        true
     }
 }
 

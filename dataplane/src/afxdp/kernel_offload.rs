@@ -21,6 +21,10 @@ struct Reported {
     carry_bytes: u64,
 }
 
+/// Slices (of up to 256 entries, one syscall each) one call of `sync` reads: a
+/// 65,536-entry table is walked in 32 rounds, none stalled for long.
+const SLICES_PER_SYNC: usize = 8;
+
 /// The kernel flow cache of one worker.
 pub struct KernelOffload {
     flows: KernelFlows,
@@ -124,44 +128,59 @@ impl FlowOffload for KernelOffload {
         }
     }
 
-    fn sync(&mut self, clock_origin: u64, seen: &mut dyn FnMut(&KernelSeen) -> bool) {
-        let mut disowned = std::mem::take(&mut self.disowned);
+    fn sync(&mut self, clock_origin: u64, seen: &mut dyn FnMut(&KernelSeen) -> bool) -> bool {
+        let Self {
+            flows,
+            reported,
+            disowned,
+        } = self;
         disowned.clear();
-        let reported = &mut self.reported;
-        let walked = self.flows.for_each(|key, value| {
-            let r = reported.get(key).copied().unwrap_or_default();
-            let (packets, bytes) = (value.packets(), value.bytes());
-            let report = KernelSeen {
-                in_port: key.port,
-                tuple: key.tuple(),
-                packets: packets.saturating_sub(r.packets) + r.carry_packets,
-                bytes: bytes.saturating_sub(r.bytes) + r.carry_bytes,
-                last_seen: (value.last_seen_ns() != 0)
-                    .then(|| value.last_seen_ns().saturating_sub(clock_origin)),
-                dropped: !value.is_forward(),
-            };
-            if seen(&report) {
-                reported.insert(
-                    *key,
-                    Reported {
-                        packets,
-                        bytes,
-                        ..Reported::default()
-                    },
-                );
-            } else {
-                disowned.push(*key);
+        let mut finished = false;
+        for _ in 0..SLICES_PER_SYNC {
+            let walked = flows.walk_slice(|key, value| {
+                let r = reported.get(key).copied().unwrap_or_default();
+                let (packets, bytes) = (value.packets(), value.bytes());
+                let report = KernelSeen {
+                    in_port: key.port,
+                    tuple: key.tuple(),
+                    packets: packets.saturating_sub(r.packets) + r.carry_packets,
+                    bytes: bytes.saturating_sub(r.bytes) + r.carry_bytes,
+                    last_seen: (value.last_seen_ns() != 0)
+                        .then(|| value.last_seen_ns().saturating_sub(clock_origin)),
+                    dropped: !value.is_forward(),
+                };
+                if seen(&report) {
+                    reported.insert(
+                        *key,
+                        Reported {
+                            packets,
+                            bytes,
+                            ..Reported::default()
+                        },
+                    );
+                } else {
+                    disowned.push(*key);
+                }
+            });
+            match walked {
+                Ok(false) => {}
+                Ok(true) => {
+                    finished = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the kernel's flow entries");
+                    finished = true;
+                    break;
+                }
             }
-        });
-        if let Err(e) = walked {
-            tracing::warn!(error = %e, "reading the kernel's flow entries");
         }
-        for key in &disowned {
-            self.reported.remove(key);
-            if let Err(e) = self.flows.remove(key) {
+        for key in disowned.iter() {
+            reported.remove(key);
+            if let Err(e) = flows.remove(key) {
                 tracing::warn!(error = %e, "removing a kernel flow entry the engine disowned");
             }
         }
-        self.disowned = disowned;
+        finished
     }
 }

@@ -63,6 +63,8 @@ pub(super) struct Worker<M: FrameMemory, P> {
     offload: Option<Box<dyn FlowOffload>>,
     /// When (engine clock) the kernel's activity is next read back.
     next_sync: u64,
+    /// A walk of the kernel's entries is under way (continued every round).
+    syncing: bool,
     /// The monotonic time (ns) at which the engine clock read 0.
     clock_origin: u64,
     /// The engine clock at the last round (control messages are handled between rounds).
@@ -154,6 +156,7 @@ impl<M: FrameMemory, P: WorkerPort<M>> Worker<M, P> {
             rounds: Rounds::default(),
             offload: None,
             next_sync: 0,
+            syncing: false,
             clock_origin: 0,
             last_now: 0,
         })
@@ -483,30 +486,34 @@ impl<M: FrameMemory, P: WorkerPort<M>> Worker<M, P> {
     }
 
     /// After a round: the engine's kernel requests, and now and then the kernel's activity
-    /// read back into the engine (entries the engine disowns are removed by the sync).
+    /// read back into the engine, a slice per round until the walk is complete (entries the
+    /// engine disowns are removed by the sync).
     fn offload_round(&mut self, now: u64) {
         if self.offload.is_none() {
             return;
         }
         self.apply_offload();
-        if now < self.next_sync {
+        if !self.syncing && now < self.next_sync {
             return;
         }
-        self.next_sync = now + OFFLOAD_SYNC_NS;
         let Some(off) = self.offload.as_mut() else {
             return;
         };
         let engine = &mut self.engine;
         let counters = engine.counters();
-        off.sync(self.clock_origin, &mut |seen| {
+        let finished = off.sync(self.clock_origin, &mut |seen| {
             let owned = engine.kernel_seen(seen, now);
             if !owned {
                 counters.offload.reconciled.add(1);
             }
             owned
         });
-        if let Some(k) = off.kernel_stats() {
-            counters.offload.kernel.store(&k);
+        self.syncing = !finished;
+        if finished {
+            self.next_sync = now + OFFLOAD_SYNC_NS;
+            if let Some(k) = off.kernel_stats() {
+                counters.offload.kernel.store(&k);
+            }
         }
         // Flows that expired while being looked up asked for their entries' removal.
         self.apply_offload();

@@ -67,8 +67,11 @@ impl FlowOffload for SharedOffload {
     fn set_generation(&mut self, generation: u64) {
         locked(&self.0).set_generation(generation)
     }
-    fn sync(&mut self, clock_origin: u64, seen: &mut dyn FnMut(&KernelSeen) -> bool) {
+    fn sync(&mut self, clock_origin: u64, seen: &mut dyn FnMut(&KernelSeen) -> bool) -> bool {
         locked(&self.0).sync(clock_origin, seen)
+    }
+    fn kernel_stats(&self) -> Option<dataplane::offload::KernelPathStats> {
+        locked(&self.0).kernel_stats()
     }
 }
 

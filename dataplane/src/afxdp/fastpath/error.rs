@@ -61,6 +61,9 @@ pub enum FastPathError {
     /// The flow, config and stats maps were already handed out.
     #[error("the fast path's flow maps were already taken (take_flows is once per load)")]
     FlowsTaken,
+    /// Reading the flow table in batches failed.
+    #[error("reading the kernel flow table: {0}")]
+    Walk(#[source] AfXdpError),
     /// `BPF_PROG_TEST_RUN` failed.
     #[error("fast-path test run failed: {0}")]
     TestRun(#[source] AfXdpError),

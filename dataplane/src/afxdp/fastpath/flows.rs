@@ -3,7 +3,10 @@
 //! and its links stay with the controller.
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 
+use std::os::fd::{AsFd, OwnedFd};
+
 use super::abi::{ConfigEntry, FlowKey, FlowValue, stat};
+use super::batch::BatchReader;
 use super::error::{FastPathError, map_errno};
 
 /// `BPF_NOEXIST`: create only.
@@ -43,6 +46,9 @@ pub struct FastPathStats {
 /// Dropping it does not unload anything (the program keeps its own references to the maps).
 pub struct KernelFlows {
     flows: HashMap<MapData, FlowKey, FlowValue>,
+    /// The same map, for batch reads (aya has none).
+    flows_fd: OwnedFd,
+    reader: BatchReader,
     config: Array<MapData, ConfigEntry>,
     stats: PerCpuArray<MapData, u64>,
     max_flows: u32,
@@ -51,13 +57,15 @@ pub struct KernelFlows {
 
 impl KernelFlows {
     pub(super) fn new(
-        flows: HashMap<MapData, FlowKey, FlowValue>,
+        (flows, flows_fd): (HashMap<MapData, FlowKey, FlowValue>, OwnedFd),
         config: Array<MapData, ConfigEntry>,
         stats: PerCpuArray<MapData, u64>,
         max_flows: u32,
     ) -> Self {
         Self {
             flows,
+            flows_fd,
+            reader: BatchReader::default(),
             config,
             stats,
             max_flows,
@@ -152,6 +160,19 @@ impl KernelFlows {
             }
         }
         Ok(())
+    }
+
+    /// Reads the next slice (up to 256 entries, one syscall) of a walk over
+    /// every entry and calls `f` for each; returns true when the walk has reached the end
+    /// (the next call starts a new one). For the periodic sync of a big table a slice at a
+    /// time; an entry removed or added during a walk may be seen or not.
+    pub fn walk_slice(
+        &mut self,
+        f: impl FnMut(&FlowKey, &FlowValue),
+    ) -> Result<bool, FastPathError> {
+        self.reader
+            .next(self.flows_fd.as_fd(), f)
+            .map_err(FastPathError::Walk)
     }
 
     /// The program's counters, summed over CPUs.

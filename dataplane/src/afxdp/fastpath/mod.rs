@@ -17,6 +17,7 @@
 //! The object is committed (`dataplane/bpf/fastpath.bpf.o`); `dataplane/bpf/build.sh`
 //! regenerates it and `dataplane/bpf/check.sh` (run by CI) fails when it is stale.
 pub mod abi;
+mod batch;
 mod error;
 mod flows;
 mod program;

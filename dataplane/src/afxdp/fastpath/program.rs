@@ -13,7 +13,7 @@ use super::abi::{ConfigEntry, FlowKey, FlowValue, PortEntry};
 use super::error::FastPathError;
 use super::flows::KernelFlows;
 use super::test_run::{self, TestRun};
-use crate::afxdp::if_index;
+use crate::afxdp::{AfXdpError, if_index};
 use crate::phy::PortId;
 
 /// Name of the classifier in the object.
@@ -88,6 +88,22 @@ impl FastPath {
         );
         let ports = HashMap::<MapData, u32, PortEntry>::try_from(ports)
             .map_err(|e| FastPathError::map(PORTS_MAP, "open", e))?;
+        let flows_fd = match &flows {
+            aya::maps::Map::HashMap(data) => {
+                data.fd().as_fd().try_clone_to_owned().map_err(|e| {
+                    FastPathError::Walk(AfXdpError::from_errno(
+                        "dup(bw_flows)",
+                        e.raw_os_error().unwrap_or(0),
+                    ))
+                })?
+            }
+            _ => {
+                return Err(FastPathError::Missing {
+                    kind: "hash map",
+                    name: FLOWS_MAP,
+                });
+            }
+        };
         let flows = HashMap::<MapData, FlowKey, FlowValue>::try_from(flows)
             .map_err(|e| FastPathError::map(FLOWS_MAP, "open", e))?;
         let cfg = Array::<MapData, ConfigEntry>::try_from(cfg)
@@ -97,7 +113,12 @@ impl FastPath {
         Ok(Self {
             links: BTreeMap::new(),
             ports,
-            flows: Some(KernelFlows::new(flows, cfg, stats, config.max_flows)),
+            flows: Some(KernelFlows::new(
+                (flows, flows_fd),
+                cfg,
+                stats,
+                config.max_flows,
+            )),
             ebpf,
         })
     }
