@@ -121,6 +121,10 @@ pub struct EngineConfig {
     /// flow admitted — so a policy can be tried on live traffic without breaking it. Off by
     /// default: the policy is enforced.
     pub audit: bool,
+    /// The flow table's hash seed. `None` (the default, what the product runs): random per
+    /// table, so a container cannot aim its flows at one bucket. A fixed seed gives tests a
+    /// reproducible table layout (which flows share buckets, hence who evicts whom).
+    pub flow_seed: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -137,6 +141,7 @@ impl Default for EngineConfig {
             fragments: FragConfig::default(),
             reject_limit: RateLimit::default(),
             audit: false,
+            flow_seed: None,
         }
     }
 }
@@ -420,7 +425,10 @@ impl<M: FrameMemory> Engine<M> {
         let max = config.max_ports;
         let counters = Arc::new(Counters::new(max));
         counters.policy.generation.set(policy.generation());
-        let mut flows = FlowTable::new(config.flow_capacity, &config.timeouts);
+        let mut flows = match config.flow_seed {
+            Some(seed) => FlowTable::with_seed(config.flow_capacity, &config.timeouts, seed),
+            None => FlowTable::new(config.flow_capacity, &config.timeouts),
+        };
         flows.count_by_port(Arc::clone(&counters));
         Self {
             switch: Switch::new(config.learn_gateway_mac),
