@@ -453,13 +453,6 @@ fn root_netns_lab_networks_bridges_interfaces_and_routes() {
     );
 }
 
-/// Runs a walkthrough with the dataplane in this process and returns every step that did
-/// not go as expected (or whose trace disagrees), described; checks the dataplane lets go
-/// of every bridge on stop.
-fn run_walkthrough(text: &str, origin: &str) -> Vec<String> {
-    run_walkthrough_on(text, origin, Datapath::Afxdp)
-}
-
 /// The TCX ingress programs of every interface in `netns` (by interface name).
 fn tcx_programs(netns: &controller::netlink::Netns) -> Vec<(String, Vec<String>)> {
     let names: Vec<String> = ip_link_names(netns.label());
@@ -476,7 +469,9 @@ fn tcx_programs(netns: &controller::netlink::Netns) -> Vec<(String, Vec<String>)
         .unwrap()
 }
 
-/// [`run_walkthrough`] on a chosen datapath. In the tiered one, every gateway and
+/// Runs a walkthrough with the dataplane on `datapath` in this process and returns every
+/// step that did not go as expected (or whose trace disagrees), described; checks the
+/// dataplane lets go of every bridge on stop. In the tiered datapath every gateway and
 /// container interface carries the fast path at TCX ingress (no XDP program: the only XDP
 /// link is the upcall veth's), and stopping removes them all with the upcall pair.
 fn run_walkthrough_on(text: &str, origin: &str, datapath: Datapath) -> Vec<String> {
@@ -570,26 +565,20 @@ fn run_walkthrough_on(text: &str, origin: &str, datapath: Datapath) -> Vec<Strin
 
 #[test]
 fn root_netns_lab_both_walkthroughs_every_step_as_expected_with_the_dataplane() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let mut failures = run_walkthrough(WALKTHROUGH_TOML, "walkthrough");
-    failures.extend(run_walkthrough(NETWORKS_TOML, "networks"));
-    assert!(failures.is_empty(), "{failures:#?}");
-    assert!(
-        our_namespaces().is_empty(),
-        "left behind: {:?}",
-        our_namespaces()
-    );
+    both_walkthroughs(Datapath::Afxdp);
 }
 
 #[test]
 fn root_netns_lab_both_walkthroughs_every_step_as_expected_with_the_tiered_datapath() {
+    both_walkthroughs(Datapath::Tiered);
+}
+
+/// The seed's walkthrough and the networks walkthrough on `datapath`: every step as
+/// expected, nothing left behind.
+fn both_walkthroughs(datapath: Datapath) {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let mut failures = run_walkthrough_on(WALKTHROUGH_TOML, "walkthrough", Datapath::Tiered);
-    failures.extend(run_walkthrough_on(
-        NETWORKS_TOML,
-        "networks",
-        Datapath::Tiered,
-    ));
+    let mut failures = run_walkthrough_on(WALKTHROUGH_TOML, "walkthrough", datapath);
+    failures.extend(run_walkthrough_on(NETWORKS_TOML, "networks", datapath));
     assert!(failures.is_empty(), "{failures:#?}");
     assert!(
         our_namespaces().is_empty(),

@@ -830,7 +830,7 @@ impl<M: FrameMemory> Engine<M> {
     fn begin_batch(&mut self) {
         self.events.begin();
         let audit = self.audit.load(Relaxed);
-        if audit != self.audit_now && self.flows.offload_log().enabled() {
+        if audit != self.audit_now && self.flows.offload_enabled() {
             self.audit_flipped();
         }
         self.audit_now = audit;

@@ -3,70 +3,17 @@
 //! every frame is accounted for afterwards. No root needed: the UMEM is anonymous memory
 //! and the ports are in-memory.
 
+mod worker_support;
+
 use dataplane::afxdp::{PollConfig, Umem, UmemConfig};
 use dataplane::engine::{EngineConfig, PortConfig};
-use dataplane::phy::memory::{MemoryPort, MemoryPortConfig};
-use dataplane::phy::{DescBatch, FreeList, Port, PortFrames};
+use dataplane::phy::Port;
 use dataplane::policy::{Action, ConstPolicy, FnPolicy, PacketRecord, Policy, VerdictRecord};
 use dataplane::sim::*;
-use dataplane::worker::{Dataplane, DataplaneConfig, WorkerPort};
+use dataplane::worker::{Dataplane, DataplaneConfig};
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::BorrowedFd;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// An in-memory port the test thread can inject into while a worker drives it. The lock is
-/// the test's wire, not the product's hot path.
-#[derive(Clone)]
-struct SharedPort(Arc<Mutex<MemoryPort>>);
-
-impl SharedPort {
-    fn new() -> Self {
-        Self(Arc::new(Mutex::new(MemoryPort::new(MemoryPortConfig {
-            capture: true,
-            ..Default::default()
-        }))))
-    }
-    fn inject(&self, f: &[u8]) -> bool {
-        self.0.lock().unwrap().inject(f)
-    }
-    fn take_sent(&self) -> Vec<Vec<u8>> {
-        self.0.lock().unwrap().take_sent()
-    }
-}
-
-impl Port<Umem> for SharedPort {
-    fn fill(&mut self, mem: &mut Umem, free: &mut FreeList) {
-        self.0.lock().unwrap().fill(mem, free)
-    }
-    fn receive(&mut self, mem: &mut Umem, out: &mut DescBatch) {
-        Port::<Umem>::receive(&mut *self.0.lock().unwrap(), mem, out)
-    }
-    fn transmit(&mut self, mem: &mut Umem, batch: &mut DescBatch) {
-        Port::<Umem>::transmit(&mut *self.0.lock().unwrap(), mem, batch)
-    }
-    fn complete(&mut self, free: &mut FreeList) {
-        Port::<Umem>::complete(&mut *self.0.lock().unwrap(), free)
-    }
-    fn frames_held(&self) -> PortFrames {
-        Port::<Umem>::frames_held(&*self.0.lock().unwrap())
-    }
-}
-
-impl WorkerPort<Umem> for SharedPort {
-    fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
-        None
-    }
-    fn needs_visit(&self) -> bool {
-        true
-    }
-    fn starved(&self) -> u64 {
-        self.0.lock().unwrap().stats().fill_starved
-    }
-    fn close(self) -> Vec<u64> {
-        self.0.lock().unwrap().drain_frames()
-    }
-}
+use worker_support::SharedPort;
 
 fn port_config(h: Host) -> PortConfig {
     PortConfig {

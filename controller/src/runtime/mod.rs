@@ -42,7 +42,7 @@ use dataplane::wasm::{WasmConfig, WasmRuntime};
 use dataplane::worker::{Dataplane, DataplaneConfig, FrameAccount, WorkerError};
 
 use crate::docker::LatencySummary;
-use crate::netlink::{NetlinkError, Netns, ip_forward_enabled};
+use crate::netlink::{NetlinkError, Netns, Rtnl, ip_forward_enabled};
 use crate::state::{Attachment, BridgeState, HostState, Snapshot};
 use crate::takeover::{RestoreReport, Takeover, TakeoverError, TakeoverOptions};
 
@@ -1015,22 +1015,34 @@ impl FrameBalance {
     }
 }
 
-/// The bridge's MAC, read over netlink in its namespace (the takeover pinned it).
-fn bridge_mac(netns: &Netns, bridge: &str) -> Result<[u8; 6], RuntimeError> {
-    let what = format!("reading {bridge}'s MAC in {}", netns.label());
-    let facts = netns
-        .run_scoped(|| -> Result<_, NetlinkError> {
+/// Runs `f` with a netlink handle in `netns`, on a thread that entered it.
+pub(super) fn with_rtnl<T: Send>(
+    netns: &Netns,
+    what: &str,
+    f: impl AsyncFnOnce(&Rtnl) -> Result<T, NetlinkError> + Send,
+) -> Result<T, RuntimeError> {
+    netns
+        .run_scoped(|| -> Result<T, NetlinkError> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| NetlinkError::io("starting a netlink runtime", e))?;
             rt.block_on(async {
                 let rtnl = netns.rtnl().await?;
-                rtnl.link_by_name(bridge).await
+                f(&rtnl).await
             })
         })
         .and_then(|r| r)
-        .map_err(|error| RuntimeError::Netlink { what, error })?;
+        .map_err(|error| RuntimeError::Netlink {
+            what: format!("{what} in {}", netns.label()),
+            error,
+        })
+}
+
+/// The bridge's MAC, read over netlink in its namespace (the takeover pinned it).
+fn bridge_mac(netns: &Netns, bridge: &str) -> Result<[u8; 6], RuntimeError> {
+    let what = format!("reading {bridge}'s MAC");
+    let facts = with_rtnl(netns, &what, async |rtnl| rtnl.link_by_name(bridge).await)?;
     facts.mac.ok_or_else(|| RuntimeError::NoBridgeMac {
         bridge: bridge.to_string(),
     })

@@ -13,10 +13,10 @@ use dataplane::afxdp::fastpath::{FastPath, FastPathConfig, FastPathError};
 use dataplane::afxdp::kernel_offload::KernelOffload;
 use dataplane::phy::PortId;
 
+use crate::netlink::Netns;
 use crate::netlink::upcall::UpcallPair;
-use crate::netlink::{NetlinkError, Netns, Rtnl};
 
-use super::RuntimeError;
+use super::{RuntimeError, with_rtnl};
 
 /// Frames the upcall port keeps posted for receive: every port's upcalls share it, so it
 /// gets sixteen times a container port's share (its receive ring twice that).
@@ -45,30 +45,6 @@ impl std::fmt::Debug for TieredPath {
 fn fast_path_error(what: impl Into<String>) -> impl FnOnce(FastPathError) -> RuntimeError {
     let what = what.into();
     move |error| RuntimeError::FastPath { what, error }
-}
-
-/// Runs `f` with a netlink handle in `netns`, on a thread that entered it.
-fn with_rtnl<T: Send>(
-    netns: &Netns,
-    what: &str,
-    f: impl AsyncFnOnce(&Rtnl) -> Result<T, NetlinkError> + Send,
-) -> Result<T, RuntimeError> {
-    netns
-        .run_scoped(|| -> Result<T, NetlinkError> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| NetlinkError::io("starting a netlink runtime", e))?;
-            rt.block_on(async {
-                let rtnl = netns.rtnl().await?;
-                f(&rtnl).await
-            })
-        })
-        .and_then(|r| r)
-        .map_err(|error| RuntimeError::Netlink {
-            what: format!("{what} in {}", netns.label()),
-            error,
-        })
 }
 
 /// Removes upcall pairs a killed bridgewall left in `netns`; returns how many.

@@ -101,7 +101,10 @@ impl<M: FrameMemory> Engine<M> {
     /// verdict. No room in the log: the flow's next packet tries again.
     #[inline]
     pub(super) fn maybe_offload(&mut self, slot: usize, hit: Option<(ConnState, Dir)>) {
-        let e = *self.flows.entry(slot);
+        if !self.flows.offload_enabled() {
+            return;
+        }
+        let e = self.flows.entry(slot);
         let settled = match (e.state, hit) {
             (ConnState::TcpEstablished, _) => e.confirmed(),
             // UDP: once it is more than one exchange — a packet after a request and its
@@ -182,6 +185,9 @@ impl<M: FrameMemory> Engine<M> {
     /// kernel fast path serves). Also for a flow denied by a re-decision: its packets come up
     /// once (a miss) and stay down from then on.
     pub(super) fn offload_drop(&mut self, slot: usize, in_port: PortId, tuple: &Tuple) {
+        if !self.flows.offload_enabled() {
+            return;
+        }
         let e = *self.flows.entry(slot);
         if e.verdict.accept
             || e.verdict.reject.is_some()

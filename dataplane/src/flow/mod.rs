@@ -460,6 +460,13 @@ impl FlowTable {
         }
     }
 
+    /// True when flows are offloaded at all (a tiered port exists): the engine's offload
+    /// checks stop here in the AF_XDP datapath, before reading the entry.
+    #[inline(always)]
+    pub fn offload_enabled(&self) -> bool {
+        self.offload.enabled()
+    }
+
     /// The kernel flow cache's pending requests.
     pub fn offload_log(&mut self) -> &mut OffloadLog {
         &mut self.offload

@@ -111,43 +111,60 @@ impl Bridgewall {
 
     /// Compiles the current rules as generation `generation + 1` and swaps them in.
     fn swap(&mut self) -> Result<()> {
-        let generation = self.generation + 1;
-        // One worker: its chain is built here, on the calling thread.
-        let mut chain =
-            Some(load_policy(&self.wasm, &self.net, &self.user, generation)?.chain(generation)?);
-        let dp = self
-            .dp
-            .as_ref()
-            .ok_or_else(|| dp_err("dataplane stopped"))?;
-        dp.set_policy(|_| Box::new(chain.take().expect("one worker")) as Box<dyn Policy>)
-            .map_err(dp_err)?;
-        if !dp.wait_generation(generation, Duration::from_secs(10)) {
-            return Err(dp_err(format!(
-                "generation {generation} not in force after 10 s"
-            )));
-        }
-        self.generation = generation;
+        self.generation = swap_policy(
+            self.dp.as_ref(),
+            (&self.wasm, &self.net, &self.user),
+            self.generation,
+        )?;
         Ok(())
     }
 
     /// (frames the engine received from the client, sent to the server, dropped).
     fn counts(&self) -> (u64, u64, u64) {
-        let cs = scenario::containers();
-        let (client, server) = (cs[scenario::CLIENT].port, cs[SERVER].port);
-        self.dp.as_ref().map_or((0, 0, 0), |dp| {
-            dp.counters().iter().fold((0, 0, 0), |(rx, tx, drops), c| {
-                let s = c.snapshot();
-                (
-                    rx + s.port(client).rx_packets,
-                    tx + s.port(server).tx_packets,
-                    drops + s.total_drops(),
-                )
-            })
-        })
+        engine_counts(self.dp.as_ref())
     }
 }
 
-fn num_cpus() -> usize {
+/// Compiles `user` rules on `net`'s policy as generation `generation + 1`, swaps it into
+/// `dp`'s one worker and waits until it is in force; returns the new generation. Both
+/// bridgewall paths change rules this way, the product's path.
+pub(super) fn swap_policy(
+    dp: Option<&Dataplane<Umem, XdpPort>>,
+    (wasm, net, user): (&WasmRuntime, &BridgeNetwork, &[String]),
+    generation: u64,
+) -> Result<u64> {
+    let generation = generation + 1;
+    // One worker: its chain is built here, on the calling thread.
+    let mut chain = Some(load_policy(wasm, net, user, generation)?.chain(generation)?);
+    let dp = dp.ok_or_else(|| dp_err("dataplane stopped"))?;
+    dp.set_policy(|_| Box::new(chain.take().expect("one worker")) as Box<dyn Policy>)
+        .map_err(dp_err)?;
+    if !dp.wait_generation(generation, Duration::from_secs(10)) {
+        return Err(dp_err(format!(
+            "generation {generation} not in force after 10 s"
+        )));
+    }
+    Ok(generation)
+}
+
+/// (frames the engine of `dp` received from the client, sent to the server, dropped).
+pub(super) fn engine_counts(dp: Option<&Dataplane<Umem, XdpPort>>) -> (u64, u64, u64) {
+    let cs = scenario::containers();
+    let (client, server) = (cs[scenario::CLIENT].port, cs[SERVER].port);
+    dp.map_or((0, 0, 0), |dp| {
+        dp.counters().iter().fold((0, 0, 0), |(rx, tx, drops), c| {
+            let s = c.snapshot();
+            (
+                rx + s.port(client).rx_packets,
+                tx + s.port(server).tx_packets,
+                drops + s.total_drops(),
+            )
+        })
+    })
+}
+
+/// CPUs available, to pin the worker only where it gets a core of its own.
+pub(super) fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 

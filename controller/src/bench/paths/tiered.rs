@@ -32,7 +32,7 @@ use rules_wasm::docker::BridgeNetwork;
 use crate::bench::error::{BenchError, Result};
 use crate::bench::generator::{Generator, Traffic, WORKER_CPU};
 use crate::bench::measure::rate::frame_len;
-use crate::bench::paths::bridgewall::load_policy;
+use crate::bench::paths::bridgewall::{engine_counts, load_policy, num_cpus, swap_policy};
 use crate::bench::paths::{Path, PathKind};
 use crate::bench::scenario::{self, CLIENT, FLOOD_PORT, SERVER};
 use crate::bench::topology::{DevReader, Fabric, Topology, block_on};
@@ -300,21 +300,11 @@ impl Tiered {
 
     /// Compiles the current rules as generation `generation + 1` and swaps them in.
     fn swap(&mut self) -> Result<()> {
-        let generation = self.generation + 1;
-        let mut chain =
-            Some(load_policy(&self.wasm, &self.net, &self.user, generation)?.chain(generation)?);
-        let dp = self
-            .dp
-            .as_ref()
-            .ok_or_else(|| dp_err("dataplane stopped"))?;
-        dp.set_policy(|_| Box::new(chain.take().expect("one worker")) as Box<dyn Policy>)
-            .map_err(dp_err)?;
-        if !dp.wait_generation(generation, Duration::from_secs(10)) {
-            return Err(dp_err(format!(
-                "generation {generation} not in force after 10 s"
-            )));
-        }
-        self.generation = generation;
+        self.generation = swap_policy(
+            self.dp.as_ref(),
+            (&self.wasm, &self.net, &self.user),
+            self.generation,
+        )?;
         Ok(())
     }
 
@@ -349,18 +339,7 @@ impl Tiered {
 
     /// (frames the engine received from the client, sent to the server, dropped).
     fn counts(&self) -> (u64, u64, u64) {
-        let cs = scenario::containers();
-        let (client, server) = (cs[CLIENT].port, cs[SERVER].port);
-        self.dp.as_ref().map_or((0, 0, 0), |dp| {
-            dp.counters().iter().fold((0, 0, 0), |(rx, tx, drops), c| {
-                let s = c.snapshot();
-                (
-                    rx + s.port(client).rx_packets,
-                    tx + s.port(server).tx_packets,
-                    drops + s.total_drops(),
-                )
-            })
-        })
+        engine_counts(self.dp.as_ref())
     }
 
     /// Policy change → offloaded flow denied: a paced UDP flow (one 5-tuple, `pps` packets/s)
@@ -446,10 +425,6 @@ impl Tiered {
         stopped?;
         outcome
     }
-}
-
-fn num_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl Path for Tiered {
